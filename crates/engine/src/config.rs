@@ -1,0 +1,567 @@
+//! One model description for every family headhunt runs.
+//!
+//! The forward pass has a single code path; what distinguishes Llama from Gemma 3, GPT-2 or OPT
+//! is data in [`ModelConfig`] (norm kind, activation, positions, per-layer attention window and
+//! RoPE base, norms around sub-layers) and the presence or absence of bias tensors in the weights.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum NormKind {
+    /// `x / rms(x) * w`
+    RmsNorm,
+    /// `(x - mean) / std * w + b`
+    LayerNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, GPT-2's `gelu_new`).
+    GeluTanh,
+    /// Exact GELU (erf).
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    fn from_hf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "silu" | "swish" => Self::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "gelu_tanh" => Self::GeluTanh,
+            "gelu" => Self::Gelu,
+            "relu" => Self::Relu,
+            other => return Err(Error::Config(format!("activation `{other}` is not supported"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum PositionEncoding {
+    /// Rotary embeddings on queries and keys (rotate-half layout; per-layer base in [`LayerSpec`]).
+    Rotary,
+    /// A learned position table added to the token embedding; OPT offsets its indices by 2.
+    Learned { offset: usize },
+}
+
+/// How RoPE frequencies are stretched for long context.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (HF `linear`).
+    Linear { factor: f32 },
+    /// Llama 3's piecewise frequency scaling.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_context: f32,
+    },
+}
+
+/// What differs between layers of one model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LayerSpec {
+    /// Sliding-window attention: a query at position p sees keys j with p - j < window.
+    pub window: Option<usize>,
+    pub rope_base: f32,
+    /// Only the layers that use the model's long-context scaling carry it (Gemma 3's global ones).
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    /// Family name as the source spells it (`llama`, `gemma3`, `gpt2`, ...).
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub norm: NormKind,
+    pub norm_eps: f32,
+    pub activation: Activation,
+    /// `down(act(gate(x)) * up(x))` rather than `down(act(up(x)))`.
+    pub gated_mlp: bool,
+    pub positions: PositionEncoding,
+    /// Multiplies q·k (Gemma: `query_pre_attn_scalar^-1/2`, elsewhere `d_head^-1/2`).
+    pub attn_scale: f32,
+    /// Multiplies the token embedding (Gemma: `sqrt(d_model)`).
+    pub embed_scale: f32,
+    /// RMSNorm over each head's query and key (Gemma 3).
+    pub qk_norm: bool,
+    /// Norms after attention and after the MLP, before the residual add (Gemma 2/3).
+    pub sandwich_norms: bool,
+    pub attn_logit_softcap: Option<f32>,
+    pub final_logit_softcap: Option<f32>,
+    pub tied_embeddings: bool,
+    pub layers: Vec<LayerSpec>,
+}
+
+impl ModelConfig {
+    pub fn heads_per_kv_head(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Total parameter count implied by the shapes (biases excluded), for the model card.
+    pub fn approx_parameters(&self) -> usize {
+        let attn = self.d_model * (self.n_heads + 2 * self.n_kv_heads) * self.d_head + self.n_heads * self.d_head * self.d_model;
+        let mlp = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        let embed = self.vocab_size * self.d_model * if self.tied_embeddings { 1 } else { 2 };
+        let pos = match self.positions {
+            PositionEncoding::Learned { offset } => (self.context_length + offset) * self.d_model,
+            PositionEncoding::Rotary => 0,
+        };
+        self.n_layers * (attn + mlp) + embed + pos
+    }
+
+    fn validate(self) -> Result<Self> {
+        let c = &self;
+        let bad = |m: String| Err(Error::Config(m));
+        if c.n_layers == 0 || c.d_model == 0 || c.n_heads == 0 || c.d_head == 0 || c.vocab_size == 0 {
+            return bad(format!(
+                "degenerate shape: {} layers, d_model {}, {} heads of dim {}, vocabulary {}",
+                c.n_layers, c.d_model, c.n_heads, c.d_head, c.vocab_size
+            ));
+        }
+        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+            return bad(format!("{} query heads cannot share {} key/value heads", c.n_heads, c.n_kv_heads));
+        }
+        if c.positions == PositionEncoding::Rotary && c.d_head % 2 != 0 {
+            return bad(format!("rotary embeddings need an even head dimension, got {}", c.d_head));
+        }
+        // Shapes beyond these are not models headhunt can hold in memory anyway; refusing them
+        // keeps a hostile header from sizing allocations.
+        let limits = [
+            (c.n_layers, 1 << 10, "layers"),
+            (c.d_model, 1 << 16, "d_model"),
+            (c.n_heads, 1 << 10, "heads"),
+            (c.d_head, 1 << 12, "head dim"),
+            (c.d_mlp, 1 << 18, "MLP width"),
+            (c.vocab_size, 1 << 22, "vocabulary"),
+            (c.context_length, 1 << 24, "context length"),
+        ];
+        for (v, max, what) in limits {
+            if v > max {
+                return bad(format!("{what} {v} exceeds the supported maximum {max}"));
+            }
+        }
+        if c.layers.len() != c.n_layers {
+            return bad("per-layer spec does not match the layer count".into());
+        }
+        Ok(self)
+    }
+
+    /// Read the model description from GGUF metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch = file
+            .meta("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Config("missing general.architecture".into()))?
+            .to_owned();
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_of = |k: &str| -> Option<usize> { file.meta(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize) };
+        let f32_of = |k: &str| -> Option<f32> { file.meta(&key(k)).and_then(|v| v.as_f64()).map(|v| v as f32) };
+        let require = |k: &str| usize_of(k).ok_or_else(|| Error::Config(format!("missing {}", key(k))));
+
+        let n_layers = require("block_count")?;
+        let d_model = require("embedding_length")?;
+        let n_heads = require("attention.head_count")?;
+        let n_kv_heads = usize_of("attention.head_count_kv").unwrap_or(n_heads);
+        let d_head = usize_of("attention.key_length").unwrap_or(d_model / n_heads.max(1));
+        let d_mlp = require("feed_forward_length")?;
+        let context_length = require("context_length")?;
+        let vocab_size = match usize_of("vocab_size") {
+            Some(v) => v,
+            None => file
+                .meta("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+                .or_else(|| file.tensor_info("token_embd.weight").map(|t| t.shape[0]))
+                .ok_or_else(|| Error::Config("cannot tell the vocabulary size".into()))?,
+        };
+        let rope_base = f32_of("rope.freq_base").unwrap_or(10_000.0);
+        let rope_scaling = match file.meta(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: f32_of("rope.scaling.factor").unwrap_or(1.0),
+            }),
+            Some(other) => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
+        };
+        let tied = file.tensor_info("output.weight").is_none();
+
+        let config = match arch.as_str() {
+            "llama" | "mistral" | "qwen2" => {
+                let window = usize_of("attention.sliding_window");
+                ModelConfig {
+                    architecture: arch.clone(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads,
+                    d_head,
+                    d_mlp,
+                    vocab_size,
+                    context_length,
+                    norm: NormKind::RmsNorm,
+                    norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+                    activation: Activation::Silu,
+                    gated_mlp: true,
+                    positions: PositionEncoding::Rotary,
+                    attn_scale: (d_head as f32).powf(-0.5),
+                    embed_scale: 1.0,
+                    qk_norm: false,
+                    sandwich_norms: false,
+                    attn_logit_softcap: None,
+                    final_logit_softcap: None,
+                    tied_embeddings: tied,
+                    layers: vec![
+                        LayerSpec {
+                            window,
+                            rope_base,
+                            rope_scaling,
+                        };
+                        n_layers
+                    ],
+                }
+            }
+            "gemma3" => {
+                // Keys this GGUF writer leaves out take the reference implementation's defaults
+                // (transformers' Gemma3TextConfig): local RoPE base 10k, one global layer in six.
+                let window = usize_of("attention.sliding_window").unwrap_or(4096);
+                let pattern = usize_of("attention.sliding_window_pattern").unwrap_or(6).max(1);
+                let local_base = f32_of("rope.local.freq_base").unwrap_or(10_000.0);
+                let layers = (0..n_layers)
+                    .map(|l| {
+                        if (l + 1) % pattern == 0 {
+                            LayerSpec {
+                                window: None,
+                                rope_base,
+                                rope_scaling,
+                            }
+                        } else {
+                            LayerSpec {
+                                window: Some(window),
+                                rope_base: local_base,
+                                rope_scaling: None,
+                            }
+                        }
+                    })
+                    .collect();
+                let query_scalar = f32_of("attention.query_pre_attn_scalar").unwrap_or(d_head as f32);
+                ModelConfig {
+                    architecture: arch.clone(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads,
+                    d_head,
+                    d_mlp,
+                    vocab_size,
+                    context_length,
+                    norm: NormKind::RmsNorm,
+                    norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+                    activation: Activation::GeluTanh,
+                    gated_mlp: true,
+                    positions: PositionEncoding::Rotary,
+                    attn_scale: query_scalar.powf(-0.5),
+                    embed_scale: (d_model as f32).sqrt(),
+                    qk_norm: true,
+                    sandwich_norms: true,
+                    attn_logit_softcap: f32_of("attn_logit_softcapping"),
+                    final_logit_softcap: f32_of("final_logit_softcapping"),
+                    tied_embeddings: tied,
+                    layers,
+                }
+            }
+            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+        };
+        config.validate()
+    }
+
+    /// Read the model description from a Hugging Face `config.json`.
+    pub fn from_hf_json(json: &serde_json::Value) -> Result<Self> {
+        let hf = HfConfig(json);
+        let model_type = hf.str("model_type")?;
+        let config = match model_type {
+            "llama" | "mistral" | "qwen2" | "smollm" => {
+                let d_model = hf.usize("hidden_size")?;
+                let n_heads = hf.usize("num_attention_heads")?;
+                let n_kv_heads = hf.opt_usize("num_key_value_heads").unwrap_or(n_heads);
+                let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
+                let n_layers = hf.usize("num_hidden_layers")?;
+                let window = match model_type {
+                    "mistral" => hf.opt_usize("sliding_window"),
+                    "qwen2" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
+                    _ => None,
+                };
+                let (rope_base, rope_scaling) = hf.rope(None, 10_000.0)?;
+                ModelConfig {
+                    architecture: model_type.to_owned(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads,
+                    d_head,
+                    d_mlp: hf.usize("intermediate_size")?,
+                    vocab_size: hf.usize("vocab_size")?,
+                    context_length: hf.usize("max_position_embeddings")?,
+                    norm: NormKind::RmsNorm,
+                    norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
+                    activation: Activation::from_hf(hf.str("hidden_act").unwrap_or("silu"))?,
+                    gated_mlp: true,
+                    positions: PositionEncoding::Rotary,
+                    attn_scale: (d_head as f32).powf(-0.5),
+                    embed_scale: 1.0,
+                    qk_norm: false,
+                    sandwich_norms: false,
+                    attn_logit_softcap: None,
+                    final_logit_softcap: None,
+                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
+                    layers: vec![
+                        LayerSpec {
+                            window,
+                            rope_base,
+                            rope_scaling,
+                        };
+                        n_layers
+                    ],
+                }
+            }
+            "gemma3_text" | "gemma3" => {
+                let hf = if model_type == "gemma3" {
+                    HfConfig(
+                        json.get("text_config")
+                            .ok_or_else(|| Error::Config("gemma3 config without text_config".into()))?,
+                    )
+                } else {
+                    hf
+                };
+                let d_model = hf.usize("hidden_size")?;
+                let n_heads = hf.usize("num_attention_heads")?;
+                let d_head = hf.opt_usize("head_dim").unwrap_or(256);
+                let n_layers = hf.usize("num_hidden_layers")?;
+                let window = hf.opt_usize("sliding_window").unwrap_or(4096);
+                let pattern = hf
+                    .opt_usize("sliding_window_pattern")
+                    .or(hf.opt_usize("_sliding_window_pattern"))
+                    .unwrap_or(6)
+                    .max(1);
+                let layer_types: Vec<bool> = match json_array(hf.0, "layer_types") {
+                    Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+                    None => (0..n_layers).map(|l| (l + 1) % pattern != 0).collect(),
+                };
+                if layer_types.len() != n_layers {
+                    return Err(Error::Config("layer_types does not list every layer".into()));
+                }
+                let (global_base, global_scaling) = hf.rope(Some("full_attention"), 1_000_000.0)?;
+                let local_base = match hf.rope(Some("sliding_attention"), f32::NAN)? {
+                    (b, _) if !b.is_nan() => b,
+                    _ => hf.f32("rope_local_base_freq").unwrap_or(10_000.0),
+                };
+                let layers = layer_types
+                    .iter()
+                    .map(|&sliding| LayerSpec {
+                        window: sliding.then_some(window),
+                        rope_base: if sliding { local_base } else { global_base },
+                        rope_scaling: if sliding { None } else { global_scaling },
+                    })
+                    .collect();
+                ModelConfig {
+                    architecture: "gemma3".into(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads: hf.opt_usize("num_key_value_heads").unwrap_or(n_heads),
+                    d_head,
+                    d_mlp: hf.usize("intermediate_size")?,
+                    vocab_size: hf.usize("vocab_size")?,
+                    context_length: hf.usize("max_position_embeddings")?,
+                    norm: NormKind::RmsNorm,
+                    norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
+                    activation: Activation::from_hf(hf.str("hidden_activation").unwrap_or("gelu_pytorch_tanh"))?,
+                    gated_mlp: true,
+                    positions: PositionEncoding::Rotary,
+                    attn_scale: hf.f32("query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
+                    embed_scale: (d_model as f32).sqrt(),
+                    qk_norm: true,
+                    sandwich_norms: true,
+                    attn_logit_softcap: hf.f32("attn_logit_softcapping"),
+                    final_logit_softcap: hf.f32("final_logit_softcapping"),
+                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+                    layers,
+                }
+            }
+            "gpt2" => {
+                let d_model = hf.usize("n_embd")?;
+                let n_heads = hf.usize("n_head")?;
+                let n_layers = hf.usize("n_layer")?;
+                let context_length = hf.usize("n_positions")?;
+                if hf.bool("scale_attn_by_inverse_layer_idx").unwrap_or(false) || hf.bool("reorder_and_upcast_attn").unwrap_or(false) {
+                    return Err(Error::Config("GPT-2 variants with layer-scaled attention are not supported".into()));
+                }
+                ModelConfig {
+                    architecture: "gpt2".into(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    d_head: d_model / n_heads.max(1),
+                    d_mlp: hf.opt_usize("n_inner").unwrap_or(4 * d_model),
+                    vocab_size: hf.usize("vocab_size")?,
+                    context_length,
+                    norm: NormKind::LayerNorm,
+                    norm_eps: hf.f32("layer_norm_epsilon").unwrap_or(1e-5),
+                    activation: Activation::from_hf(hf.str("activation_function").unwrap_or("gelu_new"))?,
+                    gated_mlp: false,
+                    positions: PositionEncoding::Learned { offset: 0 },
+                    attn_scale: if hf.bool("scale_attn_weights").unwrap_or(true) {
+                        ((d_model / n_heads.max(1)) as f32).powf(-0.5)
+                    } else {
+                        1.0
+                    },
+                    embed_scale: 1.0,
+                    qk_norm: false,
+                    sandwich_norms: false,
+                    attn_logit_softcap: None,
+                    final_logit_softcap: None,
+                    tied_embeddings: true,
+                    layers: vec![
+                        LayerSpec {
+                            window: None,
+                            rope_base: 0.0,
+                            rope_scaling: None,
+                        };
+                        n_layers
+                    ],
+                }
+            }
+            "opt" => {
+                let d_model = hf.usize("hidden_size")?;
+                let n_heads = hf.usize("num_attention_heads")?;
+                let n_layers = hf.usize("num_hidden_layers")?;
+                if !hf.bool("do_layer_norm_before").unwrap_or(true) {
+                    return Err(Error::Config(
+                        "post-LayerNorm OPT checkpoints (opt-350m) are not supported; use opt-125m or opt-1.3b and larger".into(),
+                    ));
+                }
+                if hf.opt_usize("word_embed_proj_dim").is_some_and(|w| w != d_model) {
+                    return Err(Error::Config(
+                        "OPT checkpoints with projected embeddings (word_embed_proj_dim != hidden_size) are not supported".into(),
+                    ));
+                }
+                ModelConfig {
+                    architecture: "opt".into(),
+                    n_layers,
+                    d_model,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    d_head: d_model / n_heads.max(1),
+                    d_mlp: hf.usize("ffn_dim")?,
+                    vocab_size: hf.usize("vocab_size")?,
+                    context_length: hf.usize("max_position_embeddings")?,
+                    norm: NormKind::LayerNorm,
+                    norm_eps: 1e-5,
+                    activation: Activation::from_hf(hf.str("activation_function").unwrap_or("relu"))?,
+                    gated_mlp: false,
+                    positions: PositionEncoding::Learned { offset: 2 },
+                    attn_scale: ((d_model / n_heads.max(1)) as f32).powf(-0.5),
+                    embed_scale: 1.0,
+                    qk_norm: false,
+                    sandwich_norms: false,
+                    attn_logit_softcap: None,
+                    final_logit_softcap: None,
+                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+                    layers: vec![
+                        LayerSpec {
+                            window: None,
+                            rope_base: 0.0,
+                            rope_scaling: None,
+                        };
+                        n_layers
+                    ],
+                }
+            }
+            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+        };
+        config.validate()
+    }
+}
+
+fn json_array<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a Vec<serde_json::Value>> {
+    json.get(key).and_then(|v| v.as_array())
+}
+
+/// Typed access to a `config.json`, with errors naming the missing key.
+#[derive(Clone, Copy)]
+struct HfConfig<'a>(&'a serde_json::Value);
+
+impl<'a> HfConfig<'a> {
+    fn opt_usize(&self, k: &str) -> Option<usize> {
+        self.0.get(k).and_then(|v| v.as_u64()).map(|v| v as usize)
+    }
+    fn usize(&self, k: &str) -> Result<usize> {
+        self.opt_usize(k).ok_or_else(|| Error::Config(format!("config.json lacks `{k}`")))
+    }
+    fn f32(&self, k: &str) -> Option<f32> {
+        self.0.get(k).and_then(|v| v.as_f64()).map(|v| v as f32)
+    }
+    fn bool(&self, k: &str) -> Option<bool> {
+        self.0.get(k).and_then(|v| v.as_bool())
+    }
+    fn str(&self, k: &str) -> Result<&'a str> {
+        self.0
+            .get(k)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Config(format!("config.json lacks `{k}`")))
+    }
+
+    /// RoPE base and scaling, from transformers v5's `rope_parameters` (optionally keyed by layer
+    /// type) or the older top-level `rope_theta` / `rope_scaling`.
+    fn rope(&self, layer_type: Option<&str>, default_base: f32) -> Result<(f32, Option<RopeScaling>)> {
+        let params = self.0.get("rope_parameters").map(|p| match layer_type {
+            Some(t) => p.get(t).unwrap_or(p),
+            None => p,
+        });
+        let scaling_obj = match params {
+            Some(p) => Some(p),
+            None => self.0.get("rope_scaling").filter(|v| !v.is_null()),
+        };
+        let base = params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+            .map(|v| v as f32)
+            .or(self.f32("rope_theta"))
+            .unwrap_or(default_base);
+        let scaling = match scaling_obj {
+            None => None,
+            Some(obj) => {
+                let kind = obj
+                    .get("rope_type")
+                    .or(obj.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let num = |k: &str, d: f32| obj.get(k).and_then(|v| v.as_f64()).map(|v| v as f32).unwrap_or(d);
+                match kind {
+                    "default" => None,
+                    "linear" => Some(RopeScaling::Linear {
+                        factor: num("factor", 1.0),
+                    }),
+                    "llama3" => Some(RopeScaling::Llama3 {
+                        factor: num("factor", 8.0),
+                        low_freq_factor: num("low_freq_factor", 1.0),
+                        high_freq_factor: num("high_freq_factor", 4.0),
+                        original_context: num("original_max_position_embeddings", 8192.0),
+                    }),
+                    other => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
+                }
+            }
+        };
+        Ok((base, scaling))
+    }
+}

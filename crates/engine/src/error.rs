@@ -1,0 +1,61 @@
+//! The engine's one error type. Every variant renders as a single line that says what went wrong
+//! and, where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not a well-formed GGUF container (truncated, corrupted, or lying in its header).
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+
+    /// A Hugging Face directory or safetensors file that cannot be used as it is.
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    #[error("unsupported architecture `{0}` (headhunt runs: llama, mistral, qwen2, smollm, gemma3, gpt2, opt)")]
+    UnsupportedArchitecture(String),
+
+    #[error("missing tensor `{name}` in {path}")]
+    MissingTensor { name: String, path: PathBuf },
+
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+
+    #[error("model config: {0}")]
+    Config(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("the input needs {needed} positions but the model's context length is {context}")]
+    ContextOverflow { needed: usize, context: usize },
+
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+
+    #[error("hooks: {0}")]
+    Hook(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,664 @@
+//! Hooks: what a forward pass records and how it is changed.
+//!
+//! Three types carry the story, with TransformerLens's vocabulary:
+//!
+//! * [`HookPoint`] names a place in the network and prints as (and parses from) the
+//!   TransformerLens string, e.g. `blocks.3.attn.hook_pattern`;
+//! * [`Hooks`] declares, for one run, the [`Capture`]s (which points, at which positions, reduced
+//!   how) and the [`Intervention`]s (head masks, key restrictions, added vectors, patches);
+//! * [`Recording`] holds what was captured.
+//!
+//! Long contexts cannot afford whole `[seq, seq]` patterns, so captures select query positions
+//! and can reduce a pattern row to its argmax. A run with empty hooks does no hook work at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// A place in the network, named as TransformerLens names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookPoint {
+    /// `hook_embed`: the (scaled) token embedding, `[pos, d_model]`.
+    Embed,
+    /// `hook_pos_embed`: the learned position embedding, `[pos, d_model]`.
+    PosEmbed,
+    /// `blocks.{l}.hook_resid_pre`, `[pos, d_model]`.
+    ResidPre(usize),
+    /// `blocks.{l}.attn.hook_z`: each head's attention-weighted values, `[pos, head, d_head]`.
+    Z(usize),
+    /// `blocks.{l}.attn.hook_result`: each head's contribution to the residual stream,
+    /// `[pos, head, d_model]` (for sandwich-norm models, after the post-attention norm's scale,
+    /// so that the heads sum to `hook_attn_out`).
+    Result(usize),
+    /// `blocks.{l}.attn.hook_pattern`: attention probabilities, `[pos, head, key]`.
+    Pattern(usize),
+    /// `blocks.{l}.hook_attn_out`, `[pos, d_model]`.
+    AttnOut(usize),
+    /// `blocks.{l}.hook_resid_mid`, `[pos, d_model]`.
+    ResidMid(usize),
+    /// `blocks.{l}.mlp.hook_post`: the MLP's hidden activation, `[pos, d_mlp]`.
+    MlpPost(usize),
+    /// `blocks.{l}.hook_mlp_out`, `[pos, d_model]`.
+    MlpOut(usize),
+    /// `blocks.{l}.hook_resid_post`, `[pos, d_model]`.
+    ResidPost(usize),
+    /// `ln_final.hook_normalized`: the final norm's output, `[pos, d_model]`.
+    FinalNormalized,
+    /// `logits`, `[pos, vocab]`.
+    Logits,
+}
+
+impl HookPoint {
+    pub fn layer(&self) -> Option<usize> {
+        use HookPoint::*;
+        match *self {
+            ResidPre(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            Embed | PosEmbed | FinalNormalized | Logits => None,
+        }
+    }
+
+    /// The shape of one position's row (patterns: keys vary, reported as 0).
+    pub fn row_shape(&self, c: &ModelConfig) -> Vec<usize> {
+        use HookPoint::*;
+        match self {
+            Z(_) => vec![c.n_heads, c.d_head],
+            Result(_) => vec![c.n_heads, c.d_model],
+            Pattern(_) => vec![c.n_heads, 0],
+            MlpPost(_) => vec![c.d_mlp],
+            Logits => vec![c.vocab_size],
+            _ => vec![c.d_model],
+        }
+    }
+
+    pub fn row_len(&self, c: &ModelConfig) -> usize {
+        self.row_shape(c).iter().product()
+    }
+
+    fn check(&self, c: &ModelConfig) -> Result<()> {
+        if let Some(l) = self.layer() {
+            if l >= c.n_layers {
+                return Err(Error::Hook(format!("{self}: the model has {} layers", c.n_layers)));
+            }
+        }
+        if *self == HookPoint::PosEmbed && c.positions == crate::config::PositionEncoding::Rotary {
+            return Err(Error::Hook(
+                "hook_pos_embed: this model has rotary positions, no position table".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use HookPoint::*;
+        match self {
+            Embed => write!(f, "hook_embed"),
+            PosEmbed => write!(f, "hook_pos_embed"),
+            ResidPre(l) => write!(f, "blocks.{l}.hook_resid_pre"),
+            Z(l) => write!(f, "blocks.{l}.attn.hook_z"),
+            Result(l) => write!(f, "blocks.{l}.attn.hook_result"),
+            Pattern(l) => write!(f, "blocks.{l}.attn.hook_pattern"),
+            AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
+            ResidMid(l) => write!(f, "blocks.{l}.hook_resid_mid"),
+            MlpPost(l) => write!(f, "blocks.{l}.mlp.hook_post"),
+            MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
+            ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
+            FinalNormalized => write!(f, "ln_final.hook_normalized"),
+            Logits => write!(f, "logits"),
+        }
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        use HookPoint::*;
+        let bad = || {
+            Error::Hook(format!(
+                "unknown hook point `{s}` (examples: blocks.0.hook_resid_pre, blocks.3.attn.hook_pattern, blocks.3.attn.hook_z, blocks.3.attn.hook_result, blocks.3.hook_mlp_out, ln_final.hook_normalized, logits)"
+            ))
+        };
+        match s {
+            "hook_embed" => return Ok(Embed),
+            "hook_pos_embed" => return Ok(PosEmbed),
+            "ln_final.hook_normalized" => return Ok(FinalNormalized),
+            "logits" => return Ok(Logits),
+            _ => {}
+        }
+        let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
+        let (layer, name) = rest.split_once('.').ok_or_else(bad)?;
+        let l: usize = layer.parse().map_err(|_| bad())?;
+        Ok(match name {
+            "hook_resid_pre" => ResidPre(l),
+            "attn.hook_z" => Z(l),
+            "attn.hook_result" => Result(l),
+            "attn.hook_pattern" => Pattern(l),
+            "hook_attn_out" => AttnOut(l),
+            "hook_resid_mid" => ResidMid(l),
+            "mlp.hook_post" => MlpPost(l),
+            "hook_mlp_out" => MlpOut(l),
+            "hook_resid_post" => ResidPost(l),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// Which token positions a capture or intervention applies to (absolute positions in the
+/// sequence, prompt and generated tokens alike).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Positions {
+    All,
+    /// The last position of the prompt and every generated position: what decides the next token.
+    Last,
+    At(Vec<usize>),
+}
+
+impl Positions {
+    fn matches(&self, pos: usize, last: Option<usize>) -> bool {
+        match self {
+            Positions::All => true,
+            Positions::Last => last == Some(pos),
+            Positions::At(v) => v.contains(&pos),
+        }
+    }
+}
+
+/// How a pattern capture is reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reduce {
+    /// Whole rows.
+    None,
+    /// The key position of each head's largest attention probability (first on ties).
+    Argmax,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    pub point: HookPoint,
+    pub positions: Positions,
+    pub reduce: Reduce,
+}
+
+impl Capture {
+    pub fn new(point: HookPoint, positions: Positions) -> Self {
+        Capture {
+            point,
+            positions,
+            reduce: Reduce::None,
+        }
+    }
+
+    /// Each query head's attention argmax at the given query positions.
+    pub fn pattern_argmax(layer: usize, positions: Positions) -> Self {
+        Capture {
+            point: HookPoint::Pattern(layer),
+            positions,
+            reduce: Reduce::Argmax,
+        }
+    }
+}
+
+/// When an intervention is active: while the prompt is processed, while tokens are generated,
+/// or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prefill,
+    Decode,
+    Both,
+}
+
+impl Phase {
+    pub fn includes(self, now: Phase) -> bool {
+        self == Phase::Both || self == now
+    }
+}
+
+impl FromStr for Phase {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "prefill" => Ok(Phase::Prefill),
+            "decode" => Ok(Phase::Decode),
+            "all" | "both" => Ok(Phase::Both),
+            _ => Err(Error::Hook(format!("unknown phase `{s}` (prefill, decode, all)"))),
+        }
+    }
+}
+
+/// How a masked head is silenced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaskMode {
+    /// Zero the head's query: its attention becomes uniform over the keys it can see (what the
+    /// retrieval-head paper's code does).
+    Uniform,
+    /// Zero the head's output (`hook_z`, hence `hook_result`).
+    Zero,
+    /// Replace the head's output by a fixed `d_head` vector (its mean over reference runs).
+    Mean(Vec<f32>),
+}
+
+/// Which keys a head may attend to, on top of causality.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySet {
+    /// Only these absolute positions.
+    Only(Vec<usize>),
+    /// Only the query's own position.
+    SelfOnly,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intervention {
+    MaskHead {
+        layer: usize,
+        head: usize,
+        mode: MaskMode,
+        phase: Phase,
+    },
+    RestrictKeys {
+        layer: usize,
+        head: usize,
+        keys: KeySet,
+        phase: Phase,
+    },
+    /// Add a vector to every selected row of a point (residual, attention/MLP output, MLP hidden).
+    Add {
+        point: HookPoint,
+        positions: Positions,
+        vector: Vec<f32>,
+    },
+    /// Overwrite rows of a point with given values (activation patching). With `head`, only that
+    /// head's slice of a per-head point (`hook_z`).
+    Set {
+        point: HookPoint,
+        head: Option<usize>,
+        rows: BTreeMap<usize, Vec<f32>>,
+    },
+}
+
+/// Everything one run records and changes.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub captures: Vec<Capture>,
+    pub interventions: Vec<Intervention>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.captures.is_empty() && self.interventions.is_empty()
+    }
+
+    pub fn capture(mut self, c: Capture) -> Self {
+        self.captures.push(c);
+        self
+    }
+
+    pub fn intervene(mut self, i: Intervention) -> Self {
+        self.interventions.push(i);
+        self
+    }
+
+    /// Check every point, layer, head and vector length against the model.
+    pub fn validate(&self, c: &ModelConfig) -> Result<()> {
+        let head_ok = |layer: usize, head: usize| {
+            if layer >= c.n_layers || head >= c.n_heads {
+                Err(Error::Hook(format!(
+                    "head {layer}.{head} does not exist ({} layers x {} heads)",
+                    c.n_layers, c.n_heads
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        for cap in &self.captures {
+            cap.point.check(c)?;
+            if cap.reduce == Reduce::Argmax && !matches!(cap.point, HookPoint::Pattern(_)) {
+                return Err(Error::Hook(format!("argmax applies to attention patterns, not {}", cap.point)));
+            }
+        }
+        for i in &self.interventions {
+            match i {
+                Intervention::MaskHead { layer, head, mode, .. } => {
+                    head_ok(*layer, *head)?;
+                    if let MaskMode::Mean(v) = mode {
+                        if v.len() != c.d_head {
+                            return Err(Error::Hook(format!(
+                                "mean for head {layer}.{head} has {} values, expected d_head = {}",
+                                v.len(),
+                                c.d_head
+                            )));
+                        }
+                    }
+                }
+                Intervention::RestrictKeys { layer, head, .. } => head_ok(*layer, *head)?,
+                Intervention::Add { point, vector, .. } => {
+                    point.check(c)?;
+                    if matches!(
+                        point,
+                        HookPoint::Pattern(_) | HookPoint::Result(_) | HookPoint::Logits | HookPoint::FinalNormalized
+                    ) {
+                        return Err(Error::Hook(format!("cannot add to {point}")));
+                    }
+                    if vector.len() != point.row_len(c) {
+                        return Err(Error::Hook(format!(
+                            "vector for {point} has {} values, expected {}",
+                            vector.len(),
+                            point.row_len(c)
+                        )));
+                    }
+                }
+                Intervention::Set { point, head, rows } => {
+                    point.check(c)?;
+                    if matches!(
+                        point,
+                        HookPoint::Pattern(_) | HookPoint::Result(_) | HookPoint::Logits | HookPoint::FinalNormalized
+                    ) {
+                        return Err(Error::Hook(format!("cannot patch {point}")));
+                    }
+                    let want = match head {
+                        Some(h) if matches!(point, HookPoint::Z(_)) => {
+                            head_ok(point.layer().unwrap_or(0), *h)?;
+                            c.d_head
+                        }
+                        Some(_) => return Err(Error::Hook(format!("a per-head patch needs a per-head point, not {point}"))),
+                        None => point.row_len(c),
+                    };
+                    if let Some((p, r)) = rows.iter().find(|(_, r)| r.len() != want) {
+                        return Err(Error::Hook(format!(
+                            "patch of {point} at position {p} has {} values, expected {want}",
+                            r.len()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One captured pattern row: a query position and every head's probabilities over key positions
+/// `0..n_keys` (keys a head could not see, or that its cache no longer holds, are 0).
+#[derive(Debug, Clone)]
+pub struct PatternRow {
+    pub position: usize,
+    pub n_keys: usize,
+    /// `[head, n_keys]`
+    pub probs: Vec<f32>,
+}
+
+/// Rows of one captured point, in the order they were computed.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub positions: Vec<usize>,
+    pub row_len: usize,
+    pub data: Vec<f32>,
+}
+
+impl Rows {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.row_len..(i + 1) * self.row_len]
+    }
+
+    /// The row captured at an absolute position (the latest, if captured twice).
+    pub fn at(&self, pos: usize) -> Option<&[f32]> {
+        self.positions.iter().rposition(|&p| p == pos).map(|i| self.row(i))
+    }
+}
+
+/// What a run captured.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    pub rows: BTreeMap<HookPoint, Rows>,
+    pub patterns: BTreeMap<usize, Vec<PatternRow>>,
+    /// Per layer: (query position, key position of each query head's argmax).
+    pub argmax: BTreeMap<usize, Vec<(usize, Vec<u32>)>>,
+}
+
+impl Recording {
+    pub fn get(&self, point: HookPoint) -> Option<&Rows> {
+        self.rows.get(&point)
+    }
+
+    pub(crate) fn push_row(&mut self, point: HookPoint, pos: usize, row: &[f32]) {
+        let r = self.rows.entry(point).or_default();
+        r.row_len = row.len();
+        r.positions.push(pos);
+        r.data.extend_from_slice(row);
+    }
+
+    pub fn clear(&mut self) {
+        *self = Recording::default();
+    }
+}
+
+/// One forward call: rows for positions `p0..p0 + n`, which of them (if any) decides the next
+/// token, and whether the prompt or a generated token is being processed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    pub p0: usize,
+    pub n: usize,
+    pub last: Option<usize>,
+    pub phase: Phase,
+}
+
+impl Step {
+    pub fn positions(&self) -> std::ops::Range<usize> {
+        self.p0..self.p0 + self.n
+    }
+
+    /// The same call narrowed to one position.
+    pub fn at(&self, pos: usize) -> Step {
+        Step { p0: pos, n: 1, ..*self }
+    }
+}
+
+/// Hooks compiled for fast lookup during a forward pass.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    pub hooks: Hooks,
+    /// Points touched by any capture or intervention: a forward pass skips all others at once.
+    touched: std::collections::BTreeSet<HookPoint>,
+    layers_with_attention_hooks: Vec<bool>,
+    d_head: usize,
+}
+
+/// What the attention kernel of one layer must do for one query head.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeadHooks {
+    pub zero_query: bool,
+    pub keys: Option<KeySet>,
+}
+
+impl Plan {
+    pub fn new(hooks: Hooks, config: &ModelConfig) -> Result<Self> {
+        hooks.validate(config)?;
+        let mut touched = std::collections::BTreeSet::new();
+        let mut attn = vec![false; config.n_layers];
+        for c in &hooks.captures {
+            touched.insert(c.point);
+            if let HookPoint::Pattern(l) = c.point {
+                attn[l] = true;
+            }
+        }
+        for i in &hooks.interventions {
+            match i {
+                Intervention::MaskHead { layer, .. } | Intervention::RestrictKeys { layer, .. } => {
+                    touched.insert(HookPoint::Z(*layer));
+                    attn[*layer] = true;
+                }
+                Intervention::Add { point, .. } | Intervention::Set { point, .. } => {
+                    touched.insert(*point);
+                }
+            }
+        }
+        Ok(Plan {
+            hooks,
+            touched,
+            layers_with_attention_hooks: attn,
+            d_head: config.d_head,
+        })
+    }
+
+    #[inline]
+    pub fn touches(&self, p: HookPoint) -> bool {
+        !self.touched.is_empty() && self.touched.contains(&p)
+    }
+
+    pub fn attention_hooked(&self, layer: usize) -> bool {
+        self.layers_with_attention_hooks.get(layer).copied().unwrap_or(false)
+    }
+
+    /// Per-head query masks and key restrictions active in this layer and phase.
+    pub fn head_hooks(&self, layer: usize, n_heads: usize, phase: Phase) -> Vec<HeadHooks> {
+        let mut out = vec![HeadHooks::default(); n_heads];
+        for i in &self.hooks.interventions {
+            match i {
+                Intervention::MaskHead {
+                    layer: l,
+                    head,
+                    mode: MaskMode::Uniform,
+                    phase: ph,
+                } if *l == layer && ph.includes(phase) => out[*head].zero_query = true,
+                Intervention::RestrictKeys {
+                    layer: l,
+                    head,
+                    keys,
+                    phase: ph,
+                } if *l == layer && ph.includes(phase) => out[*head].keys = Some(keys.clone()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Query positions (within `positions`) whose pattern rows / argmax are captured at a layer.
+    pub fn pattern_requests(&self, layer: usize, step: &Step) -> (Vec<usize>, Vec<usize>) {
+        let mut full = Vec::new();
+        let mut argmax = Vec::new();
+        for c in &self.hooks.captures {
+            if c.point != HookPoint::Pattern(layer) {
+                continue;
+            }
+            let target = if c.reduce == Reduce::Argmax { &mut argmax } else { &mut full };
+            target.extend(step.positions().filter(|&p| c.positions.matches(p, step.last)));
+        }
+        for v in [&mut full, &mut argmax] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        (full, argmax)
+    }
+
+    /// Apply interventions at `point` to `buf` (one row of `row_len` values per position of the
+    /// step), then record captures.
+    pub fn apply(&self, point: HookPoint, buf: &mut [f32], row_len: usize, step: &Step, rec: &mut Recording) {
+        if !self.touches(point) {
+            return;
+        }
+        let (n, p0, last, d_head) = (buf.len() / row_len, step.p0, step.last, self.d_head);
+        for i in &self.hooks.interventions {
+            match i {
+                Intervention::MaskHead {
+                    layer,
+                    head,
+                    mode,
+                    phase: ph,
+                } if point == HookPoint::Z(*layer) && ph.includes(step.phase) => {
+                    let fill: &[f32] = match mode {
+                        MaskMode::Uniform => continue,
+                        MaskMode::Zero => &[],
+                        MaskMode::Mean(v) => v,
+                    };
+                    for r in 0..n {
+                        let slot = &mut buf[r * row_len + head * d_head..r * row_len + (head + 1) * d_head];
+                        if fill.is_empty() {
+                            slot.fill(0.0);
+                        } else {
+                            slot.copy_from_slice(fill);
+                        }
+                    }
+                }
+                Intervention::Add {
+                    point: p,
+                    positions,
+                    vector,
+                } if *p == point => {
+                    for r in 0..n {
+                        if positions.matches(p0 + r, last) {
+                            buf[r * row_len..(r + 1) * row_len]
+                                .iter_mut()
+                                .zip(vector)
+                                .for_each(|(x, v)| *x += v);
+                        }
+                    }
+                }
+                Intervention::Set { point: p, head, rows } if *p == point => {
+                    for (&pos, values) in rows.range(p0..p0 + n) {
+                        let r = pos - p0;
+                        let row = &mut buf[r * row_len..(r + 1) * row_len];
+                        match head {
+                            Some(h) => row[h * d_head..(h + 1) * d_head].copy_from_slice(values),
+                            None => row.copy_from_slice(values),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for c in &self.hooks.captures {
+            if c.point == point {
+                for r in 0..n {
+                    if c.positions.matches(p0 + r, last) {
+                        rec.push_row(point, p0 + r, &buf[r * row_len..(r + 1) * row_len]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Positions (within this call) at which a point is captured.
+    pub fn capture_positions(&self, point: HookPoint, step: &Step) -> Vec<usize> {
+        if !self.touches(point) {
+            return Vec::new();
+        }
+        step.positions()
+            .filter(|&p| {
+                self.hooks
+                    .captures
+                    .iter()
+                    .any(|c| c.point == point && c.positions.matches(p, step.last))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_names_round_trip() {
+        for p in [
+            HookPoint::Embed,
+            HookPoint::ResidPre(3),
+            HookPoint::Z(0),
+            HookPoint::Result(11),
+            HookPoint::Pattern(2),
+            HookPoint::AttnOut(1),
+            HookPoint::ResidMid(4),
+            HookPoint::MlpPost(5),
+            HookPoint::MlpOut(6),
+            HookPoint::ResidPost(29),
+            HookPoint::FinalNormalized,
+            HookPoint::Logits,
+        ] {
+            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+        }
+        assert_eq!("blocks.7.attn.hook_pattern".parse::<HookPoint>().unwrap(), HookPoint::Pattern(7));
+        assert!("blocks.x.hook_resid_pre".parse::<HookPoint>().is_err());
+        assert!("blocks.1.hook_nothing".parse::<HookPoint>().is_err());
+    }
+}

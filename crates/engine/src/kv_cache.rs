@@ -1,0 +1,225 @@
+//! The key/value cache, one store per layer and key/value head, each with its own policy.
+//!
+//! A `Full` head keeps every position. A `SinkWindow` head keeps the first `sink` positions and a
+//! ring of the most recent ones, and its attention sees exactly those: position `j` is visible to
+//! query `p` when `j <= p` and (`j < sink` or `p - j < window`). Gemma's sliding-window layers
+//! are `SinkWindow { sink: 0, window: 512 }` heads; compressed caches (retrieval-aware or
+//! StreamingLLM style) are the same mechanism with other sizes. The ring is allocated once at its
+//! final size, so a windowed head really holds `sink + window - 1 + chunk` rows, never more.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvPolicy {
+    Full,
+    SinkWindow { sink: usize, window: usize },
+}
+
+impl KvPolicy {
+    /// Whether key position `key` is visible to query position `query` under this policy
+    /// (causality included).
+    #[inline]
+    pub fn visible(&self, query: usize, key: usize) -> bool {
+        key <= query
+            && match *self {
+                KvPolicy::Full => true,
+                KvPolicy::SinkWindow { sink, window } => key < sink || query - key < window,
+            }
+    }
+}
+
+/// A contiguous run of cached rows, positions ascending.
+#[derive(Clone, Copy)]
+pub(crate) struct Segment<'a> {
+    pub pos: &'a [u32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+}
+
+#[derive(Debug, Clone)]
+struct Rows {
+    pos: Vec<u32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Rows {
+    fn with_capacity(rows: usize, d: usize) -> Self {
+        Rows {
+            pos: Vec::with_capacity(rows),
+            k: Vec::with_capacity(rows * d),
+            v: Vec::with_capacity(rows * d),
+        }
+    }
+
+    fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+        self.pos.push(pos as u32);
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+    }
+
+    fn bytes(&self) -> usize {
+        4 * (self.pos.capacity() + self.k.capacity() + self.v.capacity())
+    }
+
+    fn segment(&self, d: usize, from: usize, to: usize) -> Segment<'_> {
+        Segment {
+            pos: &self.pos[from..to],
+            k: &self.k[from * d..to * d],
+            v: &self.v[from * d..to * d],
+        }
+    }
+}
+
+/// The cache of one key/value head.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadCache {
+    pub policy: KvPolicy,
+    d: usize,
+    sink: Rows,
+    /// Full: every row in order. SinkWindow: a ring of `ring_cap` rows starting at `start`.
+    main: Rows,
+    ring_cap: usize,
+    start: usize,
+}
+
+impl HeadCache {
+    /// `capacity`: rows a full head should reserve; `max_chunk`: the most rows appended at once.
+    pub fn new(policy: KvPolicy, d: usize, capacity: usize, max_chunk: usize) -> Self {
+        match policy {
+            KvPolicy::Full => HeadCache {
+                policy,
+                d,
+                sink: Rows::with_capacity(0, d),
+                main: Rows::with_capacity(capacity, d),
+                ring_cap: usize::MAX,
+                start: 0,
+            },
+            KvPolicy::SinkWindow { sink, window } => {
+                // The ring must hold every row a chunk of queries can still see; a known total
+                // length only limits what is reserved up front.
+                let ring_cap = window.max(1) - 1 + max_chunk.max(1);
+                let reserve = |rows: usize| if capacity == 0 { rows } else { rows.min(capacity) };
+                HeadCache {
+                    policy,
+                    d,
+                    sink: Rows::with_capacity(reserve(sink), d),
+                    main: Rows::with_capacity(reserve(ring_cap), d),
+                    ring_cap,
+                    start: 0,
+                }
+            }
+        }
+    }
+
+    pub fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) {
+        match self.policy {
+            KvPolicy::Full => self.main.push(pos, k, v),
+            KvPolicy::SinkWindow { sink, .. } if pos < sink => self.sink.push(pos, k, v),
+            KvPolicy::SinkWindow { .. } => {
+                if self.main.pos.len() < self.ring_cap {
+                    self.main.push(pos, k, v);
+                } else {
+                    let (i, d) = (self.start, self.d);
+                    self.main.pos[i] = pos as u32;
+                    self.main.k[i * d..(i + 1) * d].copy_from_slice(k);
+                    self.main.v[i * d..(i + 1) * d].copy_from_slice(v);
+                    self.start = (self.start + 1) % self.ring_cap;
+                }
+            }
+        }
+    }
+
+    /// The cached rows as up to three position-ascending segments, oldest first.
+    pub fn segments(&self) -> Vec<Segment<'_>> {
+        let d = self.d;
+        let mut out = Vec::with_capacity(3);
+        if !self.sink.pos.is_empty() {
+            out.push(self.sink.segment(d, 0, self.sink.pos.len()));
+        }
+        let n = self.main.pos.len();
+        if self.start == 0 {
+            if n > 0 {
+                out.push(self.main.segment(d, 0, n));
+            }
+        } else {
+            out.push(self.main.segment(d, self.start, n));
+            out.push(self.main.segment(d, 0, self.start));
+        }
+        out
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.sink.bytes() + self.main.bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sink.pos.len() + self.main.pos.len()
+    }
+}
+
+/// Every layer's caches.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub(crate) layers: Vec<Vec<HeadCache>>,
+}
+
+impl KvCache {
+    pub(crate) fn new(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize, max_chunk: usize) -> Self {
+        KvCache {
+            layers: policies
+                .iter()
+                .map(|heads| heads.iter().map(|&p| HeadCache::new(p, d_head, capacity, max_chunk)).collect())
+                .collect(),
+        }
+    }
+
+    /// Bytes allocated for keys, values and their positions, all layers and heads.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(HeadCache::bytes).sum()
+    }
+
+    /// Rows currently held by each layer's heads.
+    pub fn rows(&self) -> Vec<Vec<usize>> {
+        self.layers.iter().map(|l| l.iter().map(HeadCache::len).collect()).collect()
+    }
+
+    pub fn policies(&self) -> Vec<Vec<KvPolicy>> {
+        self.layers.iter().map(|l| l.iter().map(|h| h.policy).collect()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_keeps_sink_and_recent_window() {
+        let (sink, window, chunk) = (2, 4, 3);
+        // A capacity hint smaller than the sequence must not shrink the window.
+        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 5, chunk);
+        for p in 0..20 {
+            h.push(p, &[p as f32], &[-(p as f32)]);
+        }
+        let kept: Vec<u32> = h.segments().iter().flat_map(|s| s.pos.iter().copied()).collect();
+        // sink 0,1 then the last window - 1 + chunk = 6 positions, ascending.
+        assert_eq!(kept, vec![0, 1, 14, 15, 16, 17, 18, 19]);
+        for s in h.segments() {
+            for (i, &p) in s.pos.iter().enumerate() {
+                assert_eq!(s.k[i], p as f32);
+                assert_eq!(s.v[i], -(p as f32));
+            }
+        }
+        assert_eq!(h.len(), 8);
+        let fresh = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk);
+        assert_eq!(fresh.bytes(), 4 * 3 * 8, "sink + ring reserved exactly");
+    }
+
+    #[test]
+    fn visibility() {
+        let p = KvPolicy::SinkWindow { sink: 1, window: 3 };
+        let seen: Vec<usize> = (0..12).filter(|&k| p.visible(10, k)).collect();
+        assert_eq!(seen, vec![0, 8, 9, 10]);
+        assert!(!KvPolicy::Full.visible(3, 4));
+    }
+}

@@ -1,0 +1,205 @@
+//! The dense kernels of the forward pass: matrix multiply (through `gemm`), norms, activations.
+//! Everything is f32, row-major, on contiguous slices.
+
+use crate::config::{Activation, NormKind};
+use crate::weights::{Linear, NormWeights};
+
+/// `out[m, n] = a[m, k] · w[n, k]^T`, or `+=` when `accumulate`. `w` is row-major `[n, k]`, the
+/// layout of a linear layer's weight. Threads: all of rayon's pool when `parallel`.
+#[allow(clippy::too_many_arguments)] // a GEMM's shape and flags, kept flat as BLAS keeps them
+pub fn matmul_t(out: &mut [f32], a: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool, parallel: bool) {
+    assert!(
+        out.len() >= m * n && a.len() >= m * k && w.len() >= n * k,
+        "matmul_t: buffers smaller than their shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above bounds every index gemm touches: dst is [m, n] with row stride
+    // n, lhs [m, k] with row stride k, rhs[i, j] = w[j * k + i] for i < k, j < n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `out[m, n] = a[m, k] · b[k, n]` with `b` row-major `[k, n]`, single-threaded (for the small
+/// tiles of attention).
+pub fn matmul_nn(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+    assert!(
+        out.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul_nn: buffers smaller than their shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: bounds asserted above; b[i, j] = b[i * n + j].
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl Linear {
+    /// `x[m, n_in] -> [m, n_out]`
+    pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * self.n_out];
+        self.forward_into(&mut out, x, m);
+        out
+    }
+
+    pub fn forward_into(&self, out: &mut [f32], x: &[f32], m: usize) {
+        matmul_t(out, x, &self.w, m, self.n_in, self.n_out, false, true);
+        if let Some(b) = &self.b {
+            for row in out.chunks_exact_mut(self.n_out).take(m) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+    }
+}
+
+/// Normalise each `dim`-wide row of `x` into `out`.
+pub fn norm_rows(out: &mut [f32], x: &[f32], dim: usize, kind: NormKind, eps: f32, w: &NormWeights) {
+    for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        match kind {
+            NormKind::RmsNorm => {
+                let scale = rms_scale(row, eps);
+                for ((o, &x), &w) in o.iter_mut().zip(row).zip(&w.w) {
+                    *o = w * (x * scale);
+                }
+            }
+            NormKind::LayerNorm => {
+                let n = dim as f64;
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+                let mean = mean as f32;
+                for (j, (o, &x)) in o.iter_mut().zip(row).enumerate() {
+                    *o = (x - mean) * inv * w.w[j] + w.b.as_ref().map_or(0.0, |b| b[j]);
+                }
+            }
+        }
+    }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)`, accumulated in f64.
+pub fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;
+    (1.0 / (ms + eps as f64).sqrt()) as f32
+}
+
+pub fn activate(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+            0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+/// The MLP's hidden activation, in place. Gated: `h[:, :d] = act(gate) * up` from rows laid out
+/// `[gate | up]`, and the result occupies the first `d_mlp` columns of each row.
+pub fn mlp_activation(h: &mut [f32], rows: usize, d_mlp: usize, gated: bool, act: Activation) -> Vec<f32> {
+    let width = if gated { 2 * d_mlp } else { d_mlp };
+    let mut out = vec![0.0; rows * d_mlp];
+    for (o, row) in out.chunks_exact_mut(d_mlp).zip(h.chunks_exact(width)) {
+        if gated {
+            let (gate, up) = row.split_at(d_mlp);
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                *o = activate(g, act) * u;
+            }
+        } else {
+            for (o, &x) in o.iter_mut().zip(row) {
+                *o = activate(x, act);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut out = vec![0.0; m * n];
+        matmul_t(&mut out, &a, &w, m, k, n, false, true);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|t| a[i * k + t] * w[j * k + t]).sum();
+                assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        let mut acc = out.clone();
+        matmul_t(&mut acc, &a, &w, m, k, n, true, false);
+        acc.iter().zip(&out).for_each(|(x, y)| assert!((x - 2.0 * y).abs() < 1e-5));
+
+        let b: Vec<f32> = (0..k * n).map(|i| i as f32 * 0.01).collect();
+        let mut nn = vec![0.0; m * n];
+        matmul_nn(&mut nn, &a, &b, m, k, n, false);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum();
+                assert!((nn[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn activations() {
+        assert!((activate(1.0, Activation::Silu) - 0.731_058_6).abs() < 1e-6);
+        assert!((activate(1.0, Activation::GeluTanh) - 0.841_192).abs() < 1e-5);
+        assert!((activate(1.0, Activation::Gelu) - 0.841_344_7).abs() < 1e-6);
+        assert_eq!(activate(-2.0, Activation::Relu), 0.0);
+    }
+}

@@ -1,0 +1,523 @@
+//! A loaded model and the forward pass: one code path for every family, with hooks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::attention::AttentionLayer;
+use crate::config::{ModelConfig, PositionEncoding};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::hooks::{HookPoint, Hooks, Phase, Plan, Recording, Step};
+use crate::kv_cache::{KvCache, KvPolicy};
+use crate::linalg::{matmul_t, mlp_activation, norm_rows, rms_scale};
+use crate::rope::RopeTable;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{self, SafetensorsDir, Weights};
+
+/// Where a model came from, for its card.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceInfo {
+    pub path: PathBuf,
+    /// `gguf` or `safetensors`.
+    pub format: String,
+    pub name: Option<String>,
+    /// Tensor storage types and how many tensors use each (`Q4_1: 210`, ...).
+    pub tensor_types: BTreeMap<String, usize>,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    /// `None` for a checkpoint directory without `tokenizer.json`.
+    pub tokenizer: Option<Tokenizer>,
+    pub source: SourceInfo,
+    /// One table per distinct (base, scaling); `rope_of_layer[l]` indexes it.
+    rope_tables: Vec<RopeTable>,
+    rope_of_layer: Vec<usize>,
+}
+
+/// How a run's KV cache is laid out and how prompts are fed.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Rows to reserve in each full KV head (prompt plus generated tokens); 0 lets caches grow.
+    pub capacity: usize,
+    /// Policy per layer and KV head for layers without their own sliding window; `None` keeps
+    /// everything.
+    pub kv_policy: Option<Vec<Vec<KvPolicy>>>,
+    /// Prompt tokens processed per forward call: bounds activation memory on long prompts.
+    pub prefill_chunk: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            capacity: 0,
+            kv_policy: None,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+impl Model {
+    /// Load a `.gguf` file or a Hugging Face directory (`config.json`, `*.safetensors`, and
+    /// `tokenizer.json` for anything that reads or writes text).
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_hf_dir(path)
+        } else {
+            Self::from_gguf(path)
+        }
+    }
+
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let weights = weights::load_gguf(&file, &config)?;
+        let mut tensor_types = BTreeMap::new();
+        for t in file.header.tensors.values() {
+            *tensor_types.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
+        }
+        let source = SourceInfo {
+            path: path.to_owned(),
+            format: "gguf".into(),
+            name: file.meta("general.name").and_then(|v| v.as_str()).map(str::to_owned),
+            tensor_types,
+        };
+        Ok(Self::assemble(config, weights, Some(tokenizer), source))
+    }
+
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Checkpoint {
+                path: dir.to_owned(),
+                reason: "missing config.json (a Hugging Face directory needs config.json, model*.safetensors and tokenizer.json)".into(),
+            },
+            _ => Error::io(&config_path, e),
+        })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            path: config_path.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        let config = ModelConfig::from_hf_json(&json)?;
+        let files = SafetensorsDir::open(dir)?;
+        let weights = weights::load_safetensors(&files, &config)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::from_hf_dir(dir)?)
+        } else {
+            None
+        };
+        let source = SourceInfo {
+            path: dir.to_owned(),
+            format: "safetensors".into(),
+            name: json.get("_name_or_path").and_then(|v| v.as_str()).map(str::to_owned),
+            tensor_types: BTreeMap::new(),
+        };
+        Ok(Self::assemble(config, weights, tokenizer, source))
+    }
+
+    fn assemble(config: ModelConfig, weights: Weights, tokenizer: Option<Tokenizer>, source: SourceInfo) -> Self {
+        let mut rope_tables: Vec<RopeTable> = Vec::new();
+        let mut keys: Vec<(u32, Option<String>)> = Vec::new();
+        let mut rope_of_layer = Vec::new();
+        if config.positions == PositionEncoding::Rotary {
+            for spec in &config.layers {
+                let key = (spec.rope_base.to_bits(), spec.rope_scaling.map(|s| format!("{s:?}")));
+                let idx = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        rope_tables.push(RopeTable::new(
+                            config.d_head,
+                            spec.rope_base,
+                            spec.rope_scaling,
+                            config.context_length,
+                        ));
+                        rope_tables.len() - 1
+                    }
+                };
+                rope_of_layer.push(idx);
+            }
+        }
+        Model {
+            config,
+            weights,
+            tokenizer,
+            source,
+            rope_tables,
+            rope_of_layer,
+        }
+    }
+
+    /// The tokenizer, or an error saying why there is none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Checkpoint {
+            path: self.source.path.clone(),
+            reason: "missing tokenizer.json: this command needs the model's tokenizer".into(),
+        })
+    }
+
+    /// Start a run: an empty KV cache, hooks compiled against this model.
+    pub fn run(&self, hooks: Hooks, options: RunOptions) -> Result<Run<'_>> {
+        let plan = Plan::new(hooks, &self.config)?;
+        let policies = self.kv_policies(options.kv_policy.as_deref())?;
+        let chunk = options.prefill_chunk.max(1);
+        Ok(Run {
+            model: self,
+            plan,
+            cache: KvCache::new(&policies, self.config.d_head, options.capacity, chunk),
+            recording: Recording::default(),
+            tokens: Vec::new(),
+            chunk,
+        })
+    }
+
+    /// The effective KV policy per layer and KV head: a layer's own sliding window wins,
+    /// elsewhere the requested policy (or full).
+    pub fn kv_policies(&self, requested: Option<&[Vec<KvPolicy>]>) -> Result<Vec<Vec<KvPolicy>>> {
+        let c = &self.config;
+        if let Some(r) = requested {
+            if r.len() != c.n_layers || r.iter().any(|l| l.len() != c.n_kv_heads) {
+                return Err(Error::Hook(format!(
+                    "a KV policy needs {} layers x {} KV heads",
+                    c.n_layers, c.n_kv_heads
+                )));
+            }
+        }
+        Ok((0..c.n_layers)
+            .map(|l| match c.layers[l].window {
+                Some(window) => vec![KvPolicy::SinkWindow { sink: 0, window }; c.n_kv_heads],
+                None => requested.map_or_else(|| vec![KvPolicy::Full; c.n_kv_heads], |r| r[l].clone()),
+            })
+            .collect())
+    }
+
+    pub fn is_eos(&self, token: u32) -> bool {
+        self.tokenizer.as_ref().is_some_and(|t| t.eos_ids.contains(&token))
+    }
+
+    /// Run `tokens` (at the step's positions) through the network, appending to `cache`.
+    /// Returns the logits at the step's last position when it has one.
+    fn forward(&self, tokens: &[u32], step: Step, cache: &mut KvCache, plan: &Plan, rec: &mut Recording) -> Result<Option<Vec<f32>>> {
+        let c = &self.config;
+        let w = &self.weights;
+        let (n, d, nh, nkv, dh) = (tokens.len(), c.d_model, c.n_heads, c.n_kv_heads, c.d_head);
+        let (p0, last) = (step.p0, step.last);
+
+        let mut resid = vec![0.0f32; n * d];
+        for (r, &t) in tokens.iter().enumerate() {
+            if t as usize >= c.vocab_size {
+                return Err(Error::TokenOutOfRange {
+                    id: t,
+                    vocab: c.vocab_size,
+                });
+            }
+            let e = &w.embed[t as usize * d..(t as usize + 1) * d];
+            resid[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(e)
+                .for_each(|(x, &e)| *x = e * c.embed_scale);
+        }
+        plan.apply(HookPoint::Embed, &mut resid, d, &step, rec);
+        if let (PositionEncoding::Learned { offset }, Some(table)) = (c.positions, &w.pos_embed) {
+            let mut pos = vec![0.0f32; n * d];
+            for r in 0..n {
+                let row = p0 + r + offset;
+                pos[r * d..(r + 1) * d].copy_from_slice(&table[row * d..(row + 1) * d]);
+            }
+            plan.apply(HookPoint::PosEmbed, &mut pos, d, &step, rec);
+            resid.iter_mut().zip(&pos).for_each(|(x, p)| *x += p);
+        }
+
+        let mut x = vec![0.0f32; n * d];
+        for (l, b) in w.blocks.iter().enumerate() {
+            plan.apply(HookPoint::ResidPre(l), &mut resid, d, &step, rec);
+
+            // Attention.
+            norm_rows(&mut x, &resid, d, c.norm, c.norm_eps, &b.attn_norm);
+            let qkv = b.qkv.forward(&x, n);
+            let width = (nh + 2 * nkv) * dh;
+            let mut q = vec![0.0f32; n * nh * dh];
+            let mut k = vec![0.0f32; n * nkv * dh];
+            for r in 0..n {
+                let row = &qkv[r * width..(r + 1) * width];
+                q[r * nh * dh..(r + 1) * nh * dh].copy_from_slice(&row[..nh * dh]);
+                k[r * nkv * dh..(r + 1) * nkv * dh].copy_from_slice(&row[nh * dh..(nh + nkv) * dh]);
+            }
+            if let Some(qn) = &b.q_norm {
+                let qc = q.clone();
+                norm_rows(&mut q, &qc, dh, c.norm, c.norm_eps, qn);
+            }
+            if let Some(kn) = &b.k_norm {
+                let kc = k.clone();
+                norm_rows(&mut k, &kc, dh, c.norm, c.norm_eps, kn);
+            }
+            if let Some(&t) = self.rope_of_layer.get(l) {
+                let table = &self.rope_tables[t];
+                for r in 0..n {
+                    for head in q[r * nh * dh..(r + 1) * nh * dh].chunks_exact_mut(dh) {
+                        table.apply(head, p0 + r);
+                    }
+                    for head in k[r * nkv * dh..(r + 1) * nkv * dh].chunks_exact_mut(dh) {
+                        table.apply(head, p0 + r);
+                    }
+                }
+            }
+            let layer_cache = &mut cache.layers[l];
+            for r in 0..n {
+                let row = &qkv[r * width..(r + 1) * width];
+                for (g, head_cache) in layer_cache.iter_mut().enumerate() {
+                    let kr = &k[(r * nkv + g) * dh..(r * nkv + g + 1) * dh];
+                    let vr = &row[(nh + nkv + g) * dh..(nh + nkv + g + 1) * dh];
+                    head_cache.push(p0 + r, kr, vr);
+                }
+            }
+            let attention_hooked = plan.attention_hooked(l);
+            let head_hooks = attention_hooked.then(|| plan.head_hooks(l, nh, step.phase));
+            let (pattern_positions, argmax_positions) = if attention_hooked {
+                plan.pattern_requests(l, &step)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let out = AttentionLayer {
+                q: &q,
+                n,
+                p0,
+                n_heads: nh,
+                d_head: dh,
+                scale: c.attn_scale,
+                softcap: c.attn_logit_softcap,
+                caches: layer_cache,
+                head_hooks: head_hooks.as_deref(),
+                pattern_positions: &pattern_positions,
+                argmax_positions: &argmax_positions,
+            }
+            .run();
+            if !out.patterns.is_empty() {
+                rec.patterns.entry(l).or_default().extend(out.patterns);
+            }
+            if !out.argmax.is_empty() {
+                rec.argmax.entry(l).or_default().extend(out.argmax);
+            }
+            let mut z = out.z;
+            plan.apply(HookPoint::Z(l), &mut z, nh * dh, &step, rec);
+            let mut attn_out = b.o.forward(&z, n);
+            // Sandwich norms: the post-attention norm's per-row scale, shared by every head.
+            let post_scale: Option<Vec<f32>> = b
+                .post_attn_norm
+                .as_ref()
+                .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
+            {
+                for pos in plan.capture_positions(HookPoint::Result(l), &step) {
+                    let r = pos - p0;
+                    let row = self.head_results(l, &z[r * nh * dh..(r + 1) * nh * dh], post_scale.as_ref().map(|s| s[r]));
+                    rec.push_row(HookPoint::Result(l), pos, &row);
+                }
+            }
+            if let (Some(norm), Some(scales)) = (&b.post_attn_norm, &post_scale) {
+                for (row, &s) in attn_out.chunks_exact_mut(d).zip(scales) {
+                    row.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
+                }
+            }
+            plan.apply(HookPoint::AttnOut(l), &mut attn_out, d, &step, rec);
+            resid.iter_mut().zip(&attn_out).for_each(|(x, a)| *x += a);
+            plan.apply(HookPoint::ResidMid(l), &mut resid, d, &step, rec);
+
+            // MLP.
+            norm_rows(&mut x, &resid, d, c.norm, c.norm_eps, &b.mlp_norm);
+            let mut h = b.up.forward(&x, n);
+            let mut act = mlp_activation(&mut h, n, c.d_mlp, c.gated_mlp, c.activation);
+            drop(h);
+            plan.apply(HookPoint::MlpPost(l), &mut act, c.d_mlp, &step, rec);
+            let mut mlp_out = b.down.forward(&act, n);
+            if let Some(norm) = &b.post_mlp_norm {
+                let raw = mlp_out.clone();
+                norm_rows(&mut mlp_out, &raw, d, c.norm, c.norm_eps, norm);
+            }
+            plan.apply(HookPoint::MlpOut(l), &mut mlp_out, d, &step, rec);
+            resid.iter_mut().zip(&mlp_out).for_each(|(x, m)| *x += m);
+            plan.apply(HookPoint::ResidPost(l), &mut resid, d, &step, rec);
+        }
+
+        // Final norm and unembedding, only at the positions someone needs.
+        let mut wanted = plan.capture_positions(HookPoint::Logits, &step);
+        wanted.extend(plan.capture_positions(HookPoint::FinalNormalized, &step));
+        wanted.extend(last);
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut last_logits = None;
+        for pos in wanted {
+            let r = pos - p0;
+            let mut normed = vec![0.0f32; d];
+            norm_rows(&mut normed, &resid[r * d..(r + 1) * d], d, c.norm, c.norm_eps, &w.final_norm);
+            plan.apply(HookPoint::FinalNormalized, &mut normed, d, &step.at(pos), rec);
+            let logits = self.unembed(&normed);
+            if !plan.capture_positions(HookPoint::Logits, &step.at(pos)).is_empty() {
+                rec.push_row(HookPoint::Logits, pos, &logits);
+            }
+            if Some(pos) == last {
+                last_logits = Some(logits);
+            }
+        }
+        Ok(last_logits)
+    }
+
+    /// Each head's output at one position: `z_h · W_O[:, h]^T`, times the post-attention norm's
+    /// weight and shared scale where the model has one. Returns `[n_heads, d_model]`.
+    fn head_results(&self, layer: usize, z: &[f32], post_scale: Option<f32>) -> Vec<f32> {
+        let c = &self.config;
+        let b = &self.weights.blocks[layer];
+        let (d, dh) = (c.d_model, c.d_head);
+        let mut out = vec![0.0f32; c.n_heads * d];
+        for h in 0..c.n_heads {
+            let zh = &z[h * dh..(h + 1) * dh];
+            let res = &mut out[h * d..(h + 1) * d];
+            for (o, w_row) in res.iter_mut().zip(b.o.w.chunks_exact(c.n_heads * dh)) {
+                *o = crate::attention::dot(zh, &w_row[h * dh..(h + 1) * dh]);
+            }
+            if let (Some(norm), Some(s)) = (&b.post_attn_norm, post_scale) {
+                res.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
+            }
+        }
+        out
+    }
+
+    /// Logits of one final-normed residual row.
+    pub fn unembed(&self, normed: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let mut logits = vec![0.0f32; c.vocab_size];
+        matmul_t(
+            &mut logits,
+            normed,
+            self.weights.unembed_matrix(),
+            1,
+            c.d_model,
+            c.vocab_size,
+            false,
+            true,
+        );
+        if let Some(b) = self
+            .weights
+            .unembed
+            .as_ref()
+            .and_then(|u| u.b.as_ref())
+            .or(self.weights.unembed_bias.as_ref())
+        {
+            logits.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+        }
+        if let Some(cap) = c.final_logit_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        logits
+    }
+}
+
+/// One sequence going through the model: its KV cache, hooks and recording.
+pub struct Run<'m> {
+    model: &'m Model,
+    plan: Plan,
+    cache: KvCache,
+    pub recording: Recording,
+    tokens: Vec<u32>,
+    chunk: usize,
+}
+
+impl<'m> Run<'m> {
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Tokens fed so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn position(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    fn check_room(&self, n: usize) -> Result<()> {
+        let needed = self.tokens.len() + n;
+        if needed > self.model.config.context_length {
+            return Err(Error::ContextOverflow {
+                needed,
+                context: self.model.config.context_length,
+            });
+        }
+        Ok(())
+    }
+
+    /// Feed prompt tokens (in chunks); returns the logits at the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Hook("prefill needs at least one token".into()));
+        }
+        self.check_room(tokens.len())?;
+        let end = self.tokens.len() + tokens.len();
+        let mut logits = None;
+        for chunk in tokens.chunks(self.chunk) {
+            let p0 = self.tokens.len();
+            let last = (p0 + chunk.len() == end).then_some(end - 1);
+            let step = Step {
+                p0,
+                n: chunk.len(),
+                last,
+                phase: Phase::Prefill,
+            };
+            logits = self.model.forward(chunk, step, &mut self.cache, &self.plan, &mut self.recording)?;
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(logits.expect("the last chunk yields logits"))
+    }
+
+    /// Feed one generated token; returns the logits for the next.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.check_room(1)?;
+        let p = self.tokens.len();
+        let step = Step {
+            p0: p,
+            n: 1,
+            last: Some(p),
+            phase: Phase::Decode,
+        };
+        let logits = self
+            .model
+            .forward(&[token], step, &mut self.cache, &self.plan, &mut self.recording)?;
+        self.tokens.push(token);
+        Ok(logits.expect("decode yields logits"))
+    }
+}
+
+/// Index of the largest logit (the first, on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding: prefill `prompt`, then emit the argmax token until EOS, `max_new` tokens,
+/// or `stop(generated so far)` says so. The last token is emitted but not fed back.
+pub fn greedy(run: &mut Run<'_>, prompt: &[u32], max_new: usize, mut stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    if max_new == 0 {
+        return Ok(out);
+    }
+    let mut logits = run.prefill(prompt)?;
+    loop {
+        let next = argmax(&logits);
+        out.push(next);
+        if run.model.is_eos(next) || out.len() >= max_new || stop(&out) {
+            return Ok(out);
+        }
+        logits = run.decode(next)?;
+    }
+}

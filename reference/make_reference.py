@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Expected values for headhunt's tests, computed with Hugging Face transformers.
+
+Everything headhunt's agreement tests compare against comes from here: PyTorch in float32 with
+eager attention, on the same GGUF files (transformers dequantises them itself) or on tiny random
+models this script creates and saves as safetensors directories.
+
+    python3 reference/make_reference.py --out target/reference [--only tiny,smollm2-135m-instruct]
+
+Outputs (all under --out):
+    tiny/<name>/{config.json, model.safetensors, expected.npz}
+        input_ids [T], logits [T, V], attn [L, H, T, T]
+    <model-id>/expected.npz, <model-id>/meta.json
+        per prompt: ids, positions, logits at those positions (full vocabulary), attention
+        probabilities of chosen heads at chosen query positions; a 32-token greedy continuation;
+        the chat-templated prompt's ids; the varied text's ids.
+
+The GGUF files are looked up in headhunt's model cache ($HEADHUNT_CACHE, else
+$XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts them there.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import pre_tokenizers
+
+HERE = Path(__file__).resolve().parent
+TEXTS = HERE / "texts"
+
+MODELS = {
+    "smollm2-135m-instruct": {
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "heads": [(0, 0), (8, 3), (15, 4), (22, 7), (29, 8)],
+        "greedy": ("Write a short poem about the sea.", True),
+    },
+    "gemma3-270m": {
+        "file": "gemma-3-270m-q4_k_m.gguf",
+        "heads": [(0, 0), (5, 1), (9, 2), (11, 3), (17, 0)],
+        "greedy": ("The keeper of the northern light kept two ledgers. The first was", False),
+    },
+}
+
+# (name, text, through the chat template?)
+PROMPTS = [
+    ("short", "The capital of France is Paris, the capital of Germany is Berlin, the capital of Italy is Rome, and the capital of Spain is", False),
+    (
+        "chat",
+        "Explain in two sentences why the sky looks blue during the day and red at sunset.",
+        True,
+    ),
+    ("long", (TEXTS / "lighthouse.txt").read_text(), False),
+]
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HEADHUNT_CACHE"):
+        return Path(os.environ["HEADHUNT_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "headhunt"
+    return Path.home() / ".cache" / "headhunt"
+
+
+def load_gguf(model_id: str):
+    spec = MODELS[model_id]
+    path = cache_dir() / spec["file"]
+    if not path.exists():
+        sys.exit(f"{path} is missing: run `headhunt fetch {model_id}` first")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if model_id.startswith("smollm2"):
+        # transformers' GGUF converter does not know llama.cpp's `smollm` pre-tokenizer and falls
+        # back to plain GPT-2 splitting. SmolLM2's own tokenizer.json (and llama.cpp) first split
+        # every digit on its own; restore that so the reference is SmolLM2's real tokenizer.
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+            ]
+        )
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    return tok, model
+
+
+def encode(tok, text: str, chat: bool) -> list[int]:
+    """A user message through the chat template when the model has one, else plain text (with
+    BOS where the tokenizer adds it), as headhunt sends prompts."""
+    if chat and tok.chat_template:
+        return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False))
+    return tok(text).input_ids
+
+
+@torch.no_grad()
+def greedy(model, ids: list[int], n: int) -> list[int]:
+    """`n` argmax tokens, never stopping early (EOS included)."""
+    out = model(torch.tensor([ids]), use_cache=True)
+    past, logits = out.past_key_values, out.logits[0, -1]
+    new = []
+    for _ in range(n):
+        t = int(torch.argmax(logits))
+        new.append(t)
+        out = model(torch.tensor([[t]]), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+    return new
+
+
+@torch.no_grad()
+def real_model(out_dir: Path, model_id: str):
+    spec = MODELS[model_id]
+    tok, model = load_gguf(model_id)
+    arrays, meta = {}, {"model": model_id, "transformers": transformers.__version__, "torch": torch.__version__, "prompts": {}}
+    heads = spec["heads"]
+    arrays["attn_heads"] = np.array(heads, dtype=np.int64)
+    for name, text, chat in PROMPTS:
+        ids = encode(tok, text, chat)
+        n = len(ids)
+        positions = np.unique(np.linspace(0, n - 1, 16).round().astype(np.int64))
+        out = model(torch.tensor([ids]), output_attentions=True)
+        logits = out.logits[0].float().numpy()
+        qpos = np.array(sorted({n // 4, n // 2, (3 * n) // 4, n - 1}), dtype=np.int64)
+        attn = np.stack([out.attentions[l][0, h].float().numpy()[qpos] for l, h in heads])
+        arrays[f"{name}.ids"] = np.array(ids, dtype=np.int64)
+        arrays[f"{name}.positions"] = positions
+        arrays[f"{name}.logits"] = logits[positions].astype(np.float32)
+        arrays[f"{name}.attn_qpos"] = qpos
+        arrays[f"{name}.attn"] = attn.astype(np.float32)
+        meta["prompts"][name] = {"text": text, "chat": chat, "tokens": n}
+        print(f"{model_id}: prompt {name}: {n} tokens", file=sys.stderr)
+        del out
+    text, chat = spec["greedy"]
+    ids = encode(tok, text, chat)
+    arrays["greedy.prompt"] = np.array(ids, dtype=np.int64)
+    arrays["greedy.ids"] = np.array(greedy(model, ids, 32), dtype=np.int64)
+    meta["greedy"] = {"text": text, "chat": chat, "continuation": tok.decode(arrays["greedy.ids"].tolist())}
+    varied = (TEXTS / "varied.txt").read_text()
+    arrays["varied.ids"] = np.array(tok(varied, add_special_tokens=False).input_ids, dtype=np.int64)
+    arrays["varied_special.ids"] = np.array(tok(varied, add_special_tokens=True).input_ids, dtype=np.int64)
+    if tok.chat_template:
+        msg = "What is the capital of France?"
+        arrays["chat_template.ids"] = np.array(encode(tok, msg, True), dtype=np.int64)
+        meta["chat_template"] = {"message": msg, "rendered": tok.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True, tokenize=False)}
+    d = out_dir / model_id
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / "expected.npz", **arrays)
+    (d / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+
+
+def perturb(model, scale: float):
+    """Random weights of a useful size: HF's init leaves norms at exactly 1 and biases at 0,
+    which would hide a wrongly applied norm weight or bias."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+TINY = {
+    "llama-gqa": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=500.0, tie_word_embeddings=False)),
+    "qwen2-bias": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True)),
+    "mistral-window": lambda: transformers.MistralForCausalLM(
+        transformers.MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=7, rope_theta=10000.0)),
+    "gemma3-window": lambda: transformers.Gemma3ForCausalLM(
+        transformers.Gemma3TextConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
+                                      layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                      query_pre_attn_scalar=24, rope_theta=100000.0, rope_local_base_freq=1000.0)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    "opt": lambda: transformers.OPTForCausalLM(
+        transformers.OPTConfig(vocab_size=256, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+                               max_position_embeddings=128, word_embed_proj_dim=64)),
+}
+
+
+@torch.no_grad()
+def tiny_models(out_dir: Path):
+    for name, make in TINY.items():
+        torch.manual_seed(0)
+        model = make()
+        model.config._attn_implementation = "eager"
+        perturb(model, 0.1)
+        model.eval()
+        ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(7))
+        out = model(ids, output_attentions=True)
+        d = out_dir / "tiny" / name
+        model.save_pretrained(d)
+        np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
+                 attn=np.stack([a[0].float().numpy() for a in out.attentions]))
+        print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("target/reference"))
+    ap.add_argument("--only", default="", help="comma list of parts: tiny, " + ", ".join(MODELS))
+    args = ap.parse_args()
+    parts = [p for p in args.only.split(",") if p] or ["tiny", *MODELS]
+    torch.set_grad_enabled(False)
+    for part in parts:
+        if part == "tiny":
+            tiny_models(args.out)
+        elif part in MODELS:
+            real_model(args.out, part)
+        else:
+            sys.exit(f"unknown part {part}")
+
+
+if __name__ == "__main__":
+    main()
