@@ -14,6 +14,13 @@ Outputs (all under --out):
         per prompt: ids, positions, logits at those positions (full vocabulary), attention
         probabilities of chosen heads at chosen query positions; a 32-token greedy continuation;
         the chat-templated prompt's ids; the varied text's ids.
+    niah/smollm2-135m-instruct.json
+        needle-in-a-haystack trials run the way the retrieval-head paper's code runs them
+        (prefill, then one decoding step at a time with attention probabilities), with the
+        prompt assembled independently here: token ids, spans, answer, ROUGE-1, per-head scores.
+    rouge/pairs.json
+        ROUGE-1 recall from rouge-score (with its Porter stemmer) on generated answer/reference
+        pairs, and NLTK Porter stems of a word list.
 
 The GGUF files are looked up in headhunt's model cache ($HEADHUNT_CACHE, else
 $XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts them there.
@@ -152,6 +159,156 @@ def real_model(out_dir: Path, model_id: str):
     (d / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
 
 
+def niah_prompt(tok, needle: dict, haystack_ids: list[int], ends: list[bool], length: int, depth: float):
+    """The NIAH prompt, assembled as headhunt documents it: frame text around a context marker,
+    the needle tokenized alone with a leading space, spliced into the haystack tokens at the last
+    sentence end at or before `depth` percent."""
+    mark = "\ue000HEADHUNT-CONTEXT\ue000"
+    content = f"<book>{mark}</book>\nBased on the content of the book, Question: {needle['question']}\nAnswer:"
+    chat = bool(tok.chat_template)
+    rendered = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False) if chat else content
+    before, after = rendered.split(mark)
+    before_ids = tok(before, add_special_tokens=not chat).input_ids
+    after_ids = tok(after, add_special_tokens=False).input_ids
+    enc = tok(" " + needle["needle"], add_special_tokens=False, return_offsets_mapping=True)
+    at = needle["needle"].find(needle["real_needle"])
+    lo, hi = at + 1, at + 1 + len(needle["real_needle"])
+    inside = [i for i, (s, e) in enumerate(enc.offset_mapping) if s < hi and e > lo]
+    hay_len = length - len(enc.input_ids)
+    if depth >= 100:
+        ins = hay_len
+    else:
+        ins = int(hay_len * depth / 100)
+        while ins > 0 and not ends[ins - 1]:
+            ins -= 1
+    ids = before_ids + haystack_ids[:ins] + enc.input_ids + haystack_ids[ins:hay_len] + after_ids
+    start = len(before_ids) + ins
+    return ids, (start, start + len(enc.input_ids)), (start + inside[0], start + inside[-1] + 1)
+
+
+@torch.no_grad()
+def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
+    from rouge_score import rouge_scorer
+
+    tok, model = load_gguf(model_id)
+    cfg = model.config
+    needles = [json.loads(l) for l in (TEXTS / "needles.jsonl").read_text().splitlines() if l.strip()]
+    haystack = (TEXTS / "lighthouse.txt").read_text().strip()
+    text = haystack
+    while len(text) < 40_000:
+        text += "\n\n" + haystack
+    hay_ids = tok(text, add_special_tokens=False).input_ids
+    ends = [tok.decode([t]).rstrip().endswith((".", "!", "?")) for t in hay_ids]
+    eos = {tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"] if t in tok.get_vocab()}
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    trials = []
+    for needle_index, length, depth in [(0, 600, 50.0), (1, 900, 0.0), (2, 1200, 100.0), (0, 1500, 25.0), (1, 2000, 70.0)]:
+        needle = needles[needle_index]
+        ids, needle_span, answer_span = niah_prompt(tok, needle, hay_ids, ends, length, depth)
+        # As the paper's code: prefill all but the last token, then decode step by step from it.
+        past = model(torch.tensor([ids[:-1]]), use_cache=True).past_key_values
+        inp, generated, argmax, near_tie = ids[-1], [], [], set()
+        for _ in range(50):
+            o = model(torch.tensor([[inp]]), past_key_values=past, use_cache=True, output_attentions=True)
+            past = o.past_key_values
+            nxt = int(torch.argmax(o.logits[0, -1]))
+            rows = torch.cat([a[0, :, -1, :] for a in o.attentions])  # [layers * heads, keys]
+            top = torch.topk(rows, 2, dim=-1)
+            argmax.append(top.indices[:, 0].tolist())
+            near_tie |= {h for h, (a, b) in enumerate(top.values.tolist()) if a - b < 1e-5}
+            generated.append(nxt)
+            if nxt in eos or "\n" in tok.decode(generated, skip_special_tokens=True).lstrip():
+                break
+            inp = nxt
+        answer = tok.decode(generated, skip_special_tokens=True).lstrip().split("\n")[0].strip()
+        rouge1 = scorer.score(needle["real_needle"], answer)["rouge1"].recall * 100
+        n = cfg.num_hidden_layers * cfg.num_attention_heads
+        span = answer_span[1] - answer_span[0]
+        copies = [[] for _ in range(n)]
+        for t, w in enumerate(generated):
+            for h, j in enumerate(argmax[t]):
+                if answer_span[0] <= j < answer_span[1] and ids[j] == w:
+                    copies[h].append(j)
+        trials.append({
+            "needle": needle_index, "length": length, "depth": depth,
+            "prompt": ids, "needle_span": needle_span, "answer_span": answer_span,
+            "generated": generated, "answer": answer, "rouge1": rouge1,
+            "scores": [len(set(c)) / span for c in copies],
+            "scores_per_step": [len(c) / span for c in copies],
+            "argmax": argmax, "near_tie": sorted(near_tie),
+        })
+        print(f"niah: needle {needle_index}, {length} tokens, depth {depth}: {answer!r} (ROUGE-1 {rouge1:.1f})", file=sys.stderr)
+    d = out_dir / "niah"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{model_id}.json").write_text(json.dumps({"model": model_id, "trials": trials}))
+
+
+ROUGE_WORDS = """
+caresses ponies ties caress cats feed agreed plastered bled motoring sing conflated troubled sized
+hopping tanned falling hissing fizzed failing filing happy sky relational conditional rational
+valenci hesitanci digitizer conformabli radicalli differentli vileli analogousli vietnamization
+predication operator feudalism decisiveness hopefulness callousness formaliti sensitiviti
+sensibiliti triplicate formative formalize electriciti electrical hopeful goodness revival
+allowance inference airliner gyroscopic adjustable defensible irritant replacement adjustment
+dependent adoption homologou communism activate angulariti homologous effective bowdlerize probate
+rate cease controlling roll dying lying tying news innings outings cannings howe proceed exceed
+succeed flies died spied enjoy enjoyment generalizations generously emotionally happily running
+runs ran quickly organization organizations universities university studies studying studied
+apples geese wolves knives analyses crises phenomena criteria dying eyed skies fully beautifully
+archaeology geology psychology theology analogies agreement measurement kilograms seventeen
+november monday paprika spoonful lighthouse engineer designed migration marshes reeds station
+flashing displays buttons seconds reset resetting weathered weathering yyyy syzygy toy toys
+""".split()
+
+ROUGE_SENTENCES = [
+    "The secret ingredient is a spoonful of smoked paprika and a splash of apple cider.",
+    "Ring the brass bell three times and wait for the lantern signal.",
+    "The access code for the observatory archive is 4721 9036.",
+    "An engineer named Elspeth Varley designed the lighthouse on Corran Point.",
+    "The best place to watch the autumn migration is the reed marsh behind the old salt mill at dawn.",
+    "The giant pumpkin weighed exactly 612 kilograms, a record for the fair.",
+    "The river ferry stops running on the first Monday of November.",
+    "Hold the blue button for ten seconds while the display flashes green.",
+    "Café owners in Zürich don't open before 9:30 — they're running late!",
+    "Generalizations about universities' organizational structures are happily running wild.",
+]
+
+
+def rouge_pairs(out_dir: Path):
+    import random
+
+    from nltk.stem import porter
+    from rouge_score import rouge_scorer
+
+    rng = random.Random(20261122)
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    words = ROUGE_WORDS + [w for s in ROUGE_SENTENCES for w in s.split()]
+    pairs = []
+    for target in ROUGE_SENTENCES:
+        tw = target.split()
+        for _ in range(22):
+            kind = rng.randrange(5)
+            if kind == 0:  # drop words
+                pred = [w for w in tw if rng.random() > 0.4]
+            elif kind == 1:  # shuffle and repeat
+                pred = tw + rng.sample(tw, k=min(3, len(tw)))
+                rng.shuffle(pred)
+            elif kind == 2:  # other words in between
+                pred = [w for w in tw for w in ([w] + ([rng.choice(words)] if rng.random() < 0.3 else []))]
+            elif kind == 3:  # change case and punctuation
+                pred = [w.upper() if rng.random() < 0.3 else w.strip(".,!?") for w in tw]
+            else:  # unrelated words
+                pred = rng.sample(words, k=rng.randrange(1, 12))
+            prediction = " ".join(pred)
+            pairs.append({"target": target, "prediction": prediction, "recall": scorer.score(target, prediction)["rouge1"].recall})
+    stemmer = porter.PorterStemmer()
+    stems = {w.lower(): stemmer.stem(w.lower()) for w in ROUGE_WORDS}
+    d = out_dir / "rouge"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "pairs.json").write_text(json.dumps({"pairs": pairs, "stems": stems}, ensure_ascii=False, indent=0))
+    print(f"rouge: {len(pairs)} pairs, {len(stems)} stems", file=sys.stderr)
+
+
 def perturb(model, scale: float):
     """Random weights of a useful size: HF's init leaves norms at exactly 1 and biases at 0,
     which would hide a wrongly applied norm weight or bias."""
@@ -204,13 +361,17 @@ def tiny_models(out_dir: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("target/reference"))
-    ap.add_argument("--only", default="", help="comma list of parts: tiny, " + ", ".join(MODELS))
+    ap.add_argument("--only", default="", help="comma list of parts: tiny, rouge, niah, " + ", ".join(MODELS))
     args = ap.parse_args()
-    parts = [p for p in args.only.split(",") if p] or ["tiny", *MODELS]
+    parts = [p for p in args.only.split(",") if p] or ["tiny", "rouge", *MODELS, "niah"]
     torch.set_grad_enabled(False)
     for part in parts:
         if part == "tiny":
             tiny_models(args.out)
+        elif part == "rouge":
+            rouge_pairs(args.out)
+        elif part == "niah":
+            niah_trials(args.out)
         elif part in MODELS:
             real_model(args.out, part)
         else:

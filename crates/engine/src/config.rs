@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::GgufHeader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum NormKind {
@@ -138,7 +138,7 @@ impl ModelConfig {
         // Shapes beyond these are not models headhunt can hold in memory anyway; refusing them
         // keeps a hostile header from sizing allocations.
         let limits = [
-            (c.n_layers, 1 << 10, "layers"),
+            (c.n_layers, MAX_LAYERS, "layers"),
             (c.d_model, 1 << 16, "d_model"),
             (c.n_heads, 1 << 10, "heads"),
             (c.d_head, 1 << 12, "head dim"),
@@ -158,7 +158,7 @@ impl ModelConfig {
     }
 
     /// Read the model description from GGUF metadata.
-    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+    pub fn from_gguf(file: &GgufHeader) -> Result<Self> {
         let arch = file
             .meta("general.architecture")
             .and_then(|v| v.as_str())
@@ -169,7 +169,7 @@ impl ModelConfig {
         let f32_of = |k: &str| -> Option<f32> { file.meta(&key(k)).and_then(|v| v.as_f64()).map(|v| v as f32) };
         let require = |k: &str| usize_of(k).ok_or_else(|| Error::Config(format!("missing {}", key(k))));
 
-        let n_layers = require("block_count")?;
+        let n_layers = layer_count(require("block_count")?)?;
         let d_model = require("embedding_length")?;
         let n_heads = require("attention.head_count")?;
         let n_kv_heads = usize_of("attention.head_count_kv").unwrap_or(n_heads);
@@ -294,7 +294,7 @@ impl ModelConfig {
                 let n_heads = hf.usize("num_attention_heads")?;
                 let n_kv_heads = hf.opt_usize("num_key_value_heads").unwrap_or(n_heads);
                 let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
-                let n_layers = hf.usize("num_hidden_layers")?;
+                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
                     "mistral" => hf.opt_usize("sliding_window"),
                     "qwen2" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
@@ -345,7 +345,7 @@ impl ModelConfig {
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
                 let d_head = hf.opt_usize("head_dim").unwrap_or(256);
-                let n_layers = hf.usize("num_hidden_layers")?;
+                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = hf.opt_usize("sliding_window").unwrap_or(4096);
                 let pattern = hf
                     .opt_usize("sliding_window_pattern")
@@ -400,7 +400,7 @@ impl ModelConfig {
             "gpt2" => {
                 let d_model = hf.usize("n_embd")?;
                 let n_heads = hf.usize("n_head")?;
-                let n_layers = hf.usize("n_layer")?;
+                let n_layers = layer_count(hf.usize("n_layer")?)?;
                 let context_length = hf.usize("n_positions")?;
                 if hf.bool("scale_attn_by_inverse_layer_idx").unwrap_or(false) || hf.bool("reorder_and_upcast_attn").unwrap_or(false) {
                     return Err(Error::Config("GPT-2 variants with layer-scaled attention are not supported".into()));
@@ -444,7 +444,7 @@ impl ModelConfig {
             "opt" => {
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
-                let n_layers = hf.usize("num_hidden_layers")?;
+                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 if !hf.bool("do_layer_norm_before").unwrap_or(true) {
                     return Err(Error::Config(
                         "post-LayerNorm OPT checkpoints (opt-350m) are not supported; use opt-125m or opt-1.3b and larger".into(),
@@ -491,6 +491,17 @@ impl ModelConfig {
         };
         config.validate()
     }
+}
+
+/// More layers than any model headhunt could hold in memory: refused before per-layer tables are
+/// allocated from a header's word.
+const MAX_LAYERS: usize = 1 << 10;
+
+fn layer_count(n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_LAYERS {
+        return Err(Error::Config(format!("{n} layers is outside 1..={MAX_LAYERS}")));
+    }
+    Ok(n)
 }
 
 fn json_array<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a Vec<serde_json::Value>> {

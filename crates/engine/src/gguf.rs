@@ -214,6 +214,14 @@ pub struct GgufHeader {
 }
 
 impl GgufHeader {
+    pub fn meta(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
     /// Parse and validate a whole GGUF file held in memory.
     pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
         let mut r = Reader { bytes, pos: 0 };
@@ -457,11 +465,11 @@ impl GgufFile {
     }
 
     pub fn meta(&self, key: &str) -> Option<&Value> {
-        self.header.metadata.get(key)
+        self.header.meta(key)
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.header.tensors.get(name)
+        self.header.tensor_info(name)
     }
 
     /// Dequantise a tensor to f32, row-major. Returns the data and its shape.
@@ -496,82 +504,124 @@ pub fn dequantize(dtype: GgmlType, raw: &[u8], shape: &[usize]) -> std::result::
         .map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Writes GGUF files with f32 tensors: small synthetic models for tests, fuzzing seeds, and
+/// exports. Tensor shapes are row-major (as [`TensorInfo::shape`]).
+#[derive(Debug, Clone, Default)]
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
 
-    /// A minimal writer for building test files.
-    pub(crate) fn write_gguf(meta: &[(&str, Value)], tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
-        fn put_str(out: &mut Vec<u8>, s: &str) {
-            out.extend((s.len() as u64).to_le_bytes());
-            out.extend(s.as_bytes());
+impl GgufWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn meta(mut self, key: &str, value: Value) -> Self {
+        self.metadata.push((key.to_owned(), value));
+        self
+    }
+
+    pub fn tensor(mut self, name: &str, shape: &[usize], data: Vec<f32>) -> Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "tensor `{name}`: shape does not match data"
+        );
+        self.tensors.push((name.to_owned(), shape.to_vec(), data));
+        self
+    }
+
+    fn type_id(v: &Value) -> u32 {
+        match v {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
         }
-        fn put_value(out: &mut Vec<u8>, v: &Value) {
-            match v {
-                Value::U32(x) => out.extend(x.to_le_bytes()),
-                Value::F32(x) => out.extend(x.to_le_bytes()),
-                Value::String(s) => put_str(out, s),
-                Value::Array(items) => {
-                    out.extend(type_id(&items[0]).to_le_bytes());
-                    out.extend((items.len() as u64).to_le_bytes());
-                    items.iter().for_each(|i| put_value(out, i));
-                }
-                _ => unimplemented!("test writer"),
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend(x.to_le_bytes()),
+            Value::I16(x) => out.extend(x.to_le_bytes()),
+            Value::U32(x) => out.extend(x.to_le_bytes()),
+            Value::I32(x) => out.extend(x.to_le_bytes()),
+            Value::U64(x) => out.extend(x.to_le_bytes()),
+            Value::I64(x) => out.extend(x.to_le_bytes()),
+            Value::F32(x) => out.extend(x.to_le_bytes()),
+            Value::F64(x) => out.extend(x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::String(s) => Self::put_str(out, s),
+            Value::Array(items) => {
+                out.extend(items.first().map_or(4, Self::type_id).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| Self::put_value(out, i));
             }
         }
-        fn type_id(v: &Value) -> u32 {
-            match v {
-                Value::U32(_) => 4,
-                Value::F32(_) => 6,
-                Value::String(_) => 8,
-                Value::Array(_) => 9,
-                _ => unimplemented!("test writer"),
-            }
-        }
-        let mut out = b"GGUF".to_vec();
+    }
+
+    /// The file's bytes (GGUF v3, 32-byte alignment).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let align = DEFAULT_ALIGNMENT as usize;
+        let mut out = MAGIC.to_vec();
         out.extend(3u32.to_le_bytes());
-        out.extend((tensors.len() as u64).to_le_bytes());
-        out.extend((meta.len() as u64).to_le_bytes());
-        for (k, v) in meta {
-            put_str(&mut out, k);
-            out.extend(type_id(v).to_le_bytes());
-            put_value(&mut out, v);
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            Self::put_str(&mut out, k);
+            out.extend(Self::type_id(v).to_le_bytes());
+            Self::put_value(&mut out, v);
         }
         let mut offset = 0u64;
-        for (name, ne, ty, data) in tensors {
-            put_str(&mut out, name);
-            out.extend((ne.len() as u32).to_le_bytes());
-            ne.iter().for_each(|d| out.extend(d.to_le_bytes()));
-            out.extend(ty.to_le_bytes());
+        for (name, shape, data) in &self.tensors {
+            Self::put_str(&mut out, name);
+            out.extend((shape.len() as u32).to_le_bytes());
+            shape.iter().rev().for_each(|&d| out.extend((d as u64).to_le_bytes()));
+            out.extend(0u32.to_le_bytes());
             out.extend(offset.to_le_bytes());
-            offset += (data.len() as u64).div_ceil(32) * 32;
+            offset += ((data.len() * 4).div_ceil(align) * align) as u64;
         }
-        while out.len() % 32 != 0 {
-            out.push(0);
-        }
-        for (_, _, _, data) in tensors {
-            out.extend(data);
-            while out.len() % 32 != 0 {
-                out.push(0);
-            }
+        out.resize(out.len().next_multiple_of(align), 0);
+        for (_, _, data) in &self.tensors {
+            data.iter().for_each(|x| out.extend(x.to_le_bytes()));
+            out.resize(out.len().next_multiple_of(align), 0);
         }
         out
     }
 
-    fn f32_bytes(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_bytes()).map_err(|e| Error::io(path, e))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn parses_a_small_file() {
-        let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let bytes = write_gguf(
-            &[
-                ("general.architecture", Value::String("llama".into())),
-                ("llama.block_count", Value::U32(2)),
-            ],
-            &[("w", vec![3, 2], 0, data)],
-        );
+        let bytes = GgufWriter::new()
+            .meta("general.architecture", Value::String("llama".into()))
+            .meta("llama.block_count", Value::U32(2))
+            .tensor("w", &[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+            .to_bytes();
         let h = GgufHeader::parse(&bytes).unwrap();
         assert_eq!(h.metadata["llama.block_count"].as_u64(), Some(2));
         let info = &h.tensors["w"];
@@ -585,10 +635,10 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error() {
-        let bytes = write_gguf(
-            &[("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()); 4]))],
-            &[("w", vec![4], 0, f32_bytes(&[0.0; 4]))],
-        );
+        let bytes = GgufWriter::new()
+            .meta("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()); 4]))
+            .tensor("w", &[4], vec![0.0; 4])
+            .to_bytes();
         GgufHeader::parse(&bytes).unwrap();
         for cut in 0..bytes.len() - 1 {
             // Cutting only padding after the last tensor is harmless; anything else must fail.
@@ -624,13 +674,21 @@ mod tests {
 
     #[test]
     fn bad_alignment_and_shapes_are_errors() {
-        let bytes = write_gguf(&[("general.alignment", Value::U32(0))], &[]);
+        let bytes = GgufWriter::new().meta("general.alignment", Value::U32(0)).to_bytes();
         assert!(GgufHeader::parse(&bytes).unwrap_err().contains("alignment"));
+        // Patch a tensor entry's type and dims in place: the directory entry of tensor "w"
+        // starts after the 24-byte preamble (no metadata): name (8 + 1), n_dims (4), dims.
+        let good = GgufWriter::new().tensor("w", &[1, 32], vec![0.0; 32]).to_bytes();
+        let dims_at = 24 + 9 + 4;
+        let type_at = dims_at + 16;
         // Q8_0 rows must be whole 32-element blocks.
-        let bytes = write_gguf(&[], &[("w", vec![31, 1], 8, vec![0; 34])]);
+        let mut bytes = good.clone();
+        bytes[dims_at..dims_at + 8].copy_from_slice(&31u64.to_le_bytes());
+        bytes[type_at..type_at + 4].copy_from_slice(&8u32.to_le_bytes());
         assert!(GgufHeader::parse(&bytes).unwrap_err().contains("block"));
         // A shape whose element count overflows.
-        let bytes = write_gguf(&[], &[("w", vec![u64::MAX, u64::MAX], 0, vec![0; 4])]);
+        let mut bytes = good;
+        bytes[dims_at..dims_at + 16].fill(0xff);
         assert!(GgufHeader::parse(&bytes).is_err());
     }
 }

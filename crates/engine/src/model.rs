@@ -71,8 +71,8 @@ impl Model {
 
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let config = ModelConfig::from_gguf(&file.header)?;
+        let tokenizer = Tokenizer::from_gguf(&file.header)?;
         let weights = weights::load_gguf(&file, &config)?;
         let mut tensor_types = BTreeMap::new();
         for t in file.header.tensors.values() {
@@ -128,12 +128,7 @@ impl Model {
                     Some(i) => i,
                     None => {
                         keys.push(key);
-                        rope_tables.push(RopeTable::new(
-                            config.d_head,
-                            spec.rope_base,
-                            spec.rope_scaling,
-                            config.context_length,
-                        ));
+                        rope_tables.push(RopeTable::new(config.d_head, spec.rope_base, spec.rope_scaling));
                         rope_tables.len() - 1
                     }
                 };
@@ -230,6 +225,7 @@ impl Model {
             resid.iter_mut().zip(&pos).for_each(|(x, p)| *x += p);
         }
 
+        let rope: Vec<_> = self.rope_tables.iter().map(|t| t.at_positions(p0, n)).collect();
         let mut x = vec![0.0f32; n * d];
         for (l, b) in w.blocks.iter().enumerate() {
             plan.apply(HookPoint::ResidPre(l), &mut resid, d, &step, rec);
@@ -254,13 +250,13 @@ impl Model {
                 norm_rows(&mut k, &kc, dh, c.norm, c.norm_eps, kn);
             }
             if let Some(&t) = self.rope_of_layer.get(l) {
-                let table = &self.rope_tables[t];
+                let angles = &rope[t];
                 for r in 0..n {
                     for head in q[r * nh * dh..(r + 1) * nh * dh].chunks_exact_mut(dh) {
-                        table.apply(head, p0 + r);
+                        angles.apply(head, r);
                     }
                     for head in k[r * nkv * dh..(r + 1) * nkv * dh].chunks_exact_mut(dh) {
-                        table.apply(head, p0 + r);
+                        angles.apply(head, r);
                     }
                 }
             }

@@ -4,18 +4,16 @@
 
 use crate::config::RopeScaling;
 
-/// Cosine and sine tables `[positions, d_head / 2]` for one base and scaling.
+/// The inverse frequencies of one RoPE base and scaling.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
-    pub half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    inv_freq: Vec<f32>,
 }
 
 impl RopeTable {
-    pub fn new(d_head: usize, base: f32, scaling: Option<RopeScaling>, positions: usize) -> Self {
+    pub fn new(d_head: usize, base: f32, scaling: Option<RopeScaling>) -> Self {
         let half = d_head / 2;
-        let inv_freq: Vec<f32> = (0..half)
+        let inv_freq = (0..half)
             .map(|i| {
                 // torch: 1.0 / base ** (arange(0, d, 2).float() / d), all in f32.
                 let exponent = (2 * i) as f32 / d_head as f32;
@@ -45,28 +43,40 @@ impl RopeTable {
                 }
             })
             .collect();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            for &f in &inv_freq {
+        RopeTable { inv_freq }
+    }
+
+    /// Cosines and sines for positions `p0..p0 + n`: computed per forward call, so memory
+    /// never scales with the model's context length.
+    pub fn at_positions(&self, p0: usize, n: usize) -> RopeAngles {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in p0..p0 + n {
+            for &f in &self.inv_freq {
                 let angle = (p as f32 * f) as f64;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
-        RopeTable { half, cos, sin }
+        RopeAngles { half, cos, sin }
     }
+}
 
-    pub fn positions(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
+/// Rotations for a run of consecutive positions.
+pub struct RopeAngles {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
 
-    /// Rotate one head vector (rotate-half layout) to position `pos`.
+impl RopeAngles {
+    /// Rotate one head vector (rotate-half layout) by row `r` of these positions.
     #[inline]
-    pub fn apply(&self, x: &mut [f32], pos: usize) {
+    pub fn apply(&self, x: &mut [f32], r: usize) {
         let h = self.half;
-        let cos = &self.cos[pos * h..(pos + 1) * h];
-        let sin = &self.sin[pos * h..(pos + 1) * h];
+        let cos = &self.cos[r * h..(r + 1) * h];
+        let sin = &self.sin[r * h..(r + 1) * h];
         let (a, b) = x.split_at_mut(h);
         for i in 0..h {
             let (x1, x2) = (a[i], b[i]);
@@ -82,7 +92,7 @@ mod tests {
 
     #[test]
     fn rotation_preserves_norm_and_position_zero_is_identity() {
-        let t = RopeTable::new(8, 10_000.0, None, 100);
+        let t = RopeTable::new(8, 10_000.0, None).at_positions(0, 100);
         let mut x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         let orig = x;
         t.apply(&mut x, 0);
@@ -96,7 +106,7 @@ mod tests {
     #[test]
     fn relative_positions_only() {
         // q(p)·k(p') depends only on p - p'.
-        let t = RopeTable::new(4, 100.0, None, 64);
+        let t = RopeTable::new(4, 100.0, None).at_positions(0, 64);
         let q = [0.3, -1.2, 0.7, 0.1];
         let k = [1.1, 0.4, -0.5, 0.9];
         let dot = |pq: usize, pk: usize| {

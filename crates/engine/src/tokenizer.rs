@@ -20,7 +20,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper};
 
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{GgufHeader, Value};
 
 /// One message of a chat.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,6 +37,12 @@ impl ChatMessage {
         }
     }
 }
+
+/// Longest vocabulary piece whose merges are recovered (real pieces are far shorter).
+const MAX_PIECE_BYTES: usize = 256;
+
+/// Byte ranges of tokens in the text they came from.
+pub type Offsets = Vec<(usize, usize)>;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -104,7 +110,7 @@ fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> 
 
 impl Tokenizer {
     /// Build the tokenizer a GGUF file describes.
-    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+    pub fn from_gguf(file: &GgufHeader) -> Result<Self> {
         let meta = |k: &str| file.meta(k);
         let model = meta("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("gpt2");
         let arch = meta("general.architecture").and_then(Value::as_str).unwrap_or("");
@@ -268,7 +274,8 @@ impl Tokenizer {
         };
         let mut merges: Vec<(f64, usize, usize, u32, u32)> = Vec::new();
         for (i, piece) in tokens.iter().enumerate() {
-            if vocab.get(piece) != Some(&(i as u32)) {
+            // Real pieces are short; a pathological one would make this loop quadratic.
+            if vocab.get(piece) != Some(&(i as u32)) || piece.len() > MAX_PIECE_BYTES {
                 continue;
             }
             let mut local = Vec::new();
@@ -369,6 +376,12 @@ impl Tokenizer {
     /// Token ids of `text`; `add_special` applies the model's post-processing (BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         Ok(self.inner.encode(text, add_special).map_err(tok_err)?.get_ids().to_vec())
+    }
+
+    /// Token ids with each token's byte range `(start, end)` in `text`.
+    pub fn encode_with_offsets(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, Offsets)> {
+        let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {

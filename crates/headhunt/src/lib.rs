@@ -6,4 +6,9 @@
 
 pub mod commands;
 pub mod models;
+pub mod niah;
+pub mod plot;
 pub mod progress;
+pub mod retrieval;
+pub mod rouge;
+pub mod store;

@@ -27,6 +27,9 @@ enum Command {
     Generate(commands::generate::Args),
     Cache(commands::cache::Args),
     Bench(commands::bench::Args),
+    Detect(commands::detect::Args),
+    Merge(commands::merge::Args),
+    Compare(commands::compare::Args),
 }
 
 fn main() {
@@ -37,6 +40,9 @@ fn main() {
         Command::Generate(a) => commands::generate::run(a),
         Command::Cache(a) => commands::cache::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Detect(a) => commands::detect::run(a),
+        Command::Merge(a) => commands::merge::run(a),
+        Command::Compare(a) => commands::compare::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

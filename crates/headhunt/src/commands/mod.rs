@@ -2,9 +2,12 @@
 
 pub mod bench;
 pub mod cache;
+pub mod compare;
+pub mod detect;
 pub mod fetch;
 pub mod generate;
 pub mod info;
+pub mod merge;
 
 use anyhow::{Context, Result};
 use headhunt_engine::Model;

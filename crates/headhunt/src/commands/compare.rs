@@ -1,0 +1,106 @@
+//! `headhunt compare`: how alike two sets of retrieval scores are.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::plot::{Figure, Heatmap, Heatmaps};
+use crate::retrieval::{pearson, spearman, HeadScores};
+
+/// Compare two score files: headhunt's head_scores.json (or a run folder holding one) or the
+/// retrieval-head paper's published JSON files, which load as they are. Prints the Pearson and
+/// Spearman correlation of per-head mean scores and the overlap of the top-k heads, and draws
+/// both heatmaps side by side.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// Largest k for the top-k overlap table.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Where to write compare.png/.svg. [default: the current folder]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+fn load(p: &Path) -> Result<HeadScores> {
+    let file = if p.is_dir() { p.join("head_scores.json") } else { p.to_owned() };
+    HeadScores::load(&file)
+}
+
+/// Correlations and top-k overlaps of two score sets of the same shape.
+pub struct Comparison {
+    pub pearson: f64,
+    pub spearman: f64,
+    /// (k, heads in both top-k lists)
+    pub overlap: Vec<(usize, usize)>,
+}
+
+pub fn compare(a: &HeadScores, b: &HeadScores, top: usize) -> Result<Comparison> {
+    if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads) {
+        bail!(
+            "the score files describe different models ({} x {} heads against {} x {})",
+            a.n_layers,
+            a.n_heads,
+            b.n_layers,
+            b.n_heads
+        );
+    }
+    let (ma, mb) = (a.means(), b.means());
+    let (ra, rb) = (a.ranked(), b.ranked());
+    let mut ks: Vec<usize> = [5, 10, 20, 50, top].into_iter().filter(|&k| k <= top && k <= ma.len()).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let overlap = ks
+        .into_iter()
+        .map(|k| {
+            let ta: Vec<usize> = ra[..k].iter().map(|r| r.0).collect();
+            (k, rb[..k].iter().filter(|r| ta.contains(&r.0)).count())
+        })
+        .collect();
+    Ok(Comparison {
+        pearson: pearson(&ma, &mb),
+        spearman: spearman(&ma, &mb),
+        overlap,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (a, b) = (load(&args.a)?, load(&args.b)?);
+    let cmp = compare(&a, &b, args.top)?;
+    println!("A: {} ({} trials)", args.a.display(), a.trials());
+    println!("B: {} ({} trials)", args.b.display(), b.trials());
+    println!(
+        "per-head mean scores: Pearson r = {:.3}, Spearman rho = {:.3}",
+        cmp.pearson, cmp.spearman
+    );
+    for (k, n) in &cmp.overlap {
+        println!("top-{k:<3} overlap: {n}/{k}");
+    }
+    let name = |p: &Path| p.file_stem().and_then(|s| s.to_str()).unwrap_or("scores").to_owned();
+    let panel = |s: &HeadScores, p: &Path| {
+        let mut h = Heatmap::heads(
+            &format!("{} (A vs B)", name(p)),
+            s.n_layers,
+            s.n_heads,
+            s.means(),
+            "mean retrieval score",
+        );
+        h.title = name(if p.is_dir() {
+            p
+        } else {
+            p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(p)
+        });
+        h
+    };
+    let (mut pa, mut pb) = (panel(&a, &args.a), panel(&b, &args.b));
+    pa.title = format!("A: {}", pa.title);
+    pb.title = format!("B: {}", pb.title);
+    let hi = pa.range.1.max(pb.range.1);
+    pa.range.1 = hi;
+    pb.range.1 = hi;
+    let stem = args.out.unwrap_or_default().join("compare");
+    let [png, _] = Heatmaps(vec![pa, pb]).save(&stem)?;
+    println!("wrote {} and .svg", png.display());
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! `headhunt detect`: find a model's retrieval heads with needle-in-a-haystack trials.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::ModelArg;
+use crate::niah::grid::GridArgs;
+use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::plot::{Figure, Heatmap};
+use crate::retrieval::{HeadScores, ScoreVariant, Summary};
+use crate::store::{check_settings, Keyed, TrialStore};
+
+/// Find retrieval heads: hide needles in long contexts, let the model answer, and score every
+/// query head by how much of the answer it copied from the needle (Wu et al. 2024).
+///
+/// Writes to --out: trials.jsonl (every trial: settings, answer, ROUGE-1, per-head scores, the
+/// argmax of every head at every step), head_scores.json (the paper's {"L-H": [score per answered
+/// trial]} format), summary.json (heads ranked by mean score, retrieval heads above 0.1, heads
+/// active above 0.5 in most trials) and retrieval_heads.png/.svg (a layers x heads heatmap).
+/// Rerun with the same --out to resume; split the grid with --shard i/n and join with
+/// `headhunt merge`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// Output folder (resumable). [default: runs/detect-<model>]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// How per-trial scores count copies: distinct answer positions (paper) or every copying
+    /// step (per-step, as the paper's released code).
+    #[arg(long, value_enum, default_value_t = ScoreVariant::Paper)]
+    pub score_variant: ScoreVariant,
+    /// Heads listed in the printed table.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+}
+
+impl Keyed for TrialRecord {
+    fn key(&self) -> String {
+        self.spec.key()
+    }
+}
+
+/// A folder name from a model argument.
+pub fn default_out(command: &str, model: &str) -> PathBuf {
+    let stem = Path::new(model).file_stem().and_then(|s| s.to_str()).unwrap_or(model);
+    PathBuf::from("runs").join(format!("{command}-{stem}"))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let grid = args.grid.resolve()?;
+    let model = args.model.load()?;
+    let c = &model.config;
+    let out = args.out.clone().unwrap_or_else(|| default_out("detect", &args.model.model));
+    let mut settings = grid.settings();
+    settings["command"] = json!("detect");
+    settings["model"] = json!(args.model.model);
+    settings["model_name"] = json!(model.source.name);
+    settings["n_layers"] = json!(c.n_layers);
+    settings["n_heads"] = json!(c.n_heads);
+    check_settings(&out, &settings)?;
+    let mut store: TrialStore<TrialRecord> = TrialStore::open(&out)?;
+    if store.repaired {
+        eprintln!("note: the last trial in {} was cut off mid-write; it will run again", out.display());
+    }
+    let todo: Vec<_> = grid
+        .shard_trials(args.grid.shard)
+        .into_iter()
+        .filter(|t| !store.has(&t.key()))
+        .collect();
+    if !todo.is_empty() {
+        let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
+        let done = grid.shard_trials(args.grid.shard).len() - todo.len();
+        let bar = crate::progress::bar((done + todo.len()) as u64, "trials");
+        bar.set_position(done as u64);
+        for spec in &todo {
+            let rec = runner
+                .run(spec, &Condition::default())
+                .with_context(|| format!("trial {} (length {}, depth {}%)", spec.key(), spec.length, spec.depth))?;
+            bar.set_message(format!("ROUGE {:>3.0}", rec.rouge1));
+            store.append(rec)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let report = write_outputs(&out, &settings, &store.records, args.score_variant)?;
+    print!("{}", report.table(args.top));
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The aggregate of a detection run.
+pub struct DetectReport {
+    pub model: String,
+    pub trials: usize,
+    pub answered: usize,
+    pub mean_rouge: f64,
+    pub scores: HeadScores,
+    pub summary: Summary,
+}
+
+impl DetectReport {
+    pub fn table(&self, top: usize) -> String {
+        let s = &self.summary;
+        let mut t = format!(
+            "{}: {} trials, {} answered (mean ROUGE-1 recall {:.1}); {} of {} heads ({:.1}%) score above {}\n",
+            self.model,
+            self.trials,
+            self.answered,
+            self.mean_rouge,
+            s.retrieval_heads,
+            s.heads,
+            100.0 * s.fraction_above_threshold,
+            s.threshold
+        );
+        t.push_str(" rank  head    mean score  active (>0.5)\n");
+        for (i, r) in s.ranking.iter().take(top).enumerate() {
+            t.push_str(&format!(
+                "{:>5}  {:<6}  {:>10.3}  {:>12.0}%\n",
+                i + 1,
+                r.head,
+                r.mean,
+                100.0 * r.active_share
+            ));
+        }
+        t
+    }
+}
+
+/// Aggregate every trial of a run folder into head_scores.json, summary.json and the heatmap.
+pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialRecord], variant: ScoreVariant) -> Result<DetectReport> {
+    let dims = |k: &str| {
+        settings[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("run.json lacks {k}"))
+    };
+    let (n_layers, n_heads) = (dims("n_layers")?, dims("n_heads")?);
+    let mut scores = HeadScores::new(n_layers, n_heads);
+    for r in records.iter().filter(|r| r.answered()) {
+        let s = r.scores(variant);
+        if s.len() != n_layers * n_heads {
+            bail!(
+                "a trial in {} has {} head scores, the run has {n_layers} x {n_heads} heads",
+                dir.display(),
+                s.len()
+            );
+        }
+        scores.push_trial(s);
+    }
+    let summary = Summary::of(&scores);
+    let answered = records.iter().filter(|r| r.answered()).count();
+    let mean_rouge = records.iter().map(|r| r.rouge1).sum::<f64>() / records.len().max(1) as f64;
+    let model = settings["model_name"]
+        .as_str()
+        .or(settings["model"].as_str())
+        .unwrap_or("model")
+        .to_owned();
+    std::fs::write(dir.join("head_scores.json"), serde_json::to_string(&scores.to_json())?)?;
+    let summary_json = json!({
+        "model": model,
+        "score_variant": variant,
+        "trials": records.len(),
+        "answered": answered,
+        "mean_rouge1": mean_rouge,
+        "summary": summary,
+    });
+    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary_json)?)?;
+    let mut map = Heatmap::heads(
+        &format!("Retrieval scores: {model} ({} answered trials)", scores.trials()),
+        n_layers,
+        n_heads,
+        scores.means(),
+        "mean retrieval score",
+    );
+    map.range.1 = map.range.1.max(0.1);
+    map.save(&dir.join("retrieval_heads"))?;
+    Ok(DetectReport {
+        model,
+        trials: records.len(),
+        answered,
+        mean_rouge,
+        scores,
+        summary,
+    })
+}

@@ -1,0 +1,195 @@
+//! The grid of trials (context lengths x depths x needles) and the arguments that shape it,
+//! shared by every command that runs needle-in-a-haystack trials.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::haystack::Haystack;
+use super::needle::{self, Needle};
+use super::trial::TrialSpec;
+use crate::store::Shard;
+
+/// Default grid: sized so that `headhunt detect` on SmolLM2 finishes in minutes on 2 cores.
+pub const DEFAULT_LENGTHS: &str = "600:3300:6";
+pub const DEFAULT_DEPTHS: &str = "0:100:11";
+const QUICK_LENGTHS: &str = "600:2400:3";
+const QUICK_DEPTHS: &str = "0:100:3";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GridArgs {
+    /// Context lengths in tokens: a list (600,1200,2400) or MIN:MAX:COUNT, evenly spaced.
+    /// [default: 600:3300:6]
+    #[arg(long)]
+    pub lengths: Option<String>,
+    /// Needle depths in percent of the context: a list or MIN:MAX:COUNT. [default: 0:100:11]
+    #[arg(long)]
+    pub depths: Option<String>,
+    /// Needles per (length, depth) cell, taken in turn from the needle set.
+    #[arg(long, default_value_t = 1)]
+    pub per_cell: usize,
+    /// A small grid (3 lengths up to 2400 x 3 depths) for a first look.
+    #[arg(long)]
+    pub quick: bool,
+    /// Needles as JSONL, one {"needle", "question", "real_needle"} per line (default: built in).
+    #[arg(long)]
+    pub needles: Option<PathBuf>,
+    /// Haystack text: a file or a folder of .txt files, repeated to length (default: generated
+    /// prose).
+    #[arg(long)]
+    pub haystack: Option<PathBuf>,
+    /// Seed of the generated haystack.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Send prompts as plain text even when the model has a chat template.
+    #[arg(long)]
+    pub no_chat: bool,
+    /// Run only shard I of N (I/N) of the grid; join shard folders with `headhunt merge`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+}
+
+/// Parse `a,b,c` or `min:max:count` (evenly spaced, rounded like numpy's linspace).
+pub fn parse_values(spec: &str, what: &str) -> Result<Vec<f64>> {
+    let values = if let Some((range, count)) = spec.rsplit_once(':').filter(|_| spec.matches(':').count() == 2) {
+        let (lo, hi) = range.split_once(':').expect("two colons");
+        let lo: f64 = lo.trim().parse().with_context(|| format!("{what}: bad start `{lo}`"))?;
+        let hi: f64 = hi.trim().parse().with_context(|| format!("{what}: bad end `{hi}`"))?;
+        let n: usize = count.trim().parse().with_context(|| format!("{what}: bad count `{count}`"))?;
+        if n == 0 || n > 1000 {
+            bail!("{what}: count must be between 1 and 1000");
+        }
+        if n == 1 {
+            vec![lo]
+        } else {
+            (0..n).map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64).round()).collect()
+        }
+    } else {
+        spec.split(',')
+            .map(|v| v.trim().parse::<f64>().with_context(|| format!("{what}: `{v}` is not a number")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    if values.is_empty() || values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        bail!("{what}: expected non-negative numbers, got `{spec}`");
+    }
+    Ok(values)
+}
+
+/// The grid a command runs, resolved from its arguments.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub lengths: Vec<usize>,
+    pub depths: Vec<f64>,
+    pub per_cell: usize,
+    pub needles: Vec<Needle>,
+    pub haystack: Haystack,
+    pub chat: bool,
+}
+
+impl GridArgs {
+    pub fn resolve(&self) -> Result<Grid> {
+        let (l, d) = match (self.quick, &self.lengths, &self.depths) {
+            (true, None, None) => (QUICK_LENGTHS.to_owned(), QUICK_DEPTHS.to_owned()),
+            _ => (
+                self.lengths.clone().unwrap_or_else(|| DEFAULT_LENGTHS.into()),
+                self.depths.clone().unwrap_or_else(|| DEFAULT_DEPTHS.into()),
+            ),
+        };
+        let lengths: Vec<usize> = parse_values(&l, "--lengths")?.into_iter().map(|v| v as usize).collect();
+        let depths = parse_values(&d, "--depths")?;
+        if let Some(bad) = depths.iter().find(|&&d| d > 100.0) {
+            bail!("--depths: {bad} is beyond 100%");
+        }
+        if lengths.iter().any(|&l| l < 32) {
+            bail!("--lengths: contexts shorter than 32 tokens cannot hide a needle");
+        }
+        let needles = match &self.needles {
+            Some(p) => needle::load_jsonl(p)?,
+            None => needle::builtin(),
+        };
+        if self.per_cell == 0 || self.per_cell > needles.len() {
+            bail!("--per-cell must be between 1 and the number of needles ({})", needles.len());
+        }
+        let haystack = match &self.haystack {
+            Some(p) => Haystack::from_path(p)?,
+            None => Haystack::Generated { seed: self.seed },
+        };
+        Ok(Grid {
+            lengths,
+            depths,
+            per_cell: self.per_cell,
+            needles,
+            haystack,
+            chat: !self.no_chat,
+        })
+    }
+}
+
+impl Grid {
+    /// Every trial, in a fixed order: lengths, then depths, then needles taken in turn.
+    pub fn trials(&self) -> Vec<TrialSpec> {
+        let mut out = Vec::new();
+        let mut next_needle = 0;
+        for &length in &self.lengths {
+            for &depth in &self.depths {
+                for _ in 0..self.per_cell {
+                    out.push(TrialSpec {
+                        needle: next_needle % self.needles.len(),
+                        length,
+                        depth,
+                    });
+                    next_needle += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// This shard's trials.
+    pub fn shard_trials(&self, shard: Option<Shard>) -> Vec<TrialSpec> {
+        self.trials()
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| shard.is_none_or(|s| s.takes(*k)))
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    /// What must match for two runs to share an output folder.
+    pub fn settings(&self) -> serde_json::Value {
+        json!({
+            "lengths": self.lengths,
+            "depths": self.depths,
+            "per_cell": self.per_cell,
+            "needles": self.needles,
+            "haystack": self.haystack.describe(),
+            "chat": self.chat,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_as_lists_or_ranges() {
+        assert_eq!(
+            parse_values("0:100:11", "d").unwrap(),
+            (0..=10).map(|i| i as f64 * 10.0).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            parse_values("600:3300:6", "l").unwrap(),
+            vec![600.0, 1140.0, 1680.0, 2220.0, 2760.0, 3300.0]
+        );
+        assert_eq!(parse_values("5, 7", "l").unwrap(), vec![5.0, 7.0]);
+        assert!(parse_values("a,b", "l").is_err());
+        assert!(parse_values("0:10:0", "l").is_err());
+        assert!(parse_values("-5", "l").is_err());
+    }
+}

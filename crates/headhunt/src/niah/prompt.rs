@@ -1,0 +1,136 @@
+//! Needle-in-a-haystack prompts, assembled from token pieces so that the needle's positions are
+//! known exactly:
+//!
+//! `<book>{haystack with the needle}</book>\nBased on the content of the book, Question: {q}\nAnswer:`
+//!
+//! sent as one user message through the model's chat template when it has one, otherwise as plain
+//! text after the model's BOS. The haystack is tokenized once; the needle is tokenized on its own
+//! (with a leading space) and spliced in at a sentence boundary near the requested depth.
+
+use std::ops::Range;
+
+use anyhow::{bail, Result};
+use headhunt_engine::{ChatMessage, Tokenizer};
+
+use super::needle::Needle;
+
+/// The marker that stands for the context while the chat template is rendered.
+const CONTEXT_MARK: &str = "\u{E000}HEADHUNT-CONTEXT\u{E000}";
+
+#[derive(Debug, Clone)]
+pub struct NiahPrompt {
+    pub ids: Vec<u32>,
+    /// Positions of the needle statement.
+    pub needle: Range<usize>,
+    /// Positions of the answer words (`real_needle`): the span retrieval scores count.
+    pub answer: Range<usize>,
+    /// Tokens between `<book>` and `</book>`.
+    pub context_tokens: usize,
+    /// Where the needle landed, as a share of the haystack (0 to 100).
+    pub actual_depth: f64,
+}
+
+/// The prompt text around the context, tokenized once per question.
+pub struct Frame {
+    before: Vec<u32>,
+    after: Vec<u32>,
+}
+
+impl Frame {
+    pub fn new(tok: &Tokenizer, question: &str, chat: bool) -> Result<Self> {
+        let content = format!("<book>{CONTEXT_MARK}</book>\nBased on the content of the book, Question: {question}\nAnswer:");
+        let use_chat = chat && tok.chat_template.is_some();
+        let rendered = if use_chat {
+            tok.render_chat(&[ChatMessage::user(content)])?
+        } else {
+            content
+        };
+        let Some((before, after)) = rendered.split_once(CONTEXT_MARK) else {
+            bail!("the chat template dropped the message content");
+        };
+        // Plain prompts get the model's BOS; a chat template writes its own special tokens.
+        Ok(Frame {
+            before: tok.encode(before, !use_chat)?,
+            after: tok.encode(after, false)?,
+        })
+    }
+
+    pub fn overhead(&self) -> usize {
+        self.before.len() + self.after.len()
+    }
+}
+
+/// A needle tokenized on its own, with the span of its answer words.
+pub struct NeedleTokens {
+    pub ids: Vec<u32>,
+    pub answer: Range<usize>,
+}
+
+impl NeedleTokens {
+    pub fn new(tok: &Tokenizer, needle: &Needle) -> Result<Self> {
+        let text = format!(" {}", needle.needle);
+        let Some(range) = needle.answer_range() else {
+            bail!("real_needle {:?} does not appear in the needle", needle.real_needle);
+        };
+        let (lo, hi) = (range.start + 1, range.end + 1);
+        let (ids, offsets) = tok.encode_with_offsets(&text, false)?;
+        let inside: Vec<usize> = (0..ids.len()).filter(|&i| offsets[i].0 < hi && offsets[i].1 > lo).collect();
+        let (Some(&first), Some(&last)) = (inside.first(), inside.last()) else {
+            bail!("the tokens of real_needle {:?} cannot be found in the needle", needle.real_needle);
+        };
+        Ok(NeedleTokens {
+            ids,
+            answer: first..last + 1,
+        })
+    }
+}
+
+/// Whether a token ends a sentence (its text, trailing whitespace aside, ends in . ! or ?).
+pub fn sentence_ends(tok: &Tokenizer, haystack: &[u32]) -> Vec<bool> {
+    let mut cache = std::collections::HashMap::new();
+    haystack
+        .iter()
+        .map(|&t| {
+            *cache.entry(t).or_insert_with(|| {
+                tok.decode(&[t], false)
+                    .map(|s| s.trim_end().ends_with(['.', '!', '?']))
+                    .unwrap_or(false)
+            })
+        })
+        .collect()
+}
+
+/// Assemble one prompt: `length` context tokens (haystack plus needle), the needle at `depth`
+/// percent, moved back to the nearest sentence end.
+pub fn assemble(frame: &Frame, haystack: &[u32], ends: &[bool], needle: &NeedleTokens, length: usize, depth: f64) -> Result<NiahPrompt> {
+    if length <= needle.ids.len() {
+        bail!("context length {length} cannot hold the needle ({} tokens)", needle.ids.len());
+    }
+    let hay_len = length - needle.ids.len();
+    if haystack.len() < hay_len {
+        bail!("the haystack has {} tokens, {hay_len} are needed", haystack.len());
+    }
+    let insert = if depth >= 100.0 {
+        hay_len
+    } else {
+        let mut at = (hay_len as f64 * depth / 100.0) as usize;
+        while at > 0 && !ends[at - 1] {
+            at -= 1;
+        }
+        at
+    };
+    let start = frame.before.len() + insert;
+    let mut ids = Vec::with_capacity(frame.overhead() + length);
+    ids.extend_from_slice(&frame.before);
+    ids.extend_from_slice(&haystack[..insert]);
+    ids.extend_from_slice(&needle.ids);
+    ids.extend_from_slice(&haystack[insert..hay_len]);
+    ids.extend_from_slice(&frame.after);
+    Ok(NiahPrompt {
+        ids,
+        needle: start..start + needle.ids.len(),
+        answer: start + needle.answer.start..start + needle.answer.end,
+        context_tokens: length,
+        actual_depth: 100.0 * insert as f64 / hay_len as f64,
+    })
+}

@@ -1,0 +1,218 @@
+//! One needle-in-a-haystack trial, the unit every retrieval experiment is made of: build the
+//! prompt, decode greedily while recording every query head's attention argmax, score the answer
+//! (ROUGE-1 recall) and the heads (retrieval scores). Masking and KV-cache studies run the same
+//! trial under a [`Condition`].
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use headhunt_engine::{greedy, Capture, Hooks, Intervention, KvPolicy, Model, Positions, RunOptions, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use super::haystack::Haystack;
+use super::needle::Needle;
+use super::prompt::{assemble, sentence_ends, Frame, NeedleTokens, NiahPrompt};
+use crate::retrieval::{trial_scores, ScoreVariant};
+use crate::rouge::rouge1_recall;
+
+/// Most tokens an answer may take (the paper's decode length).
+pub const MAX_NEW_TOKENS: usize = 50;
+
+/// Which trial: a needle, a context length in tokens, a depth in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrialSpec {
+    pub needle: usize,
+    pub length: usize,
+    pub depth: f64,
+}
+
+impl TrialSpec {
+    /// A stable identity for resuming and merging.
+    pub fn key(&self) -> String {
+        format!("n{}-l{}-d{}", self.needle, self.length, self.depth)
+    }
+}
+
+/// How the model is altered for a trial: head masks and other interventions, a KV-cache policy.
+#[derive(Debug, Clone, Default)]
+pub struct Condition {
+    pub interventions: Vec<Intervention>,
+    pub kv_policy: Option<Vec<Vec<KvPolicy>>>,
+}
+
+/// Everything a trial produced; one line of `trials.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrialRecord {
+    #[serde(flatten)]
+    pub spec: TrialSpec,
+    pub actual_depth: f64,
+    pub prompt_tokens: usize,
+    /// Positions of the needle statement and of its answer words in the prompt.
+    pub needle_span: [usize; 2],
+    pub answer_span: [usize; 2],
+    pub answer: String,
+    pub generated: Vec<u32>,
+    /// ROUGE-1 recall of the answer against `real_needle`, 0 to 100.
+    pub rouge1: f64,
+    /// Per head (`layer * n_heads + head`), the paper's retrieval score for this trial.
+    pub scores: Vec<f64>,
+    /// The same under the released code's per-step counting.
+    pub scores_per_step: Vec<f64>,
+    /// Per decoding step, every query head's attention argmax (key position).
+    pub argmax: Vec<Vec<u32>>,
+    pub seconds: f64,
+    /// KV cache bytes allocated at the end of the trial.
+    pub kv_bytes: usize,
+}
+
+impl TrialRecord {
+    pub fn answered(&self) -> bool {
+        self.rouge1 > crate::retrieval::SUCCESS_ROUGE
+    }
+
+    pub fn scores(&self, variant: ScoreVariant) -> &[f64] {
+        match variant {
+            ScoreVariant::Paper => &self.scores,
+            ScoreVariant::PerStep => &self.scores_per_step,
+        }
+    }
+}
+
+struct Prepared {
+    frame: Frame,
+    needle: NeedleTokens,
+    haystack: Vec<u32>,
+    ends: Vec<bool>,
+}
+
+/// Builds and runs trials for one model, needle set and haystack.
+pub struct TrialRunner<'m> {
+    pub model: &'m Model,
+    pub tok: &'m Tokenizer,
+    pub needles: Vec<Needle>,
+    prepared: Vec<Prepared>,
+}
+
+impl<'m> TrialRunner<'m> {
+    /// Tokenize every needle's frame and haystack once, long enough for `max_length` tokens.
+    /// A generated haystack gets its own seed per needle, so needles do not share a text.
+    pub fn new(model: &'m Model, needles: Vec<Needle>, haystack: &Haystack, chat: bool, max_length: usize) -> Result<Self> {
+        let tok = model.tokenizer()?;
+        let mut prepared = Vec::with_capacity(needles.len());
+        let mut shared: Option<(Vec<u32>, Vec<bool>)> = None;
+        for (i, n) in needles.iter().enumerate() {
+            let frame = Frame::new(tok, &n.question, chat)?;
+            let needle = NeedleTokens::new(tok, n).with_context(|| format!("needle {i}"))?;
+            let needed = frame.overhead() + max_length + MAX_NEW_TOKENS;
+            if needed > model.config.context_length {
+                anyhow::bail!(
+                    "a context of {max_length} tokens needs {needed} positions with the prompt and answer; the model's context length is {}",
+                    model.config.context_length
+                );
+            }
+            let (haystack_ids, ends) = match (haystack, &shared) {
+                (Haystack::Files(_), Some(s)) => s.clone(),
+                _ => {
+                    let h = match haystack {
+                        Haystack::Generated { seed } => Haystack::Generated {
+                            seed: seed.wrapping_add(i as u64),
+                        },
+                        other => other.clone(),
+                    };
+                    let ids = haystack_tokens(tok, &h, max_length)?;
+                    let ends = sentence_ends(tok, &ids);
+                    if matches!(haystack, Haystack::Files(_)) {
+                        shared = Some((ids.clone(), ends.clone()));
+                    }
+                    (ids, ends)
+                }
+            };
+            prepared.push(Prepared {
+                frame,
+                needle,
+                haystack: haystack_ids,
+                ends,
+            });
+        }
+        Ok(TrialRunner {
+            model,
+            tok,
+            needles,
+            prepared,
+        })
+    }
+
+    pub fn prompt(&self, spec: &TrialSpec) -> Result<NiahPrompt> {
+        let p = self.prepared.get(spec.needle).context("needle index out of range")?;
+        assemble(&p.frame, &p.haystack, &p.ends, &p.needle, spec.length, spec.depth)
+    }
+
+    /// Run one trial under a condition.
+    pub fn run(&self, spec: &TrialSpec, condition: &Condition) -> Result<TrialRecord> {
+        let start = Instant::now();
+        let c = &self.model.config;
+        let prompt = self.prompt(spec)?;
+        let mut hooks = Hooks {
+            interventions: condition.interventions.clone(),
+            ..Default::default()
+        };
+        for l in 0..c.n_layers {
+            hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
+        }
+        let options = RunOptions {
+            capacity: prompt.ids.len() + MAX_NEW_TOKENS,
+            kv_policy: condition.kv_policy.clone(),
+            ..Default::default()
+        };
+        let mut run = self.model.run(hooks, options)?;
+        let tok = self.tok;
+        let generated = greedy(&mut run, &prompt.ids, MAX_NEW_TOKENS, |ids| {
+            tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
+        })?;
+        let text = tok.decode(&generated, true)?;
+        let answer = text.trim_start().lines().next().unwrap_or("").trim().to_owned();
+        let needle = &self.needles[spec.needle];
+        let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &answer);
+
+        // Step t's argmax was recorded at query position (prompt length - 1 + t), per layer.
+        let n_heads = c.n_heads;
+        let first = prompt.ids.len() - 1;
+        let mut argmax = vec![vec![0u32; c.n_layers * n_heads]; generated.len()];
+        for (&l, rows) in &run.recording.argmax {
+            for (pos, heads) in rows {
+                if let Some(step) = pos.checked_sub(first).filter(|&s| s < generated.len()) {
+                    argmax[step][l * n_heads..(l + 1) * n_heads].copy_from_slice(heads);
+                }
+            }
+        }
+        let scores = trial_scores(&prompt.ids, &prompt.answer, &generated, &argmax, ScoreVariant::Paper);
+        let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &generated, &argmax, ScoreVariant::PerStep);
+        Ok(TrialRecord {
+            spec: *spec,
+            actual_depth: prompt.actual_depth,
+            prompt_tokens: prompt.ids.len(),
+            needle_span: [prompt.needle.start, prompt.needle.end],
+            answer_span: [prompt.answer.start, prompt.answer.end],
+            answer,
+            generated,
+            rouge1,
+            scores,
+            scores_per_step,
+            argmax,
+            seconds: start.elapsed().as_secs_f64(),
+            kv_bytes: run.cache().bytes(),
+        })
+    }
+}
+
+/// At least `n` haystack tokens (more text is generated until there are).
+fn haystack_tokens(tok: &Tokenizer, haystack: &Haystack, n: usize) -> Result<Vec<u32>> {
+    let mut chars = n * 6 + 1024;
+    loop {
+        let ids = tok.encode(&haystack.text(chars)?, false)?;
+        if ids.len() >= n {
+            return Ok(ids);
+        }
+        chars *= 2;
+    }
+}
