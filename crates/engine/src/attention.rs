@@ -162,7 +162,7 @@ impl AttentionLayer<'_> {
                 }
                 for i in 0..bq {
                     let row = &mut s[i * bk..(i + 1) * bk];
-                    let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let tile_max = max(row);
                     if track_argmax && tile_max > best[i].0 {
                         let j = row.iter().position(|&x| x == tile_max).expect("max is in the row");
                         best[i] = (tile_max, seg.pos[t0 + j]);
@@ -173,11 +173,7 @@ impl AttentionLayer<'_> {
                         continue;
                     }
                     let alpha = (m[i] - m_new).exp();
-                    let mut sum = 0.0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - m_new).exp();
-                        sum += *x;
-                    }
+                    let sum = exp_shifted(row, m_new);
                     l[i] = l[i] * alpha + sum;
                     m[i] = m_new;
                     if alpha != 1.0 {
@@ -293,10 +289,75 @@ fn weighted_values(acc: &mut [f32], p: &[f32], v: &[f32], bq: usize, bk: usize, 
     }
 }
 
+const LANES: usize = 16;
+
+/// Largest element (-inf for an empty or fully masked row), in independent lanes so it
+/// vectorises.
+#[inline]
+fn max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for t in 0..LANES {
+            lanes[t] = if c[t] > lanes[t] { c[t] } else { lanes[t] };
+        }
+    }
+    let mut m = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in lanes {
+        m = m.max(v);
+    }
+    m
+}
+
+/// `row[j] = exp(row[j] - shift)` in place; returns the sum. -inf (a masked key) gives exactly 0.
+#[inline]
+fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for t in 0..LANES {
+            let e = fast_exp(c[t] - shift);
+            c[t] = e;
+            lanes[t] += e;
+        }
+    }
+    let mut sum = 0.0f32;
+    for x in chunks.into_remainder() {
+        *x = fast_exp(*x - shift);
+        sum += *x;
+    }
+    sum + lanes.iter().sum::<f32>()
+}
+
+/// `e^x` to within 2 ulp, in straight-line arithmetic the compiler vectorises (Cody-Waite range
+/// reduction, Cephes polynomial). Arguments below the f32 range give 0.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let underflow = x < -87.336_55;
+    let x = x.clamp(-87.336_55, 88.376_26);
+    let n = (x * LOG2E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if underflow {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
 /// Dot product with independent lanes, so the compiler vectorises it.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
     let mut lanes = [0.0f32; LANES];
     let chunks = a.len() / LANES;
     for c in 0..chunks {
@@ -310,4 +371,30 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += a[t] * b[t];
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = fast_exp(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(fast_exp(0.0), 1.0);
+        let mut row = [0.0, f32::NEG_INFINITY, -1.0];
+        let sum = exp_shifted(&mut row, 0.0);
+        assert_eq!(row[1], 0.0);
+        assert!((sum - (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+        assert_eq!(max(&[1.0, 5.0, -3.0]), 5.0);
+        assert_eq!(max(&(0..40).map(|i| i as f32).collect::<Vec<_>>()), 39.0);
+    }
 }
