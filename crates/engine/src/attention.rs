@@ -1,9 +1,13 @@
 //! Causal attention over the KV cache in tiles, with an online softmax.
 //!
-//! Queries are processed in blocks of rows, keys in tiles; a running maximum and sum per row
-//! replace the full softmax, so memory grows with the block and tile sizes, never with
-//! `seq x seq`. Tiles that no query of a block can see (the causal future, keys behind a sliding
-//! window) are skipped without being computed; tiles every query sees skip the mask test.
+//! Work is cut into tasks of one key/value head, a block of query positions, and a share of the
+//! key tiles. A task takes every query head that shares its key/value head at once (grouped-query
+//! attention), so each key and value tile is read once for the whole group. A running maximum
+//! and sum per row replace the full softmax, so memory grows with the block and tile sizes,
+//! never with `seq x seq`. Tiles no query of the block can see (the causal future, keys behind a
+//! sliding window) are never computed; tiles every query sees skip the mask test. When there are
+//! too few query blocks to occupy every thread (decoding one token), the key tiles are split
+//! across tasks and the partial softmaxes merged.
 //!
 //! The kernel also serves the hooks: a head's query can be zeroed (uniform attention), its keys
 //! restricted, and chosen query rows recorded whole (`hook_pattern`) or as an argmax.
@@ -12,10 +16,14 @@ use rayon::prelude::*;
 
 use crate::hooks::{HeadHooks, KeySet, PatternRow};
 use crate::kv_cache::{HeadCache, KvPolicy, Segment};
-use crate::linalg::{matmul_nn, matmul_t};
+use crate::linalg::{fast_exp, matmul_nn, matmul_t};
 
-const QUERY_BLOCK: usize = 64;
 const KEY_TILE: usize = 128;
+/// Query rows (heads x positions) a task holds at most: keeps its tiles in L2.
+const TASK_ROWS: usize = 192;
+/// Below this many rows, scores and weighted values are computed key by key (each key and value
+/// row read once for all rows) instead of by matrix multiply.
+const SMALL_ROWS: usize = 4;
 
 pub(crate) struct AttentionLayer<'a> {
     /// Roped queries `[n, n_heads * d_head]`.
@@ -45,189 +53,271 @@ pub(crate) struct AttentionOutput {
     pub argmax: Vec<(usize, Vec<u32>)>,
 }
 
-/// One (head, query block) task's results.
-struct BlockResult {
-    head: usize,
+/// A run of at most `KEY_TILE` cached keys: segment index and row range, position range.
+#[derive(Clone, Copy)]
+struct Tile {
+    seg: usize,
+    t0: usize,
+    t1: usize,
+    kmin: usize,
+    kmax: usize,
+}
+
+/// One key/value head, a block of query positions `r0..r1`, some of its key tiles.
+struct Task<'t> {
+    g: usize,
     r0: usize,
-    z: Vec<f32>,
-    /// (query position, probabilities over keys 0..=position)
-    patterns: Vec<(usize, Vec<f32>)>,
-    argmax: Vec<(usize, u32)>,
+    r1: usize,
+    tiles: &'t [Tile],
+}
+
+/// A task's softmax state for its rows (`head-in-group * block + position`).
+struct Partial {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+    /// Largest score and its key position, per row (only when an argmax is wanted).
+    best: Vec<(f32, u32)>,
+}
+
+impl Partial {
+    /// Fold in the state of the next keys (`later` saw keys after `self`'s).
+    fn merge(&mut self, later: Partial, dh: usize) {
+        for i in 0..self.m.len() {
+            let m = self.m[i].max(later.m[i]);
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let (a, b) = ((self.m[i] - m).exp(), (later.m[i] - m).exp());
+            self.l[i] = self.l[i] * a + later.l[i] * b;
+            for (x, y) in self.acc[i * dh..(i + 1) * dh].iter_mut().zip(&later.acc[i * dh..(i + 1) * dh]) {
+                *x = *x * a + y * b;
+            }
+            self.m[i] = m;
+        }
+        for (x, y) in self.best.iter_mut().zip(later.best) {
+            // Earlier keys win ties, as the first maximum does.
+            if y.0 > x.0 {
+                *x = y;
+            }
+        }
+    }
 }
 
 impl AttentionLayer<'_> {
-    pub fn run(&self) -> AttentionOutput {
-        let n_blocks = self.n.div_ceil(QUERY_BLOCK);
-        let tasks: Vec<(usize, usize)> = (0..self.n_heads)
-            .flat_map(|h| (0..n_blocks).map(move |b| (h, b * QUERY_BLOCK)))
-            .collect();
-        let results: Vec<BlockResult> = tasks
-            .par_iter()
-            .map(|&(h, r0)| self.block(h, r0, (r0 + QUERY_BLOCK).min(self.n)))
-            .collect();
+    fn group(&self) -> usize {
+        self.n_heads / self.caches.len()
+    }
 
-        let (dh, nh) = (self.d_head, self.n_heads);
+    /// Query positions per block: as many as keep `group * block` rows within a task's budget.
+    fn block(&self) -> usize {
+        (TASK_ROWS / self.group()).clamp(1, 64)
+    }
+
+    pub fn run(&self) -> AttentionOutput {
+        let (dh, nh, group, block) = (self.d_head, self.n_heads, self.group(), self.block());
+        let tiles: Vec<Vec<Tile>> = self.caches.iter().map(tiles_of).collect();
+        let n_blocks = self.n.div_ceil(block);
+        // Split the keys only when the query blocks alone cannot keep every thread busy.
+        let threads = rayon::current_num_threads().max(1);
+        let blocks_total = n_blocks * self.caches.len();
+        let splits_wanted = (2 * threads).div_ceil(blocks_total).max(1);
+        let mut tasks: Vec<(usize, Task<'_>)> = Vec::new();
+        for (g, ts) in tiles.iter().enumerate() {
+            for b in 0..n_blocks {
+                let (r0, r1) = (b * block, ((b + 1) * block).min(self.n));
+                let (qmin, qmax) = (self.p0 + r0, self.p0 + r1 - 1);
+                let policy = self.caches[g].policy;
+                // Tiles are in position order; keep those some query of the block may see.
+                let visible: Vec<usize> = (0..ts.len())
+                    .filter(|&i| ts[i].kmin <= qmax && tile_may_be_visible(policy, ts[i].kmin, ts[i].kmax, qmin))
+                    .collect();
+                let (first, last) = match (visible.first(), visible.last()) {
+                    (Some(&f), Some(&l)) => (f, l + 1),
+                    _ => (0, 0),
+                };
+                let span = &ts[first..last];
+                let splits = splits_wanted.min(span.len()).max(1);
+                let per = span.len().div_ceil(splits).max(1);
+                let mut chunks: Vec<&[Tile]> = span.chunks(per).collect();
+                if chunks.is_empty() {
+                    chunks.push(&[]);
+                }
+                let key = g * n_blocks + b;
+                tasks.extend(chunks.into_iter().map(|tiles| (key, Task { g, r0, r1, tiles })));
+            }
+        }
+        let partials: Vec<(usize, Partial)> = tasks.par_iter().map(|(key, t)| (*key, self.task(t))).collect();
+
+        // Merge each block's partials (they arrive in key order) and normalise.
         let mut z = vec![0.0; self.n * nh * dh];
-        let mut patterns: Vec<PatternRow> = self
-            .pattern_positions
-            .iter()
-            .map(|&p| PatternRow {
+        let mut merged: Vec<Option<Partial>> = (0..blocks_total).map(|_| None).collect();
+        for (key, p) in partials {
+            match &mut merged[key] {
+                Some(acc) => acc.merge(p, dh),
+                slot => *slot = Some(p),
+            }
+        }
+        let mut argmax: Vec<(usize, Vec<u32>)> = self.argmax_positions.iter().map(|&p| (p, vec![0; nh])).collect();
+        let mut patterns: Vec<PatternRow> = Vec::with_capacity(self.pattern_positions.len());
+        for (key, part) in merged.iter().enumerate() {
+            let part = part.as_ref().expect("every block has a task");
+            let (g, b) = (key / n_blocks, key % n_blocks);
+            let (r0, r1) = (b * block, ((b + 1) * block).min(self.n));
+            let bq = r1 - r0;
+            for hg in 0..group {
+                let h = g * group + hg;
+                for r in r0..r1 {
+                    let i = hg * bq + (r - r0);
+                    let inv = if part.l[i] > 0.0 { 1.0 / part.l[i] } else { 0.0 };
+                    let dst = &mut z[r * nh * dh + h * dh..r * nh * dh + (h + 1) * dh];
+                    dst.iter_mut().zip(&part.acc[i * dh..(i + 1) * dh]).for_each(|(d, a)| *d = a * inv);
+                    if let Some(slot) = argmax.iter_mut().find(|a| a.0 == self.p0 + r) {
+                        slot.1[h] = part.best[i].1;
+                    }
+                }
+            }
+        }
+        for &p in self.pattern_positions {
+            let r = p - self.p0;
+            let b = r / block;
+            let mut probs = vec![0.0f32; nh * (p + 1)];
+            for (g, cache) in self.caches.iter().enumerate() {
+                let part = merged[g * n_blocks + b].as_ref().expect("every block has a task");
+                let bq = ((b + 1) * block).min(self.n) - b * block;
+                for hg in 0..group {
+                    let h = g * group + hg;
+                    let i = hg * bq + (r - b * block);
+                    if part.l[i] > 0.0 {
+                        let q = self.query(h, r);
+                        for seg in cache.segments() {
+                            self.row_probs(
+                                &mut probs[h * (p + 1)..(h + 1) * (p + 1)],
+                                &q,
+                                seg,
+                                p,
+                                cache.policy,
+                                h,
+                                part.m[i],
+                                part.l[i],
+                            );
+                        }
+                    }
+                }
+            }
+            patterns.push(PatternRow {
                 position: p,
                 n_keys: p + 1,
-                probs: vec![0.0; nh * (p + 1)],
-            })
-            .collect();
-        let mut argmax: Vec<(usize, Vec<u32>)> = self.argmax_positions.iter().map(|&p| (p, vec![0; nh])).collect();
-        for res in results {
-            for (i, row) in res.z.chunks_exact(dh).enumerate() {
-                let r = res.r0 + i;
-                z[r * nh * dh + res.head * dh..r * nh * dh + (res.head + 1) * dh].copy_from_slice(row);
-            }
-            for (pos, probs) in res.patterns {
-                let slot = patterns.iter_mut().find(|p| p.position == pos).expect("requested row");
-                slot.probs[res.head * (pos + 1)..(res.head + 1) * (pos + 1)].copy_from_slice(&probs);
-            }
-            for (pos, key) in res.argmax {
-                let slot = argmax.iter_mut().find(|a| a.0 == pos).expect("requested row");
-                slot.1[res.head] = key;
-            }
+                probs,
+            });
         }
         AttentionOutput { z, patterns, argmax }
     }
 
-    fn block(&self, h: usize, r0: usize, r1: usize) -> BlockResult {
-        let (dh, nh) = (self.d_head, self.n_heads);
-        let bq = r1 - r0;
-        let group = nh / self.caches.len();
-        let cache = &self.caches[h / group];
-        let policy = cache.policy;
-        let hooks = self.head_hooks.map(|hh| &hh[h]);
-        let keys = hooks.and_then(|hh| hh.keys.as_ref());
-        let q_pos = |i: usize| self.p0 + r0 + i;
+    fn hooks(&self, h: usize) -> Option<&HeadHooks> {
+        self.head_hooks.map(|hh| &hh[h])
+    }
 
-        // This block's queries, pre-scaled; a uniform mask zeroes them.
-        let mut qb = vec![0.0f32; bq * dh];
-        if !hooks.is_some_and(|hh| hh.zero_query) {
-            for i in 0..bq {
-                let src = &self.q[(r0 + i) * nh * dh + h * dh..(r0 + i) * nh * dh + (h + 1) * dh];
-                qb[i * dh..(i + 1) * dh].iter_mut().zip(src).for_each(|(d, &s)| *d = s * self.scale);
+    /// Query head `h` at row `r`, scaled (zero when the head is masked to uniform attention).
+    fn query(&self, h: usize, r: usize) -> Vec<f32> {
+        let (nh, dh) = (self.n_heads, self.d_head);
+        if self.hooks(h).is_some_and(|hh| hh.zero_query) {
+            return vec![0.0; dh];
+        }
+        self.q[r * nh * dh + h * dh..r * nh * dh + (h + 1) * dh]
+            .iter()
+            .map(|&x| x * self.scale)
+            .collect()
+    }
+
+    fn task(&self, t: &Task<'_>) -> Partial {
+        let (dh, group) = (self.d_head, self.group());
+        let bq = t.r1 - t.r0;
+        let rows = group * bq;
+        let cache = &self.caches[t.g];
+        let policy = cache.policy;
+        let segments = cache.segments();
+        let heads: Vec<usize> = (0..group).map(|hg| t.g * group + hg).collect();
+        let restricted = heads.iter().any(|&h| self.hooks(h).is_some_and(|hh| hh.keys.is_some()));
+        let (qmin, qmax) = (self.p0 + t.r0, self.p0 + t.r1 - 1);
+        let row_pos = |i: usize| qmin + i % bq;
+
+        // The group's queries for this block, head-major.
+        let mut qb = vec![0.0f32; rows * dh];
+        for (hg, &h) in heads.iter().enumerate() {
+            for r in t.r0..t.r1 {
+                let i = hg * bq + (r - t.r0);
+                qb[i * dh..(i + 1) * dh].copy_from_slice(&self.query(h, r));
             }
         }
-        let track_argmax = self.argmax_positions.iter().any(|&p| p >= q_pos(0) && p <= q_pos(bq - 1));
-        let mut best: Vec<(f32, u32)> = if track_argmax {
-            vec![(f32::NEG_INFINITY, 0); bq]
-        } else {
-            Vec::new()
+        let track_argmax = self.argmax_positions.iter().any(|&p| p >= qmin && p <= qmax);
+        let mut part = Partial {
+            m: vec![f32::NEG_INFINITY; rows],
+            l: vec![0.0; rows],
+            acc: vec![0.0; rows * dh],
+            best: if track_argmax {
+                vec![(f32::NEG_INFINITY, 0); rows]
+            } else {
+                Vec::new()
+            },
         };
-
-        let mut m = vec![f32::NEG_INFINITY; bq];
-        let mut l = vec![0.0f32; bq];
-        let mut acc = vec![0.0f32; bq * dh];
-        let mut s = vec![0.0f32; bq * KEY_TILE];
-        let (qmin, qmax) = (q_pos(0), q_pos(bq - 1));
-
-        for seg in cache.segments() {
-            for t0 in (0..seg.pos.len()).step_by(KEY_TILE) {
-                let t1 = (t0 + KEY_TILE).min(seg.pos.len());
-                let bk = t1 - t0;
-                let (kmin, kmax) = (seg.pos[t0] as usize, seg.pos[t1 - 1] as usize);
-                if kmin > qmax {
-                    break;
-                }
-                let all_visible = kmax <= qmin
-                    && keys.is_none()
-                    && match policy {
-                        KvPolicy::Full => true,
-                        KvPolicy::SinkWindow { sink, window } => kmax < sink || qmax - kmin < window,
-                    };
-                if !all_visible && !tile_may_be_visible(policy, kmin, kmax, qmin) {
-                    continue;
-                }
-                let k_tile = &seg.k[t0 * dh..t1 * dh];
-                let s = &mut s[..bq * bk];
-                scores(s, &qb, k_tile, bq, bk, dh);
-                if let Some(cap) = self.softcap {
-                    s.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
-                }
-                if !all_visible {
-                    for i in 0..bq {
-                        let qp = q_pos(i);
-                        for j in 0..bk {
-                            let kp = seg.pos[t0 + j] as usize;
-                            if !policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
-                                s[i * bk + j] = f32::NEG_INFINITY;
-                            }
+        let mut s = vec![0.0f32; rows * KEY_TILE];
+        for tile in t.tiles {
+            let seg = segments[tile.seg];
+            let bk = tile.t1 - tile.t0;
+            let all_visible = tile.kmax <= qmin
+                && !restricted
+                && match policy {
+                    KvPolicy::Full => true,
+                    KvPolicy::SinkWindow { sink, window } => tile.kmax < sink || qmax - tile.kmin < window,
+                };
+            let s = &mut s[..rows * bk];
+            scores(s, &qb, &seg.k[tile.t0 * dh..tile.t1 * dh], rows, bk, dh);
+            if let Some(cap) = self.softcap {
+                s.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+            }
+            if !all_visible {
+                for i in 0..rows {
+                    let (qp, h) = (row_pos(i), heads[i / bq]);
+                    let keys = self.hooks(h).and_then(|hh| hh.keys.as_ref());
+                    for j in 0..bk {
+                        let kp = seg.pos[tile.t0 + j] as usize;
+                        if !policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
+                            s[i * bk + j] = f32::NEG_INFINITY;
                         }
                     }
                 }
-                for i in 0..bq {
-                    let row = &mut s[i * bk..(i + 1) * bk];
-                    let tile_max = max(row);
-                    if track_argmax && tile_max > best[i].0 {
-                        let j = row.iter().position(|&x| x == tile_max).expect("max is in the row");
-                        best[i] = (tile_max, seg.pos[t0 + j]);
-                    }
-                    let m_new = m[i].max(tile_max);
-                    if m_new == f32::NEG_INFINITY {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let alpha = (m[i] - m_new).exp();
-                    let sum = exp_shifted(row, m_new);
-                    l[i] = l[i] * alpha + sum;
-                    m[i] = m_new;
-                    if alpha != 1.0 {
-                        acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= alpha);
-                    }
-                }
-                weighted_values(&mut acc, s, &seg.v[t0 * dh..t1 * dh], bq, bk, dh);
             }
-        }
-        for i in 0..bq {
-            let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
-            acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= inv);
-        }
-
-        let mut patterns = Vec::new();
-        for &p in self.pattern_positions.iter().filter(|&&p| p >= qmin && p <= qmax) {
-            let i = p - qmin;
-            let mut probs = vec![0.0f32; p + 1];
-            if l[i] > 0.0 {
-                for seg in cache.segments() {
-                    self.row_probs(&mut probs, &qb[i * dh..(i + 1) * dh], seg, p, policy, keys, m[i], l[i]);
+            for i in 0..rows {
+                let row = &mut s[i * bk..(i + 1) * bk];
+                let tile_max = max(row);
+                if track_argmax && tile_max > part.best[i].0 {
+                    let j = row.iter().position(|&x| x == tile_max).expect("max is in the row");
+                    part.best[i] = (tile_max, seg.pos[tile.t0 + j]);
+                }
+                let m_new = part.m[i].max(tile_max);
+                if m_new == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let alpha = (part.m[i] - m_new).exp();
+                let sum = exp_shifted(row, m_new);
+                part.l[i] = part.l[i] * alpha + sum;
+                part.m[i] = m_new;
+                if alpha != 1.0 {
+                    part.acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= alpha);
                 }
             }
-            patterns.push((p, probs));
+            weighted_values(&mut part.acc, s, &seg.v[tile.t0 * dh..tile.t1 * dh], rows, bk, dh);
         }
-        let argmax = self
-            .argmax_positions
-            .iter()
-            .filter(|&&p| p >= qmin && p <= qmax)
-            .map(|&p| (p, best[p - qmin].1))
-            .collect();
-        BlockResult {
-            head: h,
-            r0,
-            z: acc,
-            patterns,
-            argmax,
-        }
+        part
     }
 
     /// Final probabilities of one query row over one segment's keys.
     #[allow(clippy::too_many_arguments)]
-    fn row_probs(
-        &self,
-        probs: &mut [f32],
-        q: &[f32],
-        seg: Segment<'_>,
-        qp: usize,
-        policy: KvPolicy,
-        keys: Option<&KeySet>,
-        m: f32,
-        l: f32,
-    ) {
+    fn row_probs(&self, probs: &mut [f32], q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, m: f32, l: f32) {
         let dh = self.d_head;
+        let keys = self.hooks(h).and_then(|hh| hh.keys.as_ref());
         for (j, &kp) in seg.pos.iter().enumerate() {
             let kp = kp as usize;
             if !policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
@@ -240,6 +330,24 @@ impl AttentionLayer<'_> {
             probs[kp] = (s - m).exp() / l;
         }
     }
+}
+
+/// A cache's rows as key tiles, in position order.
+fn tiles_of(cache: &HeadCache) -> Vec<Tile> {
+    let mut out = Vec::new();
+    for (seg, s) in cache.segments().iter().enumerate() {
+        for t0 in (0..s.pos.len()).step_by(KEY_TILE) {
+            let t1 = (t0 + KEY_TILE).min(s.pos.len());
+            out.push(Tile {
+                seg,
+                t0,
+                t1,
+                kmin: s.pos[t0] as usize,
+                kmax: s.pos[t1 - 1] as usize,
+            });
+        }
+    }
+    out
 }
 
 /// Whether any key in `[kmin, kmax]` can be visible to a query at or after `qmin`.
@@ -258,34 +366,34 @@ fn key_allowed(keys: &KeySet, query: usize, key: usize) -> bool {
     }
 }
 
-/// `s[bq, bk] = q[bq, dh] · k[bk, dh]^T`
-fn scores(s: &mut [f32], q: &[f32], k: &[f32], bq: usize, bk: usize, dh: usize) {
-    if bq <= 4 {
-        for i in 0..bq {
-            let qi = &q[i * dh..(i + 1) * dh];
-            for j in 0..bk {
-                s[i * bk + j] = dot(qi, &k[j * dh..(j + 1) * dh]);
+/// `s[rows, bk] = q[rows, dh] · k[bk, dh]^T`
+fn scores(s: &mut [f32], q: &[f32], k: &[f32], rows: usize, bk: usize, dh: usize) {
+    if rows <= SMALL_ROWS {
+        for j in 0..bk {
+            let kj = &k[j * dh..(j + 1) * dh];
+            for i in 0..rows {
+                s[i * bk + j] = dot(&q[i * dh..(i + 1) * dh], kj);
             }
         }
     } else {
-        matmul_t(s, q, k, bq, dh, bk, false, false);
+        matmul_t(s, q, k, rows, dh, bk, false, false);
     }
 }
 
-/// `acc[bq, dh] += p[bq, bk] · v[bk, dh]`
-fn weighted_values(acc: &mut [f32], p: &[f32], v: &[f32], bq: usize, bk: usize, dh: usize) {
-    if bq <= 4 {
-        for i in 0..bq {
-            let a = &mut acc[i * dh..(i + 1) * dh];
-            for j in 0..bk {
+/// `acc[rows, dh] += p[rows, bk] · v[bk, dh]`
+fn weighted_values(acc: &mut [f32], p: &[f32], v: &[f32], rows: usize, bk: usize, dh: usize) {
+    if rows <= SMALL_ROWS {
+        for j in 0..bk {
+            let vj = &v[j * dh..(j + 1) * dh];
+            for i in 0..rows {
                 let w = p[i * bk + j];
                 if w != 0.0 {
-                    a.iter_mut().zip(&v[j * dh..(j + 1) * dh]).for_each(|(a, &v)| *a += w * v);
+                    acc[i * dh..(i + 1) * dh].iter_mut().zip(vj).for_each(|(a, &v)| *a += w * v);
                 }
             }
         }
     } else {
-        matmul_nn(acc, p, v, bq, bk, dh, true);
+        matmul_nn(acc, p, v, rows, bk, dh, true);
     }
 }
 
@@ -327,32 +435,6 @@ fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
         sum += *x;
     }
     sum + lanes.iter().sum::<f32>()
-}
-
-/// `e^x` to within 2 ulp, in straight-line arithmetic the compiler vectorises (Cody-Waite range
-/// reduction, Cephes polynomial). Arguments below the f32 range give 0.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let underflow = x < -87.336_55;
-    let x = x.clamp(-87.336_55, 88.376_26);
-    let n = (x * LOG2E).round_ties_even();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if underflow {
-        0.0
-    } else {
-        y * scale
-    }
 }
 
 /// Dot product with independent lanes, so the compiler vectorises it.

@@ -18,6 +18,7 @@ pub mod kv_cache;
 pub mod linalg;
 pub mod model;
 pub mod npy;
+pub mod profile;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -8,9 +8,10 @@ use crate::config::{ModelConfig, PositionEncoding};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::hooks::{HookPoint, Hooks, Phase, Plan, Recording, Step};
-use crate::kv_cache::{KvCache, KvPolicy};
+use crate::kv_cache::{HeadCache, KvCache, KvPolicy};
 use crate::linalg::{matmul_t, mlp_activation, norm_rows, rms_scale};
-use crate::rope::RopeTable;
+use crate::profile::{self, Stage};
+use crate::rope::{RopeAngles, RopeTable};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, SafetensorsDir, Weights};
 
@@ -195,11 +196,27 @@ impl Model {
     /// Run `tokens` (at the step's positions) through the network, appending to `cache`.
     /// Returns the logits at the step's last position when it has one.
     fn forward(&self, tokens: &[u32], step: Step, cache: &mut KvCache, plan: &Plan, rec: &mut Recording) -> Result<Option<Vec<f32>>> {
-        let c = &self.config;
-        let w = &self.weights;
-        let (n, d, nh, nkv, dh) = (tokens.len(), c.d_model, c.n_heads, c.n_kv_heads, c.d_head);
-        let (p0, last) = (step.p0, step.last);
+        let mut pass = Pass { step, plan, rec };
+        let d = self.config.d_model;
+        let mut resid = self.embed(tokens, &mut pass)?;
+        let rope: Vec<_> = self.rope_tables.iter().map(|t| t.at_positions(step.p0, step.n)).collect();
+        for (l, layer_cache) in cache.layers.iter_mut().enumerate() {
+            pass.hook(HookPoint::ResidPre(l), &mut resid, d);
+            let attn_out = self.attention(l, &resid, &rope, layer_cache, &mut pass);
+            add_into(&mut resid, &attn_out);
+            pass.hook(HookPoint::ResidMid(l), &mut resid, d);
+            let mlp_out = self.mlp(l, &resid, &mut pass);
+            add_into(&mut resid, &mlp_out);
+            pass.hook(HookPoint::ResidPost(l), &mut resid, d);
+        }
+        Ok(self.logits(&resid, &mut pass))
+    }
 
+    /// Token (and learned position) embeddings.
+    fn embed(&self, tokens: &[u32], pass: &mut Pass<'_>) -> Result<Vec<f32>> {
+        let _t = profile::span(Stage::Embed);
+        let (c, w) = (&self.config, &self.weights);
+        let (n, d) = (tokens.len(), c.d_model);
         let mut resid = vec![0.0f32; n * d];
         for (r, &t) in tokens.iter().enumerate() {
             if t as usize >= c.vocab_size {
@@ -214,26 +231,31 @@ impl Model {
                 .zip(e)
                 .for_each(|(x, &e)| *x = e * c.embed_scale);
         }
-        plan.apply(HookPoint::Embed, &mut resid, d, &step, rec);
+        pass.hook(HookPoint::Embed, &mut resid, d);
         if let (PositionEncoding::Learned { offset }, Some(table)) = (c.positions, &w.pos_embed) {
             let mut pos = vec![0.0f32; n * d];
             for r in 0..n {
-                let row = p0 + r + offset;
+                let row = pass.step.p0 + r + offset;
                 pos[r * d..(r + 1) * d].copy_from_slice(&table[row * d..(row + 1) * d]);
             }
-            plan.apply(HookPoint::PosEmbed, &mut pos, d, &step, rec);
-            resid.iter_mut().zip(&pos).for_each(|(x, p)| *x += p);
+            pass.hook(HookPoint::PosEmbed, &mut pos, d);
+            add_into(&mut resid, &pos);
         }
+        Ok(resid)
+    }
 
-        let rope: Vec<_> = self.rope_tables.iter().map(|t| t.at_positions(p0, n)).collect();
+    /// One attention sub-layer: what it adds to the residual stream.
+    fn attention(&self, l: usize, resid: &[f32], rope: &[RopeAngles], cache: &mut [HeadCache], pass: &mut Pass<'_>) -> Vec<f32> {
+        let c = &self.config;
+        let b = &self.weights.blocks[l];
+        let (n, d, nh, nkv, dh) = (pass.step.n, c.d_model, c.n_heads, c.n_kv_heads, c.d_head);
+        let (p0, plan) = (pass.step.p0, pass.plan);
+
         let mut x = vec![0.0f32; n * d];
-        for (l, b) in w.blocks.iter().enumerate() {
-            plan.apply(HookPoint::ResidPre(l), &mut resid, d, &step, rec);
-
-            // Attention.
-            norm_rows(&mut x, &resid, d, c.norm, c.norm_eps, &b.attn_norm);
-            let qkv = b.qkv.forward(&x, n);
-            let width = (nh + 2 * nkv) * dh;
+        profile::timed(Stage::Norms, || norm_rows(&mut x, resid, d, c.norm, c.norm_eps, &b.attn_norm));
+        let qkv = profile::timed(Stage::QkvProjection, || b.qkv.forward(&x, n));
+        let width = (nh + 2 * nkv) * dh;
+        let (mut q, mut k) = profile::timed(Stage::Rope, || {
             let mut q = vec![0.0f32; n * nh * dh];
             let mut k = vec![0.0f32; n * nkv * dh];
             for r in 0..n {
@@ -241,42 +263,45 @@ impl Model {
                 q[r * nh * dh..(r + 1) * nh * dh].copy_from_slice(&row[..nh * dh]);
                 k[r * nkv * dh..(r + 1) * nkv * dh].copy_from_slice(&row[nh * dh..(nh + nkv) * dh]);
             }
+            (q, k)
+        });
+        profile::timed(Stage::Rope, || {
             if let Some(qn) = &b.q_norm {
-                let qc = q.clone();
-                norm_rows(&mut q, &qc, dh, c.norm, c.norm_eps, qn);
+                norm_rows_in_place(&mut q, dh, c, qn);
             }
             if let Some(kn) = &b.k_norm {
-                let kc = k.clone();
-                norm_rows(&mut k, &kc, dh, c.norm, c.norm_eps, kn);
+                norm_rows_in_place(&mut k, dh, c, kn);
             }
             if let Some(&t) = self.rope_of_layer.get(l) {
-                let angles = &rope[t];
                 for r in 0..n {
                     for head in q[r * nh * dh..(r + 1) * nh * dh].chunks_exact_mut(dh) {
-                        angles.apply(head, r);
+                        rope[t].apply(head, r);
                     }
                     for head in k[r * nkv * dh..(r + 1) * nkv * dh].chunks_exact_mut(dh) {
-                        angles.apply(head, r);
+                        rope[t].apply(head, r);
                     }
                 }
             }
-            let layer_cache = &mut cache.layers[l];
+        });
+        profile::timed(Stage::KvCache, || {
             for r in 0..n {
                 let row = &qkv[r * width..(r + 1) * width];
-                for (g, head_cache) in layer_cache.iter_mut().enumerate() {
+                for (g, head_cache) in cache.iter_mut().enumerate() {
                     let kr = &k[(r * nkv + g) * dh..(r * nkv + g + 1) * dh];
                     let vr = &row[(nh + nkv + g) * dh..(nh + nkv + g + 1) * dh];
                     head_cache.push(p0 + r, kr, vr);
                 }
             }
-            let attention_hooked = plan.attention_hooked(l);
-            let head_hooks = attention_hooked.then(|| plan.head_hooks(l, nh, step.phase));
-            let (pattern_positions, argmax_positions) = if attention_hooked {
-                plan.pattern_requests(l, &step)
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            let out = AttentionLayer {
+        });
+        let hooked = plan.attention_hooked(l);
+        let head_hooks = hooked.then(|| plan.head_hooks(l, nh, pass.step.phase));
+        let (pattern_positions, argmax_positions) = if hooked {
+            plan.pattern_requests(l, &pass.step)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let out = profile::timed(Stage::Attention, || {
+            AttentionLayer {
                 q: &q,
                 n,
                 p0,
@@ -284,79 +309,98 @@ impl Model {
                 d_head: dh,
                 scale: c.attn_scale,
                 softcap: c.attn_logit_softcap,
-                caches: layer_cache,
+                caches: cache,
                 head_hooks: head_hooks.as_deref(),
                 pattern_positions: &pattern_positions,
                 argmax_positions: &argmax_positions,
             }
-            .run();
-            if !out.patterns.is_empty() {
-                rec.patterns.entry(l).or_default().extend(out.patterns);
-            }
-            if !out.argmax.is_empty() {
-                rec.argmax.entry(l).or_default().extend(out.argmax);
-            }
-            let mut z = out.z;
-            plan.apply(HookPoint::Z(l), &mut z, nh * dh, &step, rec);
-            let mut attn_out = b.o.forward(&z, n);
-            // Sandwich norms: the post-attention norm's per-row scale, shared by every head.
-            let post_scale: Option<Vec<f32>> = b
-                .post_attn_norm
-                .as_ref()
-                .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
-            {
-                for pos in plan.capture_positions(HookPoint::Result(l), &step) {
-                    let r = pos - p0;
-                    let row = self.head_results(l, &z[r * nh * dh..(r + 1) * nh * dh], post_scale.as_ref().map(|s| s[r]));
-                    rec.push_row(HookPoint::Result(l), pos, &row);
-                }
-            }
-            if let (Some(norm), Some(scales)) = (&b.post_attn_norm, &post_scale) {
-                for (row, &s) in attn_out.chunks_exact_mut(d).zip(scales) {
-                    row.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
-                }
-            }
-            plan.apply(HookPoint::AttnOut(l), &mut attn_out, d, &step, rec);
-            resid.iter_mut().zip(&attn_out).for_each(|(x, a)| *x += a);
-            plan.apply(HookPoint::ResidMid(l), &mut resid, d, &step, rec);
-
-            // MLP.
-            norm_rows(&mut x, &resid, d, c.norm, c.norm_eps, &b.mlp_norm);
-            let mut h = b.up.forward(&x, n);
-            let mut act = mlp_activation(&mut h, n, c.d_mlp, c.gated_mlp, c.activation);
-            drop(h);
-            plan.apply(HookPoint::MlpPost(l), &mut act, c.d_mlp, &step, rec);
-            let mut mlp_out = b.down.forward(&act, n);
-            if let Some(norm) = &b.post_mlp_norm {
-                let raw = mlp_out.clone();
-                norm_rows(&mut mlp_out, &raw, d, c.norm, c.norm_eps, norm);
-            }
-            plan.apply(HookPoint::MlpOut(l), &mut mlp_out, d, &step, rec);
-            resid.iter_mut().zip(&mlp_out).for_each(|(x, m)| *x += m);
-            plan.apply(HookPoint::ResidPost(l), &mut resid, d, &step, rec);
+            .run()
+        });
+        if !out.patterns.is_empty() {
+            pass.rec.patterns.entry(l).or_default().extend(out.patterns);
         }
+        if !out.argmax.is_empty() {
+            pass.rec.argmax.entry(l).or_default().extend(out.argmax);
+        }
+        let mut z = out.z;
+        pass.hook(HookPoint::Z(l), &mut z, nh * dh);
+        let mut attn_out = profile::timed(Stage::OutProjection, || b.o.forward(&z, n));
+        // Sandwich norms: the post-attention norm's per-row scale, shared by every head.
+        let post_scale: Option<Vec<f32>> = b
+            .post_attn_norm
+            .as_ref()
+            .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
+        for pos in plan.capture_positions(HookPoint::Result(l), &pass.step) {
+            let r = pos - p0;
+            let row = self.head_results(l, &z[r * nh * dh..(r + 1) * nh * dh], post_scale.as_ref().map(|s| s[r]));
+            pass.rec.push_row(HookPoint::Result(l), pos, &row);
+        }
+        if let (Some(norm), Some(scales)) = (&b.post_attn_norm, &post_scale) {
+            let _t = profile::span(Stage::Norms);
+            for (row, &s) in attn_out.chunks_exact_mut(d).zip(scales) {
+                row.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
+            }
+        }
+        pass.hook(HookPoint::AttnOut(l), &mut attn_out, d);
+        attn_out
+    }
 
-        // Final norm and unembedding, only at the positions someone needs.
-        let mut wanted = plan.capture_positions(HookPoint::Logits, &step);
-        wanted.extend(plan.capture_positions(HookPoint::FinalNormalized, &step));
-        wanted.extend(last);
+    /// One MLP sub-layer: what it adds to the residual stream.
+    fn mlp(&self, l: usize, resid: &[f32], pass: &mut Pass<'_>) -> Vec<f32> {
+        let c = &self.config;
+        let b = &self.weights.blocks[l];
+        let (n, d) = (pass.step.n, c.d_model);
+        let mut x = vec![0.0f32; n * d];
+        profile::timed(Stage::Norms, || norm_rows(&mut x, resid, d, c.norm, c.norm_eps, &b.mlp_norm));
+        let mut h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
+        let mut act = profile::timed(Stage::MlpActivation, || {
+            mlp_activation(&mut h, n, c.d_mlp, c.gated_mlp, c.activation)
+        });
+        drop(h);
+        pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
+        let mut out = profile::timed(Stage::MlpDown, || b.down.forward(&act, n));
+        if let Some(norm) = &b.post_mlp_norm {
+            profile::timed(Stage::Norms, || norm_rows_in_place(&mut out, d, c, norm));
+        }
+        pass.hook(HookPoint::MlpOut(l), &mut out, d);
+        out
+    }
+
+    /// Final norm and unembedding, only at the positions someone needs; the logits at the
+    /// step's last position.
+    fn logits(&self, resid: &[f32], pass: &mut Pass<'_>) -> Option<Vec<f32>> {
+        let _t = profile::span(Stage::Unembed);
+        let c = &self.config;
+        let d = c.d_model;
+        let step = pass.step;
+        let mut wanted = pass.plan.capture_positions(HookPoint::Logits, &step);
+        wanted.extend(pass.plan.capture_positions(HookPoint::FinalNormalized, &step));
+        wanted.extend(step.last);
         wanted.sort_unstable();
         wanted.dedup();
         let mut last_logits = None;
         for pos in wanted {
-            let r = pos - p0;
+            let r = pos - step.p0;
             let mut normed = vec![0.0f32; d];
-            norm_rows(&mut normed, &resid[r * d..(r + 1) * d], d, c.norm, c.norm_eps, &w.final_norm);
-            plan.apply(HookPoint::FinalNormalized, &mut normed, d, &step.at(pos), rec);
+            norm_rows(
+                &mut normed,
+                &resid[r * d..(r + 1) * d],
+                d,
+                c.norm,
+                c.norm_eps,
+                &self.weights.final_norm,
+            );
+            let at = step.at(pos);
+            pass.plan.apply(HookPoint::FinalNormalized, &mut normed, d, &at, pass.rec);
             let logits = self.unembed(&normed);
-            if !plan.capture_positions(HookPoint::Logits, &step.at(pos)).is_empty() {
-                rec.push_row(HookPoint::Logits, pos, &logits);
+            if !pass.plan.capture_positions(HookPoint::Logits, &at).is_empty() {
+                pass.rec.push_row(HookPoint::Logits, pos, &logits);
             }
-            if Some(pos) == last {
+            if Some(pos) == step.last {
                 last_logits = Some(logits);
             }
         }
-        Ok(last_logits)
+        last_logits
     }
 
     /// Each head's output at one position: `z_h · W_O[:, h]^T`, times the post-attention norm's
@@ -407,6 +451,33 @@ impl Model {
         }
         logits
     }
+}
+
+/// One forward call's hook context.
+struct Pass<'a> {
+    step: Step,
+    plan: &'a Plan,
+    rec: &'a mut Recording,
+}
+
+impl Pass<'_> {
+    #[inline]
+    fn hook(&mut self, point: HookPoint, buf: &mut [f32], row_len: usize) {
+        if self.plan.touches(point) {
+            let _t = profile::span(Stage::Hooks);
+            self.plan.apply(point, buf, row_len, &self.step, self.rec);
+        }
+    }
+}
+
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    let _t = profile::span(Stage::Residual);
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+}
+
+fn norm_rows_in_place(x: &mut [f32], dim: usize, c: &ModelConfig, w: &crate::weights::NormWeights) {
+    let src = x.to_vec();
+    norm_rows(x, &src, dim, c.norm, c.norm_eps, w);
 }
 
 /// One sequence going through the model: its KV cache, hooks and recording.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use headhunt_engine::{Hooks, Model, RunOptions};
+use headhunt_engine::{profile, Hooks, Model, RunOptions};
 
 use super::ModelArg;
 
@@ -25,6 +25,35 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also break each measurement down by stage of the forward pass (matmuls, attention,
+    /// norms, RoPE, cache, copies).
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// The stage breakdown since the last reset, as printable lines and JSON.
+fn profile_report(total: f64) -> (String, serde_json::Value) {
+    let stages = profile::snapshot();
+    let mut text = String::new();
+    let mut json = serde_json::Map::new();
+    let accounted: f64 = stages.iter().map(|s| s.1).sum();
+    for (stage, secs) in stages.iter().filter(|s| s.1 > 0.0) {
+        text.push_str(&format!(
+            "    {:<30} {:>8.3} s {:>5.1}%\n",
+            stage.name(),
+            secs,
+            100.0 * secs / total
+        ));
+        json.insert(stage.name().into(), serde_json::json!(secs));
+    }
+    text.push_str(&format!(
+        "    {:<30} {:>8.3} s {:>5.1}%\n",
+        "other (loop, allocation)",
+        total - accounted,
+        100.0 * (total - accounted) / total
+    ));
+    profile::reset();
+    (text, serde_json::Value::Object(json))
 }
 
 /// A deterministic prompt of `n` ordinary tokens.
@@ -54,7 +83,25 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let ctx = model.config.context_length;
+    profile::enable(args.profile);
     let mut rows = Vec::new();
+    // One measurement: a line, the stage breakdown when asked, a JSON row.
+    let mut report = |mut row: serde_json::Value, line: String, secs: f64| {
+        let rss = peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0;
+        let (breakdown, stages) = profile_report(secs);
+        row["seconds"] = serde_json::json!(secs);
+        row["peak_rss_mib"] = serde_json::json!(rss);
+        if args.profile {
+            row["stages"] = stages;
+        }
+        if !args.json {
+            println!("{line}  peak RSS {rss:>7.0} MiB");
+            if args.profile {
+                print!("{breakdown}");
+            }
+        }
+        rows.push(row);
+    };
     for &n in &args.lengths {
         if n > ctx {
             eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
@@ -68,45 +115,44 @@ pub fn run(args: Args) -> Result<()> {
                 ..Default::default()
             },
         )?;
+        profile::reset();
         let start = Instant::now();
         run.prefill(&tokens).with_context(|| format!("prefill of {n} tokens"))?;
         let secs = start.elapsed().as_secs_f64();
-        let rss = peak_rss_bytes().unwrap_or(0);
-        rows.push(serde_json::json!({"phase": "prefill", "tokens": n, "seconds": secs, "tokens_per_s": n as f64 / secs, "peak_rss_mib": rss as f64 / 1048576.0}));
-        if !args.json {
-            println!(
-                "prefill {n:>6} tokens  {secs:>8.2} s  {:>8.1} tok/s  peak RSS {:>7.0} MiB",
-                n as f64 / secs,
-                rss as f64 / 1048576.0
-            );
-        }
+        let rate = n as f64 / secs;
+        report(
+            serde_json::json!({"phase": "prefill", "tokens": n, "tokens_per_s": rate}),
+            format!("prefill {n:>6} tokens                {secs:>8.2} s  {rate:>8.1} tok/s"),
+            secs,
+        );
     }
     if args.decode_context > 0 && args.decode_tokens > 0 {
         let n = args.decode_context.min(ctx - args.decode_tokens);
         let tokens = bench_tokens(&model, n + args.decode_tokens);
+        let capacity = n + args.decode_tokens;
         let mut run = model.run(
             Hooks::default(),
             RunOptions {
-                capacity: n + args.decode_tokens,
+                capacity,
                 ..Default::default()
             },
         )?;
         run.prefill(&tokens[..n])?;
+        profile::reset();
         let start = Instant::now();
         for &t in &tokens[n..] {
             run.decode(t)?;
         }
         let secs = start.elapsed().as_secs_f64();
         let rate = args.decode_tokens as f64 / secs;
-        let rss = peak_rss_bytes().unwrap_or(0);
-        rows.push(serde_json::json!({"phase": "decode", "context": n, "tokens": args.decode_tokens, "seconds": secs, "tokens_per_s": rate, "peak_rss_mib": rss as f64 / 1048576.0}));
-        if !args.json {
-            println!(
-                "decode  {:>6} tokens after {n} context  {secs:>6.2} s  {rate:>8.1} tok/s  peak RSS {:>7.0} MiB",
-                args.decode_tokens,
-                rss as f64 / 1048576.0
-            );
-        }
+        report(
+            serde_json::json!({"phase": "decode", "context": n, "tokens": args.decode_tokens, "tokens_per_s": rate}),
+            format!(
+                "decode  {:>6} tokens after {n:>6}  {secs:>8.2} s  {rate:>8.1} tok/s",
+                args.decode_tokens
+            ),
+            secs,
+        );
     }
     if args.json {
         let out = serde_json::json!({
