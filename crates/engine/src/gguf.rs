@@ -472,6 +472,12 @@ impl GgufFile {
         self.header.tensor_info(name)
     }
 
+    /// A tensor's stored bytes and type, straight from the map.
+    pub fn tensor_bytes(&self, name: &str) -> Option<(GgmlType, &[u8])> {
+        let info = self.tensor_info(name)?;
+        Some((info.dtype, &self.map[info.offset..info.offset + info.n_bytes]))
+    }
+
     /// Dequantise a tensor to f32, row-major. Returns the data and its shape.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {

@@ -19,6 +19,7 @@ pub mod linalg;
 pub mod model;
 pub mod npy;
 pub mod profile;
+pub mod quant;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -92,7 +92,11 @@ impl Linear {
     }
 
     pub fn forward_into(&self, out: &mut [f32], x: &[f32], m: usize) {
-        matmul_t(out, x, &self.w, m, self.n_in, self.n_out, false, true);
+        match &self.quant {
+            // One row (a decoding step) is bound by reading the weights: read the small blocks.
+            Some(q) if m == 1 => q.gemv(&x[..self.n_in], &mut out[..self.n_out]),
+            _ => matmul_t(out, x, &self.w, m, self.n_in, self.n_out, false, true),
+        }
         if let Some(b) = &self.b {
             for row in out.chunks_exact_mut(self.n_out).take(m) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{ModelConfig, PositionEncoding};
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile};
+use crate::quant::{self, QuantMatrix};
 
 /// `y = x W^T + b`, with `W` row-major `[n_out, n_in]`.
 #[derive(Debug, Clone)]
@@ -21,6 +22,9 @@ pub struct Linear {
     pub b: Option<Vec<f32>>,
     pub n_out: usize,
     pub n_in: usize,
+    /// The same weights as the checkpoint's quantized blocks, when it has them: one token's
+    /// matrix-vector product reads these instead of `w`.
+    pub quant: Option<QuantMatrix>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,12 +60,22 @@ pub struct Weights {
     /// `None` when the unembedding is tied to `embed`.
     pub unembed: Option<Linear>,
     pub unembed_bias: Option<Vec<f32>>,
+    /// The tied embedding's quantized blocks, for one position's logits.
+    pub embed_quant: Option<QuantMatrix>,
 }
 
 impl Weights {
     /// The unembedding matrix `[vocab, d_model]`.
     pub fn unembed_matrix(&self) -> &[f32] {
         self.unembed.as_ref().map_or(&self.embed, |l| &l.w)
+    }
+
+    /// The unembedding as quantized blocks, when the checkpoint has them.
+    pub fn unembed_quant(&self) -> Option<&QuantMatrix> {
+        match &self.unembed {
+            Some(l) => l.quant.as_ref(),
+            None => self.embed_quant.as_ref(),
+        }
     }
 
     pub fn n_bytes(&self) -> usize {
@@ -87,11 +101,21 @@ impl Weights {
                         .sum::<usize>()
             })
             .sum();
-        4 * (self.embed.len()
-            + self.pos_embed.as_ref().map_or(0, Vec::len)
-            + blocks
-            + norm(&self.final_norm)
-            + self.unembed.as_ref().map_or(0, lin))
+        let quant: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o, &b.up, &b.down])
+            .chain(self.unembed.as_ref())
+            .filter_map(|l| l.quant.as_ref())
+            .chain(self.embed_quant.as_ref())
+            .map(QuantMatrix::n_bytes)
+            .sum();
+        quant
+            + 4 * (self.embed.len()
+                + self.pos_embed.as_ref().map_or(0, Vec::len)
+                + blocks
+                + norm(&self.final_norm)
+                + self.unembed.as_ref().map_or(0, lin))
     }
 }
 
@@ -101,6 +125,10 @@ trait TensorSource {
     fn has(&self, name: &str) -> bool;
     /// Row-major data and shape.
     fn load(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)>;
+    /// The stored blocks of a quantized tensor, when there are any.
+    fn raw(&self, _name: &str) -> Option<(GgmlType, &[u8])> {
+        None
+    }
 }
 
 impl TensorSource for GgufFile {
@@ -112,6 +140,9 @@ impl TensorSource for GgufFile {
     }
     fn load(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         self.tensor_f32(name)
+    }
+    fn raw(&self, name: &str) -> Option<(GgmlType, &[u8])> {
+        self.tensor_bytes(name)
     }
 }
 
@@ -452,7 +483,18 @@ impl Loader<'_> {
             b: self.optional(candidates, ".bias", &[n_out])?,
             n_out,
             n_in,
+            quant: self.quant(candidates, ".weight", n_out, n_in),
         })
+    }
+
+    /// A tensor's quantized blocks as a matrix, when it is stored in a type with a kernel.
+    fn quant(&self, candidates: &[String], suffix: &str, rows: usize, cols: usize) -> Option<QuantMatrix> {
+        let name = self.find(candidates, suffix)?;
+        let (dtype, bytes) = self.src.raw(&name)?;
+        if self.naming.transposed_linears || !quant::supported(dtype) {
+            return None;
+        }
+        QuantMatrix::new(dtype, rows, cols, bytes.to_vec())
     }
 
     fn block(&self, l: usize) -> Result<BlockWeights> {
@@ -470,7 +512,7 @@ impl Loader<'_> {
                 unpermute_rope_rows(&mut q, c.n_heads, c.d_head);
                 unpermute_rope_rows(&mut k, c.n_kv_heads, c.d_head);
             }
-            concat_rows(&[q, k, v])
+            concat_rows(vec![q, k, v])
         };
         let (mlp_in, gate) = if c.gated_mlp {
             (2 * c.d_mlp, Some(self.linear(&part(BlockPart::Gate), c.d_mlp, d)?))
@@ -479,7 +521,7 @@ impl Loader<'_> {
         };
         let up = self.linear(&part(BlockPart::Up), c.d_mlp, d)?;
         let up = match gate {
-            Some(g) => concat_rows(&[g, up]),
+            Some(g) => concat_rows(vec![g, up]),
             None => up,
         };
         debug_assert_eq!(up.n_out, mlp_in);
@@ -528,6 +570,11 @@ impl Loader<'_> {
             Some(self.linear(&self.naming.unembed, c.vocab_size, c.d_model)?)
         };
         let unembed_bias = self.optional(&["final_logits_bias".to_owned()], "", &[c.vocab_size])?;
+        let embed_quant = if c.tied_embeddings {
+            self.quant(&self.naming.embed, ".weight", c.vocab_size, c.d_model)
+        } else {
+            None
+        };
         Ok(Weights {
             embed,
             pos_embed,
@@ -535,6 +582,7 @@ impl Loader<'_> {
             final_norm,
             unembed,
             unembed_bias,
+            embed_quant,
         })
     }
 }
@@ -549,7 +597,7 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn concat_rows(parts: &[Linear]) -> Linear {
+fn concat_rows(parts: Vec<Linear>) -> Linear {
     let n_in = parts[0].n_in;
     let n_out = parts.iter().map(|p| p.n_out).sum();
     let w = parts.iter().flat_map(|p| p.w.iter().copied()).collect();
@@ -559,29 +607,34 @@ fn concat_rows(parts: &[Linear]) -> Linear {
             .flat_map(|p| p.b.clone().unwrap_or_else(|| vec![0.0; p.n_out]))
             .collect()
     });
-    Linear { w, b, n_out, n_in }
+    let quant = parts
+        .iter()
+        .map(|p| p.quant.clone())
+        .collect::<Option<Vec<_>>>()
+        .and_then(QuantMatrix::concat_rows);
+    Linear { w, b, n_out, n_in, quant }
 }
 
 /// llama.cpp stores each head's Q/K rows with the two rotary halves interleaved
 /// (`[x0, x_h, x1, x_h+1, ...]`); put them back in rotate-half order.
 fn unpermute_rope_rows(lin: &mut Linear, n_heads: usize, d_head: usize) {
     let half = d_head / 2;
+    let from: Vec<usize> = (0..n_heads * d_head)
+        .map(|r| (r / d_head) * d_head + 2 * (r % d_head % half) + r % d_head / half)
+        .collect();
     let n_in = lin.n_in;
     let src = lin.w.clone();
-    for h in 0..n_heads {
-        for i in 0..d_head {
-            let from = h * d_head + 2 * (i % half) + i / half;
-            let to = h * d_head + i;
-            lin.w[to * n_in..(to + 1) * n_in].copy_from_slice(&src[from * n_in..(from + 1) * n_in]);
-        }
+    for (to, &f) in from.iter().enumerate() {
+        lin.w[to * n_in..(to + 1) * n_in].copy_from_slice(&src[f * n_in..(f + 1) * n_in]);
     }
     if let Some(b) = &mut lin.b {
         let src = b.clone();
-        for h in 0..n_heads {
-            for i in 0..d_head {
-                b[h * d_head + i] = src[h * d_head + 2 * (i % half) + i / half];
-            }
+        for (to, &f) in from.iter().enumerate() {
+            b[to] = src[f];
         }
+    }
+    if let Some(q) = &mut lin.quant {
+        q.permute_rows(&from);
     }
 }
 
