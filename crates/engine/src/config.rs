@@ -129,10 +129,10 @@ impl ModelConfig {
                 c.n_layers, c.d_model, c.n_heads, c.d_head, c.vocab_size
             ));
         }
-        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+        if c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return bad(format!("{} query heads cannot share {} key/value heads", c.n_heads, c.n_kv_heads));
         }
-        if c.positions == PositionEncoding::Rotary && c.d_head % 2 != 0 {
+        if c.positions == PositionEncoding::Rotary && !c.d_head.is_multiple_of(2) {
             return bad(format!("rotary embeddings need an even head dimension, got {}", c.d_head));
         }
         // Shapes beyond these are not models headhunt can hold in memory anyway; refusing them

@@ -39,7 +39,7 @@ impl QuantMatrix {
     /// `data` holds `rows` rows of `cols` values in `dtype` blocks.
     pub fn new(dtype: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Option<Self> {
         let (block, block_bytes) = dtype.block_layout();
-        if !supported(dtype) || cols % block != 0 || data.len() != rows * cols / block * block_bytes {
+        if !supported(dtype) || !cols.is_multiple_of(block) || data.len() != rows * cols / block * block_bytes {
             return None;
         }
         Some(QuantMatrix {
