@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,12 +187,8 @@ def niah_prompt(tok, needle: dict, haystack_ids: list[int], ends: list[bool], le
     return ids, (start, start + len(enc.input_ids)), (start + inside[0], start + inside[-1] + 1)
 
 
-@torch.no_grad()
-def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
-    from rouge_score import rouge_scorer
-
-    tok, model = load_gguf(model_id)
-    cfg = model.config
+def niah_setup(tok):
+    """The test needles, the lighthouse haystack as tokens, sentence ends and EOS ids."""
     needles = [json.loads(l) for l in (TEXTS / "needles.jsonl").read_text().splitlines() if l.strip()]
     haystack = (TEXTS / "lighthouse.txt").read_text().strip()
     text = haystack
@@ -200,27 +197,52 @@ def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
     hay_ids = tok(text, add_special_tokens=False).input_ids
     ends = [tok.decode([t]).rstrip().endswith((".", "!", "?")) for t in hay_ids]
     eos = {tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"] if t in tok.get_vocab()}
+    return needles, hay_ids, ends, eos
+
+
+@torch.no_grad()
+def niah_trial(tok, model, needle, hay_ids, ends, eos, length, depth):
+    """One trial as the paper's code runs it: prefill all but the last prompt token, then decode
+    one token at a time with attention probabilities, recording every head's argmax."""
+    ids, needle_span, answer_span = niah_prompt(tok, needle, hay_ids, ends, length, depth)
+    past = model(torch.tensor([ids[:-1]]), use_cache=True).past_key_values
+    inp, generated, argmax, near_tie = ids[-1], [], [], set()
+    for _ in range(50):
+        o = model(torch.tensor([[inp]]), past_key_values=past, use_cache=True, output_attentions=True)
+        past = o.past_key_values
+        nxt = int(torch.argmax(o.logits[0, -1]))
+        rows = torch.cat([a[0, :, -1, :] for a in o.attentions])  # [layers * heads, keys]
+        top = torch.topk(rows, 2, dim=-1)
+        argmax.append(top.indices[:, 0].tolist())
+        near_tie |= {h for h, (a, b) in enumerate(top.values.tolist()) if a - b < 1e-5}
+        generated.append(nxt)
+        if nxt in eos or "\n" in tok.decode(generated, skip_special_tokens=True).lstrip():
+            break
+        inp = nxt
+    answer = tok.decode(generated, skip_special_tokens=True).lstrip().split("\n")[0].strip()
+    return ids, needle_span, answer_span, generated, argmax, near_tie, answer
+
+
+def timed_trial(tok, model, length, depth):
+    """Seconds for one trial (prompt assembly excluded), for bench/side_by_side.py."""
+    needles, hay_ids, ends, eos = niah_setup(tok)
+    start = time.perf_counter()
+    niah_trial(tok, model, needles[0], hay_ids, ends, eos, length, depth)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
+    from rouge_score import rouge_scorer
+
+    tok, model = load_gguf(model_id)
+    cfg = model.config
+    needles, hay_ids, ends, eos = niah_setup(tok)
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     trials = []
     for needle_index, length, depth in [(0, 600, 50.0), (1, 900, 0.0), (2, 1200, 100.0), (0, 1500, 25.0), (1, 2000, 70.0)]:
         needle = needles[needle_index]
-        ids, needle_span, answer_span = niah_prompt(tok, needle, hay_ids, ends, length, depth)
-        # As the paper's code: prefill all but the last token, then decode step by step from it.
-        past = model(torch.tensor([ids[:-1]]), use_cache=True).past_key_values
-        inp, generated, argmax, near_tie = ids[-1], [], [], set()
-        for _ in range(50):
-            o = model(torch.tensor([[inp]]), past_key_values=past, use_cache=True, output_attentions=True)
-            past = o.past_key_values
-            nxt = int(torch.argmax(o.logits[0, -1]))
-            rows = torch.cat([a[0, :, -1, :] for a in o.attentions])  # [layers * heads, keys]
-            top = torch.topk(rows, 2, dim=-1)
-            argmax.append(top.indices[:, 0].tolist())
-            near_tie |= {h for h, (a, b) in enumerate(top.values.tolist()) if a - b < 1e-5}
-            generated.append(nxt)
-            if nxt in eos or "\n" in tok.decode(generated, skip_special_tokens=True).lstrip():
-                break
-            inp = nxt
-        answer = tok.decode(generated, skip_special_tokens=True).lstrip().split("\n")[0].strip()
+        ids, needle_span, answer_span, generated, argmax, near_tie, answer = niah_trial(tok, model, needle, hay_ids, ends, eos, length, depth)
         rouge1 = scorer.score(needle["real_needle"], answer)["rouge1"].recall * 100
         n = cfg.num_hidden_layers * cfg.num_attention_heads
         span = answer_span[1] - answer_span[0]

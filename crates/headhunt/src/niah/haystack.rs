@@ -16,13 +16,16 @@ pub enum Haystack {
 }
 
 impl Haystack {
-    /// A file or every `.txt` file of a folder (in name order).
+    /// A text file, or every text file of a folder in name order (files that are not UTF-8
+    /// text, and links, which would repeat a file, are passed over).
     pub fn from_path(path: &Path) -> Result<Self> {
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("reading {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.path())
+                .filter(|p| std::fs::read(p).is_ok_and(|b| std::str::from_utf8(&b).is_ok_and(|t| !t.trim().is_empty())))
                 .collect();
             files.sort();
             files
@@ -32,7 +35,7 @@ impl Haystack {
             bail!("haystack {} does not exist", path.display());
         };
         if files.is_empty() {
-            bail!("haystack folder {} holds no .txt files", path.display());
+            bail!("haystack folder {} holds no text files", path.display());
         }
         Ok(Haystack::Files(files))
     }
@@ -553,11 +556,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("b.txt"), "Second file.").unwrap();
         std::fs::write(dir.join("a.txt"), "First file.").unwrap();
-        std::fs::write(dir.join("skip.md"), "not a haystack").unwrap();
+        std::fs::write(dir.join("skip.bin"), [0xff, 0xfe, 0x00]).unwrap();
         let h = Haystack::from_path(&dir).unwrap();
         let t = h.text(60).unwrap();
         assert!(t.starts_with("First file.\n\nSecond file.\n\nFirst file."));
-        assert!(!t.contains("haystack"));
+        assert!(!t.contains('\u{fffd}'));
         std::fs::remove_dir_all(&dir).ok();
         assert!(Haystack::from_path(Path::new("/nonexistent")).is_err());
     }

@@ -1,0 +1,176 @@
+//! Long detection runs: killed and resumed, split in shards and merged, compared.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn headhunt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_headhunt"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("headhunt-runs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Trial keys in a run folder, with how many times each appears.
+fn trial_keys(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{}-{}-{}", v["needle"], v["length"], v["depth"])
+        })
+        .collect()
+}
+
+const GRID: [&str; 4] = ["--lengths", "160,240", "--depths", "0,100"];
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_repeating_trials() {
+    let out = scratch("resume");
+    let args = |cmd: &mut Command| {
+        cmd.args(["detect", "--out"])
+            .arg(&out)
+            .args(GRID)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    };
+    let mut first = headhunt();
+    args(&mut first);
+    let mut child = first.spawn().unwrap();
+    // Kill -9 as soon as one trial is on disk (or the run ends on its own).
+    let start = Instant::now();
+    while trial_keys(&out).is_empty() && start.elapsed() < Duration::from_secs(300) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    let before = trial_keys(&out);
+    assert!(!before.is_empty(), "no trial was written before the kill");
+    // A write cut short by a kill leaves half a line; the resumed run must drop it.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("trials.jsonl"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"needle\": 1, \"length\": 240, \"dep"))
+        .unwrap();
+
+    let mut second = headhunt();
+    args(&mut second);
+    assert!(second.status().unwrap().success());
+    let after = trial_keys(&out);
+    let distinct: BTreeSet<&String> = after.iter().collect();
+    assert_eq!(after.len(), 4, "trials: {after:?}");
+    assert_eq!(distinct.len(), 4, "a trial was repeated: {after:?}");
+    assert!(before.iter().all(|k| after.contains(k)), "a finished trial was lost");
+    for f in ["head_scores.json", "summary.json", "retrieval_heads.png", "retrieval_heads.svg"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn shards_merge_into_the_whole_grid() {
+    let (a, b, merged) = (scratch("shard-a"), scratch("shard-b"), scratch("merged"));
+    for (dir, shard) in [(&a, "1/2"), (&b, "2/2")] {
+        let ok = headhunt()
+            .args(["detect", "--shard", shard, "--out"])
+            .arg(dir)
+            .args(GRID)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "shard {shard} failed");
+        assert_eq!(trial_keys(dir).len(), 2, "shard {shard} ran its half of the grid");
+    }
+    let status = headhunt()
+        .arg("merge")
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&merged)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let keys = trial_keys(&merged);
+    let distinct: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len(), distinct.len()), (4, 4), "merged trials: {keys:?}");
+    let scores: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(merged.join("head_scores.json")).unwrap()).unwrap();
+    assert_eq!(scores.as_object().unwrap().len(), 30 * 9);
+    // Merging again adds nothing.
+    let status = headhunt()
+        .arg("merge")
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&merged)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(trial_keys(&merged).len(), 4);
+    // Shards with other settings are refused.
+    let other = scratch("other");
+    assert!(headhunt()
+        .args(["detect", "--out"])
+        .arg(&other)
+        .args(["--lengths", "160", "--depths", "50"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let refused = headhunt()
+        .arg("merge")
+        .arg(&a)
+        .arg(&other)
+        .arg("--out")
+        .arg(scratch("bad"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("different settings"));
+    for d in [a, b, merged, other] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn compare_reads_the_paper_format() {
+    let dir = scratch("compare");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two files in the published format: {"L-H": [score per trial]}; B doubles A's scores.
+    let (mut a, mut b) = (serde_json::Map::new(), serde_json::Map::new());
+    for l in 0..4 {
+        for h in 0..3 {
+            let s = (l * 3 + h) as f64 / 12.0;
+            a.insert(format!("{l}-{h}"), serde_json::json!([s, s]));
+            b.insert(format!("{l}-{h}"), serde_json::json!([2.0 * s]));
+        }
+    }
+    std::fs::write(dir.join("a.json"), serde_json::Value::Object(a).to_string()).unwrap();
+    std::fs::write(dir.join("b.json"), serde_json::Value::Object(b).to_string()).unwrap();
+    let out = headhunt()
+        .arg("compare")
+        .arg(dir.join("a.json"))
+        .arg(dir.join("b.json"))
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("Pearson r = 1.000") && text.contains("Spearman rho = 1.000"),
+        "{text}"
+    );
+    assert!(text.contains("top-5   overlap: 5/5"), "{text}");
+    assert!(dir.join("compare.png").exists() && dir.join("compare.svg").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
