@@ -5,10 +5,14 @@
 //! KV-cache compression, reports, and the `headhunt` subcommands.
 
 pub mod commands;
+pub mod failure;
+pub mod masking;
 pub mod models;
 pub mod niah;
 pub mod plot;
 pub mod progress;
+pub mod qa;
 pub mod retrieval;
 pub mod rouge;
+pub mod runs;
 pub mod store;

@@ -30,6 +30,9 @@ enum Command {
     Detect(commands::detect::Args),
     Merge(commands::merge::Args),
     Compare(commands::compare::Args),
+    Niah(commands::niah::Args),
+    Ablate(commands::ablate::Args),
+    Qa(commands::qa::Args),
 }
 
 fn main() {
@@ -43,6 +46,9 @@ fn main() {
         Command::Detect(a) => commands::detect::run(a),
         Command::Merge(a) => commands::merge::run(a),
         Command::Compare(a) => commands::compare::run(a),
+        Command::Niah(a) => commands::niah::run(a),
+        Command::Ablate(a) => commands::ablate::run(a),
+        Command::Qa(a) => commands::qa::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -10,7 +10,8 @@ use crate::niah::grid::GridArgs;
 use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::plot::{Figure, Heatmap};
 use crate::retrieval::{HeadScores, ScoreVariant, Summary};
-use crate::store::{check_settings, Keyed, TrialStore};
+use crate::runs::run_niah;
+use crate::store::Keyed;
 
 /// Find retrieval heads: hide needles in long contexts, let the model answer, and score every
 /// query head by how much of the answer it copied from the needle (Wu et al. 2024).
@@ -62,32 +63,9 @@ pub fn run(args: Args) -> Result<()> {
     settings["model_name"] = json!(model.source.name);
     settings["n_layers"] = json!(c.n_layers);
     settings["n_heads"] = json!(c.n_heads);
-    check_settings(&out, &settings)?;
-    let mut store: TrialStore<TrialRecord> = TrialStore::open(&out)?;
-    if store.repaired {
-        eprintln!("note: the last trial in {} was cut off mid-write; it will run again", out.display());
-    }
-    let todo: Vec<_> = grid
-        .shard_trials(args.grid.shard)
-        .into_iter()
-        .filter(|t| !store.has(&t.key()))
-        .collect();
-    if !todo.is_empty() {
-        let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
-        let done = grid.shard_trials(args.grid.shard).len() - todo.len();
-        let bar = crate::progress::bar((done + todo.len()) as u64, "trials");
-        bar.set_position(done as u64);
-        for spec in &todo {
-            let rec = runner
-                .run(spec, &Condition::default())
-                .with_context(|| format!("trial {} (length {}, depth {}%)", spec.key(), spec.length, spec.depth))?;
-            bar.set_message(format!("ROUGE {:>3.0}", rec.rouge1));
-            store.append(rec)?;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-    }
-    let report = write_outputs(&out, &settings, &store.records, args.score_variant)?;
+    let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
+    let records = run_niah(&runner, &grid, args.grid.shard, &Condition::default(), &out, &settings, "trials")?;
+    let report = write_outputs(&out, &settings, &records, args.score_variant)?;
     print!("{}", report.table(args.top));
     println!("wrote {}", out.display());
     Ok(())

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument groups and model loading live here.
 
+pub mod ablate;
 pub mod bench;
 pub mod cache;
 pub mod compare;
@@ -8,6 +9,8 @@ pub mod fetch;
 pub mod generate;
 pub mod info;
 pub mod merge;
+pub mod niah;
+pub mod qa;
 
 use anyhow::{Context, Result};
 use headhunt_engine::Model;

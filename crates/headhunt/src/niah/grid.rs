@@ -89,11 +89,16 @@ pub struct Grid {
 
 impl GridArgs {
     pub fn resolve(&self) -> Result<Grid> {
+        self.resolve_with(DEFAULT_LENGTHS, DEFAULT_DEPTHS)
+    }
+
+    /// Resolve with a command's own default lengths and depths.
+    pub fn resolve_with(&self, default_lengths: &str, default_depths: &str) -> Result<Grid> {
         let (l, d) = match (self.quick, &self.lengths, &self.depths) {
             (true, None, None) => (QUICK_LENGTHS.to_owned(), QUICK_DEPTHS.to_owned()),
             _ => (
-                self.lengths.clone().unwrap_or_else(|| DEFAULT_LENGTHS.into()),
-                self.depths.clone().unwrap_or_else(|| DEFAULT_DEPTHS.into()),
+                self.lengths.clone().unwrap_or_else(|| default_lengths.into()),
+                self.depths.clone().unwrap_or_else(|| default_depths.into()),
             ),
         };
         let lengths: Vec<usize> = parse_values(&l, "--lengths")?.into_iter().map(|v| v as usize).collect();

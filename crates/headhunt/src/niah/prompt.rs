@@ -58,6 +58,11 @@ impl Frame {
     pub fn overhead(&self) -> usize {
         self.before.len() + self.after.len()
     }
+
+    /// The whole prompt around the given context tokens.
+    pub fn wrap(&self, context: &[u32]) -> Vec<u32> {
+        [&self.before[..], context, &self.after[..]].concat()
+    }
 }
 
 /// A needle tokenized on its own, with the span of its answer words.

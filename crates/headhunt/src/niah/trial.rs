@@ -142,6 +142,12 @@ impl<'m> TrialRunner<'m> {
         })
     }
 
+    /// Needle-free haystack tokens (the first needle's), for reference statistics.
+    pub fn reference_tokens(&self, n: usize) -> &[u32] {
+        let h = &self.prepared[0].haystack;
+        &h[..n.min(h.len())]
+    }
+
     pub fn prompt(&self, spec: &TrialSpec) -> Result<NiahPrompt> {
         let p = self.prepared.get(spec.needle).context("needle index out of range")?;
         assemble(&p.frame, &p.haystack, &p.ends, &p.needle, spec.length, spec.depth)
@@ -150,59 +156,88 @@ impl<'m> TrialRunner<'m> {
     /// Run one trial under a condition.
     pub fn run(&self, spec: &TrialSpec, condition: &Condition) -> Result<TrialRecord> {
         let start = Instant::now();
-        let c = &self.model.config;
         let prompt = self.prompt(spec)?;
-        let mut hooks = Hooks {
-            interventions: condition.interventions.clone(),
-            ..Default::default()
-        };
-        for l in 0..c.n_layers {
-            hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
-        }
-        let options = RunOptions {
-            capacity: prompt.ids.len() + MAX_NEW_TOKENS,
-            kv_policy: condition.kv_policy.clone(),
-            ..Default::default()
-        };
-        let mut run = self.model.run(hooks, options)?;
-        let tok = self.tok;
-        let generated = greedy(&mut run, &prompt.ids, MAX_NEW_TOKENS, |ids| {
-            tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
-        })?;
-        let text = tok.decode(&generated, true)?;
-        let answer = text.trim_start().lines().next().unwrap_or("").trim().to_owned();
+        let out = answer(self.model, &prompt.ids, condition, true)?;
         let needle = &self.needles[spec.needle];
-        let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &answer);
-
-        // Step t's argmax was recorded at query position (prompt length - 1 + t), per layer.
-        let n_heads = c.n_heads;
-        let first = prompt.ids.len() - 1;
-        let mut argmax = vec![vec![0u32; c.n_layers * n_heads]; generated.len()];
-        for (&l, rows) in &run.recording.argmax {
-            for (pos, heads) in rows {
-                if let Some(step) = pos.checked_sub(first).filter(|&s| s < generated.len()) {
-                    argmax[step][l * n_heads..(l + 1) * n_heads].copy_from_slice(heads);
-                }
-            }
-        }
-        let scores = trial_scores(&prompt.ids, &prompt.answer, &generated, &argmax, ScoreVariant::Paper);
-        let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &generated, &argmax, ScoreVariant::PerStep);
+        let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &out.answer);
+        let scores = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::Paper);
+        let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::PerStep);
         Ok(TrialRecord {
             spec: *spec,
             actual_depth: prompt.actual_depth,
             prompt_tokens: prompt.ids.len(),
             needle_span: [prompt.needle.start, prompt.needle.end],
             answer_span: [prompt.answer.start, prompt.answer.end],
-            answer,
-            generated,
+            answer: out.answer,
+            generated: out.generated,
             rouge1,
             scores,
             scores_per_step,
-            argmax,
+            argmax: out.argmax,
             seconds: start.elapsed().as_secs_f64(),
-            kv_bytes: run.cache().bytes(),
+            kv_bytes: out.kv_bytes,
         })
     }
+}
+
+/// A greedy answer to a prompt.
+pub struct Answer {
+    pub generated: Vec<u32>,
+    /// The first non-empty line of the generated text, trimmed.
+    pub answer: String,
+    /// Per decoding step, every query head's attention argmax (`layer * n_heads + head`);
+    /// empty unless asked for.
+    pub argmax: Vec<Vec<u32>>,
+    pub kv_bytes: usize,
+}
+
+/// Decode greedily (at most `MAX_NEW_TOKENS`, stopping at the end of the first non-empty line
+/// or at end-of-sequence) under a condition, optionally recording every query head's attention
+/// argmax at every step.
+pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
+    let c = &model.config;
+    let tok = model.tokenizer()?;
+    let mut hooks = Hooks {
+        interventions: condition.interventions.clone(),
+        ..Default::default()
+    };
+    if capture_argmax {
+        for l in 0..c.n_layers {
+            hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
+        }
+    }
+    let options = RunOptions {
+        capacity: prompt.len() + MAX_NEW_TOKENS,
+        kv_policy: condition.kv_policy.clone(),
+        ..Default::default()
+    };
+    let mut run = model.run(hooks, options)?;
+    let generated = greedy(&mut run, prompt, MAX_NEW_TOKENS, |ids| {
+        tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
+    })?;
+    let text = tok.decode(&generated, true)?;
+    let answer = text.trim_start().lines().next().unwrap_or("").trim().to_owned();
+    // Step t's argmax was recorded at query position (prompt length - 1 + t), per layer.
+    let n_heads = c.n_heads;
+    let first = prompt.len() - 1;
+    let mut argmax = if capture_argmax {
+        vec![vec![0u32; c.n_layers * n_heads]; generated.len()]
+    } else {
+        Vec::new()
+    };
+    for (&l, rows) in &run.recording.argmax {
+        for (pos, heads) in rows {
+            if let Some(step) = pos.checked_sub(first).filter(|&s| s < generated.len()) {
+                argmax[step][l * n_heads..(l + 1) * n_heads].copy_from_slice(heads);
+            }
+        }
+    }
+    Ok(Answer {
+        generated,
+        answer,
+        argmax,
+        kv_bytes: run.cache().bytes(),
+    })
 }
 
 /// At least `n` haystack tokens (more text is generated until there are).

@@ -1,0 +1,184 @@
+//! `headhunt ablate`: mask the top-K retrieval heads against K random non-retrieval heads, K in
+//! a sweep.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::niah::{mask_settings, model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
+use super::ModelArg;
+use crate::masking::{check_scores_fit, mask_interventions, random_heads, top_heads, Head, MaskModeArg, PhaseArg};
+use crate::niah::grid::GridArgs;
+use crate::niah::trial::{Condition, TrialRunner};
+use crate::plot::{Figure, LinePlot, Series};
+use crate::retrieval::HeadScores;
+use crate::runs::run_niah;
+
+/// The ablation grid is smaller than detection's: it runs once per condition.
+const ABLATE_LENGTHS: &str = "600:2400:4";
+const ABLATE_DEPTHS: &str = "0:100:5";
+
+/// The causal test of retrieval heads: for each K, run the needle-in-a-haystack grid with the K
+/// best heads of --scores masked, and with K random heads drawn from those scoring at or below
+/// 0.1 (one draw per seed). Writes one run folder per condition (resumable, each with its heatmap
+/// and failure analysis), ablation.png/.svg (score against K) and ablation.json.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The grid. [default: --lengths 600:2400:4 --depths 0:100:5]
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// Retrieval scores (head_scores.json, its run folder, or a published score file).
+    #[arg(long)]
+    pub scores: PathBuf,
+    /// The K values.
+    #[arg(long, value_delimiter = ',', default_value = "0,5,10,20,50,100")]
+    pub ks: Vec<usize>,
+    /// Random draws per K.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
+    pub mask_mode: MaskModeArg,
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    pub mask_phase: PhaseArg,
+    /// Output folder. [default: runs/ablate-<model>]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let grid = args.grid.resolve_with(ABLATE_LENGTHS, ABLATE_DEPTHS)?;
+    let model = args.model.load()?;
+    let scores = HeadScores::load(&if args.scores.is_dir() {
+        args.scores.join("head_scores.json")
+    } else {
+        args.scores.clone()
+    })?;
+    check_scores_fit(&scores, &model)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablate-{}", model_stem(&args.model.model))));
+    let total = model.config.n_layers * model.config.n_heads;
+    let ks: Vec<usize> = args.ks.iter().copied().filter(|&k| k <= total).collect();
+    if ks.is_empty() {
+        bail!("no K in --ks fits the model's {total} heads");
+    }
+    let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
+    let reference = runner.reference_tokens(2048).to_vec();
+    let name = model_name(&model, &args.model.model);
+
+    let mut conditions: Vec<(String, usize, Option<u64>, Vec<Head>)> = Vec::new();
+    for &k in &ks {
+        if k == 0 {
+            conditions.push(("none".into(), 0, None, Vec::new()));
+            continue;
+        }
+        conditions.push((format!("top-{k}"), k, None, top_heads(&scores, k)));
+        for seed in 0..args.seeds {
+            let heads = random_heads(&scores, k, seed).with_context(|| format!("K = {k}"))?;
+            conditions.push((format!("random-{k}-seed{seed}"), k, Some(seed), heads));
+        }
+    }
+    let mut results: Vec<(String, usize, Option<u64>, NiahSummary)> = Vec::new();
+    for (i, (label, k, seed, heads)) in conditions.iter().enumerate() {
+        eprintln!("condition {}/{}: {label}", i + 1, conditions.len());
+        let condition = Condition {
+            interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
+            kv_policy: None,
+        };
+        let mut settings = grid.settings();
+        settings["command"] = json!("niah");
+        settings["model"] = json!(args.model.model);
+        settings["condition"] = mask_settings(heads, args.mask_mode, args.mask_phase);
+        let dir = out.join(label);
+        let records = run_niah(&runner, &grid, args.grid.shard, &condition, &dir, &settings, label)?;
+        let summary = write_outputs(
+            &dir,
+            &format!("{name}: {label}"),
+            &grid,
+            &records,
+            &strongest_unmasked(&scores, heads, 5),
+        )?;
+        println!("{}", summary.line(label));
+        results.push((label.clone(), *k, *seed, summary));
+    }
+
+    // Score against K: top-K, and the random draws' mean with their standard deviation.
+    let baseline = results.iter().find(|r| r.1 == 0).map(|r| r.3.mean_rouge);
+    let mut top = Vec::new();
+    let mut random = Vec::new();
+    let mut table = Vec::new();
+    for &k in &ks {
+        let t = if k == 0 {
+            baseline
+        } else {
+            results.iter().find(|r| r.1 == k && r.2.is_none()).map(|r| r.3.mean_rouge)
+        };
+        let draws: Vec<f64> = if k == 0 {
+            baseline.into_iter().collect()
+        } else {
+            results
+                .iter()
+                .filter(|r| r.1 == k && r.2.is_some())
+                .map(|r| r.3.mean_rouge)
+                .collect()
+        };
+        let mean = draws.iter().sum::<f64>() / draws.len().max(1) as f64;
+        let std = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len().max(1) as f64).sqrt();
+        let (lo, hi) = draws
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &d| (a.min(d), b.max(d)));
+        if let Some(t) = t {
+            top.push((k as f64, t));
+        }
+        random.push((k as f64, mean, std));
+        table.push(
+            json!({"k": k, "top": t, "random_mean": mean, "random_std": std, "random_min": lo, "random_max": hi, "random_draws": draws}),
+        );
+    }
+    let plot = LinePlot {
+        title: format!("{name}: masking retrieval heads vs random heads"),
+        x_label: "K (heads masked)".into(),
+        y_label: "NIAH score (mean ROUGE-1 recall)".into(),
+        series: vec![
+            Series {
+                name: "top-K retrieval heads".into(),
+                points: top.clone(),
+                errors: None,
+            },
+            Series {
+                name: format!("K random non-retrieval heads ({} seeds, ±1 sd)", args.seeds),
+                points: random.iter().map(|r| (r.0, r.1)).collect(),
+                errors: Some(random.iter().map(|r| r.2).collect()),
+            },
+        ],
+        y_range: Some((0.0, 100.0)),
+    };
+    plot.save(&out.join("ablation"))?;
+    std::fs::write(
+        out.join("ablation.json"),
+        serde_json::to_string_pretty(&json!({
+            "model": name,
+            "scores": args.scores,
+            "mask_mode": args.mask_mode,
+            "mask_phase": args.mask_phase,
+            "sweep": table,
+            "conditions": results.iter().map(|r| json!({"label": r.0, "k": r.1, "seed": r.2, "summary": r.3})).collect::<Vec<_>>(),
+        }))?,
+    )?;
+    println!("\n    K   top-K   random-K (mean ± sd over {} seeds)", args.seeds);
+    for row in &table {
+        println!(
+            "{:>5}  {:>6.1}   {:>6.1} ± {:.1}",
+            row["k"],
+            row["top"].as_f64().unwrap_or(f64::NAN),
+            row["random_mean"].as_f64().unwrap_or(f64::NAN),
+            row["random_std"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `headhunt qa`: extractive question answering with and without masked heads.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::niah::{mask_settings, model_name, model_stem};
+use super::ModelArg;
+use crate::masking::{check_scores_fit, mask_interventions, random_heads, top_heads, Head, MaskModeArg, PhaseArg};
+use crate::niah::prompt::Frame;
+use crate::niah::trial::{answer, Condition};
+use crate::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
+use crate::retrieval::HeadScores;
+use crate::runs::{run_pending, Status};
+use crate::store::{Keyed, Shard};
+
+/// Answer questions about long documents (token F1, SQuAD normalisation), unmasked and with the
+/// top-K retrieval heads or K random non-retrieval heads masked. The built-in set has 32
+/// questions about facts that exist only in their 1,000+-token contexts; --data reads your own
+/// JSONL of {"context", "question", "answers": [...]}. One resumable folder per condition, and
+/// qa.json with the table.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Questions as JSONL (default: the built-in set).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Retrieval scores, for --mask-top and --mask-random.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Also run with the K best heads of --scores masked.
+    #[arg(long, value_name = "K")]
+    pub mask_top: Option<usize>,
+    /// Also run with K random heads scoring at or below 0.1 masked, once per seed.
+    #[arg(long, value_name = "K")]
+    pub mask_random: Option<usize>,
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
+    pub mask_mode: MaskModeArg,
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    pub mask_phase: PhaseArg,
+    /// Send prompts as plain text even when the model has a chat template.
+    #[arg(long)]
+    pub no_chat: bool,
+    /// Run only shard I of N of the questions.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Write the built-in question set as JSONL to this file and stop.
+    #[arg(long)]
+    pub export_builtin: Option<PathBuf>,
+    /// Output folder. [default: runs/qa-<model>]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QaRecord {
+    pub id: usize,
+    pub question: String,
+    pub answers: Vec<String>,
+    pub answer: String,
+    pub f1: f64,
+    pub exact: bool,
+    pub prompt_tokens: usize,
+    pub seconds: f64,
+}
+
+impl Keyed for QaRecord {
+    fn key(&self) -> String {
+        format!("q{}", self.id)
+    }
+}
+
+impl Status for QaRecord {
+    fn status(&self) -> String {
+        format!("F1 {:>3.0}", 100.0 * self.f1)
+    }
+}
+
+struct Question(usize);
+
+impl Keyed for Question {
+    fn key(&self) -> String {
+        format!("q{}", self.0)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let items: Vec<QaItem> = match &args.data {
+        Some(p) => load_jsonl(p)?,
+        None => builtin(),
+    };
+    if let Some(path) = &args.export_builtin {
+        let lines: Vec<String> = items.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} questions to {}", items.len(), path.display());
+        return Ok(());
+    }
+    let model = args.model.load()?;
+    let tok = model.tokenizer()?;
+    let scores = args
+        .scores
+        .as_ref()
+        .map(|p| HeadScores::load(&if p.is_dir() { p.join("head_scores.json") } else { p.clone() }))
+        .transpose()?;
+    if let Some(s) = &scores {
+        check_scores_fit(s, &model)?;
+    }
+    let need_scores = || scores.as_ref().context("--mask-top and --mask-random need --scores");
+    let mut conditions: Vec<(String, Vec<Head>)> = vec![("none".into(), Vec::new())];
+    if let Some(k) = args.mask_top {
+        conditions.push((format!("top-{k}"), top_heads(need_scores()?, k)));
+    }
+    if let Some(k) = args.mask_random {
+        for seed in 0..args.seeds {
+            conditions.push((format!("random-{k}-seed{seed}"), random_heads(need_scores()?, k, seed)?));
+        }
+    }
+    // Prompts once: the document as the "book", the question after it.
+    let prompts: Vec<Vec<u32>> = items
+        .iter()
+        .map(|it| Ok(Frame::new(tok, &it.question, !args.no_chat)?.wrap(&tok.encode(&it.context, false)?)))
+        .collect::<Result<_>>()?;
+    if let Some(p) = prompts.iter().find(|p| p.len() + 64 > model.config.context_length) {
+        anyhow::bail!(
+            "a question's prompt has {} tokens, too many for the model's context of {}",
+            p.len(),
+            model.config.context_length
+        );
+    }
+    let reference = tok.encode(&items[0].context, false)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("qa-{}", model_stem(&args.model.model))));
+    let questions: Vec<Question> = (0..items.len())
+        .filter(|&i| args.shard.is_none_or(|s| s.takes(i)))
+        .map(Question)
+        .collect();
+    let mut table = Vec::new();
+    for (label, heads) in &conditions {
+        let condition = Condition {
+            interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
+            kv_policy: None,
+        };
+        let settings = json!({
+            "command": "qa",
+            "model": args.model.model,
+            "data": args.data.as_ref().map_or("built-in".to_owned(), |p| p.display().to_string()),
+            "chat": !args.no_chat,
+            "condition": mask_settings(heads, args.mask_mode, args.mask_phase),
+        });
+        let records = run_pending(&out.join(label), &settings, &questions, label, |q| {
+            let start = Instant::now();
+            let item = &items[q.0];
+            let a = answer(&model, &prompts[q.0], &condition, false)?;
+            Ok(QaRecord {
+                id: q.0,
+                question: item.question.clone(),
+                answers: item.answers.clone(),
+                f1: best_f1(&a.answer, &item.answers),
+                exact: exact_match(&a.answer, &item.answers),
+                answer: a.answer,
+                prompt_tokens: prompts[q.0].len(),
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        })?;
+        let n = records.len().max(1) as f64;
+        let f1 = 100.0 * records.iter().map(|r| r.f1).sum::<f64>() / n;
+        let em = 100.0 * records.iter().filter(|r| r.exact).count() as f64 / n;
+        println!("{label:<20} {:>3} questions  F1 {f1:>5.1}  exact match {em:>5.1}", records.len());
+        table.push(json!({"condition": label, "masked_heads": heads.len(), "questions": records.len(), "f1": f1, "exact_match": em}));
+    }
+    std::fs::write(
+        out.join("qa.json"),
+        serde_json::to_string_pretty(
+            &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask_mode, "mask_phase": args.mask_phase, "conditions": table}),
+        )?,
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Which heads to mask and how: the top-K retrieval heads of a score file, K random heads drawn
+//! only from those that are not retrieval heads, or a list; silenced by zeroing their query
+//! (uniform attention), their output, or replacing it by its mean over reference text.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, RunOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
+
+/// A query head: (layer, head).
+pub type Head = (usize, usize);
+
+pub fn head_label(h: Head) -> String {
+    format!("{}-{}", h.0, h.1)
+}
+
+pub fn parse_heads(spec: &str) -> Result<Vec<Head>> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let (l, h) = s
+                .trim()
+                .split_once('-')
+                .with_context(|| format!("`{s}` is not a head: write LAYER-HEAD, e.g. 14-3"))?;
+            Ok((
+                l.parse().with_context(|| format!("bad layer in `{s}`"))?,
+                h.parse().with_context(|| format!("bad head in `{s}`"))?,
+            ))
+        })
+        .collect()
+}
+
+/// The `K` heads with the highest mean score.
+pub fn top_heads(scores: &HeadScores, k: usize) -> Vec<Head> {
+    scores
+        .ranked()
+        .into_iter()
+        .take(k)
+        .map(|(i, _)| (i / scores.n_heads, i % scores.n_heads))
+        .collect()
+}
+
+/// `K` heads drawn uniformly (seeded) from those scoring at or below the retrieval threshold, so
+/// a random draw never contains a retrieval head.
+pub fn random_heads(scores: &HeadScores, k: usize, seed: u64) -> Result<Vec<Head>> {
+    let means = scores.means();
+    let mut pool: Vec<Head> = (0..means.len())
+        .filter(|&i| means[i] <= RETRIEVAL_THRESHOLD)
+        .map(|i| (i / scores.n_heads, i % scores.n_heads))
+        .collect();
+    if pool.len() < k {
+        bail!(
+            "only {} heads score at or below {RETRIEVAL_THRESHOLD}; cannot draw {k} random non-retrieval heads",
+            pool.len()
+        );
+    }
+    // Fisher-Yates with SplitMix64: the same draw for the same seed on every machine.
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..pool.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        pool.swap(i, j);
+    }
+    let mut heads: Vec<Head> = pool.into_iter().take(k).collect();
+    heads.sort_unstable();
+    Ok(heads)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskModeArg {
+    /// Zero the head's query: uniform attention over the keys it sees (the paper's masking).
+    Uniform,
+    /// Zero the head's output.
+    Zero,
+    /// Replace the head's output by its mean over needle-free reference text.
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseArg {
+    /// While generating the answer only.
+    Decode,
+    /// While reading the prompt and while generating.
+    All,
+}
+
+impl From<PhaseArg> for Phase {
+    fn from(p: PhaseArg) -> Self {
+        match p {
+            PhaseArg::Decode => Phase::Decode,
+            PhaseArg::All => Phase::Both,
+        }
+    }
+}
+
+/// `--mask-*` arguments, shared by the commands that mask heads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MaskArgs {
+    /// Retrieval scores: headhunt's head_scores.json (or its run folder) or a published score
+    /// file of the retrieval-head paper.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Mask the K highest-scoring heads of --scores.
+    #[arg(long, value_name = "K")]
+    pub mask_top: Option<usize>,
+    /// Mask K random heads scoring at or below 0.1 in --scores (drawn with --seed).
+    #[arg(long, value_name = "K")]
+    pub mask_random: Option<usize>,
+    /// Seed of the random draw.
+    #[arg(long, default_value_t = 0)]
+    pub mask_seed: u64,
+    /// Mask these heads: LAYER-HEAD,LAYER-HEAD,...
+    #[arg(long, value_name = "HEADS")]
+    pub mask_heads: Option<String>,
+    /// How a masked head is silenced.
+    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
+    pub mask_mode: MaskModeArg,
+    /// When the mask applies.
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    pub mask_phase: PhaseArg,
+}
+
+impl MaskArgs {
+    pub fn load_scores(&self) -> Result<Option<HeadScores>> {
+        self.scores
+            .as_ref()
+            .map(|p| HeadScores::load(&if p.is_dir() { p.join("head_scores.json") } else { p.clone() }))
+            .transpose()
+    }
+
+    /// The heads these arguments select (empty: no mask).
+    pub fn heads(&self, scores: Option<&HeadScores>) -> Result<Vec<Head>> {
+        let chosen = [self.mask_top.is_some(), self.mask_random.is_some(), self.mask_heads.is_some()];
+        if chosen.iter().filter(|&&c| c).count() > 1 {
+            bail!("give one of --mask-top, --mask-random and --mask-heads");
+        }
+        let need = |what: &str| scores.with_context(|| format!("{what} needs --scores"));
+        Ok(match (self.mask_top, self.mask_random, &self.mask_heads) {
+            (Some(k), _, _) => top_heads(need("--mask-top")?, k),
+            (_, Some(k), _) => random_heads(need("--mask-random")?, k, self.mask_seed)?,
+            (_, _, Some(list)) => parse_heads(list)?,
+            _ => Vec::new(),
+        })
+    }
+}
+
+/// Check a score file fits the model.
+pub fn check_scores_fit(scores: &HeadScores, model: &Model) -> Result<()> {
+    let c = &model.config;
+    if (scores.n_layers, scores.n_heads) != (c.n_layers, c.n_heads) {
+        bail!(
+            "the score file describes {} layers x {} heads; this model has {} x {}",
+            scores.n_layers,
+            scores.n_heads,
+            c.n_layers,
+            c.n_heads
+        );
+    }
+    Ok(())
+}
+
+/// Interventions that mask `heads` in `mode` during `phase`. `Mean` needs reference text
+/// (token ids), over whose positions each head's output is averaged.
+pub fn mask_interventions(model: &Model, heads: &[Head], mode: MaskModeArg, phase: Phase, reference: &[u32]) -> Result<Vec<Intervention>> {
+    let c = &model.config;
+    if let Some(h) = heads.iter().find(|h| h.0 >= c.n_layers || h.1 >= c.n_heads) {
+        bail!(
+            "head {} does not exist ({} layers x {} heads)",
+            head_label(*h),
+            c.n_layers,
+            c.n_heads
+        );
+    }
+    let means = match mode {
+        MaskModeArg::Mean => mean_head_outputs(model, heads, reference)?,
+        _ => BTreeMap::new(),
+    };
+    Ok(heads
+        .iter()
+        .map(|&(layer, head)| Intervention::MaskHead {
+            layer,
+            head,
+            mode: match mode {
+                MaskModeArg::Uniform => MaskMode::Uniform,
+                MaskModeArg::Zero => MaskMode::Zero,
+                MaskModeArg::Mean => MaskMode::Mean(means[&(layer, head)].clone()),
+            },
+            phase,
+        })
+        .collect())
+}
+
+/// Each head's `hook_z` averaged over every position of the reference tokens.
+pub fn mean_head_outputs(model: &Model, heads: &[Head], reference: &[u32]) -> Result<BTreeMap<Head, Vec<f32>>> {
+    let c = &model.config;
+    let mut layers: Vec<usize> = heads.iter().map(|h| h.0).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let hooks = layers
+        .iter()
+        .fold(Hooks::default(), |h, &l| h.capture(Capture::new(HookPoint::Z(l), Positions::All)));
+    let mut run = model.run(hooks, RunOptions::default())?;
+    run.prefill(reference)?;
+    let mut out = BTreeMap::new();
+    for &(l, h) in heads {
+        let rows = run.recording.get(HookPoint::Z(l)).context("hook_z was captured")?;
+        let mut mean = vec![0.0f64; c.d_head];
+        for i in 0..rows.positions.len() {
+            for (m, &v) in mean.iter_mut().zip(&rows.row(i)[h * c.d_head..(h + 1) * c.d_head]) {
+                *m += v as f64;
+            }
+        }
+        let n = rows.positions.len().max(1) as f64;
+        out.insert((l, h), mean.into_iter().map(|m| (m / n) as f32).collect());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores() -> HeadScores {
+        let mut s = HeadScores::new(6, 5);
+        // Heads 0..8 are retrieval heads (mean > 0.1), the rest are not.
+        s.push_trial(
+            &(0..30)
+                .map(|i| if i < 8 { 0.9 - i as f64 * 0.05 } else { 0.1 * (i % 2) as f64 })
+                .collect::<Vec<_>>(),
+        );
+        s
+    }
+
+    #[test]
+    fn random_draws_never_take_retrieval_heads_and_repeat_by_seed() {
+        let s = scores();
+        let means = s.means();
+        for seed in 0..50 {
+            let a = random_heads(&s, 12, seed).unwrap();
+            assert_eq!(a.len(), 12);
+            assert!(
+                a.iter().all(|&(l, h)| means[l * 5 + h] <= RETRIEVAL_THRESHOLD),
+                "seed {seed}: {a:?}"
+            );
+            assert_eq!(a, random_heads(&s, 12, seed).unwrap());
+        }
+        assert_ne!(random_heads(&s, 12, 1).unwrap(), random_heads(&s, 12, 2).unwrap());
+        assert!(random_heads(&s, 23, 0).is_err(), "only 22 non-retrieval heads exist");
+    }
+
+    #[test]
+    fn top_heads_follow_the_ranking() {
+        assert_eq!(top_heads(&scores(), 3), vec![(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(parse_heads("14-3, 2-0").unwrap(), vec![(14, 3), (2, 0)]);
+        assert!(parse_heads("14").is_err());
+    }
+}
