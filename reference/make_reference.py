@@ -21,6 +21,8 @@ Outputs (all under --out):
     rouge/pairs.json
         ROUGE-1 recall from rouge-score (with its Porter stemmer) on generated answer/reference
         pairs, and NLTK Porter stems of a word list.
+    recall/lstsq.npz
+        a least-squares fixture for the MLP decomposition, solved by numpy.
 
 The GGUF files are looked up in headhunt's model cache ($HEADHUNT_CACHE, else
 $XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts them there.
@@ -331,6 +333,27 @@ def rouge_pairs(out_dir: Path):
     print(f"rouge: {len(pairs)} pairs, {len(stems)} stems", file=sys.stderr)
 
 
+def lstsq_fixture(out_dir: Path):
+    """The MLP decomposition's least squares, solved by numpy on the full design matrix:
+    y[p, x] = sum_i beta_i c[p, i, x] + b[x], unknowns beta (K) and b (D)."""
+    rng = np.random.default_rng(11)
+    n, k, d = 14, 4, 6
+    c = rng.normal(size=(n, k, d)).astype(np.float32)
+    y = (np.einsum("pkx,k->px", c, [0.7, -1.3, 0.0, 2.2]) + rng.normal(size=d) + 0.1 * rng.normal(size=(n, d))).astype(np.float32)
+    design = np.zeros((n * d, k + d))
+    for p in range(n):
+        for x in range(d):
+            design[p * d + x, :k] = c[p, :, x]
+            design[p * d + x, k + x] = 1.0
+    sol, *_ = np.linalg.lstsq(design, y.reshape(-1).astype(np.float64), rcond=None)
+    pred = (design @ sol).reshape(n, d)
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean(axis=0)) ** 2).sum()
+    d_ = out_dir / "recall"
+    d_.mkdir(parents=True, exist_ok=True)
+    np.savez(d_ / "lstsq.npz", components=c, targets=y, betas=sol[:k], intercept=sol[k:], r2=np.array([r2]))
+    print(f"lstsq: R^2 {r2:.4f}", file=sys.stderr)
+
+
 def perturb(model, scale: float):
     """Random weights of a useful size: HF's init leaves norms at exactly 1 and biases at 0,
     which would hide a wrongly applied norm weight or bias."""
@@ -383,15 +406,17 @@ def tiny_models(out_dir: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("target/reference"))
-    ap.add_argument("--only", default="", help="comma list of parts: tiny, rouge, niah, " + ", ".join(MODELS))
+    ap.add_argument("--only", default="", help="comma list of parts: tiny, rouge, lstsq, niah, " + ", ".join(MODELS))
     args = ap.parse_args()
-    parts = [p for p in args.only.split(",") if p] or ["tiny", "rouge", *MODELS, "niah"]
+    parts = [p for p in args.only.split(",") if p] or ["tiny", "rouge", "lstsq", *MODELS, "niah"]
     torch.set_grad_enabled(False)
     for part in parts:
         if part == "tiny":
             tiny_models(args.out)
         elif part == "rouge":
             rouge_pairs(args.out)
+        elif part == "lstsq":
+            lstsq_fixture(args.out)
         elif part == "niah":
             niah_trials(args.out)
         elif part in MODELS:

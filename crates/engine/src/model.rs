@@ -423,6 +423,67 @@ impl Model {
         out
     }
 
+    /// Direct logit attribution: what one additive component of the final residual stream
+    /// contributes to every logit, with the final norm's scale frozen at the statistics of the
+    /// whole residual `final_resid` (the norm is linear once its scale is fixed; LayerNorm also
+    /// removes the component's mean). The components of a residual stream, plus
+    /// [`Model::logit_constant`], sum to the logits exactly (up to rounding; a final soft-cap,
+    /// which no supported family uses, would make the sum the pre-cap logits).
+    pub fn direct_logit_attribution(&self, component: &[f32], final_resid: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let norm = &self.weights.final_norm;
+        let scaled: Vec<f32> = match c.norm {
+            crate::config::NormKind::RmsNorm => {
+                let s = rms_scale(final_resid, c.norm_eps);
+                component.iter().zip(&norm.w).map(|(x, w)| w * (x * s)).collect()
+            }
+            crate::config::NormKind::LayerNorm => {
+                let n = final_resid.len() as f64;
+                let mean = final_resid.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = final_resid.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let inv = (1.0 / (var + c.norm_eps as f64).sqrt()) as f32;
+                let cm = (component.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+                component.iter().zip(&norm.w).map(|(x, w)| (x - cm) * inv * w).collect()
+            }
+        };
+        let mut logits = vec![0.0f32; c.vocab_size];
+        matmul_t(
+            &mut logits,
+            &scaled,
+            self.weights.unembed_matrix(),
+            1,
+            c.d_model,
+            c.vocab_size,
+            false,
+            true,
+        );
+        logits
+    }
+
+    /// The part of the logits no residual component explains: the final norm's bias and the
+    /// unembedding's bias.
+    pub fn logit_constant(&self) -> Vec<f32> {
+        let c = &self.config;
+        let mut logits = match &self.weights.final_norm.b {
+            Some(b) => {
+                let mut l = vec![0.0f32; c.vocab_size];
+                matmul_t(&mut l, b, self.weights.unembed_matrix(), 1, c.d_model, c.vocab_size, false, true);
+                l
+            }
+            None => vec![0.0f32; c.vocab_size],
+        };
+        if let Some(b) = self
+            .weights
+            .unembed
+            .as_ref()
+            .and_then(|u| u.b.as_ref())
+            .or(self.weights.unembed_bias.as_ref())
+        {
+            logits.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+        }
+        logits
+    }
+
     /// Logits of one final-normed residual row.
     pub fn unembed(&self, normed: &[f32]) -> Vec<f32> {
         let c = &self.config;

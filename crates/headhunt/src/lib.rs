@@ -12,6 +12,7 @@ pub mod niah;
 pub mod plot;
 pub mod progress;
 pub mod qa;
+pub mod recall;
 pub mod retrieval;
 pub mod rouge;
 pub mod runs;

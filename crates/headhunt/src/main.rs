@@ -33,6 +33,7 @@ enum Command {
     Niah(commands::niah::Args),
     Ablate(commands::ablate::Args),
     Qa(commands::qa::Args),
+    Recall(commands::recall::Args),
 }
 
 fn main() {
@@ -49,6 +50,7 @@ fn main() {
         Command::Niah(a) => commands::niah::run(a),
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Qa(a) => commands::qa::run(a),
+        Command::Recall(a) => commands::recall::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

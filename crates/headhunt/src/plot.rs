@@ -102,7 +102,7 @@ impl Heatmap {
 
     fn panel_size(&self) -> (u32, u32) {
         let (w, h) = self.cell();
-        (w * self.cols() as u32 + 230, h * self.rows() as u32 + 150)
+        (w * self.cols() as u32 + 250, h * self.rows() as u32 + 160)
     }
 
     fn color(&self, v: f64) -> RGBColor {
@@ -113,12 +113,12 @@ impl Heatmap {
 
     fn draw_panel<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
         let (cols, rows) = (self.cols(), self.rows());
-        let (main, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(110));
+        let (main, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(120));
         let mut chart = ChartBuilder::on(&main)
-            .caption(&self.title, (FONT, 22))
+            .caption(&self.title, (FONT, 24))
             .margin(12)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
+            .x_label_area_size(54)
+            .y_label_area_size(70)
             .build_cartesian_2d(0..cols, 0..rows)
             .map_err(err)?;
         let x_ticks = &self.x_ticks;
@@ -132,8 +132,8 @@ impl Heatmap {
             .y_labels(rows + 1)
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
-            .axis_desc_style((FONT, 18))
-            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 20))
+            .label_style((FONT, 16))
             .x_label_offset(self.cell().0 as i32 / 2)
             .y_label_offset(-(self.cell().1 as i32) / 2)
             .x_label_formatter(&|x| {
@@ -172,7 +172,7 @@ impl Heatmap {
             .margin_top(48)
             .margin_bottom(60)
             .margin_right(8)
-            .y_label_area_size(58)
+            .y_label_area_size(64)
             .build_cartesian_2d(0.0..1.0, lo..hi.max(lo + 1e-9))
             .map_err(err)?;
         chart
@@ -181,8 +181,8 @@ impl Heatmap {
             .disable_x_axis()
             .y_labels(6)
             .y_desc(&self.value_label)
-            .axis_desc_style((FONT, 16))
-            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 18))
+            .label_style((FONT, 16))
             .y_label_formatter(&|v| format_tick(*v))
             .draw()
             .map_err(err)?;

@@ -11,6 +11,7 @@ pub mod info;
 pub mod merge;
 pub mod niah;
 pub mod qa;
+pub mod recall;
 
 use anyhow::{Context, Result};
 use headhunt_engine::Model;
