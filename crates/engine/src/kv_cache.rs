@@ -156,6 +156,33 @@ impl HeadCache {
     pub fn len(&self) -> usize {
         self.sink.pos.len() + self.main.pos.len()
     }
+
+    /// Size a windowed head's ring for `n` rows appended at once: `window - 1 + n` rows, all of
+    /// which the next queries may see. Decoding (n = 1) shrinks a ring a long prefill chunk
+    /// had widened back to the window itself, releasing the memory.
+    pub fn fit_ring(&mut self, n: usize) {
+        let KvPolicy::SinkWindow { window, .. } = self.policy else { return };
+        let want = window.max(1) - 1 + n.max(1);
+        if want == self.ring_cap {
+            return;
+        }
+        // Keep the newest rows, in position order, within the new size.
+        let d = self.d;
+        let rows: Vec<(u32, &[f32], &[f32])> = self
+            .segments()
+            .into_iter()
+            .skip(usize::from(!self.sink.pos.is_empty()))
+            .flat_map(|s| (0..s.pos.len()).map(move |i| (s.pos[i], &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d])))
+            .collect();
+        let keep = &rows[rows.len().saturating_sub(want)..];
+        let mut main = Rows::with_capacity(want, d);
+        for &(p, k, v) in keep {
+            main.push(p as usize, k, v);
+        }
+        self.main = main;
+        self.ring_cap = want;
+        self.start = 0;
+    }
 }
 
 /// Every layer's caches.
@@ -172,6 +199,11 @@ impl KvCache {
                 .map(|heads| heads.iter().map(|&p| HeadCache::new(p, d_head, capacity, max_chunk)).collect())
                 .collect(),
         }
+    }
+
+    /// Size every windowed ring for `n` rows appended at once (see [`HeadCache::fit_ring`]).
+    pub(crate) fn fit_rings(&mut self, n: usize) {
+        self.layers.iter_mut().flatten().for_each(|h| h.fit_ring(n));
     }
 
     /// Bytes allocated for keys, values and their positions, all layers and heads.
@@ -213,6 +245,15 @@ mod tests {
         assert_eq!(h.len(), 8);
         let fresh = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk);
         assert_eq!(fresh.bytes(), 4 * 3 * 8, "sink + ring reserved exactly");
+        // Decoding one row at a time needs only the window: the ring shrinks and keeps the
+        // newest rows.
+        h.fit_ring(1);
+        let kept: Vec<u32> = h.segments().iter().flat_map(|s| s.pos.iter().copied()).collect();
+        assert_eq!(kept, vec![0, 1, 16, 17, 18, 19]);
+        assert_eq!(h.bytes(), 4 * 3 * (2 + 4));
+        h.push(20, &[20.0], &[-20.0]);
+        let kept: Vec<u32> = h.segments().iter().flat_map(|s| s.pos.iter().copied()).collect();
+        assert_eq!(kept, vec![0, 1, 17, 18, 19, 20]);
     }
 
     #[test]

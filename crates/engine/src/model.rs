@@ -597,6 +597,7 @@ impl<'m> Run<'m> {
                 last,
                 phase: Phase::Prefill,
             };
+            self.cache.fit_rings(chunk.len());
             logits = self.model.forward(chunk, step, &mut self.cache, &self.plan, &mut self.recording)?;
             self.tokens.extend_from_slice(chunk);
         }
@@ -613,6 +614,7 @@ impl<'m> Run<'m> {
             last: Some(p),
             phase: Phase::Decode,
         };
+        self.cache.fit_rings(1);
         let logits = self
             .model
             .forward(&[token], step, &mut self.cache, &self.plan, &mut self.recording)?;
