@@ -6,6 +6,7 @@
 
 pub mod commands;
 pub mod failure;
+pub mod kvpolicy;
 pub mod masking;
 pub mod models;
 pub mod niah;

@@ -34,6 +34,7 @@ enum Command {
     Ablate(commands::ablate::Args),
     Qa(commands::qa::Args),
     Recall(commands::recall::Args),
+    Kv(commands::kv::Args),
 }
 
 fn main() {
@@ -51,6 +52,7 @@ fn main() {
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Qa(a) => commands::qa::run(a),
         Command::Recall(a) => commands::recall::run(a),
+        Command::Kv(a) => commands::kv::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -29,6 +29,8 @@ pub struct Args {
     /// norms, RoPE, cache, copies).
     #[arg(long)]
     pub profile: bool,
+    #[command(flatten)]
+    pub kv: super::kv::KvPolicyArgs,
 }
 
 /// The stage breakdown since the last reset, as printable lines and JSON.
@@ -84,6 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let ctx = model.config.context_length;
     profile::enable(args.profile);
+    let kv_policy = args.kv.build(&model)?;
     let mut rows = Vec::new();
     // One measurement: a line, the stage breakdown when asked, a JSON row.
     let mut report = |mut row: serde_json::Value, line: String, secs: f64| {
@@ -112,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
             Hooks::default(),
             RunOptions {
                 capacity: n,
+                kv_policy: kv_policy.clone(),
                 ..Default::default()
             },
         )?;
@@ -134,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
             Hooks::default(),
             RunOptions {
                 capacity,
+                kv_policy: kv_policy.clone(),
                 ..Default::default()
             },
         )?;
@@ -146,7 +151,7 @@ pub fn run(args: Args) -> Result<()> {
         let secs = start.elapsed().as_secs_f64();
         let rate = args.decode_tokens as f64 / secs;
         report(
-            serde_json::json!({"phase": "decode", "context": n, "tokens": args.decode_tokens, "tokens_per_s": rate}),
+            serde_json::json!({"phase": "decode", "context": n, "tokens": args.decode_tokens, "tokens_per_s": rate, "kv_bytes": run.cache().bytes()}),
             format!(
                 "decode  {:>6} tokens after {n:>6}  {secs:>8.2} s  {rate:>8.1} tok/s",
                 args.decode_tokens

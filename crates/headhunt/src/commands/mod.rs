@@ -8,6 +8,7 @@ pub mod detect;
 pub mod fetch;
 pub mod generate;
 pub mod info;
+pub mod kv;
 pub mod merge;
 pub mod niah;
 pub mod qa;
