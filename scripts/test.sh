@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # headhunt's test command (what CI runs): build, fetch the two test models, compute the
-# reference values with transformers when the reference script or its inputs changed, then run
-# every test. Needs Rust, Python 3 with pip, and access to crates.io and PyPI.
+# reference values with transformers when the reference script or its inputs changed, run every
+# test, then open a report of a short real run in headless Chromium. Needs Rust, Python 3 with
+# pip, Node.js with npm, and access to crates.io, PyPI, npm and Debian's package archive
+# (Chromium is installed with apt-get when it is missing, which needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +23,20 @@ if [ "$(cat "$ref/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 cargo test --release --workspace
+
+# The report in a real browser: a short detection run and a masked NIAH run on SmolLM2.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "the browser test needs Debian's chromium: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+run=target/browser-run
+rm -rf "$run"
+./target/release/headhunt detect --lengths 160,240 --depths 0,100 --out "$run/detect" >/dev/null
+./target/release/headhunt niah --lengths 160,240 --depths 0,100 --scores "$run/detect" --mask-top 5 --out "$run/niah-top5" >/dev/null
+./target/release/headhunt report "$run" >/dev/null
+node tests/browser/report.test.mjs "$run/report.html" 30 9 "$run/report.png"

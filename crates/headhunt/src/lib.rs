@@ -14,6 +14,7 @@ pub mod plot;
 pub mod progress;
 pub mod qa;
 pub mod recall;
+pub mod report;
 pub mod retrieval;
 pub mod rouge;
 pub mod runs;

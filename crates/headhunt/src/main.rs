@@ -35,6 +35,7 @@ enum Command {
     Qa(commands::qa::Args),
     Recall(commands::recall::Args),
     Kv(commands::kv::Args),
+    Report(commands::report::Args),
 }
 
 fn main() {
@@ -53,6 +54,7 @@ fn main() {
         Command::Qa(a) => commands::qa::run(a),
         Command::Recall(a) => commands::recall::run(a),
         Command::Kv(a) => commands::kv::run(a),
+        Command::Report(a) => commands::report::run(a),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

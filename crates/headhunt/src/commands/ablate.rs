@@ -66,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
     if ks.is_empty() {
         bail!("no K in --ks fits the model's {total} heads");
     }
+    super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let reference = runner.reference_tokens(2048).to_vec();
     let name = model_name(&model, &args.model.model);
@@ -179,6 +180,5 @@ pub fn run(args: Args) -> Result<()> {
             row["random_std"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("wrote {}", out.display());
-    Ok(())
+    super::finish_with_report(&out)
 }

@@ -63,12 +63,13 @@ pub fn run(args: Args) -> Result<()> {
     settings["model_name"] = json!(model.source.name);
     settings["n_layers"] = json!(c.n_layers);
     settings["n_heads"] = json!(c.n_heads);
+    super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let records = run_niah(&runner, &grid, args.grid.shard, &Condition::default(), &out, &settings, "trials")?;
     let report = write_outputs(&out, &settings, &records, args.score_variant)?;
+    super::niah::depth_length_map(&format!("{}: needle in a haystack", report.model), &grid, &records).save(&out.join("niah"))?;
     print!("{}", report.table(args.top));
-    println!("wrote {}", out.display());
-    Ok(())
+    super::finish_with_report(&out)
 }
 
 /// The aggregate of a detection run.

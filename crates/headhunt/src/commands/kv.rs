@@ -132,6 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("kv-{}", model_stem(&args.model.model))));
+    super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let n = eligible(&model).len();
     let longest = grid.max_length();
@@ -300,6 +301,5 @@ pub fn run(args: Args) -> Result<()> {
             "speed": speed,
         }))?,
     )?;
-    println!("wrote {}", out.display());
-    Ok(())
+    super::finish_with_report(&out)
 }

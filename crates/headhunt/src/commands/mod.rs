@@ -13,6 +13,7 @@ pub mod merge;
 pub mod niah;
 pub mod qa;
 pub mod recall;
+pub mod report;
 
 use anyhow::{Context, Result};
 use headhunt_engine::Model;
@@ -37,4 +38,35 @@ impl ModelArg {
         spinner.finish_and_clear();
         model
     }
+}
+
+/// Record, in an output folder, the model card and how this command was invoked (appended, so
+/// a resumed run lists every invocation), for the report.
+pub fn record_provenance(out: &std::path::Path, model: &Model) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let card: serde_json::Map<String, serde_json::Value> = info::card(model).into_iter().map(|(k, v)| (k, v.into())).collect();
+    std::fs::write(out.join("model.json"), serde_json::to_string_pretty(&card)?)?;
+    let path = out.join("provenance.json");
+    let mut list: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    list.push(serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "headhunt": env!("CARGO_PKG_VERSION"),
+        "unix_time": seconds,
+        "threads": rayon::current_num_threads(),
+    }));
+    std::fs::write(&path, serde_json::to_string_pretty(&list)?)?;
+    Ok(())
+}
+
+/// Write the run's HTML report and say where it is (the last line a command prints).
+pub fn finish_with_report(dir: &std::path::Path) -> Result<()> {
+    let path = crate::report::write(dir)?;
+    println!("report: {}", path.display());
+    Ok(())
 }

@@ -70,6 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("niah-{}-{label}", model_stem(&args.model.model))));
+    super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let condition = Condition {
         interventions: mask_interventions(
@@ -95,8 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         &evidence_heads,
     )?;
     println!("{}", summary.line(&label));
-    println!("wrote {}", out.display());
-    Ok(())
+    super::finish_with_report(&out)
 }
 
 pub fn model_stem(model: &str) -> String {

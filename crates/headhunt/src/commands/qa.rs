@@ -138,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("qa-{}", model_stem(&args.model.model))));
+    super::record_provenance(&out, &model)?;
     let questions: Vec<Question> = (0..items.len())
         .filter(|&i| args.shard.is_none_or(|s| s.takes(i)))
         .map(Question)
@@ -182,6 +183,5 @@ pub fn run(args: Args) -> Result<()> {
             &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask_mode, "mask_phase": args.mask_phase, "conditions": table}),
         )?,
     )?;
-    println!("wrote {}", out.display());
-    Ok(())
+    super::finish_with_report(&out)
 }

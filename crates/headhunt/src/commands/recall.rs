@@ -165,14 +165,25 @@ fn usable(task: &Task, model: &Model) -> Result<Vec<usize>> {
     Ok(facts)
 }
 
+/// Write one result file, then the folder's report.
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join(name), serde_json::to_string_pretty(value)?)?;
-    Ok(())
+    println!("wrote {}", dir.join(name).display());
+    super::finish_with_report(dir)
+}
+
+impl TaskArgs {
+    /// Load the model and note it, and this invocation, in the output folder.
+    fn load(&self) -> Result<Model> {
+        let model = self.model.load()?;
+        super::record_provenance(&self.out(), &model)?;
+        Ok(model)
+    }
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let model = args.task.model.load()?;
+    let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let mut rows = Vec::new();
     println!(
@@ -202,7 +213,6 @@ fn eval(args: EvalArgs) -> Result<()> {
         "eval.json",
         &json!({"model": model_name(&model, &args.task.model.model), "results": rows}),
     )?;
-    println!("wrote {}", out.join("eval.json").display());
     Ok(())
 }
 
@@ -222,7 +232,7 @@ fn decompose_all(model: &Model, ps: &[RecallPrompt], what: &str) -> Result<Vec<L
 }
 
 fn heads(args: HeadsArgs) -> Result<()> {
-    let model = args.task.model.load()?;
+    let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let c = &model.config;
     let task = args.task.tasks(&["capital"])?.remove(0);
@@ -357,9 +367,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         &out,
         "heads.json",
         &json!({"model": name, "task": task.name, "shots": args.shots, "prompts": ps.len(), "ablation_prompts": picked.len(), "pearson_attention_dla": r, "heads": per_head}),
-    )?;
-    println!("wrote {}", out.display());
-    Ok(())
+    )
 }
 
 /// The tokens a vector in the residual stream favours most (the final norm frozen at
@@ -390,7 +398,7 @@ fn mean_of(vs: impl Iterator<Item = Vec<f32>>) -> Vec<f32> {
 }
 
 fn mlp(args: MlpArgs) -> Result<()> {
-    let model = args.task.model.load()?;
+    let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let layer = args.layer.unwrap_or(model.config.n_layers - 1);
     let task = args.task.tasks(&["capital"])?.remove(0);
@@ -445,7 +453,6 @@ fn mlp(args: MlpArgs) -> Result<()> {
             "intercept_norm": f.intercept.iter().map(|x| x * x).sum::<f64>().sqrt(),
         }),
     )?;
-    println!("wrote {}", out.join(format!("mlp_{layer}.json")).display());
     Ok(())
 }
 
@@ -459,7 +466,7 @@ fn zero_last(point: HookPoint, q: &RecallPrompt, d: usize) -> Intervention {
 }
 
 fn final_layer(args: FinalArgs) -> Result<()> {
-    let model = args.task.model.load()?;
+    let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let c = &model.config;
     let last_layer = c.n_layers - 1;
@@ -511,12 +518,11 @@ fn final_layer(args: FinalArgs) -> Result<()> {
         "final_layer.json",
         &json!({"model": name, "shots": args.shots, "tasks": report}),
     )?;
-    println!("wrote {}", out.join("final_layer.json").display());
     Ok(())
 }
 
 fn mitigate(args: MitigateArgs) -> Result<()> {
-    let model = args.task.model.load()?;
+    let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let c = &model.config;
     let last_layer = c.n_layers - 1;
@@ -564,6 +570,5 @@ fn mitigate(args: MitigateArgs) -> Result<()> {
     }
     let out = args.task.out();
     write_json(&out, "mitigate.json", &json!({"model": name, "results": rows}))?;
-    println!("wrote {}", out.join("mitigate.json").display());
     Ok(())
 }
