@@ -202,3 +202,33 @@ fn bad_hook_name_and_missing_model() {
     );
     fails_with(&["info", "--model", "/nonexistent/model.gguf"], "unknown model");
 }
+
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
+#[test]
+fn hugging_face_directories_name_what_is_missing() {
+    let tiny = common::reference_dir().join("tiny/gpt2");
+    assert!(
+        tiny.join("model.safetensors").exists(),
+        "run scripts/test.sh to make the reference models"
+    );
+    let dir = temp("hf");
+    let dir = dir.parent().unwrap();
+    let arg = dir.to_str().unwrap();
+    // An empty folder is no model at all.
+    fails_with(&["info", "--model", arg], "config.json");
+    std::fs::copy(tiny.join("config.json"), dir.join("config.json")).unwrap();
+    fails_with(&["info", "--model", arg], "no *.safetensors file");
+    std::fs::copy(tiny.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    // Weights alone are enough for the card, not for text.
+    let out = Command::new(env!("CARGO_BIN_EXE_headhunt"))
+        .args(["info", "--model", arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fails_with(&["generate", "--model", arg, "--prompt", "hi"], "missing tokenizer.json");
+    // A corrupt weights file is named.
+    std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap();
+    fails_with(&["info", "--model", arg], "not a valid safetensors file");
+}
