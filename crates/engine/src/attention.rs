@@ -12,8 +12,6 @@
 //! The kernel also serves the hooks: a head's query can be zeroed (uniform attention), its keys
 //! restricted, and chosen query rows recorded whole (`hook_pattern`) or as an argmax.
 
-use rayon::prelude::*;
-
 use crate::hooks::{HeadHooks, KeySet, PatternRow};
 use crate::kv_cache::{HeadCache, KvPolicy, Segment};
 use crate::linalg::{fast_exp, matmul_nn, matmul_t};
@@ -147,7 +145,15 @@ impl AttentionLayer<'_> {
                 tasks.extend(chunks.into_iter().map(|tiles| (key, Task { g, r0, r1, tiles })));
             }
         }
-        let partials: Vec<(usize, Partial)> = tasks.par_iter().map(|(key, t)| (*key, self.task(t))).collect();
+        let slots: Vec<std::sync::Mutex<Option<Partial>>> = tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        crate::team::for_each(tasks.len(), |i| {
+            let part = self.task(&tasks[i].1);
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
+        });
+        let partials = tasks
+            .iter()
+            .zip(slots)
+            .map(|((key, _), slot)| (*key, slot.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every task ran")));
 
         // Merge each block's partials (they arrive in key order) and normalise.
         let mut z = vec![0.0; self.n * nh * dh];

@@ -21,6 +21,7 @@ pub mod npy;
 pub mod profile;
 pub mod quant;
 pub mod rope;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 

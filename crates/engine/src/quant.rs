@@ -6,8 +6,6 @@
 //! times its small integers, plus its offset), so results agree with the dequantised matmul to
 //! rounding: `sum_j x_j (d q_j + m)` is computed as `d sum_j x_j q_j + m sum_j x_j`.
 
-use rayon::prelude::*;
-
 use crate::gguf::GgmlType;
 
 /// Quant types with a direct matrix-vector kernel.
@@ -96,7 +94,9 @@ impl QuantMatrix {
             start += p.rows;
             // A few tasks per thread: enough to balance, few enough to keep overhead small.
             let per_task = p.rows.div_ceil(4 * rayon::current_num_threads()).max(8);
-            out.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
+            let chunks: Vec<std::sync::Mutex<&mut [f32]>> = out.chunks_mut(per_task).map(std::sync::Mutex::new).collect();
+            crate::team::for_each(chunks.len(), |t| {
+                let mut chunk = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
                 for (i, y) in chunk.iter_mut().enumerate() {
                     let r = t * per_task + i;
                     let row = &p.data[r * p.row_bytes..(r + 1) * p.row_bytes];
