@@ -71,7 +71,7 @@ def llama_cpp_rate(gguf: Path, mode: str, n: int, threads: int) -> float:
 
 def headhunt_rate(model: str, mode: str, n: int) -> float:
     args = [str(HEADHUNT), "bench", "--model", model, "--json"]
-    args += ["--lengths", str(n), "--decode-context", "0"] if mode == "prefill" else ["--lengths", "", "--decode-context", str(n), "--decode-tokens", "32"]
+    args += ["--lengths", str(n), "--decode-context", "0"] if mode == "prefill" else ["--lengths", "16", "--decode-context", str(n), "--decode-tokens", "32"]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["results"][-1]["tokens_per_s"]
 
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--model", default="smollm2-135m-instruct", choices=sorted(FILES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--lengths", default="512,2048,4096,8192")
+    ap.add_argument("--lengths", default="512,2048,4096,8192", help="prefill lengths (empty: no prefill rows)")
     ap.add_argument("--skip-trial", action="store_true", help="leave out the transformers trial comparison")
     ap.add_argument("--write", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
@@ -124,7 +124,7 @@ def main():
     if not gguf.exists() or not HEADHUNT.exists():
         sys.exit(f"need {gguf} (headhunt fetch {args.model}) and {HEADHUNT} (cargo build --release)")
     rows = []
-    for n in [int(x) for x in args.lengths.split(",")]:
+    for n in [int(x) for x in args.lengths.split(",") if x]:
         h, l, r, lo, hi = alternate(lambda: headhunt_rate(args.model, "prefill", n), lambda: llama_cpp_rate(gguf, "prefill", n, args.threads), args.repeats)
         rows.append((f"prefill {n} tokens (tok/s)", "llama.cpp", h, l, r, lo, hi))
         print(rows[-1], file=sys.stderr)
