@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def main():
     lines = [
         f"### {args.model} on {platform.node()} ({os.cpu_count()} cores, {args.threads} threads), {time.strftime('%Y-%m-%d')}",
         "",
-        f"`python3 bench/side_by_side.py --model {args.model} --repeats {args.repeats}` (median of {args.repeats} alternating runs; ratio: median of pairwise ratios, min-max)",
+        f"`python3 bench/side_by_side.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}` (median of {args.repeats} alternating runs; ratio: median of pairwise ratios, min-max)",
         "",
         "| measure | other | headhunt | other's | headhunt advantage |",
         "|---|---|---|---|---|",

@@ -213,7 +213,10 @@ def niah_trial(tok, model, needle, hay_ids, ends, eos, length, depth):
         o = model(torch.tensor([[inp]]), past_key_values=past, use_cache=True, output_attentions=True)
         past = o.past_key_values
         nxt = int(torch.argmax(o.logits[0, -1]))
-        rows = torch.cat([a[0, :, -1, :] for a in o.attentions])  # [layers * heads, keys]
+        # [layers * heads, keys]; sliding-window layers (Gemma 3) return only their window's
+        # keys, the most recent ones, so they are padded on the left to absolute positions.
+        keys = max(a.shape[-1] for a in o.attentions)
+        rows = torch.cat([torch.nn.functional.pad(a[0, :, -1, :], (keys - a.shape[-1], 0)) for a in o.attentions])
         top = torch.topk(rows, 2, dim=-1)
         argmax.append(top.indices[:, 0].tolist())
         near_tie |= {h for h, (a, b) in enumerate(top.values.tolist()) if a - b < 1e-5}

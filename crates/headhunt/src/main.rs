@@ -62,3 +62,46 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Clap's own consistency checks over every subcommand (duplicate argument names, bad
+    /// defaults); they only run in builds with debug assertions.
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Each subcommand parses with only its required arguments and its defaults (in release
+    /// builds too, where a clash between flattened argument groups shows up only here).
+    #[test]
+    fn every_subcommand_parses_its_minimal_form() {
+        let lines: &[&[&str]] = &[
+            &["fetch", "gemma3-270m"],
+            &["info"],
+            &["generate", "--prompt", "Hi"],
+            &["cache", "--prompt", "Hi", "--hooks", "logits", "--out", "a.npz"],
+            &["bench"],
+            &["detect"],
+            &["merge", "a", "b", "--out", "c"],
+            &["compare", "a", "b"],
+            &["niah", "--scores", "s", "--mask-random", "5", "--seed", "1"],
+            &["ablate", "--scores", "s"],
+            &["qa", "--scores", "s"],
+            &["recall", "eval"],
+            &["recall", "mitigate", "--task", "capital"],
+            &["kv", "--scores", "s", "--seed", "3", "--kv-seed", "4"],
+            &["report"],
+        ];
+        for line in lines {
+            let args = std::iter::once("headhunt").chain(line.iter().copied());
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("`headhunt {}` does not parse: {e}", line.join(" "));
+            }
+        }
+    }
+}

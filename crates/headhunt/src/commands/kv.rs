@@ -100,9 +100,9 @@ pub struct Args {
     pub sink: usize,
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Seed of the random heads.
+    /// Seed of the random heads (--seed is the haystack's).
     #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    pub kv_seed: u64,
     /// Leave out the speed and memory measurement.
     #[arg(long)]
     pub no_bench: bool,
@@ -146,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
             "random",
             KvChoice::Random {
                 budget: b,
-                seed: args.seed,
+                seed: args.kv_seed,
             },
         ));
         let window = matching_uniform_window(n, k, longest, args.sink, args.window);
