@@ -472,13 +472,7 @@ impl Model {
             }
             None => vec![0.0f32; c.vocab_size],
         };
-        if let Some(b) = self
-            .weights
-            .unembed
-            .as_ref()
-            .and_then(|u| u.b.as_ref())
-            .or(self.weights.unembed_bias.as_ref())
-        {
+        if let Some(b) = self.weights.unembed_bias() {
             logits.iter_mut().zip(b).for_each(|(x, b)| *x += b);
         }
         logits
@@ -503,13 +497,7 @@ impl Model {
                 true,
             ),
         }
-        if let Some(b) = self
-            .weights
-            .unembed
-            .as_ref()
-            .and_then(|u| u.b.as_ref())
-            .or(self.weights.unembed_bias.as_ref())
-        {
+        if let Some(b) = self.weights.unembed_bias() {
             logits.iter_mut().zip(b).for_each(|(x, b)| *x += b);
         }
         if let Some(cap) = c.final_logit_softcap {

@@ -70,6 +70,11 @@ impl Weights {
         self.unembed.as_ref().map_or(&self.embed, |l| &l.w)
     }
 
+    /// The bias added to the logits: the unembedding's own, or a separate `final_logits_bias`.
+    pub fn unembed_bias(&self) -> Option<&[f32]> {
+        self.unembed.as_ref().and_then(|u| u.b.as_deref()).or(self.unembed_bias.as_deref())
+    }
+
     /// The unembedding as quantized blocks, when the checkpoint has them.
     pub fn unembed_quant(&self) -> Option<&QuantMatrix> {
         match &self.unembed {
