@@ -38,6 +38,7 @@ pub struct KvPolicyArgs {
     /// Recent positions every compressed head keeps.
     #[arg(long, default_value_t = 256)]
     pub kv_window: usize,
+    /// Seed of the random heads (--kv-policy random).
     #[arg(long, default_value_t = 0)]
     pub kv_seed: u64,
 }
@@ -96,8 +97,11 @@ pub struct Args {
     /// Shares of eligible KV heads kept full.
     #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.2,0.3,0.5")]
     pub budgets: Vec<f64>,
+    /// First positions (attention sinks) every compressed head keeps.
     #[arg(long, default_value_t = 16)]
     pub sink: usize,
+    /// Most recent positions every compressed head keeps (the uniform policy's window is widened
+    /// to spend the same bytes as each budget).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
     /// Seed of the random heads (--seed is the haystack's).

@@ -13,7 +13,7 @@ use super::ModelArg;
 use crate::plot::{Figure, Heatmap, Heatmaps, Scatter};
 use crate::recall::analysis::{analyse, dla, Component, LastPosition};
 use crate::recall::tasks::{self, RecallPrompt, Task};
-use crate::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, prompts, subtract_final_intercept};
+use crate::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, par_map, prompts, subtract_final_intercept};
 use crate::retrieval::pearson;
 
 /// Factual recall: how a model gets from "The capital of France is" to " Paris".
@@ -219,14 +219,11 @@ fn eval(args: EvalArgs) -> Result<()> {
 /// Decompose every prompt (with a progress bar).
 fn decompose_all(model: &Model, ps: &[RecallPrompt], what: &str) -> Result<Vec<LastPosition>> {
     let bar = crate::progress::bar(ps.len() as u64, what);
-    let out = ps
-        .iter()
-        .map(|q| {
-            let r = analyse(model, &q.ids, q.subject.clone(), &[]);
-            bar.inc(1);
-            r
-        })
-        .collect::<Result<Vec<_>>>();
+    let out = par_map(ps, |q| {
+        let r = analyse(model, &q.ids, q.subject.clone(), &[]);
+        bar.inc(1);
+        r
+    });
     bar.finish_and_clear();
     out
 }
@@ -286,27 +283,26 @@ fn heads(args: HeadsArgs) -> Result<()> {
             mean.iter_mut().zip(z).for_each(|(m, &v)| *m += v / corrupted_runs.len() as f32);
         }
     }
-    let mut effect = vec![0.0f64; n_heads];
     let bar = crate::progress::bar((picked.len() * n_heads) as u64, "ablations");
-    for (k, &pi) in picked.iter().enumerate() {
-        let (q, bad) = (&ps[pi], corrupted[k].answer_token);
-        let last = q.ids.len() - 1;
-        let base = &decomposed[pi].logits;
+    let runs: Vec<(usize, usize)> = (0..picked.len()).flat_map(|k| (0..n_heads).map(move |i| (k, i))).collect();
+    let drops = par_map(&runs, |&(k, i)| {
+        let (q, bad) = (&ps[picked[k]], corrupted[k].answer_token);
         let ld = |l: &[f32]| (l[q.answer_token as usize] - l[bad as usize]) as f64;
-        for l in 0..c.n_layers {
-            for h in 0..c.n_heads {
-                let patch = Intervention::Set {
-                    point: HookPoint::Z(l),
-                    head: Some(h),
-                    rows: BTreeMap::from([(last, mean_z[l][h * c.d_head..(h + 1) * c.d_head].to_vec())]),
-                };
-                let logits = model
-                    .run(headhunt_engine::Hooks::default().intervene(patch), Default::default())?
-                    .prefill(&q.ids)?;
-                effect[l * c.n_heads + h] += (ld(base) - ld(&logits)) / picked.len() as f64;
-                bar.inc(1);
-            }
-        }
+        let (l, h) = (i / c.n_heads, i % c.n_heads);
+        let patch = Intervention::Set {
+            point: HookPoint::Z(l),
+            head: Some(h),
+            rows: BTreeMap::from([(q.ids.len() - 1, mean_z[l][h * c.d_head..(h + 1) * c.d_head].to_vec())]),
+        };
+        let logits = model
+            .run(headhunt_engine::Hooks::default().intervene(patch), Default::default())?
+            .prefill(&q.ids)?;
+        bar.inc(1);
+        Ok(ld(&decomposed[picked[k]].logits) - ld(&logits))
+    })?;
+    let mut effect = vec![0.0f64; n_heads];
+    for (&(_, i), drop) in runs.iter().zip(drops) {
+        effect[i] += drop / picked.len() as f64;
     }
     bar.finish_and_clear();
 

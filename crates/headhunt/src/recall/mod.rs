@@ -28,19 +28,34 @@ pub fn prompts(task: &Task, tok: &Tokenizer, facts: &[usize], pool: &[usize], sh
     Ok(out)
 }
 
+/// `f` over every item, in parallel across the cores (prompts are short, so one forward pass
+/// barely uses a second core), results in the items' order.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
+    use rayon::prelude::*;
+    items.par_iter().map(f).collect()
+}
+
 /// Mean probability of the answer's first token and top-1 accuracy, under interventions
 /// (given per prompt).
-pub fn evaluate(model: &Model, prompts: &[RecallPrompt], interventions: impl Fn(&RecallPrompt) -> Vec<Intervention>) -> Result<(f64, f64)> {
-    let (mut p, mut hits) = (0.0, 0usize);
-    for q in prompts {
+pub fn evaluate(
+    model: &Model,
+    prompts: &[RecallPrompt],
+    interventions: impl Fn(&RecallPrompt) -> Vec<Intervention> + Sync + Send,
+) -> Result<(f64, f64)> {
+    let scored = par_map(prompts, |q| {
         let hooks = Hooks {
             interventions: interventions(q),
             ..Default::default()
         };
         let logits = model.run(hooks, RunOptions::default())?.prefill(&q.ids)?;
-        p += probability(&logits, q.answer_token);
-        hits += (headhunt_engine::argmax(&logits) == q.answer_token) as usize;
-    }
+        Ok((
+            probability(&logits, q.answer_token),
+            headhunt_engine::argmax(&logits) == q.answer_token,
+        ))
+    })?;
+    // Summed in the prompts' order, so the result does not depend on the threads.
+    let p: f64 = scored.iter().map(|(p, _)| p).sum();
+    let hits = scored.iter().filter(|(_, hit)| *hit).count();
     let n = prompts.len().max(1) as f64;
     Ok((p / n, hits as f64 / n))
 }
