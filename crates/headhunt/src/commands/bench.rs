@@ -29,6 +29,10 @@ pub struct Args {
     /// norms, RoPE, cache, copies).
     #[arg(long)]
     pub profile: bool,
+    /// Prompt tokens per forward call (the engine's default unless given; larger chunks make
+    /// larger matrix products and use more activation memory).
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     #[command(flatten)]
     pub kv: super::kv::KvPolicyArgs,
 }
@@ -105,6 +109,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         rows.push(row);
     };
+    let default_chunk = RunOptions::default().prefill_chunk;
+    if args.prefill_chunk == Some(0) {
+        anyhow::bail!("--prefill-chunk must be at least 1");
+    }
     for &n in &args.lengths {
         if n > ctx {
             eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
@@ -116,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
             RunOptions {
                 capacity: n,
                 kv_policy: kv_policy.clone(),
-                ..Default::default()
+                prefill_chunk: args.prefill_chunk.unwrap_or(default_chunk),
             },
         )?;
         profile::reset();
@@ -139,7 +147,7 @@ pub fn run(args: Args) -> Result<()> {
             RunOptions {
                 capacity,
                 kv_policy: kv_policy.clone(),
-                ..Default::default()
+                prefill_chunk: args.prefill_chunk.unwrap_or(default_chunk),
             },
         )?;
         run.prefill(&tokens[..n])?;
@@ -163,6 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         let out = serde_json::json!({
             "model": args.model.model,
             "threads": rayon::current_num_threads(),
+            "prefill_chunk": args.prefill_chunk.unwrap_or(default_chunk),
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
