@@ -433,21 +433,7 @@ impl Model {
     /// which no supported family uses, would make the sum the pre-cap logits).
     pub fn direct_logit_attribution(&self, component: &[f32], final_resid: &[f32]) -> Vec<f32> {
         let c = &self.config;
-        let norm = &self.weights.final_norm;
-        let scaled: Vec<f32> = match c.norm {
-            crate::config::NormKind::RmsNorm => {
-                let s = rms_scale(final_resid, c.norm_eps);
-                component.iter().zip(&norm.w).map(|(x, w)| w * (x * s)).collect()
-            }
-            crate::config::NormKind::LayerNorm => {
-                let n = final_resid.len() as f64;
-                let mean = final_resid.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = final_resid.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-                let inv = (1.0 / (var + c.norm_eps as f64).sqrt()) as f32;
-                let cm = (component.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
-                component.iter().zip(&norm.w).map(|(x, w)| (x - cm) * inv * w).collect()
-            }
-        };
+        let scaled = self.through_final_norm(component, final_resid);
         let mut logits = vec![0.0f32; c.vocab_size];
         matmul_t(
             &mut logits,
@@ -460,6 +446,42 @@ impl Model {
             true,
         );
         logits
+    }
+
+    /// [`Model::direct_logit_attribution`] to a few tokens only: one unembedding row each instead
+    /// of the whole vocabulary (the same values up to the order of the dot product's sum).
+    pub fn direct_logit_attribution_to(&self, component: &[f32], final_resid: &[f32], tokens: &[u32]) -> Vec<f32> {
+        let scaled = self.through_final_norm(component, final_resid);
+        let d = self.config.d_model;
+        let unembed = self.weights.unembed_matrix();
+        tokens
+            .iter()
+            .map(|&t| {
+                let row = &unembed[t as usize * d..(t as usize + 1) * d];
+                row.iter().zip(&scaled).map(|(w, x)| w * x).sum()
+            })
+            .collect()
+    }
+
+    /// A residual-stream component through the final norm with its scale frozen at
+    /// `final_resid`'s statistics.
+    fn through_final_norm(&self, component: &[f32], final_resid: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let norm = &self.weights.final_norm;
+        match c.norm {
+            crate::config::NormKind::RmsNorm => {
+                let s = rms_scale(final_resid, c.norm_eps);
+                component.iter().zip(&norm.w).map(|(x, w)| w * (x * s)).collect()
+            }
+            crate::config::NormKind::LayerNorm => {
+                let n = final_resid.len() as f64;
+                let mean = final_resid.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = final_resid.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let inv = (1.0 / (var + c.norm_eps as f64).sqrt()) as f32;
+                let cm = (component.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+                component.iter().zip(&norm.w).map(|(x, w)| (x - cm) * inv * w).collect()
+            }
+        }
     }
 
     /// The part of the logits no residual component explains: the final norm's bias and the

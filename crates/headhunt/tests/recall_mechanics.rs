@@ -36,6 +36,13 @@ fn decomposition_is_exact(model: &Model, prompt: &[u32]) {
     for (_, v) in &pos.components {
         let attribution = model.direct_logit_attribution(v, &pos.final_resid);
         logits.iter_mut().zip(&attribution).for_each(|(l, &a)| *l += a as f64);
+        // The few-token form (what the recall commands use) gives the same values.
+        let picked = [0u32, 7, model.config.vocab_size as u32 - 1];
+        let few = model.direct_logit_attribution_to(v, &pos.final_resid, &picked);
+        for (&t, &f) in picked.iter().zip(&few) {
+            let full = attribution[t as usize];
+            assert!((f - full).abs() <= 1e-5 * (1.0 + full.abs()), "token {t}: {f} against {full}");
+        }
     }
     let scale = pos.logits.iter().map(|&x| (x as f64).abs()).fold(0.0, f64::max);
     let worst = logits

@@ -490,14 +490,14 @@ fn final_layer(args: FinalArgs) -> Result<()> {
         let mut parts: Vec<Component> = (0..c.n_heads).map(|h| Component::Head(last_layer, h)).collect();
         parts.push(Component::Mlp(last_layer));
         let reference = mean_of(decomposed.iter().map(|d| d.final_resid.clone()));
+        let to_answer: Vec<_> = ps
+            .iter()
+            .zip(&decomposed)
+            .map(|(q, dd)| dla(&model, dd, &[q.answer_token]))
+            .collect();
         let mut effects = Vec::new();
         for &part in &parts {
-            let on_answer: f64 = ps
-                .iter()
-                .zip(&decomposed)
-                .map(|(q, dd)| dla(&model, dd, &[q.answer_token])[&part][0] as f64)
-                .sum::<f64>()
-                / ps.len() as f64;
+            let on_answer: f64 = to_answer.iter().map(|per| per[&part][0] as f64).sum::<f64>() / ps.len() as f64;
             let mean_vec = mean_of(decomposed.iter().filter_map(|dd| dd.component(part).map(<[f32]>::to_vec)));
             let pushes = top_tokens(&model, &mean_vec, &reference, 8)?;
             println!(

@@ -114,10 +114,7 @@ pub fn analyse(model: &Model, prompt: &[u32], subject: std::ops::Range<usize>, i
 pub fn dla(model: &Model, pos: &LastPosition, tokens: &[u32]) -> BTreeMap<Component, Vec<f32>> {
     pos.components
         .iter()
-        .map(|(c, v)| {
-            let all = model.direct_logit_attribution(v, &pos.final_resid);
-            (*c, tokens.iter().map(|&t| all[t as usize]).collect())
-        })
+        .map(|(c, v)| (*c, model.direct_logit_attribution_to(v, &pos.final_resid, tokens)))
         .collect()
 }
 
