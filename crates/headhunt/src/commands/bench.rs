@@ -87,6 +87,10 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let chunk = args.prefill_chunk.unwrap_or(RunOptions::default().prefill_chunk);
+    if chunk == 0 {
+        anyhow::bail!("--prefill-chunk must be at least 1");
+    }
     let model = args.model.load()?;
     let ctx = model.config.context_length;
     profile::enable(args.profile);
@@ -109,10 +113,6 @@ pub fn run(args: Args) -> Result<()> {
         }
         rows.push(row);
     };
-    let default_chunk = RunOptions::default().prefill_chunk;
-    if args.prefill_chunk == Some(0) {
-        anyhow::bail!("--prefill-chunk must be at least 1");
-    }
     for &n in &args.lengths {
         if n > ctx {
             eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
@@ -124,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
             RunOptions {
                 capacity: n,
                 kv_policy: kv_policy.clone(),
-                prefill_chunk: args.prefill_chunk.unwrap_or(default_chunk),
+                prefill_chunk: chunk,
             },
         )?;
         profile::reset();
@@ -147,7 +147,7 @@ pub fn run(args: Args) -> Result<()> {
             RunOptions {
                 capacity,
                 kv_policy: kv_policy.clone(),
-                prefill_chunk: args.prefill_chunk.unwrap_or(default_chunk),
+                prefill_chunk: chunk,
             },
         )?;
         run.prefill(&tokens[..n])?;
@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         let out = serde_json::json!({
             "model": args.model.model,
             "threads": rayon::current_num_threads(),
-            "prefill_chunk": args.prefill_chunk.unwrap_or(default_chunk),
+            "prefill_chunk": chunk,
             "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
