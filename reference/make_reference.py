@@ -388,19 +388,29 @@ TINY = {
                                max_position_embeddings=128, word_embed_proj_dim=64)),
 }
 
+# The same models stored in 2-byte types, which headhunt keeps as they are: the reference runs in
+# float32 on the rounded weights (what headhunt computes).
+STORED = {"llama-bf16": ("llama-gqa", torch.bfloat16), "gpt2-f16": ("gpt2", torch.float16)}
+
 
 @torch.no_grad()
 def tiny_models(out_dir: Path):
-    for name, make in TINY.items():
+    for name in [*TINY, *STORED]:
+        base, dtype = STORED.get(name, (name, None))
         torch.manual_seed(0)
-        model = make()
+        model = TINY[base]()
         model.config._attn_implementation = "eager"
         perturb(model, 0.1)
         model.eval()
+        # Parameters only: buffers such as the rotary frequencies stay float32, as headhunt computes them.
+        for p in model.parameters():
+            p.data = p.data.to(dtype or torch.float32)
         ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(7))
-        out = model(ids, output_attentions=True)
         d = out_dir / "tiny" / name
         model.save_pretrained(d)
+        for p in model.parameters():
+            p.data = p.data.float()
+        out = model(ids, output_attentions=True)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
                  attn=np.stack([a[0].float().numpy() for a in out.attentions]))
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)

@@ -2,12 +2,14 @@
 //!
 //! Every length, count and offset in the header is checked against the bytes that are really
 //! there before anything is allocated, so a truncated or hostile file produces an error, never a
-//! panic or an allocation sized by an unchecked header value. Tensor data stays in the memory map
-//! until it is dequantised (through candle's kernels, which cover every GGML quant type it reads).
+//! panic or an allocation sized by an unchecked header value. Tensor data stays in the memory map:
+//! weight matrices view it where it is (`matrix`), small tensors are dequantised through candle's
+//! kernels, which cover every GGML quant type.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -436,10 +438,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A GGUF file on disk: its header and a memory map of its tensor data.
+/// A GGUF file on disk: its header and a memory map of its tensor data, shared with the weight
+/// matrices that view it.
 pub struct GgufFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
     pub header: GgufHeader,
 }
 
@@ -447,17 +450,28 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private to this process; a file truncated underneath
-        // us by another process is outside what headhunt can defend against.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // us by another process is outside what headhunt can defend against. The pages are
+        // mapped now (`populate`), in one pass, rather than by a page fault each during the first
+        // forward pass (costly in virtual machines).
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = GgufHeader::parse(&map).map_err(|reason| Error::Gguf {
             path: path.to_owned(),
             reason,
         })?;
+        // The header is parsed into owned values: its pages (a large vocabulary's strings) need
+        // not stay in memory.
+        let data_start = header.tensors.values().map(|t| t.offset).min().unwrap_or(map.len());
+        crate::matrix::release_range(&map, 0, data_start);
         Ok(GgufFile {
             path: path.to_owned(),
-            map,
+            map: Arc::new(map),
             header,
         })
+    }
+
+    /// The file's memory map.
+    pub fn map(&self) -> Arc<memmap2::Mmap> {
+        self.map.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -470,12 +484,6 @@ impl GgufFile {
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.header.tensor_info(name)
-    }
-
-    /// A tensor's stored bytes and type, straight from the map.
-    pub fn tensor_bytes(&self, name: &str) -> Option<(GgmlType, &[u8])> {
-        let info = self.tensor_info(name)?;
-        Some((info.dtype, &self.map[info.offset..info.offset + info.n_bytes]))
     }
 
     /// Dequantise a tensor to f32, row-major. Returns the data and its shape.

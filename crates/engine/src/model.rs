@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use crate::attention::AttentionLayer;
 use crate::config::{ModelConfig, PositionEncoding};
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::hooks::{HookPoint, Hooks, Phase, Plan, Recording, Step};
 use crate::kv_cache::{HeadCache, KvCache, KvPolicy};
-use crate::linalg::{matmul_t, mlp_activation, norm_rows, rms_scale};
+use crate::linalg::{mlp_activation, norm_rows, rms_scale};
 use crate::profile::{self, Stage};
 use crate::rope::{RopeAngles, RopeTable};
 use crate::tokenizer::Tokenizer;
@@ -32,6 +33,7 @@ pub struct Model {
     /// `None` for a checkpoint directory without `tokenizer.json`.
     pub tokenizer: Option<Tokenizer>,
     pub source: SourceInfo,
+    isa: Isa,
     /// One table per distinct (base, scaling); `rope_of_layer[l]` indexes it.
     rope_tables: Vec<RopeTable>,
     rope_of_layer: Vec<usize>,
@@ -63,20 +65,27 @@ impl Default for RunOptions {
 
 impl Model {
     /// Load a `.gguf` file or a Hugging Face directory (`config.json`, `*.safetensors`, and
-    /// `tokenizer.json` for anything that reads or writes text).
+    /// `tokenizer.json` for anything that reads or writes text), with the best kernels the CPU
+    /// runs (capped by `HEADHUNT_SIMD`).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, Isa::from_env())
+    }
+
+    /// [`Model::load`] with the kernels of `isa` (or the best level below it the CPU runs).
+    pub fn load_with(path: &Path, isa: Isa) -> Result<Self> {
         if path.is_dir() {
-            Self::from_hf_dir(path)
+            Self::from_hf_dir(path, isa)
         } else {
-            Self::from_gguf(path)
+            Self::from_gguf(path, isa)
         }
     }
 
-    pub fn from_gguf(path: &Path) -> Result<Self> {
+    fn from_gguf(path: &Path, isa: Isa) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file.header)?;
         let tokenizer = Tokenizer::from_gguf(&file.header)?;
-        let weights = weights::load_gguf(&file, &config)?;
+        release_free_heap();
+        let weights = weights::load_gguf(&file, &config, isa)?;
         let mut tensor_types = BTreeMap::new();
         for t in file.header.tensors.values() {
             *tensor_types.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
@@ -87,10 +96,10 @@ impl Model {
             name: file.meta("general.name").and_then(|v| v.as_str()).map(str::to_owned),
             tensor_types,
         };
-        Ok(Self::assemble(config, weights, Some(tokenizer), source))
+        Ok(Self::assemble(config, weights, Some(tokenizer), source, isa))
     }
 
-    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+    fn from_hf_dir(dir: &Path, isa: Isa) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Checkpoint {
@@ -105,7 +114,7 @@ impl Model {
         })?;
         let config = ModelConfig::from_hf_json(&json)?;
         let files = SafetensorsDir::open(dir)?;
-        let weights = weights::load_safetensors(&files, &config)?;
+        let weights = weights::load_safetensors(&files, &config, isa)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
             Some(Tokenizer::from_hf_dir(dir)?)
         } else {
@@ -117,10 +126,10 @@ impl Model {
             name: json.get("_name_or_path").and_then(|v| v.as_str()).map(str::to_owned),
             tensor_types: BTreeMap::new(),
         };
-        Ok(Self::assemble(config, weights, tokenizer, source))
+        Ok(Self::assemble(config, weights, tokenizer, source, isa))
     }
 
-    fn assemble(config: ModelConfig, weights: Weights, tokenizer: Option<Tokenizer>, source: SourceInfo) -> Self {
+    fn assemble(config: ModelConfig, weights: Weights, tokenizer: Option<Tokenizer>, source: SourceInfo, isa: Isa) -> Self {
         let mut rope_tables: Vec<RopeTable> = Vec::new();
         let mut keys: Vec<(u32, Option<String>)> = Vec::new();
         let mut rope_of_layer = Vec::new();
@@ -143,9 +152,21 @@ impl Model {
             weights,
             tokenizer,
             source,
+            isa: isa.supported(),
             rope_tables,
             rope_of_layer,
         }
+    }
+
+    /// The instruction-set level of the weight kernels.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Read the weights with `isa`'s kernels from now on (capped at what the CPU runs).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.weights.set_isa(isa);
+        self.isa = isa.supported();
     }
 
     /// The tokenizer, or an error saying why there is none.
@@ -227,18 +248,15 @@ impl Model {
                     vocab: c.vocab_size,
                 });
             }
-            let e = &w.embed[t as usize * d..(t as usize + 1) * d];
-            resid[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(e)
-                .for_each(|(x, &e)| *x = e * c.embed_scale);
+            let row = &mut resid[r * d..(r + 1) * d];
+            w.embed.dequantize_row(t as usize, row);
+            row.iter_mut().for_each(|x| *x *= c.embed_scale);
         }
         pass.hook(HookPoint::Embed, &mut resid, d);
         if let (PositionEncoding::Learned { offset }, Some(table)) = (c.positions, &w.pos_embed) {
             let mut pos = vec![0.0f32; n * d];
-            for r in 0..n {
-                let row = pass.step.p0 + r + offset;
-                pos[r * d..(r + 1) * d].copy_from_slice(&table[row * d..(row + 1) * d]);
+            for (r, out) in pos.chunks_exact_mut(d).enumerate() {
+                table.dequantize_row(pass.step.p0 + r + offset, out);
             }
             pass.hook(HookPoint::PosEmbed, &mut pos, d);
             add_into(&mut resid, &pos);
@@ -332,10 +350,13 @@ impl Model {
             .post_attn_norm
             .as_ref()
             .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
-        for pos in plan.capture_positions(HookPoint::Result(l), &pass.step) {
-            let r = pos - p0;
-            let row = self.head_results(l, &z[r * nh * dh..(r + 1) * nh * dh], post_scale.as_ref().map(|s| s[r]));
-            pass.rec.push_row(HookPoint::Result(l), pos, &row);
+        let positions = plan.capture_positions(HookPoint::Result(l), &pass.step);
+        if !positions.is_empty() {
+            let rows: Vec<usize> = positions.iter().map(|&p| p - p0).collect();
+            let results = self.head_results(l, &z, &rows, post_scale.as_deref());
+            for (pos, row) in positions.into_iter().zip(results) {
+                pass.rec.push_row(HookPoint::Result(l), pos, &row);
+            }
         }
         if let (Some(norm), Some(scales)) = (&b.post_attn_norm, &post_scale) {
             let _t = profile::span(Stage::Norms);
@@ -354,11 +375,8 @@ impl Model {
         let (n, d) = (pass.step.n, c.d_model);
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || norm_rows(&mut x, resid, d, c.norm, c.norm_eps, &b.mlp_norm));
-        let mut h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
-        let mut act = profile::timed(Stage::MlpActivation, || {
-            mlp_activation(&mut h, n, c.d_mlp, c.gated_mlp, c.activation)
-        });
-        drop(h);
+        let h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
+        let mut act = profile::timed(Stage::MlpActivation, || mlp_activation(h, n, c.d_mlp, c.gated_mlp, c.activation));
         pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
         let mut out = profile::timed(Stage::MlpDown, || b.down.forward(&act, n));
         if let Some(norm) = &b.post_mlp_norm {
@@ -405,21 +423,30 @@ impl Model {
         last_logits
     }
 
-    /// Each head's output at one position: `z_h · W_O[:, h]^T`, times the post-attention norm's
-    /// weight and shared scale where the model has one. Returns `[n_heads, d_model]`.
-    fn head_results(&self, layer: usize, z: &[f32], post_scale: Option<f32>) -> Vec<f32> {
+    /// Each head's output at the given rows of `z` (`[n, n_heads * d_head]`):
+    /// `z_h · W_O[:, h]^T`, times the post-attention norm's weight and the row's shared scale
+    /// where the model has one. Returns one `[n_heads, d_model]` block per row. `W_O` is read one
+    /// row at a time, in its stored type.
+    fn head_results(&self, layer: usize, z: &[f32], rows: &[usize], post_scale: Option<&[f32]>) -> Vec<Vec<f32>> {
         let c = &self.config;
         let b = &self.weights.blocks[layer];
-        let (d, dh) = (c.d_model, c.d_head);
-        let mut out = vec![0.0f32; c.n_heads * d];
-        for h in 0..c.n_heads {
-            let zh = &z[h * dh..(h + 1) * dh];
-            let res = &mut out[h * d..(h + 1) * d];
-            for (o, w_row) in res.iter_mut().zip(b.o.w.chunks_exact(c.n_heads * dh)) {
-                *o = crate::attention::dot(zh, &w_row[h * dh..(h + 1) * dh]);
+        let (d, dh, nh) = (c.d_model, c.d_head, c.n_heads);
+        let mut out = vec![vec![0.0f32; nh * d]; rows.len()];
+        let mut w_row = vec![0.0f32; nh * dh];
+        for o in 0..d {
+            b.o.w.dequantize_row(o, &mut w_row);
+            for (res, &r) in out.iter_mut().zip(rows) {
+                let zr = &z[r * nh * dh..(r + 1) * nh * dh];
+                for h in 0..nh {
+                    res[h * d + o] = crate::attention::dot(&zr[h * dh..(h + 1) * dh], &w_row[h * dh..(h + 1) * dh]);
+                }
             }
-            if let (Some(norm), Some(s)) = (&b.post_attn_norm, post_scale) {
-                res.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
+        }
+        if let (Some(norm), Some(scales)) = (&b.post_attn_norm, post_scale) {
+            for (res, &r) in out.iter_mut().zip(rows) {
+                for head in res.chunks_exact_mut(d) {
+                    head.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * scales[r]));
+                }
             }
         }
         out
@@ -432,19 +459,9 @@ impl Model {
     /// [`Model::logit_constant`], sum to the logits exactly (up to rounding; a final soft-cap,
     /// which no supported family uses, would make the sum the pre-cap logits).
     pub fn direct_logit_attribution(&self, component: &[f32], final_resid: &[f32]) -> Vec<f32> {
-        let c = &self.config;
         let scaled = self.through_final_norm(component, final_resid);
-        let mut logits = vec![0.0f32; c.vocab_size];
-        matmul_t(
-            &mut logits,
-            &scaled,
-            self.weights.unembed_matrix(),
-            1,
-            c.d_model,
-            c.vocab_size,
-            false,
-            true,
-        );
+        let mut logits = vec![0.0f32; self.config.vocab_size];
+        self.weights.unembed_matrix().gemv(&scaled, &mut logits);
         logits
     }
 
@@ -452,15 +469,8 @@ impl Model {
     /// of the whole vocabulary (the same values up to the order of the dot product's sum).
     pub fn direct_logit_attribution_to(&self, component: &[f32], final_resid: &[f32], tokens: &[u32]) -> Vec<f32> {
         let scaled = self.through_final_norm(component, final_resid);
-        let d = self.config.d_model;
         let unembed = self.weights.unembed_matrix();
-        tokens
-            .iter()
-            .map(|&t| {
-                let row = &unembed[t as usize * d..(t as usize + 1) * d];
-                row.iter().zip(&scaled).map(|(w, x)| w * x).sum()
-            })
-            .collect()
+        tokens.iter().map(|&t| unembed.dot_row(t as usize, &scaled)).collect()
     }
 
     /// A residual-stream component through the final norm with its scale frozen at
@@ -491,7 +501,7 @@ impl Model {
         let mut logits = match &self.weights.final_norm.b {
             Some(b) => {
                 let mut l = vec![0.0f32; c.vocab_size];
-                matmul_t(&mut l, b, self.weights.unembed_matrix(), 1, c.d_model, c.vocab_size, false, true);
+                self.weights.unembed_matrix().gemv(b, &mut l);
                 l
             }
             None => vec![0.0f32; c.vocab_size],
@@ -502,25 +512,11 @@ impl Model {
         logits
     }
 
-    /// Logits of one final-normed residual row. A quantized checkpoint's unembedding is read
-    /// in its blocks: the largest matrix of a small model, and 4 to 7 times faster to stream
-    /// than its f32 copy (`examples/gemv.rs`).
+    /// Logits of one final-normed residual row.
     pub fn unembed(&self, normed: &[f32]) -> Vec<f32> {
         let c = &self.config;
         let mut logits = vec![0.0f32; c.vocab_size];
-        match self.weights.unembed_quant() {
-            Some(q) => q.gemv(normed, &mut logits),
-            None => matmul_t(
-                &mut logits,
-                normed,
-                self.weights.unembed_matrix(),
-                1,
-                c.d_model,
-                c.vocab_size,
-                false,
-                true,
-            ),
-        }
+        self.weights.unembed_matrix().gemv(normed, &mut logits);
         if let Some(b) = self.weights.unembed_bias() {
             logits.iter_mut().zip(b).for_each(|(x, b)| *x += b);
         }
@@ -528,6 +524,17 @@ impl Model {
             logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }
         logits
+    }
+}
+
+/// Give the pages of freed heap memory back to the system. Building a large vocabulary's
+/// tokenizer (Gemma's 262k pieces and 514k merges) frees ~60 MB of temporary strings in holes
+/// that the allocator would otherwise keep resident.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -142,6 +142,22 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     }
 }
 
+/// Split `out` into chunks of `chunk` values and run `f(i, chunk i)` for each on the team.
+pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    struct Base<T>(*mut T);
+    // SAFETY: tasks touch disjoint chunks of a slice that is borrowed mutably for the whole step.
+    unsafe impl<T: Send> Sync for Base<T> {}
+    let (len, chunk) = (out.len(), chunk.max(1));
+    let base = Base(out.as_mut_ptr());
+    let base = &base;
+    for_each(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // SAFETY: `for_each` runs each index once; chunk i is [i * chunk, min(len, (i + 1) * chunk)).
+        let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), chunk.min(len - start)) };
+        f(i, part);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +172,15 @@ mod tests {
                 });
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_once() {
+        for (len, chunk) in [(0, 3), (1, 3), (10, 3), (12, 4), (5, 100)] {
+            let mut v = vec![0usize; len];
+            for_each_chunk(&mut v, chunk, |i, part| part.iter_mut().for_each(|x| *x += i + 1));
+            assert!(v.iter().enumerate().all(|(j, &x)| x == j / chunk + 1), "{len} {chunk}: {v:?}");
         }
     }
 

@@ -1,30 +1,42 @@
-//! Model weights as plain f32 buffers, loaded from a GGUF file or a Hugging Face safetensors
-//! directory and brought to one layout whatever the source:
+//! Model weights, loaded from a GGUF file or a Hugging Face safetensors directory and brought to
+//! one layout whatever the source, without copying the matrices:
 //!
-//! * linear weights are row-major `[out, in]` (PyTorch's `nn.Linear` layout);
-//! * queries, keys and values are fused into one `[q heads | k heads | v heads]` projection, and
-//!   gate and up into one `[gate | up]` projection, so each costs one matrix multiply;
-//! * rotary heads use the rotate-half layout (llama.cpp's interleaved Q/K rows are un-permuted);
+//! * weight matrices stay in the checkpoint's storage ([`Matrix`]: quant blocks, F16, BF16 or
+//!   F32, viewed in the file's memory map); only norm weights and biases become f32 vectors;
+//! * linear weights are row-major `[out, in]` (PyTorch's `nn.Linear` layout; GPT-2's `[in, out]`
+//!   Conv1D weights are the one copy, transposed once at load);
+//! * queries, keys and values are one `[q heads | k heads | v heads]` projection, and gate and up
+//!   one `[gate | up]` projection, so each costs one matrix multiply;
+//! * rotary heads use the rotate-half layout (llama.cpp's interleaved Q/K rows are read in
+//!   un-permuted order);
 //! * Gemma's RMSNorm weights are stored as `1 + w` (as GGUF already does).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::config::{ModelConfig, PositionEncoding};
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::quant::{self, QuantMatrix};
+use crate::matrix::{Bytes, Matrix};
 
 /// `y = x W^T + b`, with `W` row-major `[n_out, n_in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub w: Vec<f32>,
+    pub w: Matrix,
     pub b: Option<Vec<f32>>,
-    pub n_out: usize,
-    pub n_in: usize,
-    /// The same weights as the checkpoint's quantized blocks, when it has them: one token's
-    /// matrix-vector product reads these instead of `w`.
-    pub quant: Option<QuantMatrix>,
+}
+
+impl Linear {
+    pub fn n_out(&self) -> usize {
+        self.w.rows()
+    }
+
+    pub fn n_in(&self) -> usize {
+        self.w.cols()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -52,21 +64,19 @@ pub struct BlockWeights {
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// `[vocab, d_model]`
-    pub embed: Vec<f32>,
+    pub embed: Matrix,
     /// `[positions, d_model]` for learned position tables.
-    pub pos_embed: Option<Vec<f32>>,
+    pub pos_embed: Option<Matrix>,
     pub blocks: Vec<BlockWeights>,
     pub final_norm: NormWeights,
     /// `None` when the unembedding is tied to `embed`.
     pub unembed: Option<Linear>,
     pub unembed_bias: Option<Vec<f32>>,
-    /// The tied embedding's quantized blocks, for one position's logits.
-    pub embed_quant: Option<QuantMatrix>,
 }
 
 impl Weights {
     /// The unembedding matrix `[vocab, d_model]`.
-    pub fn unembed_matrix(&self) -> &[f32] {
+    pub fn unembed_matrix(&self) -> &Matrix {
         self.unembed.as_ref().map_or(&self.embed, |l| &l.w)
     }
 
@@ -75,65 +85,75 @@ impl Weights {
         self.unembed.as_ref().and_then(|u| u.b.as_deref()).or(self.unembed_bias.as_deref())
     }
 
-    /// The unembedding as quantized blocks, when the checkpoint has them.
-    pub fn unembed_quant(&self) -> Option<&QuantMatrix> {
-        match &self.unembed {
-            Some(l) => l.quant.as_ref(),
-            None => self.embed_quant.as_ref(),
-        }
+    /// Every weight matrix, each once.
+    pub fn matrices(&self) -> impl Iterator<Item = &Matrix> {
+        let blocks = self.blocks.iter().flat_map(|b| [&b.qkv.w, &b.o.w, &b.up.w, &b.down.w]);
+        [Some(&self.embed), self.pos_embed.as_ref(), self.unembed.as_ref().map(|l| &l.w)]
+            .into_iter()
+            .flatten()
+            .chain(blocks)
     }
 
+    /// Read every matrix with `isa`'s kernels from now on.
+    pub fn set_isa(&mut self, isa: Isa) {
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.qkv.w, &mut b.o.w, &mut b.up.w, &mut b.down.w]);
+        [
+            Some(&mut self.embed),
+            self.pos_embed.as_mut(),
+            self.unembed.as_mut().map(|l| &mut l.w),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(blocks)
+        .for_each(|m| m.set_isa(isa));
+    }
+
+    /// Bytes the weights occupy: the matrices in their stored types, the vectors as f32.
     pub fn n_bytes(&self) -> usize {
-        fn lin(l: &Linear) -> usize {
-            l.w.len() + l.b.as_ref().map_or(0, Vec::len)
-        }
         fn norm(n: &NormWeights) -> usize {
             n.w.len() + n.b.as_ref().map_or(0, Vec::len)
         }
-        let blocks: usize = self
+        let vectors: usize = self
             .blocks
             .iter()
             .map(|b| {
-                norm(&b.attn_norm)
-                    + lin(&b.qkv)
-                    + lin(&b.o)
-                    + lin(&b.up)
-                    + lin(&b.down)
-                    + norm(&b.mlp_norm)
-                    + [&b.q_norm, &b.k_norm, &b.post_attn_norm, &b.post_mlp_norm]
-                        .iter()
-                        .map(|n| n.as_ref().map_or(0, norm))
-                        .sum::<usize>()
+                [&b.qkv, &b.o, &b.up, &b.down]
+                    .iter()
+                    .map(|l| l.b.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+                    + [
+                        Some(&b.attn_norm),
+                        Some(&b.mlp_norm),
+                        b.q_norm.as_ref(),
+                        b.k_norm.as_ref(),
+                        b.post_attn_norm.as_ref(),
+                        b.post_mlp_norm.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(norm)
+                    .sum::<usize>()
             })
-            .sum();
-        let quant: usize = self
-            .blocks
-            .iter()
-            .flat_map(|b| [&b.qkv, &b.o, &b.up, &b.down])
-            .chain(self.unembed.as_ref())
-            .filter_map(|l| l.quant.as_ref())
-            .chain(self.embed_quant.as_ref())
-            .map(QuantMatrix::n_bytes)
-            .sum();
-        quant
-            + 4 * (self.embed.len()
-                + self.pos_embed.as_ref().map_or(0, Vec::len)
-                + blocks
-                + norm(&self.final_norm)
-                + self.unembed.as_ref().map_or(0, lin))
+            .sum::<usize>()
+            + norm(&self.final_norm)
+            + self.unembed_bias().map_or(0, <[f32]>::len);
+        self.matrices().map(Matrix::n_bytes).sum::<usize>() + 4 * vectors
     }
 }
 
-/// Anything that can hand out named f32 tensors.
+/// Anything that can hand out named tensors: small ones as f32, matrices in their storage.
 trait TensorSource {
     fn path(&self) -> &Path;
     fn has(&self, name: &str) -> bool;
-    /// Row-major data and shape.
+    /// Row-major data and shape, as f32 (norm weights and biases).
     fn load(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)>;
-    /// The stored blocks of a quantized tensor, when there are any.
-    fn raw(&self, _name: &str) -> Option<(GgmlType, &[u8])> {
-        None
-    }
+    /// The tensor's stored type, row-major shape and bytes, without copying them.
+    fn stored(&self, name: &str) -> Result<(GgmlType, Vec<usize>, Bytes)>;
+    /// The tensor's bytes were copied and will not be read again: let the system drop its pages.
+    fn release(&self, name: &str);
 }
 
 impl TensorSource for GgufFile {
@@ -146,15 +166,29 @@ impl TensorSource for GgufFile {
     fn load(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         self.tensor_f32(name)
     }
-    fn raw(&self, name: &str) -> Option<(GgmlType, &[u8])> {
-        self.tensor_bytes(name)
+    fn stored(&self, name: &str) -> Result<(GgmlType, Vec<usize>, Bytes)> {
+        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_owned(),
+            path: self.path().to_owned(),
+        })?;
+        let bytes = Bytes::Mapped {
+            map: self.map(),
+            start: info.offset,
+            len: info.n_bytes,
+        };
+        Ok((info.dtype, info.shape.clone(), bytes))
+    }
+    fn release(&self, name: &str) {
+        if let Some(info) = self.tensor_info(name) {
+            crate::matrix::release_range(&self.map(), info.offset, info.n_bytes);
+        }
     }
 }
 
 /// All `*.safetensors` files of a Hugging Face directory, indexed by tensor name.
 pub(crate) struct SafetensorsDir {
     dir: PathBuf,
-    maps: Vec<memmap2::Mmap>,
+    maps: Vec<Arc<memmap2::Mmap>>,
     index: HashMap<String, usize>,
 }
 
@@ -177,7 +211,7 @@ impl SafetensorsDir {
         for (i, path) in files.iter().enumerate() {
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: read-only private map of a checkpoint file.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))?;
             let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| Error::Checkpoint {
                 path: path.clone(),
                 reason: format!("not a valid safetensors file: {e}"),
@@ -185,13 +219,44 @@ impl SafetensorsDir {
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
-            maps.push(map);
+            maps.push(Arc::new(map));
         }
         Ok(SafetensorsDir {
             dir: dir.to_owned(),
             maps,
             index,
         })
+    }
+}
+
+impl SafetensorsDir {
+    /// A tensor's file, dtype, shape and the range of its bytes in the file.
+    fn view(&self, name: &str) -> Result<(usize, safetensors::Dtype, Vec<usize>, std::ops::Range<usize>)> {
+        let missing = || Error::MissingTensor {
+            name: name.to_owned(),
+            path: self.dir.clone(),
+        };
+        let &i = self.index.get(name).ok_or_else(missing)?;
+        let map = &self.maps[i];
+        let st = safetensors::SafeTensors::deserialize(map).map_err(|e| Error::Checkpoint {
+            path: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|_| missing())?;
+        let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+        Ok((i, view.dtype(), view.shape().to_vec(), start..start + view.data().len()))
+    }
+
+    fn dtype(&self, name: &str, dtype: safetensors::Dtype) -> Result<GgmlType> {
+        match dtype {
+            safetensors::Dtype::F32 => Ok(GgmlType::F32),
+            safetensors::Dtype::F16 => Ok(GgmlType::F16),
+            safetensors::Dtype::BF16 => Ok(GgmlType::BF16),
+            other => Err(Error::Checkpoint {
+                path: self.dir.clone(),
+                reason: format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are read"),
+            }),
+        }
     }
 }
 
@@ -203,38 +268,37 @@ impl TensorSource for SafetensorsDir {
         self.index.contains_key(name)
     }
     fn load(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let missing = || Error::MissingTensor {
-            name: name.to_owned(),
-            path: self.dir.clone(),
-        };
-        let &i = self.index.get(name).ok_or_else(missing)?;
-        let st = safetensors::SafeTensors::deserialize(&self.maps[i]).map_err(|e| Error::Checkpoint {
-            path: self.dir.clone(),
-            reason: e.to_string(),
-        })?;
-        let view = st.tensor(name).map_err(|_| missing())?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => bytes
+        let (i, dtype, shape, range) = self.view(name)?;
+        let bytes = &self.maps[i][range];
+        let data: Vec<f32> = match self.dtype(name, dtype)? {
+            GgmlType::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            safetensors::Dtype::F16 => bytes
+            GgmlType::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            safetensors::Dtype::BF16 => bytes
+            _ => bytes
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            other => {
-                return Err(Error::Checkpoint {
-                    path: self.dir.clone(),
-                    reason: format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are read"),
-                })
-            }
         };
-        Ok((data, view.shape().to_vec()))
+        Ok((data, shape))
+    }
+    fn stored(&self, name: &str) -> Result<(GgmlType, Vec<usize>, Bytes)> {
+        let (i, dtype, shape, range) = self.view(name)?;
+        let bytes = Bytes::Mapped {
+            map: self.maps[i].clone(),
+            start: range.start,
+            len: range.len(),
+        };
+        Ok((self.dtype(name, dtype)?, shape, bytes))
+    }
+    fn release(&self, name: &str) {
+        if let Ok((i, _, _, range)) = self.view(name) {
+            crate::matrix::release_range(&self.maps[i], range.start, range.len());
+        }
     }
 }
 
@@ -417,6 +481,7 @@ struct Loader<'a> {
     src: &'a dyn TensorSource,
     naming: Naming,
     config: &'a ModelConfig,
+    isa: Isa,
 }
 
 impl Loader<'_> {
@@ -477,29 +542,42 @@ impl Loader<'_> {
         }
     }
 
-    fn linear(&self, candidates: &[String], n_out: usize, n_in: usize) -> Result<Linear> {
-        let w = if self.naming.transposed_linears {
-            transpose(&self.tensor(candidates, ".weight", &[n_in, n_out])?, n_in, n_out)
-        } else {
-            self.tensor(candidates, ".weight", &[n_out, n_in])?
+    /// A matrix that must exist with exactly this shape, in its stored type.
+    fn matrix(&self, candidates: &[String], suffix: &str, rows: usize, cols: usize, transposed: bool) -> Result<Matrix> {
+        let name = self.find(candidates, suffix).ok_or_else(|| self.missing(candidates, suffix))?;
+        let (dtype, found, bytes) = self.src.stored(&name)?;
+        let expected = if transposed { [cols, rows] } else { [rows, cols] };
+        if found
+            .iter()
+            .copied()
+            .filter(|&d| d != 1)
+            .ne(expected.iter().copied().filter(|&d| d != 1))
+        {
+            return Err(Error::TensorShape {
+                name,
+                found,
+                expected: expected.to_vec(),
+            });
+        }
+        let bad = |reason: String| Error::Checkpoint {
+            path: self.src.path().to_owned(),
+            reason: format!("tensor `{name}`: {reason}"),
         };
-        Ok(Linear {
-            w,
-            b: self.optional(candidates, ".bias", &[n_out])?,
-            n_out,
-            n_in,
-            quant: self.quant(candidates, ".weight", n_out, n_in),
-        })
+        let (r, c) = (expected[0], expected[1]);
+        let m = Matrix::new(dtype, r, c, bytes, self.isa).map_err(bad)?;
+        if !transposed {
+            return Ok(m);
+        }
+        let t = m.transposed().map_err(bad)?;
+        self.src.release(&name);
+        Ok(t)
     }
 
-    /// A tensor's quantized blocks as a matrix, when it is stored in a type with a kernel.
-    fn quant(&self, candidates: &[String], suffix: &str, rows: usize, cols: usize) -> Option<QuantMatrix> {
-        let name = self.find(candidates, suffix)?;
-        let (dtype, bytes) = self.src.raw(&name)?;
-        if self.naming.transposed_linears || !quant::supported(dtype) {
-            return None;
-        }
-        QuantMatrix::new(dtype, rows, cols, bytes.to_vec())
+    fn linear(&self, candidates: &[String], n_out: usize, n_in: usize) -> Result<Linear> {
+        Ok(Linear {
+            w: self.matrix(candidates, ".weight", n_out, n_in, self.naming.transposed_linears)?,
+            b: self.optional(candidates, ".bias", &[n_out])?,
+        })
     }
 
     fn block(&self, l: usize) -> Result<BlockWeights> {
@@ -517,7 +595,7 @@ impl Loader<'_> {
                 unpermute_rope_rows(&mut q, c.n_heads, c.d_head);
                 unpermute_rope_rows(&mut k, c.n_kv_heads, c.d_head);
             }
-            concat_rows(vec![q, k, v])
+            concat_rows(vec![q, k, v])?
         };
         let (mlp_in, gate) = if c.gated_mlp {
             (2 * c.d_mlp, Some(self.linear(&part(BlockPart::Gate), c.d_mlp, d)?))
@@ -526,10 +604,10 @@ impl Loader<'_> {
         };
         let up = self.linear(&part(BlockPart::Up), c.d_mlp, d)?;
         let up = match gate {
-            Some(g) => concat_rows(vec![g, up]),
+            Some(g) => concat_rows(vec![g, up])?,
             None => up,
         };
-        debug_assert_eq!(up.n_out, mlp_in);
+        debug_assert_eq!(up.n_out(), mlp_in);
         let sandwich = |p| {
             if c.sandwich_norms {
                 self.norm(&part(p), d).map(Some)
@@ -560,10 +638,11 @@ impl Loader<'_> {
 
     fn load(&self) -> Result<Weights> {
         let c = self.config;
-        let embed = self.tensor(&self.naming.embed, ".weight", &[c.vocab_size, c.d_model])?;
+        let embed = self.matrix(&self.naming.embed, ".weight", c.vocab_size, c.d_model, false)?;
         let pos_embed = match c.positions {
             PositionEncoding::Learned { offset } => {
-                Some(self.tensor(&self.naming.pos_embed, ".weight", &[c.context_length + offset, c.d_model])?)
+                let rows = c.context_length + offset;
+                Some(self.matrix(&self.naming.pos_embed, ".weight", rows, c.d_model, false)?)
             }
             PositionEncoding::Rotary => None,
         };
@@ -575,11 +654,6 @@ impl Loader<'_> {
             Some(self.linear(&self.naming.unembed, c.vocab_size, c.d_model)?)
         };
         let unembed_bias = self.optional(&["final_logits_bias".to_owned()], "", &[c.vocab_size])?;
-        let embed_quant = if c.tied_embeddings {
-            self.quant(&self.naming.embed, ".weight", c.vocab_size, c.d_model)
-        } else {
-            None
-        };
         Ok(Weights {
             embed,
             pos_embed,
@@ -587,78 +661,55 @@ impl Loader<'_> {
             final_norm,
             unembed,
             unembed_bias,
-            embed_quant,
         })
     }
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
-    }
-    out
-}
-
-fn concat_rows(parts: Vec<Linear>) -> Linear {
-    let n_in = parts[0].n_in;
-    let n_out = parts.iter().map(|p| p.n_out).sum();
-    let w = parts.iter().flat_map(|p| p.w.iter().copied()).collect();
+fn concat_rows(parts: Vec<Linear>) -> Result<Linear> {
     let b = parts.iter().any(|p| p.b.is_some()).then(|| {
         parts
             .iter()
-            .flat_map(|p| p.b.clone().unwrap_or_else(|| vec![0.0; p.n_out]))
+            .flat_map(|p| p.b.clone().unwrap_or_else(|| vec![0.0; p.n_out()]))
             .collect()
     });
-    let quant = parts
-        .iter()
-        .map(|p| p.quant.clone())
-        .collect::<Option<Vec<_>>>()
-        .and_then(QuantMatrix::concat_rows);
-    Linear { w, b, n_out, n_in, quant }
+    let w = Matrix::concat_rows(parts.into_iter().map(|p| p.w).collect()).map_err(Error::Config)?;
+    Ok(Linear { w, b })
 }
 
 /// llama.cpp stores each head's Q/K rows with the two rotary halves interleaved
-/// (`[x0, x_h, x1, x_h+1, ...]`); put them back in rotate-half order.
+/// (`[x0, x_h, x1, x_h+1, ...]`); read them back in rotate-half order.
 fn unpermute_rope_rows(lin: &mut Linear, n_heads: usize, d_head: usize) {
     let half = d_head / 2;
     let from: Vec<usize> = (0..n_heads * d_head)
         .map(|r| (r / d_head) * d_head + 2 * (r % d_head % half) + r % d_head / half)
         .collect();
-    let n_in = lin.n_in;
-    let src = lin.w.clone();
-    for (to, &f) in from.iter().enumerate() {
-        lin.w[to * n_in..(to + 1) * n_in].copy_from_slice(&src[f * n_in..(f + 1) * n_in]);
-    }
+    lin.w.permute_rows(&from);
     if let Some(b) = &mut lin.b {
         let src = b.clone();
         for (to, &f) in from.iter().enumerate() {
             b[to] = src[f];
         }
     }
-    if let Some(q) = &mut lin.quant {
-        q.permute_rows(&from);
-    }
 }
 
 /// Load all weights of a GGUF model.
-pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig) -> Result<Weights> {
+pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: file,
         naming: Naming::gguf(&config.architecture),
         config,
+        isa,
     }
     .load()
 }
 
 /// Load all weights of a Hugging Face directory.
-pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig) -> Result<Weights> {
+pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: dir,
         naming: Naming::hf(&config.architecture),
         config,
+        isa,
     }
     .load()
 }

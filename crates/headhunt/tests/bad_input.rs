@@ -24,7 +24,8 @@ fn byte_tokens() -> Vec<Value> {
 
 /// A complete one-layer llama-family GGUF model with a byte-level vocabulary.
 fn tiny_llama(arch: &str, context: u32, skip_tensor: Option<&str>) -> GgufWriter {
-    let (d, ff, vocab) = (8usize, 16usize, 256usize);
+    // Rows of 32 and 64 values: whole blocks of every quant type.
+    let (d, ff, vocab) = (32usize, 64usize, 256usize);
     let k = |name: &str| format!("{arch}.{name}");
     let mut w = GgufWriter::new()
         .meta("general.architecture", Value::String(arch.into()))
@@ -154,6 +155,22 @@ fn missing_tensor() {
     let path = temp("missing.gguf");
     tiny_llama("llama", 64, Some("blk.0.ffn_down.weight")).write(&path).unwrap();
     fails_with(&["info", "--model", path_str(&path)], "missing tensor `blk.0.ffn_down.weight`");
+}
+
+#[test]
+fn quant_type_without_kernels() {
+    // Relabel one matrix as Q8_1 (a type GGUF files can hold but no model is stored in): its
+    // directory entry is the name, the dimension count (u32), two dimensions (u64), the type.
+    let mut bytes = tiny_llama("llama", 64, None).to_bytes();
+    let name = b"blk.0.ffn_down.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+    bytes[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+    let path = temp("q8_1.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    fails_with(
+        &["info", "--model", path_str(&path)],
+        "tensor `blk.0.ffn_down.weight`: stored as Q8_1, which headhunt cannot compute with",
+    );
 }
 
 #[test]

@@ -161,3 +161,42 @@ fn gemma3_logits_and_attention_match_reference() {
 fn gemma3_greedy_continuation_matches_reference() {
     greedy_matches("gemma3-270m");
 }
+
+/// The same logits through every kernel level this CPU runs (the AVX-512 kernels only where the
+/// CPU has them; the AVX2 and portable ones everywhere), each against the reference.
+#[test]
+fn smollm2_logits_match_reference_at_every_simd_level() {
+    let id = "smollm2-135m-instruct";
+    let exp = expected(&format!("{id}/expected.npz"));
+    let path = headhunt::models::resolve(id).unwrap_or_else(|e| panic!("{e:#}"));
+    let prompt = ids(&exp["short.ids"]);
+    let positions: Vec<usize> = exp["short.positions"].as_i64().iter().map(|&p| p as usize).collect();
+    let want = exp["short.logits"].as_f32();
+    let levels = headhunt_engine::Isa::available();
+    if !levels.contains(&headhunt_engine::Isa::Avx512) {
+        eprintln!("note: this CPU has no AVX-512; its kernels were not run here");
+    }
+    for isa in levels {
+        let m = Model::load_with(&path, isa).unwrap();
+        assert_eq!(m.isa(), isa);
+        let vocab = m.config.vocab_size;
+        let hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::At(positions.clone())));
+        let mut run = m.run(hooks, RunOptions::default()).unwrap();
+        run.prefill(&prompt).unwrap();
+        let got = run.recording.get(HookPoint::Logits).unwrap();
+        for (i, &p) in positions.iter().enumerate() {
+            let d = max_abs_diff(got.row(i), &want[i * vocab..(i + 1) * vocab]);
+            assert!(d <= 2e-3, "{isa}: position {p}: logits differ by {d}");
+        }
+        // Decoding reads the weights through the matrix-vector kernels.
+        let (prompt, want_ids) = (ids(&exp["greedy.prompt"]), ids(&exp["greedy.ids"]));
+        let mut run = m.run(Hooks::default(), RunOptions::default()).unwrap();
+        let mut logits = run.prefill(&prompt).unwrap();
+        let mut got = Vec::new();
+        while got.len() < want_ids.len() {
+            got.push(argmax(&logits));
+            logits = run.decode(*got.last().unwrap()).unwrap();
+        }
+        assert_eq!(got, want_ids, "{isa}: greedy continuation differs");
+    }
+}

@@ -133,7 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         let secs = start.elapsed().as_secs_f64();
         let rate = n as f64 / secs;
         report(
-            serde_json::json!({"phase": "prefill", "tokens": n, "tokens_per_s": rate}),
+            serde_json::json!({"phase": "prefill", "tokens": n, "tokens_per_s": rate, "kv_bytes": run.cache().bytes()}),
             format!("prefill {n:>6} tokens                {secs:>8.2} s  {rate:>8.1} tok/s"),
             secs,
         );

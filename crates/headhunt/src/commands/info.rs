@@ -99,7 +99,14 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
     }
     row(
         "in memory",
-        format!("{:.0} MiB of f32 weights", model.weights.n_bytes() as f64 / (1 << 20) as f64),
+        format!(
+            "{:.0} MiB of weights, as stored (matrices in their file types, vectors as f32)",
+            model.weights.n_bytes() as f64 / (1 << 20) as f64
+        ),
+    );
+    row(
+        "kernels",
+        format!("{} (of {} on this CPU)", model.isa(), headhunt_engine::Isa::detected()),
     );
     match &model.tokenizer {
         Some(t) => {

@@ -36,7 +36,12 @@ impl ModelArg {
         let spinner = crate::progress::spinner(&format!("loading {}", path.display()));
         let model = Model::load(&path).with_context(|| format!("loading {}", self.model));
         spinner.finish_and_clear();
-        model
+        let mut model = model?;
+        // A GGUF's internal name is often a training run's ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+        if let Some(known) = models::known_by_arg(&self.model) {
+            model.source.name = Some(known.name.to_owned());
+        }
+        Ok(model)
     }
 }
 

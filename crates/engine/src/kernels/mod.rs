@@ -1,0 +1,393 @@
+//! Row kernels for every weight storage type: one row's dot product with an f32 vector, and one
+//! row's values as f32.
+//!
+//! Weights stay in the checkpoint's storage (GGML quant blocks, F16, BF16 or F32); these kernels
+//! read that storage directly. Every quant type is described once, by how a block unpacks into
+//! small integers `q` with a scale and an offset per 16 values:
+//!
+//! ```text
+//! w[j] = scale[j / 16] * q[j] + min[j / 16]
+//! ```
+//!
+//! The dot product and the dequantisation are then one generic loop per instruction set over
+//! that form, computing each weight in f32 exactly as the dequantised matrix holds it, so a
+//! product read from the blocks matches the f32 product on the dequantised weights to rounding.
+//! The unpacking is written twice per type: in plain Rust here ([`Format`], the reference and the
+//! portable path) and with AVX2 integer instructions in `x86` (shared by the AVX2 and AVX-512
+//! loops).
+
+use crate::cpu::Isa;
+use crate::gguf::GgmlType;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// One row's kernels for one storage type at one instruction-set level.
+#[derive(Clone, Copy)]
+pub(crate) struct RowKernels {
+    /// `sum_c w[c] x[c]` over a row; `x` holds exactly the row's values.
+    pub dot: fn(row: &[u8], x: &[f32]) -> f32,
+    /// The row's values; `out` holds exactly the row's values.
+    pub dequantize: fn(row: &[u8], out: &mut [f32]),
+}
+
+/// The storage types the kernels read.
+pub const SUPPORTED: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+pub fn supported(dtype: GgmlType) -> bool {
+    SUPPORTED.contains(&dtype)
+}
+
+/// The kernels for `dtype` at `isa` (or the best level below it that this CPU runs).
+pub(crate) fn row_kernels(dtype: GgmlType, isa: Isa) -> Option<RowKernels> {
+    if !supported(dtype) {
+        return None;
+    }
+    // `supported()` caps the level at what the CPU runs: that is what makes the SIMD kernels'
+    // safe wrappers sound.
+    match isa.supported() {
+        Isa::Portable => Some(portable(dtype)),
+        #[cfg(target_arch = "x86_64")]
+        level => Some(x86::kernels(dtype, level == Isa::Avx512)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => Some(portable(dtype)),
+    }
+}
+
+fn portable(dtype: GgmlType) -> RowKernels {
+    fn of<F: Format>() -> RowKernels {
+        RowKernels {
+            dot: dot::<F>,
+            dequantize: dequantize::<F>,
+        }
+    }
+    match dtype {
+        GgmlType::F32 => RowKernels {
+            dot: |row, x| dense_dot(row, x, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            dequantize: |row, out| dense_values(row, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        },
+        GgmlType::F16 => RowKernels {
+            dot: |row, x| dense_dot(row, x, 2, f16),
+            dequantize: |row, out| dense_values(row, out, 2, f16),
+        },
+        GgmlType::BF16 => RowKernels {
+            dot: |row, x| dense_dot(row, x, 2, bf16),
+            dequantize: |row, out| dense_values(row, out, 2, bf16),
+        },
+        GgmlType::Q4_0 => of::<Q4_0>(),
+        GgmlType::Q4_1 => of::<Q4_1>(),
+        GgmlType::Q5_0 => of::<Q5_0>(),
+        GgmlType::Q5_1 => of::<Q5_1>(),
+        GgmlType::Q8_0 => of::<Q8_0>(),
+        GgmlType::Q2K => of::<Q2K>(),
+        GgmlType::Q3K => of::<Q3K>(),
+        GgmlType::Q4K => of::<Q4K>(),
+        GgmlType::Q5K => of::<Q5K>(),
+        GgmlType::Q6K => of::<Q6K>(),
+        other => unreachable!("{other:?} is not in SUPPORTED"),
+    }
+}
+
+#[inline]
+pub(crate) fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+#[inline]
+fn bf16(b: &[u8]) -> f32 {
+    half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+fn dense_dot(row: &[u8], x: &[f32], width: usize, value: impl Fn(&[u8]) -> f32) -> f32 {
+    // Sixteen partial sums, so that the compiler keeps them in vector lanes.
+    let mut acc = [0.0f32; 16];
+    for (bytes, xs) in row.chunks(16 * width).zip(x.chunks(16)) {
+        for (t, (b, &x)) in bytes.chunks_exact(width).zip(xs).enumerate() {
+            acc[t] += value(b) * x;
+        }
+    }
+    acc.iter().sum()
+}
+
+fn dense_values(row: &[u8], out: &mut [f32], width: usize, value: impl Fn(&[u8]) -> f32) {
+    for (o, b) in out.iter_mut().zip(row.chunks_exact(width)) {
+        *o = value(b);
+    }
+}
+
+/// A GGML block type, as the small integers, scales and offsets it unpacks into.
+pub(crate) trait Format {
+    /// Values per block.
+    const BLOCK: usize;
+    /// Bytes per block.
+    const BYTES: usize;
+    /// Unpack one block: `q[..BLOCK]`, and `scale`, `min` for each 16 values.
+    fn unpack(block: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]);
+}
+
+fn dot<F: Format>(row: &[u8], x: &[f32]) -> f32 {
+    let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+    let mut acc = [0.0f32; 16];
+    for (block, xb) in row.chunks_exact(F::BYTES).zip(x.chunks_exact(F::BLOCK)) {
+        F::unpack(block, &mut q, &mut scale, &mut min);
+        for (g, (qg, xg)) in q[..F::BLOCK].chunks_exact(16).zip(xb.chunks_exact(16)).enumerate() {
+            for t in 0..16 {
+                acc[t] += (scale[g] * qg[t] as f32 + min[g]) * xg[t];
+            }
+        }
+    }
+    acc.iter().sum()
+}
+
+fn dequantize<F: Format>(row: &[u8], out: &mut [f32]) {
+    let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+    for (block, ob) in row.chunks_exact(F::BYTES).zip(out.chunks_exact_mut(F::BLOCK)) {
+        F::unpack(block, &mut q, &mut scale, &mut min);
+        for (g, (qg, og)) in q[..F::BLOCK].chunks_exact(16).zip(ob.chunks_exact_mut(16)).enumerate() {
+            for t in 0..16 {
+                og[t] = scale[g] * qg[t] as f32 + min[g];
+            }
+        }
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` in the 12 packed bytes of a Q4_K or Q5_K block.
+#[inline]
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// Q4_K and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins; each scale covers two
+/// groups of 16.
+#[inline]
+pub(crate) fn k4_scales(d: f32, dmin: f32, packed: &[u8], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, packed);
+        let (s, m) = (d * sc as f32, -dmin * m as f32);
+        scale[2 * j..2 * j + 2].fill(s);
+        min[2 * j..2 * j + 2].fill(m);
+    }
+}
+
+/// Q3_K's sixteen 6-bit scales (12 packed bytes), as signed values.
+#[inline]
+pub(crate) fn q3k_scales(packed: &[u8]) -> [i8; 16] {
+    let w = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
+    let (a0, a1, tmp) = (w(0), w(1), w(2));
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let aux = [
+        (a0 & LOW4) | ((tmp & LOW2) << 4),
+        (a1 & LOW4) | (((tmp >> 2) & LOW2) << 4),
+        ((a0 >> 4) & LOW4) | (((tmp >> 4) & LOW2) << 4),
+        ((a1 >> 4) & LOW4) | (((tmp >> 6) & LOW2) << 4),
+    ];
+    std::array::from_fn(|i| (aux[i / 4].to_le_bytes()[i % 4] as i8) - 32)
+}
+
+/// Block types. The byte layouts are GGML's (`ggml-common.h`).
+pub(crate) struct Q4_0;
+pub(crate) struct Q4_1;
+pub(crate) struct Q5_0;
+pub(crate) struct Q5_1;
+pub(crate) struct Q8_0;
+pub(crate) struct Q2K;
+pub(crate) struct Q3K;
+pub(crate) struct Q4K;
+pub(crate) struct Q5K;
+pub(crate) struct Q6K;
+
+/// Low nibbles of 16 bytes are values 0..16, high nibbles values 16..32.
+fn nibbles(qs: &[u8], q: &mut [i8; 256], bias: i8) {
+    for j in 0..16 {
+        q[j] = (qs[j] & 15) as i8 - bias;
+        q[j + 16] = (qs[j] >> 4) as i8 - bias;
+    }
+}
+
+/// Bit j of `qh` is the fifth bit of value j.
+fn fifth_bits(qh: &[u8], q: &mut [i8; 256]) {
+    let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    for (j, v) in q[..32].iter_mut().enumerate() {
+        *v |= (((bits >> j) & 1) << 4) as i8;
+    }
+}
+
+impl Format for Q4_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        nibbles(&b[2..18], q, 8);
+        scale[..2].fill(f16(b));
+        min[..2].fill(0.0);
+    }
+}
+
+impl Format for Q4_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 20;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        nibbles(&b[4..20], q, 0);
+        scale[..2].fill(f16(b));
+        min[..2].fill(f16(&b[2..]));
+    }
+}
+
+impl Format for Q5_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 22;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        nibbles(&b[6..22], q, 0);
+        fifth_bits(&b[2..6], q);
+        q[..32].iter_mut().for_each(|v| *v -= 16);
+        scale[..2].fill(f16(b));
+        min[..2].fill(0.0);
+    }
+}
+
+impl Format for Q5_1 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 24;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        nibbles(&b[8..24], q, 0);
+        fifth_bits(&b[4..8], q);
+        scale[..2].fill(f16(b));
+        min[..2].fill(f16(&b[2..]));
+    }
+}
+
+impl Format for Q8_0 {
+    const BLOCK: usize = 32;
+    const BYTES: usize = 34;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        for (v, &x) in q[..32].iter_mut().zip(&b[2..34]) {
+            *v = x as i8;
+        }
+        scale[..2].fill(f16(b));
+        min[..2].fill(0.0);
+    }
+}
+
+impl Format for Q2K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 84;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let (scales, qs, d, dmin) = (&b[..16], &b[16..80], f16(&b[80..]), f16(&b[82..]));
+        // Two halves of 128; in each, four 2-bit planes of the same 32 bytes.
+        for n in 0..2 {
+            for plane in 0..4 {
+                for l in 0..32 {
+                    q[128 * n + 32 * plane + l] = ((qs[32 * n + l] >> (2 * plane)) & 3) as i8;
+                }
+            }
+        }
+        for g in 0..16 {
+            scale[g] = d * (scales[g] & 15) as f32;
+            min[g] = -dmin * (scales[g] >> 4) as f32;
+        }
+    }
+}
+
+impl Format for Q3K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 110;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let (hmask, qs, d) = (&b[..32], &b[32..96], f16(&b[108..]));
+        // As Q2_K, plus a high bit per value from `hmask` (plane 4n + j); a clear bit means -4.
+        for n in 0..2 {
+            for plane in 0..4 {
+                let bit = 4 * n + plane;
+                for l in 0..32 {
+                    let low = ((qs[32 * n + l] >> (2 * plane)) & 3) as i8;
+                    let high = ((hmask[l] >> bit) & 1) as i8;
+                    q[128 * n + 32 * plane + l] = low + 4 * high - 4;
+                }
+            }
+        }
+        let s = q3k_scales(&b[96..108]);
+        for g in 0..16 {
+            scale[g] = d * s[g] as f32;
+            min[g] = 0.0;
+        }
+    }
+}
+
+/// Q4_K and Q5_K: four runs of 32 bytes, low nibbles then high nibbles, each 32 values.
+fn k_nibbles(qs: &[u8], q: &mut [i8; 256]) {
+    for run in 0..4 {
+        for l in 0..32 {
+            let byte = qs[32 * run + l];
+            q[64 * run + l] = (byte & 15) as i8;
+            q[64 * run + 32 + l] = (byte >> 4) as i8;
+        }
+    }
+}
+
+impl Format for Q4K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 144;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        k_nibbles(&b[16..144], q);
+        k4_scales(f16(b), f16(&b[2..]), &b[4..16], scale, min);
+    }
+}
+
+impl Format for Q5K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 176;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        k_nibbles(&b[48..176], q);
+        let qh = &b[16..48];
+        // Sub-block j (32 values) takes bit j of qh[l] as its fifth bit.
+        for j in 0..8 {
+            for l in 0..32 {
+                q[32 * j + l] |= (((qh[l] >> j) & 1) << 4) as i8;
+            }
+        }
+        k4_scales(f16(b), f16(&b[2..]), &b[4..16], scale, min);
+    }
+}
+
+impl Format for Q6K {
+    const BLOCK: usize = 256;
+    const BYTES: usize = 210;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], f16(&b[208..]));
+        // Two halves of 128: four runs of 32, low 4 bits from `ql`, high 2 bits from `qh`.
+        for n in 0..2 {
+            let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
+            for l in 0..32 {
+                let low = [ql[l] & 15, ql[l + 32] & 15, ql[l] >> 4, ql[l + 32] >> 4];
+                for (run, low) in low.into_iter().enumerate() {
+                    let high = (qh[l] >> (2 * run)) & 3;
+                    q[128 * n + 32 * run + l] = (low | (high << 4)) as i8 - 32;
+                }
+            }
+        }
+        for g in 0..16 {
+            scale[g] = d * (sc[g] as i8) as f32;
+            min[g] = 0.0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,573 @@
+//! The row kernels with AVX2 and AVX-512.
+//!
+//! Each quant type unpacks a block with AVX2 integer instructions into the common form of
+//! [`super::Format`] (small integers in an L1-resident buffer, a scale and an offset per 16
+//! values); one loop per instruction set then turns 8 (AVX2) or 16 (AVX-512) integers at a time
+//! into f32 weights (`scale * q + min`, one FMA) and multiplies them into the accumulators or
+//! stores them. The AVX-512 loops reuse the AVX2 unpacking: it is not the bottleneck, and one
+//! unpacking per type is half the code to get wrong.
+
+use std::arch::x86_64::*;
+
+use super::{q3k_scales, RowKernels};
+use crate::gguf::GgmlType;
+
+/// The kernels for `dtype` with AVX-512 loops (`wide`) or AVX2 loops. Only called when the CPU
+/// runs the chosen level (see `row_kernels`), which is what makes the wrappers below sound.
+pub(super) fn kernels(dtype: GgmlType, wide: bool) -> RowKernels {
+    fn of<U: Unpack>(wide: bool) -> RowKernels {
+        if wide {
+            RowKernels {
+                // SAFETY (all wrappers in this function): the CPU runs AVX-512 F/BW/VL, AVX2, FMA
+                // and F16C, checked by the caller.
+                dot: |row, x| unsafe { dot512::<U>(row, x) },
+                dequantize: |row, out| unsafe { dequantize512::<U>(row, out) },
+            }
+        } else {
+            RowKernels {
+                dot: |row, x| unsafe { dot256::<U>(row, x) },
+                dequantize: |row, out| unsafe { dequantize256::<U>(row, out) },
+            }
+        }
+    }
+    match dtype {
+        GgmlType::F32 => of::<F32>(wide),
+        GgmlType::F16 => of::<F16>(wide),
+        GgmlType::BF16 => of::<Bf16>(wide),
+        GgmlType::Q4_0 => of::<super::Q4_0>(wide),
+        GgmlType::Q4_1 => of::<super::Q4_1>(wide),
+        GgmlType::Q5_0 => of::<super::Q5_0>(wide),
+        GgmlType::Q5_1 => of::<super::Q5_1>(wide),
+        GgmlType::Q8_0 => of::<super::Q8_0>(wide),
+        GgmlType::Q2K => of::<super::Q2K>(wide),
+        GgmlType::Q3K => of::<super::Q3K>(wide),
+        GgmlType::Q4K => of::<super::Q4K>(wide),
+        GgmlType::Q5K => of::<super::Q5K>(wide),
+        GgmlType::Q6K => of::<super::Q6K>(wide),
+        other => unreachable!("{other:?} is not in SUPPORTED"),
+    }
+}
+
+/// How a storage type's values come out of its bytes.
+#[derive(PartialEq, Eq)]
+enum Kind {
+    /// F32, F16, BF16: converted in the loop (`dense8`, `dense16`, `dense1`).
+    Dense,
+    /// 32 values with one scale and offset: unpacked into registers (`unpack32`).
+    Small,
+    /// 256 values with a scale and offset per 16: unpacked into a buffer (`unpack`).
+    Super,
+}
+
+/// How a storage type yields its weights. Each type implements the methods of its [`Kind`];
+/// the loops call only those.
+trait Unpack {
+    const KIND: Kind;
+    /// Values per block, bytes per block.
+    const BLOCK: usize;
+    const BYTES: usize;
+    /// Small blocks start with their f16 scale; some have an f16 offset at this byte.
+    const MIN_AT: Option<usize> = None;
+    /// A small block at `b`: its 32 values as bytes, in two halves of 16.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `b` points at `BYTES` readable bytes.
+    #[inline(always)]
+    unsafe fn unpack32(_b: *const u8) -> [__m128i; 2] {
+        unreachable!("not a small-block type")
+    }
+    /// A super-block at `b` into `q` (`BLOCK` values), `scale` and `min` (one per 16).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `b` points at `BYTES` readable bytes.
+    #[inline(always)]
+    unsafe fn unpack(_b: *const u8, _q: &mut [i8; 256], _scale: &mut [f32; 16], _min: &mut [f32; 16]) {
+        unreachable!("not a super-block type")
+    }
+    /// Dense types: 8 weights at `b`, value index `i`, as f32.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; 8 values readable at `b` + `i` values.
+    #[inline(always)]
+    unsafe fn dense8(_b: *const u8, _i: usize) -> __m256 {
+        unreachable!("not a dense type")
+    }
+    /// Dense types: one weight as f32 (for a row's last values when it is not a multiple of 16).
+    ///
+    /// # Safety
+    /// The value is readable.
+    #[inline(always)]
+    unsafe fn dense1(_b: *const u8, _i: usize) -> f32 {
+        unreachable!("not a dense type")
+    }
+    /// Dense types: 16 weights as f32.
+    ///
+    /// # Safety
+    /// AVX-512 F and the above; 16 values readable.
+    #[inline(always)]
+    unsafe fn dense16(_b: *const u8, _i: usize) -> __m512 {
+        unreachable!("not a dense type")
+    }
+}
+
+struct F32;
+struct F16;
+struct Bf16;
+
+impl Unpack for F32 {
+    const BLOCK: usize = 16;
+    const BYTES: usize = 64;
+    const KIND: Kind = Kind::Dense;
+    #[inline(always)]
+    unsafe fn dense8(b: *const u8, i: usize) -> __m256 {
+        _mm256_loadu_ps(b.cast::<f32>().add(i))
+    }
+    #[inline(always)]
+    unsafe fn dense1(b: *const u8, i: usize) -> f32 {
+        b.cast::<f32>().add(i).read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn dense16(b: *const u8, i: usize) -> __m512 {
+        _mm512_loadu_ps(b.cast::<f32>().add(i))
+    }
+}
+
+impl Unpack for F16 {
+    const BLOCK: usize = 16;
+    const BYTES: usize = 32;
+    const KIND: Kind = Kind::Dense;
+    #[inline(always)]
+    unsafe fn dense8(b: *const u8, i: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(b.add(2 * i).cast()))
+    }
+    #[inline(always)]
+    unsafe fn dense1(b: *const u8, i: usize) -> f32 {
+        half(b.add(2 * i))
+    }
+    #[inline(always)]
+    unsafe fn dense16(b: *const u8, i: usize) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(b.add(2 * i).cast()))
+    }
+}
+
+impl Unpack for Bf16 {
+    const BLOCK: usize = 16;
+    const BYTES: usize = 32;
+    const KIND: Kind = Kind::Dense;
+    #[inline(always)]
+    unsafe fn dense8(b: *const u8, i: usize) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(b.add(2 * i).cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+    }
+    #[inline(always)]
+    unsafe fn dense1(b: *const u8, i: usize) -> f32 {
+        f32::from_bits((b.add(2 * i).cast::<u16>().read_unaligned() as u32) << 16)
+    }
+    #[inline(always)]
+    unsafe fn dense16(b: *const u8, i: usize) -> __m512 {
+        let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(b.add(2 * i).cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))
+    }
+}
+
+#[inline(always)]
+unsafe fn half(b: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b.cast::<u16>().read_unaligned() as i32)))
+}
+
+/// 16 bytes of nibbles as 32 values: low nibbles first, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles16(b: *const u8) -> [__m128i; 2] {
+    let v = _mm_loadu_si128(b.cast());
+    let m = _mm_set1_epi8(15);
+    [_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m)]
+}
+
+/// Q5's fifth bits (32 of them, little-endian at `qh`) added to its nibbles as 16.
+#[inline(always)]
+unsafe fn with_fifth_bits([lo, hi]: [__m128i; 2], qh: *const u8) -> [__m128i; 2] {
+    let high = fifth_bits(qh.cast::<u32>().read_unaligned());
+    [
+        _mm_or_si128(lo, _mm256_castsi256_si128(high)),
+        _mm_or_si128(hi, _mm256_extracti128_si256::<1>(high)),
+    ]
+}
+
+/// 0x10 in byte j where bit j of the 32-bit `bits` is set.
+#[inline(always)]
+unsafe fn fifth_bits(bits: u32) -> __m256i {
+    // Byte j takes byte j / 8 of `bits`, then tests bit j % 8.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+unsafe fn store32(q: &mut [i8; 256], at: usize, v: __m256i) {
+    _mm256_storeu_si256(q.as_mut_ptr().add(at).cast(), v);
+}
+
+/// `(v >> shift) & mask` in each byte.
+#[inline(always)]
+unsafe fn bits(v: __m256i, shift: i32, mask: i8) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(mask))
+}
+
+impl Unpack for super::Q4_0 {
+    const KIND: Kind = Kind::Small;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 18;
+    const MIN_AT: Option<usize> = None;
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        let [lo, hi] = nibbles16(b.add(2));
+        let eight = _mm_set1_epi8(8);
+        [_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight)]
+    }
+}
+
+impl Unpack for super::Q4_1 {
+    const KIND: Kind = Kind::Small;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 20;
+    const MIN_AT: Option<usize> = Some(2);
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        nibbles16(b.add(4))
+    }
+}
+
+impl Unpack for super::Q5_0 {
+    const KIND: Kind = Kind::Small;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 22;
+    const MIN_AT: Option<usize> = None;
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        let [lo, hi] = with_fifth_bits(nibbles16(b.add(6)), b.add(2));
+        let sixteen = _mm_set1_epi8(16);
+        [_mm_sub_epi8(lo, sixteen), _mm_sub_epi8(hi, sixteen)]
+    }
+}
+
+impl Unpack for super::Q5_1 {
+    const KIND: Kind = Kind::Small;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 24;
+    const MIN_AT: Option<usize> = Some(2);
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        with_fifth_bits(nibbles16(b.add(8)), b.add(4))
+    }
+}
+
+impl Unpack for super::Q8_0 {
+    const KIND: Kind = Kind::Small;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 34;
+    const MIN_AT: Option<usize> = None;
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        [_mm_loadu_si128(b.add(2).cast()), _mm_loadu_si128(b.add(18).cast())]
+    }
+}
+
+impl Unpack for super::Q2K {
+    const KIND: Kind = Kind::Super;
+    const BLOCK: usize = 256;
+    const BYTES: usize = 84;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        for n in 0..2 {
+            let qs = _mm256_loadu_si256(b.add(16 + 32 * n).cast());
+            for plane in 0..4 {
+                store32(q, 128 * n + 32 * plane, bits(qs, 2 * plane as i32, 3));
+            }
+        }
+        let packed = _mm_loadu_si128(b.cast());
+        let low = _mm_set1_epi8(15);
+        times(_mm_and_si128(packed, low), half(b.add(80)), scale);
+        times(_mm_and_si128(_mm_srli_epi16(packed, 4), low), -half(b.add(82)), min);
+    }
+}
+
+impl Unpack for super::Q3K {
+    const KIND: Kind = Kind::Super;
+    const BLOCK: usize = 256;
+    const BYTES: usize = 110;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let hmask = _mm256_loadu_si256(b.cast());
+        let four = _mm256_set1_epi8(4);
+        for n in 0..2 {
+            let qs = _mm256_loadu_si256(b.add(32 + 32 * n).cast());
+            for plane in 0..4 {
+                let low = bits(qs, 2 * plane as i32, 3);
+                let high = bits(hmask, (4 * n + plane) as i32, 1);
+                // low + 4 * high - 4
+                let v = _mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), four);
+                store32(q, 128 * n + 32 * plane, v);
+            }
+        }
+        let s = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        times(_mm_loadu_si128(s.as_ptr().cast()), half(b.add(108)), scale);
+        *min = [0.0; 16];
+    }
+}
+
+/// 16 signed bytes times `d`, as f32: a super-block's scales or offsets, one per 16 values.
+#[inline(always)]
+unsafe fn times(bytes: __m128i, d: f32, out: &mut [f32; 16]) {
+    let d = _mm256_set1_ps(d);
+    let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+    let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(bytes)));
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(lo, d));
+    _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
+}
+
+/// Q4_K and Q5_K's scales and offsets from the block at `b` (`d`, `dmin`, then 12 bytes packing
+/// eight 6-bit scales and eight 6-bit mins, each for 32 values), unpacked four at a time in u32
+/// arithmetic (the layout `super::scale_min_k4` reads one at a time).
+#[inline(always)]
+unsafe fn k4_scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    let word = |i: usize| b.add(4 + 4 * i).cast::<u32>().read_unaligned();
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    // Sub-blocks 0-3 keep their 6 bits in bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 take
+    // a nibble from bytes 8-11 and their top two bits from bits 6-7 of bytes 0-3 (scales) or 4-7
+    // (mins).
+    let scales = _mm_set_epi32(0, 0, ((w2 & LOW4) | (((w0 >> 6) & LOW2) << 4)) as i32, (w0 & LOW6) as i32);
+    let mins = _mm_set_epi32(0, 0, (((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4)) as i32, (w1 & LOW6) as i32);
+    // Each covers two groups of 16.
+    times(_mm_unpacklo_epi8(scales, scales), half(b), scale);
+    times(_mm_unpacklo_epi8(mins, mins), -half(b.add(2)), min);
+}
+
+/// Q4_K and Q5_K's four runs of 32 nibble bytes, as 256 values.
+#[inline(always)]
+unsafe fn k_nibbles(qs: *const u8, q: &mut [i8; 256]) {
+    for run in 0..4 {
+        let v = _mm256_loadu_si256(qs.add(32 * run).cast());
+        store32(q, 64 * run, bits(v, 0, 15));
+        store32(q, 64 * run + 32, bits(v, 4, 15));
+    }
+}
+
+impl Unpack for super::Q4K {
+    const KIND: Kind = Kind::Super;
+    const BLOCK: usize = 256;
+    const BYTES: usize = 144;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        k_nibbles(b.add(16), q);
+        k4_scales(b, scale, min);
+    }
+}
+
+impl Unpack for super::Q5K {
+    const KIND: Kind = Kind::Super;
+    const BLOCK: usize = 256;
+    const BYTES: usize = 176;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let qh = _mm256_loadu_si256(b.add(16).cast());
+        for run in 0..4 {
+            let v = _mm256_loadu_si256(b.add(48 + 32 * run).cast());
+            // Sub-block j = 2 * run (low nibbles) and j + 1 (high) take bit j of qh as bit 4.
+            let (j0, j1) = (2 * run as i32, 2 * run as i32 + 1);
+            let lo = _mm256_or_si256(bits(v, 0, 15), _mm256_slli_epi16(bits(qh, j0, 1), 4));
+            let hi = _mm256_or_si256(bits(v, 4, 15), _mm256_slli_epi16(bits(qh, j1, 1), 4));
+            store32(q, 64 * run, lo);
+            store32(q, 64 * run + 32, hi);
+        }
+        k4_scales(b, scale, min);
+    }
+}
+
+impl Unpack for super::Q6K {
+    const KIND: Kind = Kind::Super;
+    const BLOCK: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let bias = _mm256_set1_epi8(32);
+        for n in 0..2 {
+            let l0 = _mm256_loadu_si256(b.add(64 * n).cast());
+            let l1 = _mm256_loadu_si256(b.add(64 * n + 32).cast());
+            let h = _mm256_loadu_si256(b.add(128 + 32 * n).cast());
+            let runs = [bits(l0, 0, 15), bits(l1, 0, 15), bits(l0, 4, 15), bits(l1, 4, 15)];
+            for (run, low) in runs.into_iter().enumerate() {
+                let high = _mm256_slli_epi16(bits(h, 2 * run as i32, 3), 4);
+                store32(q, 128 * n + 32 * run, _mm256_sub_epi8(_mm256_or_si256(low, high), bias));
+            }
+        }
+        times(_mm_loadu_si128(b.add(192).cast()), half(b.add(208)), scale);
+        *min = [0.0; 16];
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The f16 at `b`, in every lane.
+#[inline(always)]
+unsafe fn splat8(b: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(b.cast::<i16>().read_unaligned()))
+}
+
+#[inline(always)]
+unsafe fn splat16(b: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_set1_epi16(b.cast::<i16>().read_unaligned()))
+}
+
+/// The small block at `b`'s 32 weights as four vectors of 8: `scale * q + offset`.
+#[inline(always)]
+unsafe fn small8<U: Unpack>(b: *const u8) -> [__m256; 4] {
+    let [lo, hi] = U::unpack32(b);
+    let d = splat8(b);
+    let m = U::MIN_AT.map_or(_mm256_setzero_ps(), |at| splat8(b.add(at)));
+    [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|q| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d, m))
+}
+
+/// The small block at `b`'s 32 weights as two vectors of 16.
+#[inline(always)]
+unsafe fn small16<U: Unpack>(b: *const u8) -> [__m512; 2] {
+    let d = splat16(b);
+    let m = U::MIN_AT.map_or(_mm512_setzero_ps(), |at| splat16(b.add(at)));
+    U::unpack32(b).map(|q| _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d, m))
+}
+
+/// Weights `8 h .. 8 h + 8` of group `g` of an unpacked super-block, as f32.
+#[inline(always)]
+unsafe fn super8(q: &[i8; 256], scale: &[f32; 16], min: &[f32; 16], g: usize, h: usize) -> __m256 {
+    let ints = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(16 * g + 8 * h).cast()));
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(scale[g]), _mm256_set1_ps(min[g]))
+}
+
+#[inline(always)]
+unsafe fn super16(q: &[i8; 256], scale: &[f32; 16], min: &[f32; 16], g: usize) -> __m512 {
+    let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.as_ptr().add(16 * g).cast()));
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(scale[g]), _mm512_set1_ps(min[g]))
+}
+
+/// Calls `f(i, w)` for the row's weights `8 i .. 8 i + 8`, in order (AVX2).
+#[inline(always)]
+unsafe fn for_each8<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, __m256)) {
+    let r = row.as_ptr();
+    match U::KIND {
+        Kind::Dense => (0..n / 8).for_each(|i| f(i, U::dense8(r, 8 * i))),
+        Kind::Small => {
+            // Blocks in pairs, so that `i % 8` is known to the compiler and the caller's
+            // accumulators stay in registers.
+            let blocks = n / 32;
+            for b in (0..blocks).step_by(2) {
+                for (j, w) in small8::<U>(r.add(b * U::BYTES)).into_iter().enumerate() {
+                    f(4 * b + j, w);
+                }
+                if b + 1 < blocks {
+                    for (j, w) in small8::<U>(r.add((b + 1) * U::BYTES)).into_iter().enumerate() {
+                        f(4 * b + 4 + j, w);
+                    }
+                }
+            }
+        }
+        Kind::Super => {
+            let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+            for b in 0..n / 256 {
+                U::unpack(r.add(b * U::BYTES), &mut q, &mut scale, &mut min);
+                for i in 0..32 {
+                    f(32 * b + i, super8(&q, &scale, &min, i / 2, i % 2));
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(i, w)` for the row's weights `16 i .. 16 i + 16`, in order (AVX-512).
+#[inline(always)]
+unsafe fn for_each16<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, __m512)) {
+    let r = row.as_ptr();
+    match U::KIND {
+        Kind::Dense => (0..n / 16).for_each(|i| f(i, U::dense16(r, 16 * i))),
+        Kind::Small => {
+            // Blocks in pairs, as in `for_each8`.
+            let blocks = n / 32;
+            for b in (0..blocks).step_by(2) {
+                let [w0, w1] = small16::<U>(r.add(b * U::BYTES));
+                f(2 * b, w0);
+                f(2 * b + 1, w1);
+                if b + 1 < blocks {
+                    let [w2, w3] = small16::<U>(r.add((b + 1) * U::BYTES));
+                    f(2 * b + 2, w2);
+                    f(2 * b + 3, w3);
+                }
+            }
+        }
+        Kind::Super => {
+            let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+            for b in 0..n / 256 {
+                U::unpack(r.add(b * U::BYTES), &mut q, &mut scale, &mut min);
+                for g in 0..16 {
+                    f(16 * b + g, super16(&q, &scale, &min, g));
+                }
+            }
+        }
+    }
+}
+
+/// Values past the last whole 8 or 16 (dense rows of other lengths only).
+#[inline(always)]
+unsafe fn tail<U: Unpack>(row: &[u8], from: usize, n: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+    (from..n).map(move |i| (i, U::dense1(row.as_ptr(), i)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot256<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
+    debug_assert_eq!(row.len() * U::BLOCK, x.len() * U::BYTES);
+    // Independent accumulators, enough to keep the FMA units busy through their latency.
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for_each8::<U>(row, x.len(), |i, w| {
+        acc[i % 4] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(8 * i)), acc[i % 4]);
+    });
+    let rest: f32 = tail::<U>(row, x.len() / 8 * 8, x.len()).map(|(i, w)| w * x[i]).sum();
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+    hsum256(sum) + rest
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize256<U: Unpack>(row: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(row.len() * U::BLOCK, out.len() * U::BYTES);
+    let (n, o) = (out.len(), out.as_mut_ptr());
+    for_each8::<U>(row, n, |i, w| _mm256_storeu_ps(o.add(8 * i), w));
+    tail::<U>(row, n / 8 * 8, n).for_each(|(i, w)| *o.add(i) = w);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot512<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
+    debug_assert_eq!(row.len() * U::BLOCK, x.len() * U::BYTES);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for_each16::<U>(row, x.len(), |i, w| {
+        acc[i % 4] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x.as_ptr().add(16 * i)), acc[i % 4]);
+    });
+    let rest: f32 = tail::<U>(row, x.len() / 16 * 16, x.len()).map(|(i, w)| w * x[i]).sum();
+    let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+    _mm512_reduce_add_ps(sum) + rest
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dequantize512<U: Unpack>(row: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(row.len() * U::BLOCK, out.len() * U::BYTES);
+    let (n, o) = (out.len(), out.as_mut_ptr());
+    for_each16::<U>(row, n, |i, w| _mm512_storeu_ps(o.add(16 * i), w));
+    tail::<U>(row, n / 16 * 16, n).for_each(|(i, w)| *o.add(i) = w);
+}
