@@ -104,12 +104,18 @@ impl Linear {
 
 /// Normalise each `dim`-wide row of `x` into `out`.
 pub fn norm_rows(out: &mut [f32], x: &[f32], dim: usize, kind: NormKind, eps: f32, w: &NormWeights) {
-    for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+    out[..x.len()].copy_from_slice(x);
+    norm_rows_in_place(&mut out[..x.len()], dim, kind, eps, w);
+}
+
+/// Normalise each `dim`-wide row of `x` in place.
+pub fn norm_rows_in_place(x: &mut [f32], dim: usize, kind: NormKind, eps: f32, w: &NormWeights) {
+    for row in x.chunks_exact_mut(dim) {
         match kind {
             NormKind::RmsNorm => {
                 let scale = rms_scale(row, eps);
-                for ((o, &x), &w) in o.iter_mut().zip(row).zip(&w.w) {
-                    *o = w * (x * scale);
+                for (x, &w) in row.iter_mut().zip(&w.w) {
+                    *x = w * (*x * scale);
                 }
             }
             NormKind::LayerNorm => {
@@ -118,8 +124,8 @@ pub fn norm_rows(out: &mut [f32], x: &[f32], dim: usize, kind: NormKind, eps: f3
                 let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
                 let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
                 let mean = mean as f32;
-                for (j, (o, &x)) in o.iter_mut().zip(row).enumerate() {
-                    *o = (x - mean) * inv * w.w[j] + w.b.as_ref().map_or(0.0, |b| b[j]);
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = (*x - mean) * inv * w.w[j] + w.b.as_ref().map_or(0.0, |b| b[j]);
                 }
             }
         }

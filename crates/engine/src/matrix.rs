@@ -25,7 +25,7 @@ use crate::kernels::{row_kernels, RowKernels};
 
 /// Bytes of the f32 tile a multi-row product dequantises at a time: large enough for `gemm` to
 /// run at full speed, small enough to stay out of the memory budget (bench/RESULTS.md).
-const TILE_BYTES: usize = 8 << 20;
+const TILE_BYTES: usize = 4 << 20;
 
 /// A matrix's stored bytes: its own, or a range of a memory-mapped checkpoint.
 #[derive(Clone)]

@@ -84,7 +84,6 @@ impl Model {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file.header)?;
         let tokenizer = Tokenizer::from_gguf(&file.header)?;
-        release_free_heap();
         let weights = weights::load_gguf(&file, &config, isa)?;
         let mut tensor_types = BTreeMap::new();
         for t in file.header.tensors.values() {
@@ -96,6 +95,10 @@ impl Model {
             name: file.meta("general.name").and_then(|v| v.as_str()).map(str::to_owned),
             tensor_types,
         };
+        // The parsed header (a large vocabulary's strings) and what building the tokenizer
+        // freed lie in small holes that later, larger allocations cannot reuse.
+        drop(file);
+        release_free_heap();
         Ok(Self::assemble(config, weights, Some(tokenizer), source, isa))
     }
 
@@ -313,6 +316,8 @@ impl Model {
                 }
             }
         });
+        // The values are in the cache now; only the queries are read from here on.
+        drop((qkv, k, x));
         let hooked = plan.attention_hooked(l);
         let head_hooks = hooked.then(|| plan.head_hooks(l, nh, pass.step.phase));
         let (pattern_positions, argmax_positions) = if hooked {
@@ -527,9 +532,8 @@ impl Model {
     }
 }
 
-/// Give the pages of freed heap memory back to the system. Building a large vocabulary's
-/// tokenizer (Gemma's 262k pieces and 514k merges) frees ~60 MB of temporary strings in holes
-/// that the allocator would otherwise keep resident.
+/// Give the pages of freed heap memory back to the system (Gemma's 262k-piece vocabulary leaves
+/// ~100 MB of freed strings after a load, which would otherwise stay resident).
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system.
@@ -561,8 +565,7 @@ fn add_into(acc: &mut [f32], x: &[f32]) {
 }
 
 fn norm_rows_in_place(x: &mut [f32], dim: usize, c: &ModelConfig, w: &crate::weights::NormWeights) {
-    let src = x.to_vec();
-    norm_rows(x, &src, dim, c.norm, c.norm_eps, w);
+    crate::linalg::norm_rows_in_place(x, dim, c.norm, c.norm_eps, w);
 }
 
 /// One sequence going through the model: its KV cache, hooks and recording.
