@@ -76,12 +76,21 @@ trait Unpack {
     unsafe fn unpack32(_b: *const u8) -> [__m128i; 2] {
         unreachable!("not a small-block type")
     }
-    /// A super-block at `b` into `q` (`BLOCK` values), `scale` and `min` (one per 16).
+    /// A super-block's `scale` and `min`, one per 16 values.
     ///
     /// # Safety
     /// AVX2, FMA and F16C; `b` points at `BYTES` readable bytes.
     #[inline(always)]
-    unsafe fn unpack(_b: *const u8, _q: &mut [i8; 256], _scale: &mut [f32; 16], _min: &mut [f32; 16]) {
+    unsafe fn scales(_b: *const u8, _scale: &mut [f32; 16], _min: &mut [f32; 16]) {
+        unreachable!("not a super-block type")
+    }
+    /// A super-block's values in eight runs of 32 bytes, in order, each handed to `run` as it is
+    /// unpacked (in registers: no buffer to store to and load back).
+    ///
+    /// # Safety
+    /// As `scales`.
+    #[inline(always)]
+    unsafe fn runs(_b: *const u8, _run: impl FnMut(usize, __m256i)) {
         unreachable!("not a super-block type")
     }
     /// Dense types: 8 weights at `b`, value index `i`, as f32.
@@ -206,11 +215,6 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-#[inline(always)]
-unsafe fn store32(q: &mut [i8; 256], at: usize, v: __m256i) {
-    _mm256_storeu_si256(q.as_mut_ptr().add(at).cast(), v);
-}
-
 /// `(v >> shift) & mask` in each byte.
 #[inline(always)]
 unsafe fn bits(v: __m256i, shift: i32, mask: i8) -> __m256i {
@@ -281,17 +285,20 @@ impl Unpack for super::Q2K {
     const BLOCK: usize = 256;
     const BYTES: usize = 84;
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        for n in 0..2 {
-            let qs = _mm256_loadu_si256(b.add(16 + 32 * n).cast());
-            for plane in 0..4 {
-                store32(q, 128 * n + 32 * plane, bits(qs, 2 * plane as i32, 3));
-            }
-        }
+    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
         let packed = _mm_loadu_si128(b.cast());
         let low = _mm_set1_epi8(15);
         times(_mm_and_si128(packed, low), half(b.add(80)), scale);
         times(_mm_and_si128(_mm_srli_epi16(packed, 4), low), -half(b.add(82)), min);
+    }
+    #[inline(always)]
+    unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
+        for n in 0..2 {
+            let qs = _mm256_loadu_si256(b.add(16 + 32 * n).cast());
+            for plane in 0..4 {
+                run(4 * n + plane, bits(qs, 2 * plane as i32, 3));
+            }
+        }
     }
 }
 
@@ -300,7 +307,13 @@ impl Unpack for super::Q3K {
     const BLOCK: usize = 256;
     const BYTES: usize = 110;
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        let s = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        times(_mm_loadu_si128(s.as_ptr().cast()), half(b.add(108)), scale);
+        *min = [0.0; 16];
+    }
+    #[inline(always)]
+    unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
         let hmask = _mm256_loadu_si256(b.cast());
         let four = _mm256_set1_epi8(4);
         for n in 0..2 {
@@ -309,13 +322,12 @@ impl Unpack for super::Q3K {
                 let low = bits(qs, 2 * plane as i32, 3);
                 let high = bits(hmask, (4 * n + plane) as i32, 1);
                 // low + 4 * high - 4
-                let v = _mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), four);
-                store32(q, 128 * n + 32 * plane, v);
+                run(
+                    4 * n + plane,
+                    _mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), four),
+                );
             }
         }
-        let s = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
-        times(_mm_loadu_si128(s.as_ptr().cast()), half(b.add(108)), scale);
-        *min = [0.0; 16];
     }
 }
 
@@ -349,13 +361,14 @@ unsafe fn k4_scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
     times(_mm_unpacklo_epi8(mins, mins), -half(b.add(2)), min);
 }
 
-/// Q4_K and Q5_K's four runs of 32 nibble bytes, as 256 values.
+/// Q4_K and Q5_K's four runs of 32 nibble bytes, as eight runs of 32 values: low nibbles, then
+/// high nibbles.
 #[inline(always)]
-unsafe fn k_nibbles(qs: *const u8, q: &mut [i8; 256]) {
-    for run in 0..4 {
-        let v = _mm256_loadu_si256(qs.add(32 * run).cast());
-        store32(q, 64 * run, bits(v, 0, 15));
-        store32(q, 64 * run + 32, bits(v, 4, 15));
+unsafe fn k_nibbles(qs: *const u8, mut run: impl FnMut(usize, __m256i)) {
+    for r in 0..4 {
+        let v = _mm256_loadu_si256(qs.add(32 * r).cast());
+        run(2 * r, bits(v, 0, 15));
+        run(2 * r + 1, bits(v, 4, 15));
     }
 }
 
@@ -364,9 +377,12 @@ impl Unpack for super::Q4K {
     const BLOCK: usize = 256;
     const BYTES: usize = 144;
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        k_nibbles(b.add(16), q);
+    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
         k4_scales(b, scale, min);
+    }
+    #[inline(always)]
+    unsafe fn runs(b: *const u8, run: impl FnMut(usize, __m256i)) {
+        k_nibbles(b.add(16), run);
     }
 }
 
@@ -375,18 +391,16 @@ impl Unpack for super::Q5K {
     const BLOCK: usize = 256;
     const BYTES: usize = 176;
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        let qh = _mm256_loadu_si256(b.add(16).cast());
-        for run in 0..4 {
-            let v = _mm256_loadu_si256(b.add(48 + 32 * run).cast());
-            // Sub-block j = 2 * run (low nibbles) and j + 1 (high) take bit j of qh as bit 4.
-            let (j0, j1) = (2 * run as i32, 2 * run as i32 + 1);
-            let lo = _mm256_or_si256(bits(v, 0, 15), _mm256_slli_epi16(bits(qh, j0, 1), 4));
-            let hi = _mm256_or_si256(bits(v, 4, 15), _mm256_slli_epi16(bits(qh, j1, 1), 4));
-            store32(q, 64 * run, lo);
-            store32(q, 64 * run + 32, hi);
-        }
+    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
         k4_scales(b, scale, min);
+    }
+    #[inline(always)]
+    unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
+        let qh = _mm256_loadu_si256(b.add(16).cast());
+        // Run j (32 values) takes bit j of qh as its fifth bit.
+        k_nibbles(b.add(48), |j, v| {
+            run(j, _mm256_or_si256(v, _mm256_slli_epi16(bits(qh, j as i32, 1), 4)))
+        });
     }
 }
 
@@ -395,20 +409,23 @@ impl Unpack for super::Q6K {
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     #[inline(always)]
-    unsafe fn unpack(b: *const u8, q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        times(_mm_loadu_si128(b.add(192).cast()), half(b.add(208)), scale);
+        *min = [0.0; 16];
+    }
+    #[inline(always)]
+    unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
         let bias = _mm256_set1_epi8(32);
         for n in 0..2 {
             let l0 = _mm256_loadu_si256(b.add(64 * n).cast());
             let l1 = _mm256_loadu_si256(b.add(64 * n + 32).cast());
             let h = _mm256_loadu_si256(b.add(128 + 32 * n).cast());
             let runs = [bits(l0, 0, 15), bits(l1, 0, 15), bits(l0, 4, 15), bits(l1, 4, 15)];
-            for (run, low) in runs.into_iter().enumerate() {
-                let high = _mm256_slli_epi16(bits(h, 2 * run as i32, 3), 4);
-                store32(q, 128 * n + 32 * run, _mm256_sub_epi8(_mm256_or_si256(low, high), bias));
+            for (i, low) in runs.into_iter().enumerate() {
+                let high = _mm256_slli_epi16(bits(h, 2 * i as i32, 3), 4);
+                run(4 * n + i, _mm256_sub_epi8(_mm256_or_si256(low, high), bias));
             }
         }
-        times(_mm_loadu_si128(b.add(192).cast()), half(b.add(208)), scale);
-        *min = [0.0; 16];
     }
 }
 
@@ -447,17 +464,27 @@ unsafe fn small16<U: Unpack>(b: *const u8) -> [__m512; 2] {
     U::unpack32(b).map(|q| _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d, m))
 }
 
-/// Weights `8 h .. 8 h + 8` of group `g` of an unpacked super-block, as f32.
+/// 32 values of a super-block run (groups `2 j`, `2 j + 1`) as f32 weights: four vectors of 8.
 #[inline(always)]
-unsafe fn super8(q: &[i8; 256], scale: &[f32; 16], min: &[f32; 16], g: usize, h: usize) -> __m256 {
-    let ints = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().add(16 * g + 8 * h).cast()));
-    _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(scale[g]), _mm256_set1_ps(min[g]))
+unsafe fn run8(v: __m256i, scale: &[f32; 16], min: &[f32; 16], j: usize) -> [__m256; 4] {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let quarters = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+    std::array::from_fn(|i| {
+        let g = 2 * j + i / 2;
+        let ints = _mm256_cvtepi8_epi32(quarters[i]);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(scale[g]), _mm256_set1_ps(min[g]))
+    })
 }
 
+/// The same as two vectors of 16.
 #[inline(always)]
-unsafe fn super16(q: &[i8; 256], scale: &[f32; 16], min: &[f32; 16], g: usize) -> __m512 {
-    let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.as_ptr().add(16 * g).cast()));
-    _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(scale[g]), _mm512_set1_ps(min[g]))
+unsafe fn run16(v: __m256i, scale: &[f32; 16], min: &[f32; 16], j: usize) -> [__m512; 2] {
+    let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
+    std::array::from_fn(|h| {
+        let g = 2 * j + h;
+        let ints = _mm512_cvtepi8_epi32(halves[h]);
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(scale[g]), _mm512_set1_ps(min[g]))
+    })
 }
 
 /// Calls `f(i, w)` for the row's weights `8 i .. 8 i + 8`, in order (AVX2).
@@ -482,12 +509,14 @@ unsafe fn for_each8<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, __
             }
         }
         Kind::Super => {
-            let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+            let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
             for b in 0..n / 256 {
-                U::unpack(r.add(b * U::BYTES), &mut q, &mut scale, &mut min);
-                for i in 0..32 {
-                    f(32 * b + i, super8(&q, &scale, &min, i / 2, i % 2));
-                }
+                U::scales(r.add(b * U::BYTES), &mut scale, &mut min);
+                U::runs(r.add(b * U::BYTES), |j, v| {
+                    for (k, w) in run8(v, &scale, &min, j).into_iter().enumerate() {
+                        f(32 * b + 4 * j + k, w);
+                    }
+                });
             }
         }
     }
@@ -514,12 +543,14 @@ unsafe fn for_each16<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, _
             }
         }
         Kind::Super => {
-            let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+            let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
             for b in 0..n / 256 {
-                U::unpack(r.add(b * U::BYTES), &mut q, &mut scale, &mut min);
-                for g in 0..16 {
-                    f(16 * b + g, super16(&q, &scale, &min, g));
-                }
+                U::scales(r.add(b * U::BYTES), &mut scale, &mut min);
+                U::runs(r.add(b * U::BYTES), |j, v| {
+                    let [w0, w1] = run16(v, &scale, &min, j);
+                    f(16 * b + 2 * j, w0);
+                    f(16 * b + 2 * j + 1, w1);
+                });
             }
         }
     }
