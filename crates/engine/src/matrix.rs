@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::cpu::Isa;
 use crate::gguf::GgmlType;
-use crate::kernels::{row_kernels, RowKernels};
+use crate::kernels::{row_kernels, RowKernels, Vector};
 
 /// Bytes of the f32 tile a multi-row product dequantises at a time: large enough for `gemm` to
 /// run at full speed, small enough to stay out of the memory budget (bench/RESULTS.md).
@@ -231,10 +231,16 @@ impl Matrix {
         (p.kernels.dequantize)(bytes, &mut out[..self.cols]);
     }
 
-    /// `sum_c W[r, c] x[c]`.
-    pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+    /// `sum_c W[r, c] x[c]` for each of `rows`.
+    pub fn dot_rows(&self, rows: &[usize], x: &[f32]) -> Vec<f32> {
+        let x = Vector::new(&x[..self.cols]);
+        rows.iter().map(|&r| self.dot(r, &x)).collect()
+    }
+
+    #[inline]
+    fn dot(&self, r: usize, x: &Vector) -> f32 {
         let (p, bytes) = self.row_bytes(r);
-        (p.kernels.dot)(bytes, &x[..self.cols])
+        (p.kernels.dot)(bytes, x)
     }
 
     /// All values, `[rows, cols]` (a full f32 copy: for tests and diagnostics, not the forward
@@ -262,12 +268,12 @@ impl Matrix {
             x.len() >= self.cols && out.len() >= self.rows,
             "gemv: buffers smaller than the matrix"
         );
-        let x = &x[..self.cols];
+        let x = Vector::new(&x[..self.cols]);
         // A few tasks per thread: enough to balance, few enough to keep overhead small.
         let per_task = self.rows.div_ceil(4 * rayon::current_num_threads()).max(8);
         crate::team::for_each_chunk(&mut out[..self.rows], per_task, |t, chunk| {
             for (i, y) in chunk.iter_mut().enumerate() {
-                *y = self.dot_row(t * per_task + i, x);
+                *y = self.dot(t * per_task + i, &x);
             }
         });
     }
@@ -364,7 +370,7 @@ mod tests {
         assert_eq!(m.to_f32(), [1., 2., 3., 4., 5., 6., 13., 14., 15., 7., 8., 9., 10., 11., 12.]);
         m.permute_rows(&[4, 3, 2, 1, 0]);
         assert_eq!(m.to_f32(), [10., 11., 12., 7., 8., 9., 13., 14., 15., 4., 5., 6., 1., 2., 3.]);
-        assert_eq!(m.dot_row(1, &[1., 0., 1.]), 16.0);
+        assert_eq!(m.dot_rows(&[1, 4], &[1., 0., 1.]), [16.0, 4.0]);
         let t = Matrix::from_f32(2, 3, &[1., 2., 3., 4., 5., 6.], isa).transposed().unwrap();
         assert_eq!((t.rows(), t.cols()), (3, 2));
         assert_eq!(t.to_f32(), [1., 4., 2., 5., 3., 6.]);

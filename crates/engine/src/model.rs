@@ -474,8 +474,8 @@ impl Model {
     /// of the whole vocabulary (the same values up to the order of the dot product's sum).
     pub fn direct_logit_attribution_to(&self, component: &[f32], final_resid: &[f32], tokens: &[u32]) -> Vec<f32> {
         let scaled = self.through_final_norm(component, final_resid);
-        let unembed = self.weights.unembed_matrix();
-        tokens.iter().map(|&t| unembed.dot_row(t as usize, &scaled)).collect()
+        let rows: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+        self.weights.unembed_matrix().dot_rows(&rows, &scaled)
     }
 
     /// A residual-stream component through the final norm with its scale frozen at

@@ -22,11 +22,41 @@ use crate::gguf::GgmlType;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// The vector a row is multiplied with, in the forms the kernels read, made once per product:
+/// its values, its values reordered within each run of 32 (`x[32 b + 4 i + k]` at
+/// `32 b + 8 k + i`: the order in which the SIMD kernels pull bytes out of 32-bit lanes), and
+/// its sums over each 16 values (for the blocks' offsets: `sum (d q + m) x = d sum q x +
+/// m sum x`).
+pub struct Vector {
+    pub x: Vec<f32>,
+    pub strided: Vec<f32>,
+    pub sums16: Vec<f32>,
+}
+
+impl Vector {
+    pub fn new(x: &[f32]) -> Self {
+        let whole = x.len() / 32 * 32;
+        let mut strided = vec![0.0f32; whole];
+        for (out, run) in strided.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
+            for k in 0..4 {
+                for i in 0..8 {
+                    out[8 * k + i] = run[4 * i + k];
+                }
+            }
+        }
+        Vector {
+            x: x.to_vec(),
+            strided,
+            sums16: x.chunks_exact(16).map(|c| c.iter().sum()).collect(),
+        }
+    }
+}
+
 /// One row's kernels for one storage type at one instruction-set level.
 #[derive(Clone, Copy)]
 pub(crate) struct RowKernels {
     /// `sum_c w[c] x[c]` over a row; `x` holds exactly the row's values.
-    pub dot: fn(row: &[u8], x: &[f32]) -> f32,
+    pub dot: fn(row: &[u8], x: &Vector) -> f32,
     /// The row's values; `out` holds exactly the row's values.
     pub dequantize: fn(row: &[u8], out: &mut [f32]),
 }
@@ -71,21 +101,21 @@ pub(crate) fn row_kernels(dtype: GgmlType, isa: Isa) -> Option<RowKernels> {
 fn portable(dtype: GgmlType) -> RowKernels {
     fn of<F: Format>() -> RowKernels {
         RowKernels {
-            dot: dot::<F>,
+            dot: |row, x| dot::<F>(row, &x.x),
             dequantize: dequantize::<F>,
         }
     }
     match dtype {
         GgmlType::F32 => RowKernels {
-            dot: |row, x| dense_dot(row, x, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            dot: |row, x| dense_dot(row, &x.x, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             dequantize: |row, out| dense_values(row, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         },
         GgmlType::F16 => RowKernels {
-            dot: |row, x| dense_dot(row, x, 2, f16),
+            dot: |row, x| dense_dot(row, &x.x, 2, f16),
             dequantize: |row, out| dense_values(row, out, 2, f16),
         },
         GgmlType::BF16 => RowKernels {
-            dot: |row, x| dense_dot(row, x, 2, bf16),
+            dot: |row, x| dense_dot(row, &x.x, 2, bf16),
             dequantize: |row, out| dense_values(row, out, 2, bf16),
         },
         GgmlType::Q4_0 => of::<Q4_0>(),

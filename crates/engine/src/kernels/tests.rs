@@ -78,7 +78,7 @@ fn every_type_at_every_level_matches_the_reference() {
                 }
                 let exact: f64 = w.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
                 let scale: f64 = w.iter().zip(&x).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum::<f64>().max(1e-6);
-                let dot = (k.dot)(row, &x) as f64;
+                let dot = (k.dot)(row, &Vector::new(&x)) as f64;
                 assert!(
                     ((dot - exact) / scale).abs() < 1e-5,
                     "{dtype:?} {isa}: row {r} dot {dot} vs {exact}"

@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{q3k_scales, RowKernels};
+use super::{q3k_scales, RowKernels, Vector};
 use crate::gguf::GgmlType;
 
 /// The kernels for `dtype` with AVX-512 loops (`wide`) or AVX2 loops. Only called when the CPU
@@ -76,12 +76,14 @@ trait Unpack {
     unsafe fn unpack32(_b: *const u8) -> [__m128i; 2] {
         unreachable!("not a small-block type")
     }
-    /// A super-block's `scale` and `min`, one per 16 values.
+    /// Whether a super-block has offsets (`min`); those without skip them.
+    const HAS_MIN: bool = true;
+    /// A super-block's scales and offsets, one per 16 values, in registers.
     ///
     /// # Safety
     /// AVX2, FMA and F16C; `b` points at `BYTES` readable bytes.
     #[inline(always)]
-    unsafe fn scales(_b: *const u8, _scale: &mut [f32; 16], _min: &mut [f32; 16]) {
+    unsafe fn scales(_b: *const u8) -> Scales {
         unreachable!("not a super-block type")
     }
     /// A super-block's values in eight runs of 32 bytes, in order, each handed to `run` as it is
@@ -285,11 +287,13 @@ impl Unpack for super::Q2K {
     const BLOCK: usize = 256;
     const BYTES: usize = 84;
     #[inline(always)]
-    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    unsafe fn scales(b: *const u8) -> Scales {
         let packed = _mm_loadu_si128(b.cast());
         let low = _mm_set1_epi8(15);
-        times(_mm_and_si128(packed, low), half(b.add(80)), scale);
-        times(_mm_and_si128(_mm_srli_epi16(packed, 4), low), -half(b.add(82)), min);
+        Scales {
+            scale: times(_mm_and_si128(packed, low), half(b.add(80))),
+            min: times(_mm_and_si128(_mm_srli_epi16(packed, 4), low), -half(b.add(82))),
+        }
     }
     #[inline(always)]
     unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
@@ -304,13 +308,13 @@ impl Unpack for super::Q2K {
 
 impl Unpack for super::Q3K {
     const KIND: Kind = Kind::Super;
+    const HAS_MIN: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 110;
     #[inline(always)]
-    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    unsafe fn scales(b: *const u8) -> Scales {
         let s = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
-        times(_mm_loadu_si128(s.as_ptr().cast()), half(b.add(108)), scale);
-        *min = [0.0; 16];
+        Scales::without_min(times(_mm_loadu_si128(s.as_ptr().cast()), half(b.add(108))))
     }
     #[inline(always)]
     unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
@@ -331,21 +335,37 @@ impl Unpack for super::Q3K {
     }
 }
 
-/// 16 signed bytes times `d`, as f32: a super-block's scales or offsets, one per 16 values.
+/// A super-block's scales and offsets, one per 16 values: values 0-7 in the first register.
+#[derive(Clone, Copy)]
+struct Scales {
+    scale: [__m256; 2],
+    min: [__m256; 2],
+}
+
+impl Scales {
+    #[inline(always)]
+    unsafe fn without_min(scale: [__m256; 2]) -> Self {
+        Scales {
+            scale,
+            min: [_mm256_setzero_ps(); 2],
+        }
+    }
+}
+
+/// 16 signed bytes times `d`, as f32.
 #[inline(always)]
-unsafe fn times(bytes: __m128i, d: f32, out: &mut [f32; 16]) {
+unsafe fn times(bytes: __m128i, d: f32) -> [__m256; 2] {
     let d = _mm256_set1_ps(d);
     let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
     let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(bytes)));
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(lo, d));
-    _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_mul_ps(hi, d));
+    [_mm256_mul_ps(lo, d), _mm256_mul_ps(hi, d)]
 }
 
 /// Q4_K and Q5_K's scales and offsets from the block at `b` (`d`, `dmin`, then 12 bytes packing
 /// eight 6-bit scales and eight 6-bit mins, each for 32 values), unpacked four at a time in u32
 /// arithmetic (the layout `super::scale_min_k4` reads one at a time).
 #[inline(always)]
-unsafe fn k4_scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
+unsafe fn k4_scales(b: *const u8) -> Scales {
     let word = |i: usize| b.add(4 + 4 * i).cast::<u32>().read_unaligned();
     let (w0, w1, w2) = (word(0), word(1), word(2));
     const LOW6: u32 = 0x3f3f_3f3f;
@@ -357,8 +377,10 @@ unsafe fn k4_scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
     let scales = _mm_set_epi32(0, 0, ((w2 & LOW4) | (((w0 >> 6) & LOW2) << 4)) as i32, (w0 & LOW6) as i32);
     let mins = _mm_set_epi32(0, 0, (((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4)) as i32, (w1 & LOW6) as i32);
     // Each covers two groups of 16.
-    times(_mm_unpacklo_epi8(scales, scales), half(b), scale);
-    times(_mm_unpacklo_epi8(mins, mins), -half(b.add(2)), min);
+    Scales {
+        scale: times(_mm_unpacklo_epi8(scales, scales), half(b)),
+        min: times(_mm_unpacklo_epi8(mins, mins), -half(b.add(2))),
+    }
 }
 
 /// Q4_K and Q5_K's four runs of 32 nibble bytes, as eight runs of 32 values: low nibbles, then
@@ -377,8 +399,8 @@ impl Unpack for super::Q4K {
     const BLOCK: usize = 256;
     const BYTES: usize = 144;
     #[inline(always)]
-    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        k4_scales(b, scale, min);
+    unsafe fn scales(b: *const u8) -> Scales {
+        k4_scales(b)
     }
     #[inline(always)]
     unsafe fn runs(b: *const u8, run: impl FnMut(usize, __m256i)) {
@@ -391,8 +413,8 @@ impl Unpack for super::Q5K {
     const BLOCK: usize = 256;
     const BYTES: usize = 176;
     #[inline(always)]
-    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        k4_scales(b, scale, min);
+    unsafe fn scales(b: *const u8) -> Scales {
+        k4_scales(b)
     }
     #[inline(always)]
     unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
@@ -406,12 +428,12 @@ impl Unpack for super::Q5K {
 
 impl Unpack for super::Q6K {
     const KIND: Kind = Kind::Super;
+    const HAS_MIN: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     #[inline(always)]
-    unsafe fn scales(b: *const u8, scale: &mut [f32; 16], min: &mut [f32; 16]) {
-        times(_mm_loadu_si128(b.add(192).cast()), half(b.add(208)), scale);
-        *min = [0.0; 16];
+    unsafe fn scales(b: *const u8) -> Scales {
+        Scales::without_min(times(_mm_loadu_si128(b.add(192).cast()), half(b.add(208))))
     }
     #[inline(always)]
     unsafe fn runs(b: *const u8, mut run: impl FnMut(usize, __m256i)) {
@@ -464,26 +486,49 @@ unsafe fn small16<U: Unpack>(b: *const u8) -> [__m512; 2] {
     U::unpack32(b).map(|q| _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d, m))
 }
 
+/// Lane `g` of a pair of 8-lane registers, in every lane.
+#[inline(always)]
+unsafe fn lane8(v: &[__m256; 2], g: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v[g / 8], _mm256_set1_epi32((g % 8) as i32))
+}
+
 /// 32 values of a super-block run (groups `2 j`, `2 j + 1`) as f32 weights: four vectors of 8.
 #[inline(always)]
-unsafe fn run8(v: __m256i, scale: &[f32; 16], min: &[f32; 16], j: usize) -> [__m256; 4] {
+unsafe fn run8<U: Unpack>(v: __m256i, s: &Scales, j: usize) -> [__m256; 4] {
     let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let quarters = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+    let (s0, s1) = (lane8(&s.scale, 2 * j), lane8(&s.scale, 2 * j + 1));
+    let (m0, m1) = if U::HAS_MIN {
+        (lane8(&s.min, 2 * j), lane8(&s.min, 2 * j + 1))
+    } else {
+        (_mm256_setzero_ps(), _mm256_setzero_ps())
+    };
     std::array::from_fn(|i| {
-        let g = 2 * j + i / 2;
-        let ints = _mm256_cvtepi8_epi32(quarters[i]);
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(scale[g]), _mm256_set1_ps(min[g]))
+        let (s, m) = if i < 2 { (s0, m0) } else { (s1, m1) };
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(quarters[i])), s, m)
     })
 }
 
-/// The same as two vectors of 16.
+/// A super-block's scales and offsets as one 16-lane register each.
 #[inline(always)]
-unsafe fn run16(v: __m256i, scale: &[f32; 16], min: &[f32; 16], j: usize) -> [__m512; 2] {
+unsafe fn wide(v: [__m256; 2]) -> __m512 {
+    let lo = _mm512_castpd256_pd512(_mm256_castps_pd(v[0]));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(v[1])))
+}
+
+/// The same as two vectors of 16; `scale` and `min` as [`wide`] makes them.
+#[inline(always)]
+unsafe fn run16<U: Unpack>(v: __m256i, scale: __m512, min: __m512, j: usize) -> [__m512; 2] {
     let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
     std::array::from_fn(|h| {
-        let g = 2 * j + h;
-        let ints = _mm512_cvtepi8_epi32(halves[h]);
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(scale[g]), _mm512_set1_ps(min[g]))
+        let g = _mm512_set1_epi32((2 * j + h) as i32);
+        let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(halves[h]));
+        let s = _mm512_permutexvar_ps(g, scale);
+        if U::HAS_MIN {
+            _mm512_fmadd_ps(q, s, _mm512_permutexvar_ps(g, min))
+        } else {
+            _mm512_mul_ps(q, s)
+        }
     })
 }
 
@@ -509,11 +554,10 @@ unsafe fn for_each8<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, __
             }
         }
         Kind::Super => {
-            let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
             for b in 0..n / 256 {
-                U::scales(r.add(b * U::BYTES), &mut scale, &mut min);
+                let s = U::scales(r.add(b * U::BYTES));
                 U::runs(r.add(b * U::BYTES), |j, v| {
-                    for (k, w) in run8(v, &scale, &min, j).into_iter().enumerate() {
+                    for (k, w) in run8::<U>(v, &s, j).into_iter().enumerate() {
                         f(32 * b + 4 * j + k, w);
                     }
                 });
@@ -543,11 +587,11 @@ unsafe fn for_each16<U: Unpack>(row: &[u8], n: usize, mut f: impl FnMut(usize, _
             }
         }
         Kind::Super => {
-            let (mut scale, mut min) = ([0f32; 16], [0f32; 16]);
             for b in 0..n / 256 {
-                U::scales(r.add(b * U::BYTES), &mut scale, &mut min);
+                let s = U::scales(r.add(b * U::BYTES));
+                let (scale, min) = (wide(s.scale), wide(s.min));
                 U::runs(r.add(b * U::BYTES), |j, v| {
-                    let [w0, w1] = run16(v, &scale, &min, j);
+                    let [w0, w1] = run16::<U>(v, scale, min, j);
                     f(16 * b + 2 * j, w0);
                     f(16 * b + 2 * j + 1, w1);
                 });
@@ -562,8 +606,10 @@ unsafe fn tail<U: Unpack>(row: &[u8], from: usize, n: usize) -> impl Iterator<It
     (from..n).map(move |i| (i, U::dense1(row.as_ptr(), i)))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot256<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
+/// A row's dot product as its weights times `x`: for the dense types, and the small blocks
+/// (whose one scale and offset per 32 values cost less folded into the weights than factored out).
+#[inline(always)]
+unsafe fn weight_dot256<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
     debug_assert_eq!(row.len() * U::BLOCK, x.len() * U::BYTES);
     // Independent accumulators, enough to keep the FMA units busy through their latency.
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -583,8 +629,8 @@ unsafe fn dequantize256<U: Unpack>(row: &[u8], out: &mut [f32]) {
     tail::<U>(row, n / 8 * 8, n).for_each(|(i, w)| *o.add(i) = w);
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dot512<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
+#[inline(always)]
+unsafe fn weight_dot512<U: Unpack>(row: &[u8], x: &[f32]) -> f32 {
     debug_assert_eq!(row.len() * U::BLOCK, x.len() * U::BYTES);
     let mut acc = [_mm512_setzero_ps(); 4];
     for_each16::<U>(row, x.len(), |i, w| {
@@ -601,4 +647,107 @@ unsafe fn dequantize512<U: Unpack>(row: &[u8], out: &mut [f32]) {
     let (n, o) = (out.len(), out.as_mut_ptr());
     for_each16::<U>(row, n, |i, w| _mm512_storeu_ps(o.add(16 * i), w));
     tail::<U>(row, n / 16 * 16, n).for_each(|(i, w)| *o.add(i) = w);
+}
+
+/// Byte `k` of each 32-bit lane of a 32-byte run, sign-extended, as 8 f32 (the run's values
+/// `k, k + 4, ..., k + 28`: the order `Vector::strided` keeps `x` in). Shifts, not shuffles:
+/// AVX2's byte widening (`vpmovsxbd`) competes for the one shuffle port on many cores, and was
+/// the bottleneck of these loops.
+#[inline(always)]
+unsafe fn lane_bytes8(v: __m256i) -> [__m256; 4] {
+    [
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)),
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<16>(v)),
+        _mm256_srai_epi32::<24>(_mm256_slli_epi32::<8>(v)),
+        _mm256_srai_epi32::<24>(v),
+    ]
+    .map(|q| _mm256_cvtepi32_ps(q))
+}
+
+/// `sum q x` over a run of 32 values, as 8 lane sums (lanes 0-3 hold the run's first 16 values,
+/// lanes 4-7 the next 16); `xs` is the run's part of `Vector::strided`.
+#[inline(always)]
+unsafe fn run_dot8(v: __m256i, xs: *const f32) -> __m256 {
+    let [q0, q1, q2, q3] = lane_bytes8(v);
+    let a = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xs.add(8)), _mm256_mul_ps(q0, _mm256_loadu_ps(xs)));
+    let b = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xs.add(24)), _mm256_mul_ps(q2, _mm256_loadu_ps(xs.add(16))));
+    _mm256_add_ps(a, b)
+}
+
+/// The same in 16 lanes: the run in both halves of a register, bytes 0 and 1 (then 2 and 3) of
+/// each lane; lanes 0-3 and 8-11 hold the first 16 values, 4-7 and 12-15 the next 16.
+#[inline(always)]
+unsafe fn run_dot16(v: __m256i, xs: *const f32) -> __m512 {
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v), v);
+    let shifts = |lo: i32, hi: i32| _mm512_inserti64x4::<1>(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi));
+    let q01 = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(both, shifts(24, 16)));
+    let q23 = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(both, shifts(8, 0)));
+    let a = _mm512_mul_ps(_mm512_cvtepi32_ps(q01), _mm512_loadu_ps(xs));
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q23), _mm512_loadu_ps(xs.add(16)), a)
+}
+
+/// Scales for [`run_dot8`]'s lanes: groups `2 j` (lanes 0-3) and `2 j + 1` (lanes 4-7).
+#[inline(always)]
+unsafe fn run_scales8(v: &[__m256; 2], j: usize) -> __m256 {
+    let g = (2 * j % 8) as i32;
+    _mm256_permutevar8x32_ps(v[j / 4], _mm256_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1))
+}
+
+/// Scales for [`run_dot16`]'s lanes, from the block's 16 scales in one register.
+#[inline(always)]
+unsafe fn run_scales16(v: __m512, j: usize) -> __m512 {
+    let (a, b) = (2 * j as i32, 2 * j as i32 + 1);
+    _mm512_permutexvar_ps(_mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b), v)
+}
+
+/// `sum_c w[c] x[c]`. Super-blocks are read as `sum_groups scale * (sum q x) + sum_groups
+/// offset * (sum x)`: per 16 weights one conversion and one multiply-add, the offsets from `x`'s
+/// group sums; the other types as their weights times `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot256<U: Unpack>(row: &[u8], x: &Vector) -> f32 {
+    if U::KIND != Kind::Super {
+        return weight_dot256::<U>(row, &x.x);
+    }
+    let (r, xs, blocks) = (row.as_ptr(), x.strided.as_ptr(), row.len() / U::BYTES);
+    debug_assert_eq!(blocks * U::BLOCK, x.strided.len());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut offsets = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let blk = r.add(b * U::BYTES);
+        let s = U::scales(blk);
+        U::runs(blk, |j, v| {
+            let t = run_dot8(v, xs.add(256 * b + 32 * j));
+            acc[j % 2] = _mm256_fmadd_ps(t, run_scales8(&s.scale, j), acc[j % 2]);
+        });
+        if U::HAS_MIN {
+            let sums = x.sums16.as_ptr().add(16 * b);
+            offsets = _mm256_fmadd_ps(s.min[0], _mm256_loadu_ps(sums), offsets);
+            offsets = _mm256_fmadd_ps(s.min[1], _mm256_loadu_ps(sums.add(8)), offsets);
+        }
+    }
+    hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), offsets))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn dot512<U: Unpack>(row: &[u8], x: &Vector) -> f32 {
+    if U::KIND != Kind::Super {
+        return weight_dot512::<U>(row, &x.x);
+    }
+    let (r, xs, blocks) = (row.as_ptr(), x.strided.as_ptr(), row.len() / U::BYTES);
+    debug_assert_eq!(blocks * U::BLOCK, x.strided.len());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut offsets = _mm512_setzero_ps();
+    for b in 0..blocks {
+        let blk = r.add(b * U::BYTES);
+        let s = U::scales(blk);
+        let scale = wide(s.scale);
+        U::runs(blk, |j, v| {
+            let t = run_dot16(v, xs.add(256 * b + 32 * j));
+            acc[j % 2] = _mm512_fmadd_ps(t, run_scales16(scale, j), acc[j % 2]);
+        });
+        if U::HAS_MIN {
+            offsets = _mm512_fmadd_ps(wide(s.min), _mm512_loadu_ps(x.sums16.as_ptr().add(16 * b)), offsets);
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), offsets))
 }
