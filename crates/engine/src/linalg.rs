@@ -9,20 +9,37 @@ use crate::weights::{Linear, NormWeights};
 /// layout of a linear layer's weight. Threads: all of rayon's pool when `parallel`.
 #[allow(clippy::too_many_arguments)] // a GEMM's shape and flags, kept flat as BLAS keeps them
 pub fn matmul_t(out: &mut [f32], a: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool, parallel: bool) {
-    assert!(
-        out.len() >= m * n && a.len() >= m * k && w.len() >= n * k,
-        "matmul_t: buffers smaller than their shapes"
-    );
+    matmul_t_strided(out, n, a, w, m, k, n, accumulate, parallel);
+}
+
+/// [`matmul_t`] into the first `n` columns of an output whose rows are `out_stride` apart.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_strided(
+    out: &mut [f32],
+    out_stride: usize,
+    a: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        n <= out_stride && out.len() >= (m - 1) * out_stride + n && a.len() >= m * k && w.len() >= n * k,
+        "matmul_t: buffers smaller than their shapes"
+    );
     let par = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the assertion above bounds every index gemm touches: dst is [m, n] with row stride
-    // n, lhs [m, k] with row stride k, rhs[i, j] = w[j * k + i] for i < k, j < n.
+    // SAFETY: the assertion above bounds every index gemm touches: dst[i, j] = out[i * out_stride
+    // + j] for i < m, j < n; lhs [m, k] with row stride k; rhs[i, j] = w[j * k + i] for i < k,
+    // j < n.
     unsafe {
         gemm::gemm(
             m,
@@ -30,7 +47,7 @@ pub fn matmul_t(out: &mut [f32], a: &[f32], w: &[f32], m: usize, k: usize, n: us
             k,
             out.as_mut_ptr(),
             1,
-            n as isize,
+            out_stride as isize,
             accumulate,
             a.as_ptr(),
             1,

@@ -299,31 +299,7 @@ impl Matrix {
                 let rows = tile_rows.min(n - r0);
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, w);
-                // SAFETY: dst is out[i, r0 + j] for i < m, j < rows, inside out's m x n (asserted);
-                // lhs is x [m, k]; rhs[i, j] = w[j * k + i] for i < k, j < rows.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        rows,
-                        k,
-                        out.as_mut_ptr().add(r0),
-                        1,
-                        n as isize,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        k as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(0),
-                    );
-                }
+                crate::linalg::matmul_t_strided(&mut out[r0..], n, x, w, m, k, rows, false, true);
             }
         });
     }

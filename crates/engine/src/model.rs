@@ -166,12 +166,6 @@ impl Model {
         self.isa
     }
 
-    /// Read the weights with `isa`'s kernels from now on (capped at what the CPU runs).
-    pub fn set_isa(&mut self, isa: Isa) {
-        self.weights.set_isa(isa);
-        self.isa = isa.supported();
-    }
-
     /// The tokenizer, or an error saying why there is none.
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| Error::Checkpoint {

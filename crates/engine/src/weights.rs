@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
 use crate::config::{ModelConfig, PositionEncoding};
@@ -92,23 +91,6 @@ impl Weights {
             .into_iter()
             .flatten()
             .chain(blocks)
-    }
-
-    /// Read every matrix with `isa`'s kernels from now on.
-    pub fn set_isa(&mut self, isa: Isa) {
-        let blocks = self
-            .blocks
-            .iter_mut()
-            .flat_map(|b| [&mut b.qkv.w, &mut b.o.w, &mut b.up.w, &mut b.down.w]);
-        [
-            Some(&mut self.embed),
-            self.pos_embed.as_mut(),
-            self.unembed.as_mut().map(|l| &mut l.w),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(blocks)
-        .for_each(|m| m.set_isa(isa));
     }
 
     /// Bytes the weights occupy: the matrices in their stored types, the vectors as f32.

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 use headhunt_engine::npy::{read_npz, NpyArray};
 
@@ -99,4 +101,24 @@ pub fn tiny_model() -> headhunt_engine::Model {
     let model = headhunt_engine::Model::load(&path).unwrap();
     std::fs::remove_file(&path).ok();
     model
+}
+
+/// The system allocator, counting the heap bytes live now and at their peak. A test binary that
+/// measures allocations installs it: `#[global_allocator] static GLOBAL: common::Counting =
+/// common::Counting;`.
+pub struct Counting;
+
+pub static LIVE: AtomicIsize = AtomicIsize::new(0);
+pub static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst) + layout.size() as isize;
+        PEAK.fetch_max(live, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+        unsafe { System.dealloc(ptr, layout) }
+    }
 }

@@ -4,30 +4,16 @@
 //! a counting allocator, so a silent copy of any weight matrix (even Q and K alone, ~9% of
 //! SmolLM2's file) fails here; a full f32 copy would be about four times the file.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+#[path = "../../engine/tests/common.rs"]
+mod common;
 
+use std::sync::atomic::Ordering;
+
+use common::{LIVE, PEAK};
 use headhunt_engine::{Hooks, Model, RunOptions};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst) + layout.size() as isize;
-        PEAK.fetch_max(live, Ordering::SeqCst);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 /// What `f` returns, and the heap it allocated above what was live before it: at its peak, and
 /// still held when it returned.
