@@ -2,7 +2,9 @@
 //! CPU runs, against the memory bandwidth (a plain read of 1 GiB on the same threads): how close
 //! decoding comes to its bound. Random weights (valid blocks), so this measures speed only.
 //!
-//!     cargo run --release -p headhunt-engine --example kernels -- [ROWS COLS [ITERATIONS]] [TYPE ...]
+//!     cargo run --release -p headhunt-engine --example kernels -- [ROWS COLS [ITERATIONS]] [fast] [TYPE ...]
+//!
+//! `fast` measures the int8 products of `--precision fast` (the dense types stay exact).
 //!
 //! The default shape, 32768 x 4096, is larger than any CPU cache in every type, as a 7B model's
 //! matrices are; all of rayon's threads (`RAYON_NUM_THREADS`) take part, as in decoding.
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use headhunt_engine::cpu::Isa;
 use headhunt_engine::gguf::GgmlType;
-use headhunt_engine::kernels::SUPPORTED;
+use headhunt_engine::kernels::{Precision, SUPPORTED};
 use headhunt_engine::matrix::{Bytes, Matrix};
 
 /// Random bytes with every f16 scale set to a small value, so that the blocks are valid.
@@ -88,12 +90,17 @@ fn read_time(bytes: &mut [u8], iterations: usize) -> f64 {
 fn main() {
     let words: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<usize> = words.iter().filter_map(|a| a.parse().ok()).collect();
-    let only: Vec<&String> = words.iter().filter(|a| a.parse::<usize>().is_err()).collect();
+    let precision = if words.iter().any(|w| w == "fast") {
+        Precision::Fast
+    } else {
+        Precision::Exact
+    };
+    let only: Vec<&String> = words.iter().filter(|a| a.parse::<usize>().is_err() && *a != "fast").collect();
     let (rows, cols) = (args.first().copied().unwrap_or(32768), args.get(1).copied().unwrap_or(4096));
     let iterations = args.get(2).copied().unwrap_or(10);
     let levels = Isa::available();
     println!(
-        "gemv [{rows} x {cols}], {} threads, median of {iterations}; levels: {}",
+        "gemv [{rows} x {cols}], {precision} precision, {} threads, median of {iterations}; levels: {}",
         rayon::current_num_threads(),
         levels.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ")
     );
@@ -116,6 +123,7 @@ fn main() {
         let n_bytes = data.len();
         print!("{:>5} {:>9.1}", format!("{dtype:?}"), n_bytes as f64 / 1048576.0);
         let mut m = Matrix::new(dtype, rows, cols, Bytes::Owned(data), levels[0]).expect("valid matrix");
+        m.set_precision(precision);
         for &l in &levels {
             m.set_isa(l);
             let s = time(iterations, || m.gemv(&x, &mut out));

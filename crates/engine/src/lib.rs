@@ -4,7 +4,8 @@
 //! weights in the file's own storage (quant blocks, F16, BF16), read by kernels chosen for the
 //! CPU at run time; it tokenizes text (from GGUF metadata or `tokenizer.json`, with the model's
 //! chat template), and runs an exact f32 forward pass with a KV cache whose attention is computed
-//! in tiles with an online softmax, so memory grows linearly with context.
+//! in tiles with an online softmax, so memory grows linearly with context. [`Precision::Fast`]
+//! computes decoding's matrix-vector products in int8 instead, for speed.
 //!
 //! Every internal activation is reachable through TransformerLens-named [`HookPoint`]s: a
 //! [`Hooks`] value declares what one [`Run`] records and how it intervenes, and a [`Recording`]
@@ -32,6 +33,7 @@ pub use config::ModelConfig;
 pub use cpu::Isa;
 pub use error::{Error, Result};
 pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeySet, MaskMode, Phase, Positions, Recording, Reduce};
+pub use kernels::Precision;
 pub use kv_cache::{KvCache, KvPolicy};
 pub use matrix::Matrix;
 pub use model::{argmax, greedy, Model, Run, RunOptions};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::cpu::Isa;
 use crate::gguf::GgmlType;
-use crate::kernels::{row_kernels, RowKernels, Vector};
+use crate::kernels::{row_kernels, Precision, QVector, RowKernels, Vector};
 
 /// Bytes of the f32 tile a multi-row product dequantises at a time: large enough for `gemm` to
 /// run at full speed, small enough to stay out of the memory budget (bench/RESULTS.md).
@@ -91,6 +91,7 @@ pub struct Matrix {
     parts: Vec<Part>,
     /// Logical row `r` is stored row `order[r]` (stored rows count through the parts in order).
     order: Option<Vec<u32>>,
+    precision: Precision,
 }
 
 impl Matrix {
@@ -122,6 +123,7 @@ impl Matrix {
                 kernels,
             }],
             order: None,
+            precision: Precision::Exact,
         })
     }
 
@@ -157,6 +159,22 @@ impl Matrix {
         }
     }
 
+    /// Compute matrix-vector products at `precision` from now on (a matrix without fast
+    /// kernels, a dense one, stays exact).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The precision its matrix-vector products run at.
+    pub fn precision(&self) -> Precision {
+        let fast = self.precision == Precision::Fast && self.parts.iter().all(|p| p.kernels.dot_q8.is_some());
+        if fast {
+            Precision::Fast
+        } else {
+            Precision::Exact
+        }
+    }
+
     /// Stack matrices with the same column count.
     pub fn concat_rows(matrices: Vec<Matrix>) -> Result<Self, String> {
         let cols = matrices.first().ok_or("nothing to concatenate")?.cols;
@@ -179,6 +197,7 @@ impl Matrix {
         Ok(Matrix {
             rows,
             cols,
+            precision: matrices[0].precision,
             parts: matrices.into_iter().flat_map(|m| m.parts).collect(),
             order,
         })
@@ -268,12 +287,28 @@ impl Matrix {
             x.len() >= self.cols && out.len() >= self.rows,
             "gemv: buffers smaller than the matrix"
         );
-        let x = Vector::new(&x[..self.cols]);
+        match self.precision() {
+            Precision::Exact => {
+                let x = Vector::new(&x[..self.cols]);
+                self.each_row(out, |r| self.dot(r, &x));
+            }
+            Precision::Fast => {
+                let x = QVector::new(&x[..self.cols]);
+                self.each_row(out, |r| {
+                    let (p, bytes) = self.row_bytes(r);
+                    (p.kernels.dot_q8.expect("precision() checked"))(bytes, &x)
+                });
+            }
+        }
+    }
+
+    /// `out[r] = f(r)` for every row, split across threads.
+    fn each_row(&self, out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
         // A few tasks per thread: enough to balance, few enough to keep overhead small.
         let per_task = self.rows.div_ceil(4 * rayon::current_num_threads()).max(8);
         crate::team::for_each_chunk(&mut out[..self.rows], per_task, |t, chunk| {
             for (i, y) in chunk.iter_mut().enumerate() {
-                *y = self.dot(t * per_task + i, &x);
+                *y = f(t * per_task + i);
             }
         });
     }

@@ -9,6 +9,7 @@ use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::hooks::{HookPoint, Hooks, Phase, Plan, Recording, Step};
+use crate::kernels::Precision;
 use crate::kv_cache::{HeadCache, KvCache, KvPolicy};
 use crate::linalg::{mlp_activation, norm_rows, rms_scale};
 use crate::profile::{self, Stage};
@@ -164,6 +165,21 @@ impl Model {
     /// The instruction-set level of the weight kernels.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Compute the products with the weights at `precision` from now on ([`Precision::Fast`]:
+    /// decoding's matrix-vector products in int8; dense weights stay exact).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.weights.set_precision(precision);
+    }
+
+    /// `Fast` when some weight product runs in integers, else `Exact`.
+    pub fn precision(&self) -> Precision {
+        if self.weights.matrices().any(|m| m.precision() == Precision::Fast) {
+            Precision::Fast
+        } else {
+            Precision::Exact
+        }
     }
 
     /// The tokenizer, or an error saying why there is none.

@@ -19,6 +19,7 @@ use crate::config::{ModelConfig, PositionEncoding};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
+use crate::kernels::Precision;
 use crate::matrix::{Bytes, Matrix};
 
 /// `y = x W^T + b`, with `W` row-major `[n_out, n_in]`.
@@ -91,6 +92,23 @@ impl Weights {
             .into_iter()
             .flatten()
             .chain(blocks)
+    }
+
+    /// Compute every matrix's matrix-vector products at `precision` from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.qkv.w, &mut b.o.w, &mut b.up.w, &mut b.down.w]);
+        [
+            Some(&mut self.embed),
+            self.pos_embed.as_mut(),
+            self.unembed.as_mut().map(|l| &mut l.w),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(blocks)
+        .for_each(|m| m.set_precision(precision));
     }
 
     /// Bytes the weights occupy: the matrices in their stored types, the vectors as f32.

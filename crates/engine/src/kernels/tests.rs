@@ -94,3 +94,113 @@ fn unsupported_types_have_no_kernels() {
         assert!(!supported(dtype) && row_kernels(dtype, Isa::Portable).is_none());
     }
 }
+
+/// The fast products' integer part, computed the plain way: per 16 weights `sum q qx` in i64.
+fn int8_reference(dtype: GgmlType, row: &[u8], x: &QVector) -> f64 {
+    let (block, bb) = dtype.block_layout();
+    let (mut q, mut scale, mut min) = ([0i8; 256], [0f32; 16], [0f32; 16]);
+    type Unpacker = fn(&[u8], &mut [i8; 256], &mut [f32; 16], &mut [f32; 16]);
+    let unpack: Unpacker = match dtype {
+        GgmlType::Q4_0 => Q4_0::unpack,
+        GgmlType::Q4_1 => Q4_1::unpack,
+        GgmlType::Q5_0 => Q5_0::unpack,
+        GgmlType::Q5_1 => Q5_1::unpack,
+        GgmlType::Q8_0 => Q8_0::unpack,
+        GgmlType::Q2K => Q2K::unpack,
+        GgmlType::Q3K => Q3K::unpack,
+        GgmlType::Q4K => Q4K::unpack,
+        GgmlType::Q5K => Q5K::unpack,
+        GgmlType::Q6K => Q6K::unpack,
+        other => unreachable!("{other:?}"),
+    };
+    let mut sum = 0.0f64;
+    for (n, b) in row.chunks_exact(bb).enumerate() {
+        unpack(b, &mut q, &mut scale, &mut min);
+        for g in 0..block / 16 {
+            let at = n * block + 16 * g;
+            let isum: i64 = (0..16).map(|t| q[16 * g + t] as i64 * x.q[at + t] as i64).sum();
+            sum += scale[g] as f64 * x.d[at / 32] as f64 * isum as f64 + min[g] as f64 * x.sums16[at / 16] as f64;
+        }
+    }
+    sum
+}
+
+#[test]
+fn vectors_quantise_to_int8_within_half_a_step() {
+    let x: Vec<f32> = (0..96)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0 * if i < 32 { 1.0 } else { 1e-3 })
+        .collect();
+    let mut x = x;
+    x[64..].fill(0.0); // an all-zero block has scale 0
+    let q = QVector::new(&x);
+    for (b, xb) in x.chunks_exact(32).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(q.d[b], amax / 127.0);
+        for (i, &v) in xb.iter().enumerate() {
+            let back = q.d[b] * q.q[32 * b + i] as f32;
+            assert!((back - v).abs() <= 0.5 * q.d[b] * 1.0001, "block {b} value {i}: {v} -> {back}");
+            assert!(q.q[32 * b + i] != -128);
+        }
+    }
+    assert!(q.q[64..].iter().all(|&v| v == 0));
+}
+
+#[test]
+fn fast_products_match_integer_arithmetic_and_stay_near_f32() {
+    let levels = Isa::available();
+    for dtype in SUPPORTED.into_iter().filter(|t| t.block_layout().0 > 1) {
+        let (block, _) = dtype.block_layout();
+        let (rows, cols) = (5, 4 * block.max(64));
+        let data = random_rows(dtype, rows, cols, 11 + dtype as u64);
+        let w = dequantize(dtype, &data, &[rows, cols]).unwrap();
+        // A vector with one outlier per block of 32, as activations have.
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0 * if i % 32 == 5 { 8.0 } else { 1.0 })
+            .collect();
+        let xq = QVector::new(&x);
+        let row_bytes = data.len() / rows;
+        let mut variants: Vec<(String, DotQ8)> = Vec::new();
+        for &isa in &levels {
+            match isa {
+                Isa::Portable => variants.push(("portable".into(), row_kernels(dtype, isa).unwrap().dot_q8.unwrap())),
+                #[cfg(target_arch = "x86_64")]
+                _ => {
+                    for (name, f) in x86::int8_variants(dtype, isa == Isa::Avx512) {
+                        variants.push((format!("{isa}/{name}"), f));
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => {}
+            }
+        }
+        for r in 0..rows {
+            let row = &data[r * row_bytes..(r + 1) * row_bytes];
+            let wr = &w[r * cols..(r + 1) * cols];
+            let want = int8_reference(dtype, row, &xq);
+            // The integer sums are exact; what differs is the order of the f32 scaling.
+            let scale: f64 = wr.iter().zip(&x).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum::<f64>().max(1e-6);
+            let exact: f64 = wr.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
+            // Quantising x moves each product by at most half a step of its block.
+            let bound: f64 = wr
+                .iter()
+                .enumerate()
+                .map(|(c, &w)| (w as f64).abs() * 0.5 * xq.d[c / 32] as f64)
+                .sum::<f64>();
+            for (name, f) in &variants {
+                let got = f(row, &xq) as f64;
+                assert!(
+                    ((got - want) / scale).abs() < 1e-5,
+                    "{dtype:?} {name}: row {r} {got} vs integer reference {want}"
+                );
+                assert!(
+                    (got - exact).abs() <= bound * 1.001 + 1e-5 * scale,
+                    "{dtype:?} {name}: row {r} {got} vs f32 {exact} (bound {bound})"
+                );
+            }
+        }
+        eprintln!(
+            "{dtype:?}: fast products checked with {}",
+            variants.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+}

@@ -15,24 +15,27 @@
 
 use std::arch::x86_64::*;
 
-use super::{q3k_scales, RowKernels, Vector};
+use super::{q3k_scales, DotQ8, QVector, RowKernels, Vector};
 use crate::gguf::GgmlType;
 
 /// The kernels for `dtype` with AVX-512 loops (`wide`) or AVX2 loops. Only called when the CPU
 /// runs the chosen level (see `row_kernels`), which is what makes the wrappers below sound.
 pub(super) fn kernels(dtype: GgmlType, wide: bool) -> RowKernels {
     fn of<U: Unpack>(wide: bool) -> RowKernels {
+        let dot_q8 = (U::KIND != Kind::Dense).then(|| int8_dot_for::<U>(wide));
         if wide {
             RowKernels {
                 // SAFETY (all wrappers in this function): the CPU runs AVX-512 F/BW/VL, AVX2, FMA
                 // and F16C, checked by the caller.
                 dot: |row, x| unsafe { dot512::<U>(row, x) },
                 dequantize: |row, out| unsafe { dequantize512::<U>(row, out) },
+                dot_q8,
             }
         } else {
             RowKernels {
                 dot: |row, x| unsafe { dot256::<U>(row, x) },
                 dequantize: |row, out| unsafe { dequantize256::<U>(row, out) },
+                dot_q8,
             }
         }
     }
@@ -74,6 +77,8 @@ trait Unpack {
     const BYTES: usize;
     /// Small blocks start with their f16 scale; some have an f16 offset at this byte.
     const MIN_AT: Option<usize> = None;
+    /// Whether the unpacked integers can be negative (those of the types without offsets).
+    const SIGNED: bool = false;
     /// A small block at `b`: its 32 values as bytes, in two halves of 16.
     ///
     /// # Safety
@@ -231,6 +236,7 @@ unsafe fn bits(v: __m256i, shift: i32, mask: i8) -> __m256i {
 
 impl Unpack for super::Q4_0 {
     const KIND: Kind = Kind::Small;
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 18;
     const MIN_AT: Option<usize> = None;
@@ -255,6 +261,7 @@ impl Unpack for super::Q4_1 {
 
 impl Unpack for super::Q5_0 {
     const KIND: Kind = Kind::Small;
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 22;
     const MIN_AT: Option<usize> = None;
@@ -279,6 +286,7 @@ impl Unpack for super::Q5_1 {
 
 impl Unpack for super::Q8_0 {
     const KIND: Kind = Kind::Small;
+    const SIGNED: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 34;
     const MIN_AT: Option<usize> = None;
@@ -315,6 +323,7 @@ impl Unpack for super::Q2K {
 impl Unpack for super::Q3K {
     const KIND: Kind = Kind::Super;
     const HAS_MIN: bool = false;
+    const SIGNED: bool = true;
     const BLOCK: usize = 256;
     const BYTES: usize = 110;
     #[inline(always)]
@@ -435,6 +444,7 @@ impl Unpack for super::Q5K {
 impl Unpack for super::Q6K {
     const KIND: Kind = Kind::Super;
     const HAS_MIN: bool = false;
+    const SIGNED: bool = true;
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     #[inline(always)]
@@ -756,4 +766,173 @@ unsafe fn dot512<U: Unpack>(row: &[u8], x: &Vector) -> f32 {
         }
     }
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), offsets))
+}
+
+/// Every fast dot product of `dtype` that this CPU runs at level `wide` (for the tests).
+#[cfg(test)]
+pub(super) fn int8_variants(dtype: GgmlType, wide: bool) -> Vec<(&'static str, DotQ8)> {
+    match dtype {
+        GgmlType::Q4_0 => int8_dots::<super::Q4_0>(wide),
+        GgmlType::Q4_1 => int8_dots::<super::Q4_1>(wide),
+        GgmlType::Q5_0 => int8_dots::<super::Q5_0>(wide),
+        GgmlType::Q5_1 => int8_dots::<super::Q5_1>(wide),
+        GgmlType::Q8_0 => int8_dots::<super::Q8_0>(wide),
+        GgmlType::Q2K => int8_dots::<super::Q2K>(wide),
+        GgmlType::Q3K => int8_dots::<super::Q3K>(wide),
+        GgmlType::Q4K => int8_dots::<super::Q4K>(wide),
+        GgmlType::Q5K => int8_dots::<super::Q5K>(wide),
+        GgmlType::Q6K => int8_dots::<super::Q6K>(wide),
+        _ => Vec::new(),
+    }
+}
+
+/// The fast dot products of a quant type that this CPU runs at a level, by name: integer
+/// products with AVX2 (`vpmaddubsw`), and with VNNI (`vpdpbusd`) where the CPU has it (AVX-512
+/// VNNI at the AVX-512 level, AVX-VNNI at the AVX2 level).
+fn int8_dots<U: Unpack>(wide: bool) -> Vec<(&'static str, DotQ8)> {
+    // SAFETY (all wrappers): the caller runs at a level whose features the CPU has (AVX2, FMA,
+    // F16C at least); the VNNI variants are listed only when the CPU reports VNNI.
+    let mut dots: Vec<(&'static str, DotQ8)> = vec![("avx2", |row, x| unsafe { int8_dot_avx2::<U>(row, x) })];
+    if wide && is_x86_feature_detected!("avx512vnni") {
+        dots.push(("avx512vnni", |row, x| unsafe { int8_dot_vnni512::<U>(row, x) }));
+    } else if !wide && is_x86_feature_detected!("avxvnni") {
+        dots.push(("avxvnni", |row, x| unsafe { int8_dot_avxvnni::<U>(row, x) }));
+    }
+    dots
+}
+
+/// The fast dot product a model uses: VNNI where the level has it, except that AVX-VNNI serves
+/// only CPUs whose best level is AVX2 (Intel laptops since Alder Lake): a cap to AVX2 on an
+/// AVX-512 CPU (`HEADHUNT_SIMD=avx2`) runs plain AVX2, as the many AVX2 CPUs without VNNI do.
+fn int8_dot_for<U: Unpack>(wide: bool) -> DotQ8 {
+    let dots = int8_dots::<U>(wide);
+    let native = wide || crate::cpu::Isa::detected() == crate::cpu::Isa::Avx2;
+    if native {
+        dots[dots.len() - 1].1
+    } else {
+        dots[0].1
+    }
+}
+
+/// The integer part of the fast products: 32 unsigned weight bytes times 32 signed vector bytes,
+/// summed four products at a time into 8 int32 lanes (lane `k`: bytes `4 k .. 4 k + 4`).
+trait Madd {
+    /// # Safety
+    /// The implementation's instruction set.
+    unsafe fn madd(w: __m256i, x: __m256i) -> __m256i;
+}
+
+/// AVX2: byte pairs into saturating i16 (at most 2 x 128 x 127, so never saturated), then pairs
+/// of those into i32.
+struct Maddubs;
+/// `vpdpbusd`, the same sums in one instruction (AVX-512 VNNI with VL, or AVX-VNNI).
+struct Vnni512;
+struct AvxVnni;
+
+impl Madd for Maddubs {
+    #[inline(always)]
+    unsafe fn madd(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+    }
+}
+
+impl Madd for Vnni512 {
+    #[inline(always)]
+    unsafe fn madd(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+    }
+}
+
+impl Madd for AvxVnni {
+    #[inline(always)]
+    unsafe fn madd(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+    }
+}
+
+/// `sum w x` per 4 bytes for weights of either sign: the sign moves onto `x` (`|w| * sign(w) x`).
+#[inline(always)]
+unsafe fn int_sums<U: Unpack, M: Madd>(w: __m256i, x: __m256i) -> __m256i {
+    if U::SIGNED {
+        M::madd(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+    } else {
+        M::madd(w, x)
+    }
+}
+
+/// The fast dot product of a quantised row with a [`QVector`]: per run of 32 values one integer
+/// product into 8 lanes, converted once and scaled by the groups' scales times the vector
+/// block's; offsets times the vector's exact group sums, as in [`dot256`].
+#[inline(always)]
+unsafe fn int8_dot<U: Unpack, M: Madd>(row: &[u8], x: &QVector) -> f32 {
+    let (r, xq, xd, blocks) = (row.as_ptr(), x.q.as_ptr(), x.d.as_ptr(), row.len() / U::BYTES);
+    debug_assert_eq!(blocks * U::BLOCK, x.q.len());
+    // Four accumulators: the loops issue a multiply-add every few cycles, faster than its latency.
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offsets = [_mm_setzero_ps(); 2];
+    match U::KIND {
+        Kind::Super => {
+            for b in 0..blocks {
+                let blk = r.add(b * U::BYTES);
+                let s = U::scales(blk);
+                // The vector's scales for the block's 8 runs, one per pair of groups.
+                let d = _mm256_loadu_ps(xd.add(8 * b));
+                let pairs = |a: i32| _mm256_setr_epi32(a, a, a + 1, a + 1, a + 2, a + 2, a + 3, a + 3);
+                let sd = [
+                    _mm256_mul_ps(s.scale[0], _mm256_permutevar8x32_ps(d, pairs(0))),
+                    _mm256_mul_ps(s.scale[1], _mm256_permutevar8x32_ps(d, pairs(4))),
+                ];
+                U::runs(blk, |j, v| {
+                    let t = int_sums::<U, M>(v, _mm256_loadu_si256(xq.add(256 * b + 32 * j).cast()));
+                    acc[j % 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), run_scales8(&sd, j), acc[j % 4]);
+                });
+                if U::HAS_MIN {
+                    let sums = x.sums16.as_ptr().add(16 * b);
+                    acc[0] = _mm256_fmadd_ps(s.min[0], _mm256_loadu_ps(sums), acc[0]);
+                    acc[1] = _mm256_fmadd_ps(s.min[1], _mm256_loadu_ps(sums.add(8)), acc[1]);
+                }
+            }
+        }
+        Kind::Small => {
+            // Blocks in pairs, so that the accumulators are known registers.
+            let block = |b: usize, acc: &mut __m256, offset: &mut __m128| {
+                let blk = r.add(b * U::BYTES);
+                let [lo, hi] = U::unpack32(blk);
+                let t = int_sums::<U, M>(_mm256_set_m128i(hi, lo), _mm256_loadu_si256(xq.add(32 * b).cast()));
+                let scale = _mm256_mul_ps(splat8(blk), _mm256_broadcast_ss(&*xd.add(b)));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, *acc);
+                if let Some(at) = U::MIN_AT {
+                    let m = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.add(at).cast::<u16>().read_unaligned() as i32));
+                    let sum = _mm_set_ss(*x.sums16.get_unchecked(2 * b) + *x.sums16.get_unchecked(2 * b + 1));
+                    *offset = _mm_fmadd_ss(m, sum, *offset);
+                }
+            };
+            let [a0, a1, ..] = &mut acc;
+            let [o0, o1] = &mut offsets;
+            for b in (0..blocks).step_by(2) {
+                block(b, a0, o0);
+                if b + 1 < blocks {
+                    block(b + 1, a1, o1);
+                }
+            }
+        }
+        Kind::Dense => unreachable!("dense types have no fast product"),
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum256(sum) + _mm_cvtss_f32(_mm_add_ss(offsets[0], offsets[1]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn int8_dot_avx2<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
+    int8_dot::<U, Maddubs>(row, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn int8_dot_vnni512<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
+    int8_dot::<U, Vnni512>(row, x)
+}
+
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn int8_dot_avxvnni<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
+    int8_dot::<U, AvxVnni>(row, x)
 }
