@@ -30,7 +30,7 @@ cargo test --release --workspace
 if [ "$(uname -m)" = x86_64 ]; then
   export RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/x86-64-v3 HEADHUNT_SIMD=avx2
   cargo test --release --no-default-features -p headhunt-engine
-  cargo test --release --no-default-features -p headhunt --test real_models --test weight_memory
+  cargo test --release --no-default-features -p headhunt --test real_models --test weight_memory --test fast_precision
   unset RUSTFLAGS CARGO_TARGET_DIR HEADHUNT_SIMD
 fi
 

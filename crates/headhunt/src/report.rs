@@ -197,9 +197,10 @@ fn provenance(dir: &Path) -> String {
         .iter()
         .map(|p| {
             format!(
-                "<li><code>{}</code> (headhunt {})</li>",
+                "<li><code>{}</code> (headhunt {}, precision {})</li>",
                 esc(p["command"].as_str().unwrap_or("")),
-                esc(p["headhunt"].as_str().unwrap_or(""))
+                esc(p["headhunt"].as_str().unwrap_or("")),
+                esc(p["precision"].as_str().unwrap_or("exact"))
             )
         })
         .collect();

@@ -172,5 +172,27 @@ fn compare_reads_the_paper_format() {
     );
     assert!(text.contains("top-5   overlap: 5/5"), "{text}");
     assert!(dir.join("compare.png").exists() && dir.join("compare.svg").exists());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("precision"));
+    // Run folders computed at different precisions (a run from before precisions counts as
+    // exact) are compared with a warning.
+    for (name, provenance) in [
+        ("old", r#"[{"command": "headhunt detect"}]"#),
+        ("fast", r#"[{"precision": "fast"}]"#),
+    ] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::copy(dir.join("a.json"), dir.join(name).join("head_scores.json")).unwrap();
+        std::fs::write(dir.join(name).join("provenance.json"), provenance).unwrap();
+    }
+    let out = headhunt()
+        .arg("compare")
+        .arg(dir.join("old"))
+        .arg(dir.join("fast"))
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("A was computed at precision exact and B at fast"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

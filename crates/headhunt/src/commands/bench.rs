@@ -171,6 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         let out = serde_json::json!({
             "model": args.model.model,
             "threads": rayon::current_num_threads(),
+            "precision": model.precision().name(),
             "prefill_chunk": chunk,
             "results": rows,
         });

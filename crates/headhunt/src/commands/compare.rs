@@ -65,9 +65,42 @@ pub fn compare(a: &HeadScores, b: &HeadScores, top: usize) -> Result<Comparison>
     })
 }
 
+/// The precisions a headhunt run folder (or the folder of a score file) was computed at, from
+/// its provenance; none for files from elsewhere (the paper's scores).
+fn precisions(p: &Path) -> Vec<String> {
+    let dir = if p.is_dir() { p } else { p.parent().unwrap_or(p) };
+    let Ok(text) = std::fs::read_to_string(dir.join("provenance.json")) else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    let mut out: Vec<String> = list
+        .iter()
+        // Runs recorded before precisions were chosen were all exact.
+        .map(|e| e["precision"].as_str().unwrap_or("exact").to_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A warning when the two runs' arithmetic differs, so their differences are not all the model's.
+pub fn precision_warning(a: &Path, b: &Path) -> Option<String> {
+    let (pa, pb) = (precisions(a), precisions(b));
+    (!pa.is_empty() && !pb.is_empty() && pa != pb).then(|| {
+        format!(
+            "warning: A was computed at precision {} and B at {}: part of their difference is the arithmetic (--precision)",
+            pa.join("+"),
+            pb.join("+")
+        )
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     let (a, b) = (load(&args.a)?, load(&args.b)?);
     let cmp = compare(&a, &b, args.top)?;
+    if let Some(w) = precision_warning(&args.a, &args.b) {
+        eprintln!("{w}");
+    }
     println!("A: {} ({} trials)", args.a.display(), a.trials());
     println!("B: {} ({} trials)", args.b.display(), b.trials());
     println!(

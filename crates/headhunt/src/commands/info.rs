@@ -108,6 +108,13 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
         "kernels",
         format!("{} (of {} on this CPU)", model.isa(), headhunt_engine::Isa::detected()),
     );
+    row(
+        "precision",
+        match model.precision() {
+            headhunt_engine::Precision::Exact => "exact (f32 products on the stored weights)".into(),
+            headhunt_engine::Precision::Fast => "fast (int8 matrix-vector products in decoding)".into(),
+        },
+    );
     match &model.tokenizer {
         Some(t) => {
             let name = |id: Option<u32>| id.and_then(|i| t.token_str(i)).unwrap_or_else(|| "-".into());
