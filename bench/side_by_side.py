@@ -18,7 +18,7 @@ and the median of the pairwise ratios:
    output_attentions at each step (reference/make_reference.py's trial, timed alone). Known
    models only; --skip-trial leaves it out.
 
---simd caps headhunt's kernels (HEADHUNT_SIMD) and --llama-lib points at another build of
+--precision fast runs headhunt's int8 decoding (`--precision fast`). --simd caps headhunt's kernels (HEADHUNT_SIMD) and --llama-lib points at another build of
 llama-cpp-python (a folder to put first on PYTHONPATH): together they measure what a CPU without
 AVX-512 runs, on a machine that has it. --headhunt runs another headhunt binary.
 
@@ -88,7 +88,7 @@ class Sides:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def headhunt(self, mode: str, n: int) -> dict:
-        args = [self.args.headhunt, "bench", "--model", self.model, "--json"]
+        args = [self.args.headhunt, "bench", "--model", self.model, "--json", "--precision", self.args.precision]
         if mode == "prefill":
             args += ["--lengths", str(n), "--decode-context", "0"]
         else:
@@ -97,11 +97,11 @@ class Sides:
         return json.loads(out.stdout)["results"][-1]
 
 
-def headhunt_trial(binary: str, model: str, length: int, depth: float) -> float:
+def headhunt_trial(binary: str, model: str, length: int, depth: float, precision: str) -> float:
     with tempfile.TemporaryDirectory() as d:
         texts = ROOT / "reference" / "texts"
         subprocess.run([binary, "detect", "--model", model, "--needles", str(texts / "needles.jsonl"), "--haystack", str(texts / "lighthouse.txt"),
-                        "--lengths", str(length), "--depths", str(depth), "--out", d], capture_output=True, check=True)
+                        "--lengths", str(length), "--depths", str(depth), "--precision", precision, "--out", d], capture_output=True, check=True)
         return json.loads((Path(d) / "trials.jsonl").read_text().splitlines()[0])["seconds"]
 
 
@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--decode-context", type=int, default=2048, help="context before decoding (0: no decode row)")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--skip-trial", action="store_true", help="leave out the transformers trial comparison")
+    ap.add_argument("--precision", default="exact", choices=["exact", "fast"], help="headhunt's --precision")
     ap.add_argument("--simd", help="cap headhunt's kernels (HEADHUNT_SIMD): avx2 or portable")
     ap.add_argument("--llama-lib", help="a folder holding another llama-cpp-python build, put first on PYTHONPATH")
     ap.add_argument("--headhunt", default=str(ROOT / "target" / "release" / "headhunt"), help="the headhunt binary")
@@ -170,7 +171,7 @@ def main():
         print(rows[-1], file=sys.stderr)
     if not args.skip_trial and args.model in FILES:
         # Seconds per trial: the ratio is reference / headhunt, a speed-up.
-        ours, ref = alternate(lambda: headhunt_trial(args.headhunt, args.model, 2000, 50.0), lambda: reference_trial(args.model, 2000, 50.0), args.repeats)
+        ours, ref = alternate(lambda: headhunt_trial(args.headhunt, args.model, 2000, 50.0, args.precision), lambda: reference_trial(args.model, 2000, 50.0), args.repeats)
         rows.append(row("NIAH trial, 2000 tokens, argmax capture (s)", "transformers eager", ours, ref, ratio=lambda a, b: b / a))
         print(rows[-1], file=sys.stderr)
 
@@ -178,6 +179,7 @@ def main():
     flags = open("/proc/cpuinfo").read()
     isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
     sides_note = f"headhunt kernels capped at {args.simd}" if args.simd else "headhunt's best kernels"
+    sides_note += f", precision {args.precision}"
     if args.llama_lib:
         sides_note += f", llama.cpp from {args.llama_lib}"
     lines = [
