@@ -204,3 +204,38 @@ fn fast_products_match_integer_arithmetic_and_stay_near_f32() {
         );
     }
 }
+
+/// The integer products bit for bit, at their extremes: weights -128..127 (Q8_0) through the sign
+/// trick, 0..63 (Q6_K's and the offset types' range) directly, vector bytes -127..127.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn integer_products_are_exact() {
+    let mut state = 99u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let mut cases: Vec<([i8; 32], [i8; 32], bool)> = vec![
+        ([-128; 32], [127; 32], true),
+        ([-128; 32], [-127; 32], true),
+        ([63; 32], [-127; 32], false),
+    ];
+    for _ in 0..200 {
+        let x: [i8; 32] = std::array::from_fn(|_| ((next() % 255) as i32 - 127) as i8);
+        let w: [i8; 32] = std::array::from_fn(|_| next() as u8 as i8);
+        let u: [i8; 32] = std::array::from_fn(|_| (next() % 64) as i8);
+        cases.push((w, x, true));
+        cases.push((u, x, false));
+    }
+    let mut seen = Vec::new();
+    for (w, x, signed) in cases {
+        let want: [i32; 8] = std::array::from_fn(|k| (4 * k..4 * k + 4).map(|i| w[i] as i32 * x[i] as i32).sum());
+        for (name, got) in x86::run_sums(&w, &x, signed) {
+            assert_eq!(got, want, "{name}: w {w:?} x {x:?}");
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+    }
+    eprintln!("integer products checked with {}", seen.join(", "));
+}

@@ -936,3 +936,56 @@ unsafe fn int8_dot_vnni512<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
 unsafe fn int8_dot_avxvnni<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
     int8_dot::<U, AvxVnni>(row, x)
 }
+
+/// The integer products of a run, through every `Madd` this CPU has, as `int_sums` computes them
+/// for signed (`signed`) and unsigned weights: the tests compare them with plain integer sums.
+#[cfg(test)]
+pub(super) fn run_sums(w: &[i8; 32], x: &[i8; 32], signed: bool) -> Vec<(&'static str, [i32; 8])> {
+    struct Signed;
+    struct Unsigned;
+    impl Unpack for Signed {
+        const KIND: Kind = Kind::Small;
+        const BLOCK: usize = 32;
+        const BYTES: usize = 32;
+        const SIGNED: bool = true;
+    }
+    impl Unpack for Unsigned {
+        const KIND: Kind = Kind::Small;
+        const BLOCK: usize = 32;
+        const BYTES: usize = 32;
+    }
+    #[inline(always)]
+    unsafe fn sums<M: Madd>(w: &[i8; 32], x: &[i8; 32], signed: bool) -> [i32; 8] {
+        let (w, x) = (_mm256_loadu_si256(w.as_ptr().cast()), _mm256_loadu_si256(x.as_ptr().cast()));
+        let t = if signed {
+            int_sums::<Signed, M>(w, x)
+        } else {
+            int_sums::<Unsigned, M>(w, x)
+        };
+        std::mem::transmute::<__m256i, [i32; 8]>(t)
+    }
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(w: &[i8; 32], x: &[i8; 32], signed: bool) -> [i32; 8] {
+        sums::<Maddubs>(w, x, signed)
+    }
+    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2")]
+    unsafe fn vnni512(w: &[i8; 32], x: &[i8; 32], signed: bool) -> [i32; 8] {
+        sums::<Vnni512>(w, x, signed)
+    }
+    #[target_feature(enable = "avxvnni,avx2")]
+    unsafe fn avxvnni(w: &[i8; 32], x: &[i8; 32], signed: bool) -> [i32; 8] {
+        sums::<AvxVnni>(w, x, signed)
+    }
+    // SAFETY: each runs only where the CPU reports its features.
+    let mut out = Vec::new();
+    if is_x86_feature_detected!("avx2") {
+        out.push(("avx2", unsafe { avx2(w, x, signed) }));
+    }
+    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        out.push(("avx512vnni", unsafe { vnni512(w, x, signed) }));
+    }
+    if is_x86_feature_detected!("avxvnni") {
+        out.push(("avxvnni", unsafe { avxvnni(w, x, signed) }));
+    }
+    out
+}
