@@ -929,7 +929,69 @@ unsafe fn int8_dot_avx2<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn int8_dot_vnni512<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
-    int8_dot::<U, Vnni512>(row, x)
+    if U::KIND == Kind::Super {
+        super_dot_vnni512::<U>(row, x)
+    } else {
+        int8_dot::<U, Vnni512>(row, x)
+    }
+}
+
+/// [`int8_dot`] for super-blocks in 16 lanes: two runs per `vpdpbusd` on 512-bit registers.
+#[inline(always)]
+unsafe fn super_dot_vnni512<U: Unpack>(row: &[u8], x: &QVector) -> f32 {
+    let (r, xq, xd, blocks) = (row.as_ptr(), x.q.as_ptr(), x.d.as_ptr(), row.len() / U::BYTES);
+    debug_assert_eq!(blocks * U::BLOCK, x.q.len());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut offsets = _mm512_setzero_ps();
+    for b in 0..blocks {
+        let blk = r.add(b * U::BYTES);
+        let s = U::scales(blk);
+        // Group g's scale times the vector's scale for its run, g / 2.
+        let d = _mm512_castps256_ps512(_mm256_loadu_ps(xd.add(8 * b)));
+        let pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let sd = _mm512_mul_ps(wide(s.scale), _mm512_permutexvar_ps(pairs, d));
+        let mut pending = _mm256_setzero_si256();
+        U::runs(blk, |j, v| {
+            if j % 2 == 0 {
+                pending = v;
+                return;
+            }
+            // Runs j - 1 and j: lanes 0-7 and 8-15, groups 2 j - 2 .. 2 j + 2, four lanes each.
+            let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(pending), v);
+            let xv = _mm512_loadu_si512(xq.add(256 * b + 32 * (j - 1)).cast());
+            let t = if U::SIGNED {
+                let neg = _mm512_movepi8_mask(w);
+                let xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs)
+            } else {
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv)
+            };
+            let g = 2 * (j as i32 - 1);
+            let idx = _mm512_setr_epi32(
+                g,
+                g,
+                g,
+                g,
+                g + 1,
+                g + 1,
+                g + 1,
+                g + 1,
+                g + 2,
+                g + 2,
+                g + 2,
+                g + 2,
+                g + 3,
+                g + 3,
+                g + 3,
+                g + 3,
+            );
+            acc[j / 2 % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, sd), acc[j / 2 % 2]);
+        });
+        if U::HAS_MIN {
+            offsets = _mm512_fmadd_ps(wide(s.min), _mm512_loadu_ps(x.sums16.as_ptr().add(16 * b)), offsets);
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), offsets))
 }
 
 #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
