@@ -27,6 +27,10 @@ use crate::kernels::{row_kernels, Precision, QVector, RowKernels, Vector};
 /// run at full speed, small enough to stay out of the memory budget (bench/RESULTS.md).
 const TILE_BYTES: usize = 4 << 20;
 
+/// Up to this many tokens, a product is computed row by row with the dot-product kernels rather
+/// than through the GEMM (measured in bench/RESULTS.md).
+pub const ROW_DOT_TOKENS: usize = 64;
+
 /// A matrix's stored bytes: its own, or a range of a memory-mapped checkpoint.
 #[derive(Clone)]
 pub enum Bytes {
@@ -310,21 +314,11 @@ impl Matrix {
     /// projection's), the rows defeat the prefetchers (a 7B model's fused QKV product ran at half
     /// the speed of the other products).
     fn each_row(&self, out: &mut [f32], f: impl Fn(&Part, &[u8]) -> f32 + Sync) {
-        // A few tasks per thread: enough to balance, few enough to keep overhead small.
-        let per_task = self.rows.div_ceil(4 * rayon::current_num_threads()).max(8);
-        let stored_order = |out: &mut [f32]| {
-            crate::team::for_each_chunk(out, per_task, |t, chunk| {
-                for (i, y) in chunk.iter_mut().enumerate() {
-                    let (p, bytes) = self.stored_row(t * per_task + i);
-                    *y = f(p, bytes);
-                }
-            })
-        };
         match &self.order {
-            None => stored_order(&mut out[..self.rows]),
+            None => self.stored_rows(&mut out[..self.rows], 1, |p, bytes, y| y[0] = f(p, bytes)),
             Some(order) => {
                 let mut stored = vec![0.0f32; self.rows];
-                stored_order(&mut stored);
+                self.stored_rows(&mut stored, 1, |p, bytes, y| y[0] = f(p, bytes));
                 for (y, &s) in out.iter_mut().zip(order) {
                     *y = stored[s as usize];
                 }
@@ -332,13 +326,52 @@ impl Matrix {
         }
     }
 
-    /// `out[m, rows] = x[m, cols] · W^T`. One row is [`Matrix::gemv`]; more dequantise tiles of
-    /// rows into f32 and multiply them with `gemm` on all threads.
+    /// `f(row s, out[s * width..][..width])` for every stored row `s`, in stored order, split
+    /// across threads.
+    fn stored_rows(&self, out: &mut [f32], width: usize, f: impl Fn(&Part, &[u8], &mut [f32]) + Sync) {
+        // A few tasks per thread: enough to balance, few enough to keep overhead small.
+        let per_task = self.rows.div_ceil(4 * rayon::current_num_threads()).max(8);
+        crate::team::for_each_chunk(out, per_task * width, |t, chunk| {
+            for (i, ys) in chunk.chunks_exact_mut(width).enumerate() {
+                let (p, bytes) = self.stored_row(t * per_task + i);
+                f(p, bytes, ys);
+            }
+        });
+    }
+
+    /// [`Matrix::matmul`] for a few tokens: each row's exact dot product with every token, rows
+    /// split across threads (a row is read from memory once and from cache for the other
+    /// tokens). Tiles through the GEMM cost more at this size: `gemm` packs each 4 MiB tile
+    /// before multiplying, which alone takes longer than the products (a 1B model's 16-token
+    /// prefill took 2.0 s).
+    fn matmul_by_rows(&self, out: &mut [f32], x: &[f32], m: usize) {
+        let (n, k) = (self.rows, self.cols);
+        let xs: Vec<Vector> = x[..m * k].chunks_exact(k).map(Vector::new).collect();
+        let mut stored = vec![0.0f32; n * m];
+        self.stored_rows(&mut stored, m, |p, bytes, ys| {
+            for (y, x) in ys.iter_mut().zip(&xs) {
+                *y = (p.kernels.dot)(bytes, x);
+            }
+        });
+        for r in 0..n {
+            let s = self.order.as_ref().map_or(r, |o| o[r] as usize);
+            for (t, &y) in stored[s * m..(s + 1) * m].iter().enumerate() {
+                out[t * n + r] = y;
+            }
+        }
+    }
+
+    /// `out[m, rows] = x[m, cols] · W^T`. One row is [`Matrix::gemv`]; up to
+    /// [`ROW_DOT_TOKENS`] are each row's dot products; more dequantise tiles of rows into f32 and
+    /// multiply them with `gemm` on all threads.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize) {
         let (n, k) = (self.rows, self.cols);
         assert!(out.len() >= m * n && x.len() >= m * k, "matmul: buffers smaller than their shapes");
         if m == 1 {
             return self.gemv(x, out);
+        }
+        if m <= ROW_DOT_TOKENS {
+            return self.matmul_by_rows(out, x, m);
         }
         thread_local! {
             static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -369,7 +402,14 @@ mod tests {
 
     #[test]
     fn products_match_the_naive_ones_on_f32() {
-        let (rows, cols, m) = (37, 48, 5);
+        // A few tokens (row by row) and more than ROW_DOT_TOKENS (through the GEMM).
+        for m in [5, ROW_DOT_TOKENS + 3] {
+            products_match_with(m);
+        }
+    }
+
+    fn products_match_with(m: usize) {
+        let (rows, cols) = (37, 48);
         let w = values(rows * cols, 1);
         let x = values(m * cols, 2);
         for isa in Isa::available() {
@@ -401,6 +441,20 @@ mod tests {
         m.permute_rows(&[4, 3, 2, 1, 0]);
         assert_eq!(m.to_f32(), [10., 11., 12., 7., 8., 9., 13., 14., 15., 4., 5., 6., 1., 2., 3.]);
         assert_eq!(m.dot_rows(&[1, 4], &[1., 0., 1.]), [16.0, 4.0]);
+        // Products read permuted rows in their stored order and put each result in place.
+        let (w, x) = (m.to_f32(), [1., 2., 3., -1., 0.5, 2.]);
+        let (mut one, mut two) = ([0.0; 5], [0.0; 10]);
+        m.gemv(&x[..3], &mut one);
+        m.matmul(&mut two, &x, 2);
+        for t in 0..2 {
+            for r in 0..5 {
+                let want: f32 = (0..3).map(|c| w[r * 3 + c] * x[t * 3 + c]).sum();
+                assert_eq!(two[t * 5 + r], want, "token {t}, row {r}");
+                if t == 0 {
+                    assert_eq!(one[r], want, "row {r}");
+                }
+            }
+        }
         let t = Matrix::from_f32(2, 3, &[1., 2., 3., 4., 5., 6.], isa).transposed().unwrap();
         assert_eq!((t.rows(), t.cols()), (3, 2));
         assert_eq!(t.to_f32(), [1., 4., 2., 5., 3., 6.]);
