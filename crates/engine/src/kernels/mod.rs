@@ -285,14 +285,11 @@ fn dot_q8<F: Format>(row: &[u8], x: &QVector) -> f32 {
         F::unpack(block, &mut q, &mut scale, &mut min);
         let groups = F::BLOCK / 16;
         let xq = &x.q[n * F::BLOCK..(n + 1) * F::BLOCK];
-        // The integer sums first, in a loop the compiler vectorises; then the scaling.
+        // The integer sums first, then the scaling; byte products fit i16 (at most 128 x 127),
+        // which compilers vectorise as multiply-adds of 16-bit pairs.
         let mut isum = [0i32; 16];
         for (s, (qg, xg)) in isum.iter_mut().zip(q[..F::BLOCK].chunks_exact(16).zip(xq.chunks_exact(16))) {
-            let mut t = 0i32;
-            for i in 0..16 {
-                t += qg[i] as i32 * xg[i] as i32;
-            }
-            *s = t;
+            *s = qg.iter().zip(xg).map(|(&w, &v)| (w as i16 * v as i16) as i32).sum();
         }
         let (xd, sums) = (&x.d[n * F::BLOCK / 32..], &x.sums16[n * groups..]);
         for g in 0..groups {
