@@ -29,7 +29,7 @@ const TILE_BYTES: usize = 4 << 20;
 
 /// Up to this many tokens, a product is computed row by row with the dot-product kernels rather
 /// than through the GEMM (measured in bench/RESULTS.md).
-pub const ROW_DOT_TOKENS: usize = 64;
+const ROW_DOT_TOKENS: usize = 64;
 
 /// A matrix's stored bytes: its own, or a range of a memory-mapped checkpoint.
 #[derive(Clone)]
@@ -263,13 +263,12 @@ impl Matrix {
     /// `sum_c W[r, c] x[c]` for each of `rows`.
     pub fn dot_rows(&self, rows: &[usize], x: &[f32]) -> Vec<f32> {
         let x = Vector::new(&x[..self.cols]);
-        rows.iter().map(|&r| self.dot(r, &x)).collect()
-    }
-
-    #[inline]
-    fn dot(&self, r: usize, x: &Vector) -> f32 {
-        let (p, bytes) = self.row_bytes(r);
-        (p.kernels.dot)(bytes, x)
+        rows.iter()
+            .map(|&r| {
+                let (p, bytes) = self.row_bytes(r);
+                (p.kernels.dot)(bytes, &x)
+            })
+            .collect()
     }
 
     /// All values, `[rows, cols]` (a full f32 copy: for tests and diagnostics, not the forward

@@ -127,10 +127,9 @@ fn int8_reference(dtype: GgmlType, row: &[u8], x: &QVector) -> f64 {
 
 #[test]
 fn vectors_quantise_to_int8_within_half_a_step() {
-    let x: Vec<f32> = (0..96)
+    let mut x: Vec<f32> = (0..96)
         .map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0 * if i < 32 { 1.0 } else { 1e-3 })
         .collect();
-    let mut x = x;
     x[64..].fill(0.0); // an all-zero block has scale 0
     let q = QVector::new(&x);
     for (b, xb) in x.chunks_exact(32).enumerate() {

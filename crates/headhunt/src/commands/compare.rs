@@ -84,7 +84,7 @@ fn precisions(p: &Path) -> Vec<String> {
 }
 
 /// A warning when the two runs' arithmetic differs, so their differences are not all the model's.
-pub fn precision_warning(a: &Path, b: &Path) -> Option<String> {
+fn precision_warning(a: &Path, b: &Path) -> Option<String> {
     let (pa, pb) = (precisions(a), precisions(b));
     (!pa.is_empty() && !pb.is_empty() && pa != pb).then(|| {
         format!(
