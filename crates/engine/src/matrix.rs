@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::cpu::Isa;
 use crate::gguf::GgmlType;
-use crate::kernels::{row_kernels, Precision, QVector, RowKernels, Vector};
+use crate::kernels::{row_kernels, Precision, QVector, RowKernels, Tile, TileProduct, Tokens, Vector, TILE_ROWS};
 
 /// Bytes of the f32 tile a multi-row product dequantises at a time: large enough for `gemm` to
 /// run at full speed, small enough to stay out of the memory budget (bench/RESULTS.md).
@@ -338,20 +338,33 @@ impl Matrix {
         });
     }
 
-    /// [`Matrix::matmul`] for a few tokens: each row's exact dot product with every token, rows
-    /// split across threads (a row is read from memory once and from cache for the other
-    /// tokens). Tiles through the GEMM cost more at this size: `gemm` packs each 4 MiB tile
-    /// before multiplying, which alone takes longer than the products (a 1B model's 16-token
-    /// prefill took 2.0 s).
+    /// [`Matrix::matmul`] for a few tokens: each row's dot product with every token (exact, or
+    /// in integers at [`Precision::Fast`]), rows split across threads (a row is read from memory
+    /// once and from cache for the other tokens). Tiles through the GEMM cost more at this size:
+    /// `gemm` packs each 4 MiB tile before multiplying, which alone takes longer than the
+    /// products (a 1B model's 16-token prefill took 2.0 s).
     fn matmul_by_rows(&self, out: &mut [f32], x: &[f32], m: usize) {
         let (n, k) = (self.rows, self.cols);
-        let xs: Vec<Vector> = x[..m * k].chunks_exact(k).map(Vector::new).collect();
         let mut stored = vec![0.0f32; n * m];
-        self.stored_rows(&mut stored, m, |p, bytes, ys| {
-            for (y, x) in ys.iter_mut().zip(&xs) {
-                *y = (p.kernels.dot)(bytes, x);
+        match self.precision() {
+            Precision::Exact => {
+                let xs: Vec<Vector> = x[..m * k].chunks_exact(k).map(Vector::new).collect();
+                self.stored_rows(&mut stored, m, |p, bytes, ys| {
+                    for (y, x) in ys.iter_mut().zip(&xs) {
+                        *y = (p.kernels.dot)(bytes, x);
+                    }
+                });
             }
-        });
+            Precision::Fast => {
+                let xs: Vec<QVector> = x[..m * k].chunks_exact(k).map(QVector::new).collect();
+                self.stored_rows(&mut stored, m, |p, bytes, ys| {
+                    let dot = p.kernels.dot_q8.expect("precision() checked");
+                    for (y, x) in ys.iter_mut().zip(&xs) {
+                        *y = dot(bytes, x);
+                    }
+                });
+            }
+        }
         for r in 0..n {
             let s = self.order.as_ref().map_or(r, |o| o[r] as usize);
             for (t, &y) in stored[s * m..(s + 1) * m].iter().enumerate() {
@@ -360,9 +373,72 @@ impl Matrix {
         }
     }
 
+    /// The int8 tile product of every part's rows, where the CPU has one (see `kernels::tiles`).
+    fn tile_product(&self) -> Option<TileProduct> {
+        self.parts
+            .iter()
+            .map(|p| p.kernels.tiles.and(p.kernels.tile_product))
+            .collect::<Option<Vec<_>>>()?
+            .first()
+            .copied()
+    }
+
+    /// [`Matrix::matmul`] at [`Precision::Fast`] for many tokens: the tokens quantised once, the
+    /// rows built into int8 tiles of 16, one tile per task, each multiplied with every token
+    /// into the task's scratch and written into its columns of `out`.
+    fn matmul_tiles(&self, out: &mut [f32], x: &[f32], m: usize, product: TileProduct) {
+        thread_local! {
+            static SCRATCH: RefCell<(Tile, Vec<f32>)> = RefCell::new((Tile::default(), Vec::new()));
+            static TOKENS: RefCell<Tokens> = RefCell::new(Tokens::default());
+        }
+        struct Out(*mut f32);
+        // SAFETY: each task writes only its own tile's columns of `out`, which outlives the step.
+        unsafe impl Sync for Out {}
+        impl Out {
+            /// # Safety
+            /// `at + len` is within `out`, and no other task writes there.
+            unsafe fn put(&self, at: usize, values: &[f32]) {
+                // A whole tile's row in one known-size copy (a `memmove` call per row cost 7%).
+                if values.len() == TILE_ROWS {
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), TILE_ROWS);
+                } else {
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+                }
+            }
+        }
+        let (n, k) = (self.rows, self.cols);
+        let forms: Vec<_> = self
+            .parts
+            .iter()
+            .map(|p| p.kernels.tiles.expect("tile_product() checked"))
+            .collect();
+        let width = forms.iter().map(|f| f.width).min().expect("a matrix has parts");
+        let dst = Out(out[..m * n].as_mut_ptr());
+        TOKENS.with_borrow_mut(|tokens| {
+            tokens.quantise(x, m, k, width);
+            crate::team::for_each(n.div_ceil(TILE_ROWS), |i| {
+                let r0 = i * TILE_ROWS;
+                let rows = TILE_ROWS.min(n - r0);
+                SCRATCH.with_borrow_mut(|(tile, ys)| {
+                    tile.fill(rows, k, width, |j| {
+                        let (p, bytes) = self.row_bytes(r0 + j);
+                        (bytes, p.kernels.tiles.expect("checked above").unpack)
+                    });
+                    ys.resize(m * TILE_ROWS, 0.0);
+                    product(tile, tokens, ys);
+                    for (t, y) in ys.chunks_exact(TILE_ROWS).enumerate() {
+                        // SAFETY: row t's columns r0 .. r0 + rows are this tile's, within m x n.
+                        unsafe { dst.put(t * n + r0, &y[..rows]) };
+                    }
+                });
+            });
+        });
+    }
+
     /// `out[m, rows] = x[m, cols] · W^T`. One row is [`Matrix::gemv`]; up to
-    /// [`ROW_DOT_TOKENS`] are each row's dot products; more dequantise tiles of rows into f32 and
-    /// multiply them with `gemm` on all threads.
+    /// [`ROW_DOT_TOKENS`] are each row's dot products; more are int8 tiles at
+    /// [`Precision::Fast`] where the CPU has their instructions, and otherwise dequantise tiles
+    /// of rows into f32 and multiply them with `gemm` on all threads.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize) {
         let (n, k) = (self.rows, self.cols);
         assert!(out.len() >= m * n && x.len() >= m * k, "matmul: buffers smaller than their shapes");
@@ -371,6 +447,12 @@ impl Matrix {
         }
         if m <= ROW_DOT_TOKENS {
             return self.matmul_by_rows(out, x, m);
+        }
+        if self.precision() == Precision::Fast {
+            match self.tile_product() {
+                Some(product) => return self.matmul_tiles(out, x, m, product),
+                None => note_exact_prompts(),
+            }
         }
         thread_local! {
             static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -389,6 +471,19 @@ impl Matrix {
             }
         });
     }
+}
+
+/// Say once that prompts run exact: the int8 products of many tokens need AVX2 (and VNNI for
+/// Q8_0's full bytes).
+fn note_exact_prompts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "note: precision fast: this CPU (or the HEADHUNT_SIMD cap) has no int8 product of many tokens for \
+             some weights (they need AVX2, and AVX-512 VNNI or AVX-VNNI for Q8_0); their products in prompts \
+             of more than {ROW_DOT_TOKENS} tokens run exact"
+        )
+    });
 }
 
 #[cfg(test)]

@@ -18,13 +18,17 @@
 //!
 //! [`Precision::Fast`] adds a third product per quant type, in integers: the vector is quantised
 //! to int8 ([`QVector`]) and each run of 32 small integers is multiplied with it in int32
-//! (`vpmaddubsw` with AVX2, `vpdpbusd` with VNNI), then scaled in f32 per 16 weights.
+//! (`vpmaddubsw` with AVX2, `vpdpbusd` with VNNI), then scaled in f32 per 16 weights; and for
+//! many tokens at once, the same arithmetic on rows repacked into int8 tiles (`tiles`).
 
 use crate::cpu::Isa;
 use crate::gguf::GgmlType;
 
+mod tiles;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub(crate) use tiles::{Tile, TileForm, TileProduct, TILE_ROWS};
 
 /// The vector a row is multiplied with, in the forms the kernels read, made once per product:
 /// its values, its values reordered within each run of 32 (`x[32 b + 4 i + k]` at
@@ -62,10 +66,11 @@ pub enum Precision {
     /// In f32 on the stored weights' exact values: the numbers of the reference implementation.
     #[default]
     Exact,
-    /// Matrix-vector products (decoding) in integers: the vector quantised to int8 in blocks of
-    /// 32 with an f32 scale each ([`QVector`]), multiplied with the stored blocks' small integers
-    /// in int32 and scaled in f32 per 16 weights, as llama.cpp does. Dense (F32/F16/BF16) weights
-    /// and multi-token products stay exact.
+    /// Products in integers, as llama.cpp computes them: the activations quantised to int8 in
+    /// blocks of 32 with an f32 scale each ([`QVector`]), multiplied with the stored blocks' small
+    /// integers in int32 and scaled in f32 per 16 or 32 weights. Decoding reads the blocks
+    /// directly; prompts repack rows into int8 tiles (`tiles`). Dense (F32/F16/BF16) weights stay
+    /// exact, and so do prompts on a CPU without the tiles' instructions.
     Fast,
 }
 
@@ -116,22 +121,115 @@ impl QVector {
     /// `x.len()` must be a multiple of 32 (every quantised row is).
     pub fn new(x: &[f32]) -> Self {
         assert!(x.len().is_multiple_of(32), "QVector: {} values are not blocks of 32", x.len());
-        let mut q = vec![0i8; x.len()];
-        let mut d = Vec::with_capacity(x.len() / 32);
-        let mut sums16 = Vec::with_capacity(x.len() / 16);
-        for (qb, xb) in q.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (o, &v) in qb.iter_mut().zip(xb) {
-                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            }
-            d.push(scale);
-            for half in qb.chunks_exact(16) {
-                sums16.push(scale * half.iter().map(|&v| v as i32).sum::<i32>() as f32);
-            }
+        let mut v = QVector {
+            q: vec![0i8; x.len()],
+            d: vec![0.0; x.len() / 32],
+            sums16: vec![0.0; x.len() / 16],
+        };
+        quantize_row(x, &mut v.q, &mut v.d, &mut v.sums16, 16);
+        v
+    }
+}
+
+/// `x` (blocks of 32) into `q`, its scales into `d` and the sums of `d q` per `width` (16 or 32)
+/// into `sums`: with AVX-512 where the CPU has it, the same numbers either way.
+fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], sums: &mut [f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() == Isa::Avx512 {
+        // SAFETY: the CPU runs AVX-512 F/BW/VL.
+        return unsafe { x86::quantize_row512(x, q, d, sums, width) };
+    }
+    for (b, (qb, xb)) in q.chunks_exact_mut(32).zip(x.chunks_exact(32)).enumerate() {
+        let (scale, [lo, hi]) = quantize_block(xb, qb);
+        d[b] = scale;
+        if width == 32 {
+            sums[b] = scale * (lo + hi);
+        } else {
+            sums[2 * b] = scale * lo;
+            sums[2 * b + 1] = scale * hi;
         }
-        QVector { q, d, sums16 }
+    }
+}
+
+/// 32 values as signed bytes, `x ~ d q` with `d = max |x| / 127`, rounded to the nearest (ties
+/// to even, as `vroundps` and llama.cpp's SIMD quantisation do); returns `d` and the sums of `q`
+/// over each 16.
+#[inline]
+fn quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, [f32; 2]) {
+    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let r: [f32; 32] = std::array::from_fn(|i| (xb[i] * inv).round_ties_even());
+    for (o, &v) in qb.iter_mut().zip(&r) {
+        *o = v as i8;
+    }
+    // Sums of small integers: exact in f32.
+    (scale, [r[..16].iter().sum(), r[16..].iter().sum()])
+}
+
+/// Tokens quantised for the tile products: each as its [`QVector`], with the sums of its
+/// quantised values per `width` (the tiles' group of values sharing a scale).
+#[derive(Default)]
+pub(crate) struct Tokens {
+    pub m: usize,
+    pub k: usize,
+    pub width: usize,
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sums: Vec<f32>,
+}
+
+impl Tokens {
+    #[cfg(test)]
+    pub(crate) fn new(x: &[f32], m: usize, k: usize, width: usize) -> Tokens {
+        let mut t = Tokens::default();
+        t.quantise(x, m, k, width);
+        t
+    }
+
+    /// Hold `x`'s `m` tokens of `k` values (a multiple of 32), quantised on all threads, in the
+    /// buffers of the previous tokens (fresh ones cost page faults at every product).
+    pub(crate) fn quantise(&mut self, x: &[f32], m: usize, k: usize, width: usize) {
+        assert!(k.is_multiple_of(32) && x.len() >= m * k, "Tokens: {m} x {k} values");
+        (self.m, self.k, self.width) = (m, k, width);
+        self.q.resize(m * k, 0);
+        self.d.resize(m * k / 32, 0.0);
+        self.sums.resize(m * k / width, 0.0);
+        let (q, d, sums) = (
+            SyncPtr(self.q.as_mut_ptr()),
+            SyncPtr(self.d.as_mut_ptr()),
+            SyncPtr(self.sums.as_mut_ptr()),
+        );
+        crate::team::for_each(m, |t| {
+            // SAFETY: token t's runs of the three buffers, written by this task only; the
+            // buffers are sized above and outlive the step.
+            let (q, d, sums) = unsafe { (q.run(t * k, k), d.run(t * k / 32, k / 32), sums.run(t * k / width, k / width)) };
+            quantize_row(&x[t * k..(t + 1) * k], q, d, sums, width);
+        });
+    }
+
+    /// Token `t`'s bytes, scales per 32 values and sums per `width`.
+    #[cfg(test)]
+    pub(crate) fn token(&self, t: usize) -> (&[i8], &[f32], &[f32]) {
+        let (k, w) = (self.k, self.width);
+        (
+            &self.q[t * k..(t + 1) * k],
+            &self.d[t * k / 32..(t + 1) * k / 32],
+            &self.sums[t * k / w..(t + 1) * k / w],
+        )
+    }
+}
+
+struct SyncPtr<T>(*mut T);
+// SAFETY: used only where each task writes its own elements (see `Tokens::quantise`).
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// # Safety
+    /// `at..at + len` is within the allocation, and nothing else touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, at: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
 }
 
@@ -148,6 +246,11 @@ pub(crate) struct RowKernels {
     /// The same dot product in integers against the quantised vector ([`Precision::Fast`]);
     /// none for the dense types.
     pub dot_q8: Option<DotQ8>,
+    /// How rows become int8 tiles for the fast products of many tokens; none for the dense types.
+    pub tiles: Option<TileForm>,
+    /// The tile product this CPU runs at the level; none where it has no integer dot product
+    /// instructions for it (prompts then run exact).
+    pub tile_product: Option<TileProduct>,
 }
 
 /// The storage types the kernels read.
@@ -178,13 +281,35 @@ pub(crate) fn row_kernels(dtype: GgmlType, isa: Isa) -> Option<RowKernels> {
     }
     // `supported()` caps the level at what the CPU runs: that is what makes the SIMD kernels'
     // safe wrappers sound.
-    match isa.supported() {
-        Isa::Portable => Some(portable(dtype)),
+    let mut kernels = match isa.supported() {
+        Isa::Portable => portable(dtype),
         #[cfg(target_arch = "x86_64")]
-        level => Some(x86::kernels(dtype, level == Isa::Avx512)),
+        level => x86::kernels(dtype, level == Isa::Avx512),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => Some(portable(dtype)),
+        _ => portable(dtype),
+    };
+    kernels.tiles = tile_form(dtype);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(form) = kernels.tiles {
+        kernels.tile_product = x86::tile_product(isa.supported(), form.full_bytes);
     }
+    Some(kernels)
+}
+
+fn tile_form(dtype: GgmlType) -> Option<TileForm> {
+    Some(match dtype {
+        GgmlType::Q4_0 => TileForm::of::<Q4_0>(),
+        GgmlType::Q4_1 => TileForm::of::<Q4_1>(),
+        GgmlType::Q5_0 => TileForm::of::<Q5_0>(),
+        GgmlType::Q5_1 => TileForm::of::<Q5_1>(),
+        GgmlType::Q8_0 => TileForm::of::<Q8_0>(),
+        GgmlType::Q2K => TileForm::of::<Q2K>(),
+        GgmlType::Q3K => TileForm::of::<Q3K>(),
+        GgmlType::Q4K => TileForm::of::<Q4K>(),
+        GgmlType::Q5K => TileForm::of::<Q5K>(),
+        GgmlType::Q6K => TileForm::of::<Q6K>(),
+        _ => return None,
+    })
 }
 
 fn portable(dtype: GgmlType) -> RowKernels {
@@ -193,6 +318,8 @@ fn portable(dtype: GgmlType) -> RowKernels {
             dot: |row, x| dot::<F>(row, &x.x),
             dequantize: dequantize::<F>,
             dot_q8: Some(dot_q8::<F>),
+            tiles: None,
+            tile_product: None,
         }
     }
     match dtype {
@@ -200,16 +327,22 @@ fn portable(dtype: GgmlType) -> RowKernels {
             dot: |row, x| dense_dot(row, &x.x, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             dequantize: |row, out| dense_values(row, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             dot_q8: None,
+            tiles: None,
+            tile_product: None,
         },
         GgmlType::F16 => RowKernels {
             dot: |row, x| dense_dot(row, &x.x, 2, f16),
             dequantize: |row, out| dense_values(row, out, 2, f16),
             dot_q8: None,
+            tiles: None,
+            tile_product: None,
         },
         GgmlType::BF16 => RowKernels {
             dot: |row, x| dense_dot(row, &x.x, 2, bf16),
             dequantize: |row, out| dense_values(row, out, 2, bf16),
             dot_q8: None,
+            tiles: None,
+            tile_product: None,
         },
         GgmlType::Q4_0 => of::<Q4_0>(),
         GgmlType::Q4_1 => of::<Q4_1>(),
@@ -258,6 +391,13 @@ pub(crate) trait Format {
     const BLOCK: usize;
     /// Bytes per block.
     const BYTES: usize;
+    /// What makes the unpacked integers non-negative (for the tiles: `vpdpbusd` multiplies
+    /// unsigned bytes with signed ones).
+    const BIAS: i32 = 0;
+    /// Whether both groups of 16 in each run of 32 share scale and offset.
+    const PAIRED: bool = true;
+    /// Whether the unpacked integers plus `BIAS` use all eight bits (else at most six).
+    const FULL_BYTES: bool = false;
     /// Unpack one block: `q[..BLOCK]`, and `scale`, `min` for each 16 values.
     fn unpack(block: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]);
 }
@@ -378,6 +518,7 @@ fn fifth_bits(qh: &[u8], q: &mut [i8; 256]) {
 }
 
 impl Format for Q4_0 {
+    const BIAS: i32 = 8;
     const BLOCK: usize = 32;
     const BYTES: usize = 18;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
@@ -398,6 +539,7 @@ impl Format for Q4_1 {
 }
 
 impl Format for Q5_0 {
+    const BIAS: i32 = 16;
     const BLOCK: usize = 32;
     const BYTES: usize = 22;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
@@ -421,6 +563,8 @@ impl Format for Q5_1 {
 }
 
 impl Format for Q8_0 {
+    const BIAS: i32 = 128;
+    const FULL_BYTES: bool = true;
     const BLOCK: usize = 32;
     const BYTES: usize = 34;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
@@ -433,6 +577,7 @@ impl Format for Q8_0 {
 }
 
 impl Format for Q2K {
+    const PAIRED: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 84;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
@@ -453,6 +598,8 @@ impl Format for Q2K {
 }
 
 impl Format for Q3K {
+    const BIAS: i32 = 4;
+    const PAIRED: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 110;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
@@ -513,6 +660,8 @@ impl Format for Q5K {
 }
 
 impl Format for Q6K {
+    const BIAS: i32 = 32;
+    const PAIRED: bool = false;
     const BLOCK: usize = 256;
     const BYTES: usize = 210;
     fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {

@@ -238,3 +238,117 @@ fn integer_products_are_exact() {
     }
     eprintln!("integer products checked with {}", seen.join(", "));
 }
+
+/// The int8 tiles of prompts: the portable product against the integer reference above, and
+/// every SIMD product this CPU runs against the portable one, for a full and a partial tile.
+#[test]
+fn tile_products_match_integer_arithmetic() {
+    let (m, rows) = (11, TILE_ROWS + 5);
+    let mut checked = Vec::new();
+    for dtype in SUPPORTED.into_iter().filter(|t| t.block_layout().0 > 1) {
+        let (block, _) = dtype.block_layout();
+        let cols = 4 * block.max(64);
+        let data = random_rows(dtype, rows, cols, 23 + dtype as u64);
+        let row_bytes = data.len() / rows;
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 41 % 103) as f32 - 51.0) / 20.0 * if i % 32 == 9 { 6.0 } else { 1.0 })
+            .collect();
+        let kernels = row_kernels(dtype, Isa::detected()).unwrap();
+        let form = kernels.tiles.expect("quant types have tiles");
+        #[cfg(target_arch = "x86_64")]
+        let mut simd = x86::tile_products(Isa::detected(), form.full_bytes);
+        #[cfg(not(target_arch = "x86_64"))]
+        let mut simd: Vec<(&str, TileProduct)> = Vec::new();
+        simd.extend(kernels.tile_product.map(|p| ("chosen", p)));
+        let tokens = Tokens::new(&x, m, cols, form.width);
+        let vectors: Vec<QVector> = x.chunks_exact(cols).map(QVector::new).collect();
+        for (t, v) in vectors.iter().enumerate() {
+            let (q, d, sums) = tokens.token(t);
+            assert!(q == &v.q[..] && d == &v.d[..], "{dtype:?}: token {t} quantised differently");
+            let per16: Vec<f32> = v.sums16.chunks_exact(form.width / 16).map(|c| c.iter().sum()).collect();
+            assert!(sums.iter().zip(&per16).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)));
+        }
+        let mut tile = Tile::default();
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let n = TILE_ROWS.min(rows - r0);
+            tile.fill(n, cols, form.width, |i| {
+                (&data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes], form.unpack)
+            });
+            let mut portable = vec![f32::NAN; m * TILE_ROWS];
+            tiles::product_portable(&tile, &tokens, &mut portable);
+            for t in 0..m {
+                for i in 0..TILE_ROWS {
+                    let got = portable[t * TILE_ROWS + i] as f64;
+                    if i >= n {
+                        assert_eq!(got, 0.0, "{dtype:?}: padding row {i}");
+                        continue;
+                    }
+                    let row = &data[(r0 + i) * row_bytes..(r0 + i + 1) * row_bytes];
+                    let want = int8_reference(dtype, row, &vectors[t]);
+                    let w = dequantize(dtype, row, &[1, cols]).unwrap();
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let scale: f64 = w.iter().zip(xt).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum::<f64>().max(1e-6);
+                    assert!(
+                        ((got - want) / scale).abs() < 1e-5,
+                        "{dtype:?}: row {} token {t}: {got} vs integer reference {want}",
+                        r0 + i
+                    );
+                }
+            }
+            // Same integer sums, same f32 steps in the same order: the same numbers.
+            for (name, product) in &simd {
+                let mut got = vec![f32::NAN; m * TILE_ROWS];
+                product(&tile, &tokens, &mut got);
+                assert_eq!(got, portable, "{dtype:?}: the {name} tile product");
+            }
+        }
+        let names: Vec<&str> = simd.iter().map(|p| p.0).filter(|&n| n != "chosen").collect();
+        checked.push(format!("{dtype:?} ({})", names.join(", ")));
+    }
+    eprintln!("tile products checked against the portable one: {}", checked.join(", "));
+}
+
+/// The tile products where their integers peak: six-bit weights at 63 against token bytes at
+/// +127 and -127 (each `vpmaddubsw` pair sum 2 x 63 x 127, two of them added in i16 by the AVX2
+/// product), and Q8_0's full bytes, 255 after the bias, where the products have VNNI.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn tile_products_at_the_integer_extremes() {
+    let (m, cols) = (9, 256);
+    for (full_bytes, value) in [(false, 63u8), (true, 255u8)] {
+        let unpack: tiles::UnpackRow = if full_bytes {
+            |_, q, s, m| {
+                q.fill(255);
+                s.fill(1.0);
+                m.fill(0.0);
+            }
+        } else {
+            |_, q, s, m| {
+                q.fill(63);
+                s.fill(1.0);
+                m.fill(0.0);
+            }
+        };
+        let mut tile = Tile::default();
+        tile.fill(TILE_ROWS, cols, 32, |_| (&[], unpack));
+        // Token t is all +1 or all -1: bytes +127 or -127 with scale 1 / 127.
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| if (i / cols).is_multiple_of(2) { 1.0 } else { -1.0 })
+            .collect();
+        let tokens = Tokens::new(&x, m, cols, 32);
+        let products = x86::tile_products(Isa::detected(), full_bytes);
+        for (name, product) in &products {
+            let mut got = vec![f32::NAN; m * TILE_ROWS];
+            product(&tile, &tokens, &mut got);
+            for (j, &g) in got.iter().enumerate() {
+                let sign = if (j / TILE_ROWS).is_multiple_of(2) { 1.0 } else { -1.0 };
+                let want = sign * value as f32 * cols as f32;
+                assert!((g - want).abs() <= 1e-3 * want.abs(), "{name}, {value}: [{j}] {g} vs {want}");
+            }
+        }
+        eprintln!(
+            "extremes ({value}) checked with {:?}",
+            products.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
+    }
+}

@@ -15,7 +15,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{q3k_scales, DotQ8, QVector, RowKernels, Vector};
+use super::{q3k_scales, DotQ8, QVector, RowKernels, Tile, TileProduct, Tokens, Vector, TILE_ROWS};
+use crate::cpu::Isa;
 use crate::gguf::GgmlType;
 
 /// The kernels for `dtype` with AVX-512 loops (`wide`) or AVX2 loops. Only called when the CPU
@@ -30,12 +31,16 @@ pub(super) fn kernels(dtype: GgmlType, wide: bool) -> RowKernels {
                 dot: |row, x| unsafe { dot512::<U>(row, x) },
                 dequantize: |row, out| unsafe { dequantize512::<U>(row, out) },
                 dot_q8,
+                tiles: None,
+                tile_product: None,
             }
         } else {
             RowKernels {
                 dot: |row, x| unsafe { dot256::<U>(row, x) },
                 dequantize: |row, out| unsafe { dequantize256::<U>(row, out) },
                 dot_q8,
+                tiles: None,
+                tile_product: None,
             }
         }
     }
@@ -820,6 +825,22 @@ trait Madd {
     /// # Safety
     /// The implementation's instruction set.
     unsafe fn madd(w: __m256i, x: __m256i) -> __m256i;
+    /// `acc + madd(w, x)`.
+    ///
+    /// # Safety
+    /// As `madd`.
+    #[inline(always)]
+    unsafe fn madd_add(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, Self::madd(w, x))
+    }
+    /// `acc + madd(w0, x0) + madd(w1, x1)`, for weights of at most six bits.
+    ///
+    /// # Safety
+    /// As `madd`.
+    #[inline(always)]
+    unsafe fn madd2_add(acc: __m256i, w0: __m256i, x0: __m256i, w1: __m256i, x1: __m256i) -> __m256i {
+        Self::madd_add(Self::madd_add(acc, w0, x0), w1, x1)
+    }
 }
 
 /// AVX2: byte pairs into saturating i16 (at most 2 x 128 x 127, so never saturated), then pairs
@@ -834,6 +855,13 @@ impl Madd for Maddubs {
     unsafe fn madd(w: __m256i, x: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
+    /// Both byte-pair sums added in i16 before widening: with six-bit weights each is at most
+    /// 2 x 63 x 127 = 16002, so two stay below 32767.
+    #[inline(always)]
+    unsafe fn madd2_add(acc: __m256i, w0: __m256i, x0: __m256i, w1: __m256i, x1: __m256i) -> __m256i {
+        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(w1, x1));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
 }
 
 impl Madd for Vnni512 {
@@ -847,6 +875,10 @@ impl Madd for AvxVnni {
     #[inline(always)]
     unsafe fn madd(w: __m256i, x: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+    }
+    #[inline(always)]
+    unsafe fn madd_add(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, w, x)
     }
 }
 
@@ -1050,4 +1082,218 @@ pub(super) fn run_sums(w: &[i8; 32], x: &[i8; 32], signed: bool) -> Vec<(&'stati
         out.push(("avxvnni", unsafe { avxvnni(w, x, signed) }));
     }
     out
+}
+
+/// Every tile product this CPU runs at `level`, by name (for the tests), for a type whose tile
+/// bytes use all eight bits (`full_bytes`: Q8_0's) or at most six: `vpmaddubsw` (AVX2) sums
+/// pairs of byte products in saturating i16, which six-bit weights never reach (2 x 63 x 127)
+/// and eight-bit ones can, so those have no AVX2 product.
+pub(super) fn tile_products(level: Isa, full_bytes: bool) -> Vec<(&'static str, TileProduct)> {
+    // SAFETY (all wrappers): the CPU runs the level (checked by the caller: AVX2 and FMA at
+    // least, AVX-512 F/BW/VL for the 512-bit one) and the VNNI extension each checks here.
+    let mut products: Vec<(&'static str, TileProduct)> = Vec::new();
+    if level < Isa::Avx2 {
+        return products;
+    }
+    if !full_bytes {
+        products.push(("avx2", |tile, x, out| unsafe { tiles_avx2(tile, x, out) }));
+    }
+    if is_x86_feature_detected!("avxvnni") {
+        products.push(("avxvnni", |tile, x, out| unsafe { tiles_avxvnni(tile, x, out) }));
+    }
+    if level == Isa::Avx512 && is_x86_feature_detected!("avx512vnni") {
+        products.push(("avx512vnni", |tile, x, out| unsafe { tiles_vnni512(tile, x, out) }));
+    }
+    products
+}
+
+/// The tile product a model uses at `level`: `vpdpbusd` on 512-bit registers with AVX-512 VNNI,
+/// on 256-bit ones with AVX-VNNI on CPUs whose best level is AVX2 (as for the dot products:
+/// `HEADHUNT_SIMD=avx2` on an AVX-512 CPU runs plain AVX2), else `vpmaddubsw`; none for Q8_0
+/// without VNNI (prompts then run exact).
+pub(super) fn tile_product(level: Isa, full_bytes: bool) -> Option<TileProduct> {
+    let products = tile_products(level, full_bytes);
+    let pick = |name: &str| products.iter().find(|p| p.0 == name).map(|p| p.1);
+    match level {
+        Isa::Avx512 => pick("avx512vnni").or_else(|| pick("avx2")),
+        Isa::Avx2 if Isa::detected() == Isa::Avx2 => pick("avxvnni").or_else(|| pick("avx2")),
+        _ => pick("avx2"),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn tiles_vnni512(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    check_tile_shapes(tile, x, out);
+    match (tile.width, tile.has_min) {
+        (32, true) => tokens512::<32, true>(tile, x, out),
+        (32, false) => tokens512::<32, false>(tile, x, out),
+        (16, true) => tokens512::<16, true>(tile, x, out),
+        _ => tokens512::<16, false>(tile, x, out),
+    }
+}
+
+fn check_tile_shapes(tile: &Tile, x: &Tokens, out: &[f32]) {
+    assert!(
+        out.len() >= x.m * TILE_ROWS && tile.groups * tile.width == x.k && x.width == tile.width,
+        "tile product: shapes disagree"
+    );
+}
+
+/// Eight tokens at a time (their sums in eight registers), then one at a time.
+#[inline(always)]
+unsafe fn tokens512<const W: usize, const MIN: bool>(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    let mut t = 0;
+    while t + 8 <= x.m {
+        block512::<8, W, MIN>(tile, x, t, out);
+        t += 8;
+    }
+    while t < x.m {
+        block512::<1, W, MIN>(tile, x, t, out);
+        t += 1;
+    }
+}
+
+/// Tokens `t0 .. t0 + T` times a tile: per group, its `W / 4` weight vectors loaded once and
+/// multiplied with each token's bytes, four at a time broadcast, into int32 row sums; then
+/// scaled into f32 accumulators (see `tiles::product_portable`, the same steps one at a time).
+#[inline(always)]
+unsafe fn block512<const T: usize, const W: usize, const MIN: bool>(tile: &Tile, x: &Tokens, t0: usize, out: &mut [f32]) {
+    let (k, steps) = (x.k, W / 4);
+    let (qs, ds, ss) = (x.q.as_ptr(), x.d.as_ptr(), x.sums.as_ptr());
+    let (wq, sc, mn) = (tile.q.as_ptr(), tile.scale.as_ptr(), tile.min.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); T];
+    for g in 0..tile.groups {
+        let mut w = [_mm512_setzero_si512(); 8];
+        for (j, v) in w.iter_mut().enumerate().take(steps) {
+            *v = _mm512_loadu_si512(wq.add((g * steps + j) * 64).cast());
+        }
+        let scale = _mm512_loadu_ps(sc.add(TILE_ROWS * g));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let t = t0 + i;
+            let xq = qs.add(t * k + g * W);
+            let mut s = _mm512_setzero_si512();
+            for (j, &v) in w.iter().enumerate().take(steps) {
+                s = _mm512_dpbusd_epi32(s, v, _mm512_set1_epi32(xq.add(4 * j).cast::<i32>().read_unaligned()));
+            }
+            let d = _mm512_set1_ps(*ds.add(t * (k / 32) + g * W / 32));
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, d), *a);
+            if MIN {
+                let m = _mm512_loadu_ps(mn.add(TILE_ROWS * g));
+                *a = _mm512_fmadd_ps(m, _mm512_set1_ps(*ss.add(t * (k / W) + g)), *a);
+            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add((t0 + i) * TILE_ROWS), *a);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tiles_avx2(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    tiles256::<Maddubs>(tile, x, out)
+}
+
+#[target_feature(enable = "avxvnni,avx2,fma")]
+unsafe fn tiles_avxvnni(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    tiles256::<AvxVnni>(tile, x, out)
+}
+
+#[inline(always)]
+unsafe fn tiles256<M: Madd>(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    check_tile_shapes(tile, x, out);
+    match (tile.width, tile.has_min) {
+        (32, true) => tokens256::<M, 32, true>(tile, x, out),
+        (32, false) => tokens256::<M, 32, false>(tile, x, out),
+        (16, true) => tokens256::<M, 16, true>(tile, x, out),
+        _ => tokens256::<M, 16, false>(tile, x, out),
+    }
+}
+
+/// Four tokens at a time, then one at a time.
+#[inline(always)]
+unsafe fn tokens256<M: Madd, const W: usize, const MIN: bool>(tile: &Tile, x: &Tokens, out: &mut [f32]) {
+    let mut t = 0;
+    while t + 4 <= x.m {
+        block256::<M, 4, W, MIN>(tile, x, t, out);
+        t += 4;
+    }
+    while t < x.m {
+        block256::<M, 1, W, MIN>(tile, x, t, out);
+        t += 1;
+    }
+}
+
+/// [`block512`] on 256-bit registers: each step's sixteen rows are two vectors of eight, read
+/// from the tile (sixteen registers hold too few to keep a group's weights in them).
+#[inline(always)]
+unsafe fn block256<M: Madd, const T: usize, const W: usize, const MIN: bool>(tile: &Tile, x: &Tokens, t0: usize, out: &mut [f32]) {
+    let (k, steps) = (x.k, W / 4);
+    let (qs, ds, ss) = (x.q.as_ptr(), x.d.as_ptr(), x.sums.as_ptr());
+    let (wq, sc, mn) = (tile.q.as_ptr(), tile.scale.as_ptr(), tile.min.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for g in 0..tile.groups {
+        let wg = wq.add(g * steps * 64);
+        let scale = [_mm256_loadu_ps(sc.add(TILE_ROWS * g)), _mm256_loadu_ps(sc.add(TILE_ROWS * g + 8))];
+        for (i, a) in acc.iter_mut().enumerate() {
+            let t = t0 + i;
+            let xq = qs.add(t * k + g * W);
+            let mut s = [_mm256_setzero_si256(); 2];
+            for j in (0..steps).step_by(2) {
+                let x0 = _mm256_set1_epi32(xq.add(4 * j).cast::<i32>().read_unaligned());
+                let x1 = _mm256_set1_epi32(xq.add(4 * j + 4).cast::<i32>().read_unaligned());
+                for (h, s) in s.iter_mut().enumerate() {
+                    let w = |j: usize| _mm256_loadu_si256(wg.add(64 * j + 32 * h).cast());
+                    *s = M::madd2_add(*s, w(j), x0, w(j + 1), x1);
+                }
+            }
+            let d = _mm256_set1_ps(*ds.add(t * (k / 32) + g * W / 32));
+            for h in 0..2 {
+                a[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), _mm256_mul_ps(scale[h], d), a[h]);
+                if MIN {
+                    let m = _mm256_loadu_ps(mn.add(TILE_ROWS * g + 8 * h));
+                    a[h] = _mm256_fmadd_ps(m, _mm256_set1_ps(*ss.add(t * (k / W) + g)), a[h]);
+                }
+            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let o = out.as_mut_ptr().add((t0 + i) * TILE_ROWS);
+        _mm256_storeu_ps(o, a[0]);
+        _mm256_storeu_ps(o.add(8), a[1]);
+    }
+}
+
+/// `super::quantize_row` with AVX-512: the same numbers (the maximum and the sums of small
+/// integers do not depend on the order of their operations; the rounding is to the nearest, ties
+/// to even, in both).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_row512(x: &[f32], q: &mut [i8], d: &mut [f32], sums: &mut [f32], width: usize) {
+    let blocks = x.len() / 32;
+    assert!(q.len() >= 32 * blocks && d.len() >= blocks && sums.len() >= blocks * 32 / width);
+    let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MAX)));
+    for b in 0..blocks {
+        let (lo, hi) = (
+            _mm512_loadu_ps(x.as_ptr().add(32 * b)),
+            _mm512_loadu_ps(x.as_ptr().add(32 * b + 16)),
+        );
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(lo), abs(hi)));
+        let scale = amax / 127.0;
+        let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let (rl, rh) = (
+            _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(lo, inv)),
+            _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(hi, inv)),
+        );
+        let out = q.as_mut_ptr().add(32 * b).cast::<__m128i>();
+        _mm_storeu_si128(out, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(rl)));
+        _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(rh)));
+        d[b] = scale;
+        let (sl, sh) = (_mm512_reduce_add_ps(rl), _mm512_reduce_add_ps(rh));
+        if width == 32 {
+            sums[b] = scale * (sl + sh);
+        } else {
+            sums[2 * b] = scale * sl;
+            sums[2 * b + 1] = scale * sh;
+        }
+    }
 }
