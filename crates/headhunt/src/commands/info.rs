@@ -112,7 +112,9 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
         "precision",
         match model.precision() {
             headhunt_engine::Precision::Exact => "exact (f32 products on the stored weights)".into(),
-            headhunt_engine::Precision::Fast => "fast (int8 matrix-vector products in decoding)".into(),
+            headhunt_engine::Precision::Fast => {
+                "fast (int8 products with the quantised weights: decoding, and prompts on CPUs with AVX2)".into()
+            }
         },
     );
     match &model.tokenizer {
