@@ -62,6 +62,12 @@ impl Rows {
         4 * (self.pos.capacity() + self.k.capacity() + self.v.capacity())
     }
 
+    fn truncate(&mut self, rows: usize, d: usize) {
+        self.pos.truncate(rows);
+        self.k.truncate(rows * d);
+        self.v.truncate(rows * d);
+    }
+
     fn segment(&self, d: usize, from: usize, to: usize) -> Segment<'_> {
         Segment {
             pos: &self.pos[from..to],
@@ -112,9 +118,23 @@ impl HeadCache {
         }
     }
 
+    /// A head that holds every position whatever its policy (a windowed one's attention still
+    /// sees only its window): it can be truncated anywhere.
+    pub fn keeping_all(policy: KvPolicy, d: usize, capacity: usize) -> Self {
+        HeadCache {
+            policy,
+            d,
+            sink: Rows::with_capacity(0, d),
+            main: Rows::with_capacity(capacity, d),
+            ring_cap: usize::MAX,
+            start: 0,
+        }
+    }
+
     pub fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) {
         match self.policy {
             KvPolicy::Full => self.main.push(pos, k, v),
+            _ if self.ring_cap == usize::MAX => self.main.push(pos, k, v),
             KvPolicy::SinkWindow { sink, .. } if pos < sink => self.sink.push(pos, k, v),
             KvPolicy::SinkWindow { .. } => {
                 if self.main.pos.len() < self.ring_cap {
@@ -157,11 +177,63 @@ impl HeadCache {
         self.sink.pos.len() + self.main.pos.len()
     }
 
+    /// Whether [`HeadCache::truncate`] can go back to `len`: always for a full head; for a
+    /// windowed one, only while its ring still holds the window before `len` (rows a later
+    /// position overwrote are gone).
+    pub fn can_truncate(&self, len: usize) -> bool {
+        let KvPolicy::SinkWindow { sink, window } = self.policy else {
+            return true;
+        };
+        if self.ring_cap == usize::MAX {
+            return true;
+        }
+        // The next query, at `len`, sees keys from `len + 1 - window` on (past the sink).
+        let need = (len + 1).saturating_sub(window.max(1)).max(sink);
+        if need >= len {
+            return true;
+        }
+        let n = self.main.pos.len();
+        let oldest = if n == 0 {
+            usize::MAX
+        } else {
+            self.main.pos[self.start % n] as usize
+        };
+        oldest <= need
+    }
+
+    /// Drop every row at position `len` or later, so that the head holds what it held after
+    /// position `len - 1` was appended; [`HeadCache::can_truncate`] must allow it.
+    pub fn truncate(&mut self, len: usize) {
+        debug_assert!(self.can_truncate(len));
+        let d = self.d;
+        if let (KvPolicy::SinkWindow { .. }, false) = (self.policy, self.ring_cap == usize::MAX) {
+            // The ring's rows below `len`, oldest first, become an unwrapped ring.
+            let mut main = Rows::with_capacity(self.ring_cap.min(self.main.pos.len()), d);
+            for s in self.segments().into_iter().skip(usize::from(!self.sink.pos.is_empty())) {
+                for i in 0..s.pos.len() {
+                    if (s.pos[i] as usize) < len {
+                        main.push(s.pos[i] as usize, &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d]);
+                    }
+                }
+            }
+            self.main = main;
+            self.start = 0;
+        }
+        // Rows in position order: keep those below `len`.
+        for rows in [&mut self.sink, &mut self.main] {
+            let keep = rows.pos.partition_point(|&p| (p as usize) < len);
+            rows.truncate(keep, d);
+        }
+    }
+
     /// Size a windowed head's ring for `n` rows appended at once: `window - 1 + n` rows, all of
     /// which the next queries may see. Decoding (n = 1) shrinks a ring a long prefill chunk
     /// had widened back to the window itself, releasing the memory.
     pub fn fit_ring(&mut self, n: usize) {
         let KvPolicy::SinkWindow { window, .. } = self.policy else { return };
+        if self.ring_cap == usize::MAX {
+            return;
+        }
         let want = window.max(1) - 1 + n.max(1);
         if want == self.ring_cap {
             return;
@@ -201,6 +273,16 @@ impl KvCache {
         }
     }
 
+    /// A cache whose heads hold every position (see [`HeadCache::keeping_all`]).
+    pub(crate) fn keeping_windows(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize) -> Self {
+        KvCache {
+            layers: policies
+                .iter()
+                .map(|heads| heads.iter().map(|&p| HeadCache::keeping_all(p, d_head, capacity)).collect())
+                .collect(),
+        }
+    }
+
     /// Size every windowed ring for `n` rows appended at once (see [`HeadCache::fit_ring`]).
     pub(crate) fn fit_rings(&mut self, n: usize) {
         self.layers.iter_mut().flatten().for_each(|h| h.fit_ring(n));
@@ -214,6 +296,16 @@ impl KvCache {
     /// Rows currently held by each layer's heads.
     pub fn rows(&self) -> Vec<Vec<usize>> {
         self.layers.iter().map(|l| l.iter().map(HeadCache::len).collect()).collect()
+    }
+
+    /// Forget every position from `len` on (see [`HeadCache::truncate`]); false, and nothing
+    /// changed, when a windowed head no longer holds what the positions from `len` would see.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let possible = self.layers.iter().flatten().all(|h| h.can_truncate(len));
+        if possible {
+            self.layers.iter_mut().flatten().for_each(|h| h.truncate(len));
+        }
+        possible
     }
 
     pub fn policies(&self) -> Vec<Vec<KvPolicy>> {
@@ -254,6 +346,59 @@ mod tests {
         h.push(20, &[20.0], &[-20.0]);
         let kept: Vec<u32> = h.segments().iter().flat_map(|s| s.pos.iter().copied()).collect();
         assert_eq!(kept, vec![0, 1, 17, 18, 19, 20]);
+    }
+
+    #[test]
+    fn truncation_returns_to_an_earlier_state() {
+        let (sink, window, chunk) = (2, 4, 3);
+        let policies = [KvPolicy::Full, KvPolicy::SinkWindow { sink, window }];
+        let kept = |h: &HeadCache| -> Vec<u32> { h.segments().iter().flat_map(|s| s.pos.iter().copied()).collect() };
+        for policy in policies {
+            // Fed 0..10 in chunks of 3, then truncated to 8: what feeding 0..8 leaves (a ring
+            // may hold more old rows than that, never fewer of the ones position 8 sees).
+            let mut a = HeadCache::new(policy, 1, 16, chunk);
+            let mut b = a.clone();
+            for p in 0..10 {
+                a.push(p, &[p as f32], &[-(p as f32)]);
+            }
+            for p in 0..8 {
+                b.push(p, &[p as f32], &[-(p as f32)]);
+            }
+            assert!(a.can_truncate(8), "{policy:?}");
+            a.truncate(8);
+            let (ka, kb) = (kept(&a), kept(&b));
+            assert!(ka.iter().all(|&p| p < 8), "{policy:?}: {ka:?}");
+            let visible = |k: &[u32]| k.iter().copied().filter(|&p| policy.visible(8, p as usize)).collect::<Vec<_>>();
+            assert_eq!(visible(&ka), visible(&kb), "{policy:?}");
+            for s in a.segments() {
+                for (i, &p) in s.pos.iter().enumerate() {
+                    assert_eq!((s.k[i], s.v[i]), (p as f32, -(p as f32)));
+                }
+            }
+            // Appending after the cut continues in order.
+            a.push(8, &[8.0], &[-8.0]);
+            assert_eq!(kept(&a).last(), Some(&8));
+        }
+        // A ring that has moved on cannot go back past its window.
+        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk);
+        for p in 0..20 {
+            h.push(p, &[p as f32], &[-(p as f32)]);
+        }
+        // Holds 0, 1 and 14..20: going back to 16 needs 13 (16 + 1 - 4), which is gone.
+        assert!(!h.can_truncate(16));
+        assert!(h.can_truncate(18) && h.can_truncate(2));
+        let mut full = KvCache::new(&[vec![KvPolicy::Full, KvPolicy::SinkWindow { sink, window }]], 1, 0, chunk);
+        for l in full.layers.iter_mut() {
+            for h in l.iter_mut() {
+                for p in 0..20 {
+                    h.push(p, &[p as f32], &[-(p as f32)]);
+                }
+            }
+        }
+        assert!(!full.truncate(16), "one head cannot, so none does");
+        assert_eq!(full.rows(), vec![vec![20, 8]]);
+        assert!(full.truncate(18));
+        assert_eq!(full.rows(), vec![vec![18, 6]]);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct RunOptions {
     /// 1024 by default: against 512, the larger matrix products run 7-15% faster prefill at
     /// 2048 and 4096 tokens on both models for ~20 MiB more (bench/RESULTS.md).
     pub prefill_chunk: usize,
+    /// Hold every position in windowed heads too (their attention still sees only the window),
+    /// so that [`Run::truncate`] can go back to any position; costs those heads a full cache.
+    pub keep_windows: bool,
 }
 
 impl Default for RunOptions {
@@ -60,6 +63,7 @@ impl Default for RunOptions {
             capacity: 0,
             kv_policy: None,
             prefill_chunk: 1024,
+            keep_windows: false,
         }
     }
 }
@@ -198,7 +202,11 @@ impl Model {
         Ok(Run {
             model: self,
             plan,
-            cache: KvCache::new(&policies, self.config.d_head, options.capacity, chunk),
+            cache: if options.keep_windows {
+                KvCache::keeping_windows(&policies, self.config.d_head, options.capacity)
+            } else {
+                KvCache::new(&policies, self.config.d_head, options.capacity, chunk)
+            },
             recording: Recording::default(),
             tokens: Vec::new(),
             chunk,
@@ -615,6 +623,54 @@ impl<'m> Run<'m> {
             });
         }
         Ok(())
+    }
+
+    /// Go back to the first `len` tokens, as if only they had been fed: the cache forgets every
+    /// later position and a prefill or decode continues from `len`, giving what one forward
+    /// over the whole sequence gives (up to the order of floating-point sums). What the
+    /// recording holds stays. Fails, changing nothing, when a windowed layer's ring has already
+    /// overwritten keys that position `len` would see (unless the run keeps its windows,
+    /// [`RunOptions::keep_windows`]; else see [`Run::fork`]).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.tokens.len() {
+            return Err(Error::Hook(format!(
+                "cannot truncate a run of {} tokens to {len}",
+                self.tokens.len()
+            )));
+        }
+        if !self.cache.truncate(len) {
+            return Err(Error::Hook(format!(
+                "a sliding-window layer no longer holds the keys position {len} sees; fork the run there, or keep its windows"
+            )));
+        }
+        self.tokens.truncate(len);
+        Ok(())
+    }
+
+    /// An independent copy of this run at its current position (its cache and tokens; an
+    /// empty recording): continue one and the other stays where it was.
+    pub fn fork(&self) -> Run<'m> {
+        Run {
+            model: self.model,
+            plan: self.plan.clone(),
+            cache: self.cache.clone(),
+            recording: Recording::default(),
+            tokens: self.tokens.clone(),
+            chunk: self.chunk,
+        }
+    }
+
+    /// The KV bytes a run of its own would hold (as [`KvCache::bytes`] counts them) after a
+    /// prompt of `prompt` tokens with room for `capacity` positions and `decoded` generated
+    /// tokens fed back: what a run continued from a shared prefix reports for its sequence alone.
+    pub fn kv_bytes_alone(&self, prompt: usize, capacity: usize, decoded: usize) -> usize {
+        // Untouched reservations cost address space only.
+        let mut cache = KvCache::new(&self.cache.policies(), self.model.config.d_head, capacity, self.chunk);
+        cache.fit_rings((prompt.max(1) - 1) % self.chunk + 1);
+        if decoded > 0 {
+            cache.fit_rings(1);
+        }
+        cache.bytes()
     }
 
     /// Feed prompt tokens (in chunks); returns the logits at the last one.

@@ -196,3 +196,73 @@ fn compare_reads_the_paper_format() {
     assert!(err.contains("A was computed at precision exact and B at fast"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A run folder's trials as comparable values: keyed, without the timing.
+fn trials_by_key(dir: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            (format!("{}-{}-{}", v["needle"], v["length"], v["depth"]), v)
+        })
+        .collect()
+}
+
+/// The prefix cache changes how long a grid takes, not what it records: the same trials, field
+/// for field (timing aside), with and without it, on a model with full caches (SmolLM2: the run
+/// goes back by truncation) and one with sliding-window layers (Gemma: by forking).
+#[test]
+fn the_prefix_cache_changes_nothing_but_time() {
+    let needles = scratch("needles").with_extension("jsonl");
+    // Two needles over their own haystacks, three depths each: trials of one needle share the
+    // haystack up to the earlier needle.
+    std::fs::write(
+        &needles,
+        "{\"needle\": \"The harbour master keeps the spare key under the blue anchor.\", \"question\": \"Where does the harbour master keep the spare key?\", \"real_needle\": \"under the blue anchor\"}\n\
+         {\"needle\": \"The festival's opening song was written by a baker named Ilse Brandt.\", \"question\": \"Who wrote the festival's opening song?\", \"real_needle\": \"a baker named Ilse Brandt\"}\n",
+    )
+    .unwrap();
+    for model in ["smollm2-135m-instruct", "gemma3-270m"] {
+        let run = |cache: bool| {
+            let out = scratch(&format!("prefix-{model}-{cache}"));
+            let mut cmd = headhunt();
+            cmd.args([
+                "detect",
+                "--model",
+                model,
+                "--lengths",
+                "200,360",
+                "--depths",
+                "0,40,100",
+                "--per-cell",
+                "2",
+                "--needles",
+            ])
+            .arg(&needles)
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null());
+            if !cache {
+                cmd.arg("--no-prefix-cache");
+            }
+            let status = cmd.status().unwrap();
+            assert!(status.success(), "{model}: detect (prefix cache {cache}) failed");
+            out
+        };
+        let (with, without) = (run(true), run(false));
+        let (a, b) = (trials_by_key(&with), trials_by_key(&without));
+        assert_eq!(a.len(), 12, "{model}: the whole grid ran");
+        assert_eq!(a, b, "{model}: trials differ with the prefix cache");
+        let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(with.join("prefix_cache.json")).unwrap()).unwrap();
+        let hit = stats["hit_rate"].as_f64().unwrap();
+        assert!(hit > 0.2, "{model}: only {hit} of the prompt tokens came from the cache");
+        assert!(!without.join("prefix_cache.json").exists());
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(with.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["prefix_cache"]["hit_rate"].as_f64(), Some(hit));
+        eprintln!(
+            "{model}: 12 trials identical with and without the prefix cache ({:.0}% of prompt tokens reused)",
+            100.0 * hit
+        );
+    }
+}

@@ -125,6 +125,7 @@ pub fn run(args: Args) -> Result<()> {
                 capacity: n,
                 kv_policy: kv_policy.clone(),
                 prefill_chunk: chunk,
+                ..Default::default()
             },
         )?;
         profile::reset();
@@ -148,6 +149,7 @@ pub fn run(args: Args) -> Result<()> {
                 capacity,
                 kv_policy: kv_policy.clone(),
                 prefill_chunk: chunk,
+                ..Default::default()
             },
         )?;
         run.prefill(&tokens[..n])?;

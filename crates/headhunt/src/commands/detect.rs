@@ -140,12 +140,17 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
         .unwrap_or("model")
         .to_owned();
     std::fs::write(dir.join("head_scores.json"), serde_json::to_string(&scores.to_json())?)?;
+    // What the last invocation took from the prefix cache, when it used one.
+    let prefix_cache: Option<serde_json::Value> = std::fs::read_to_string(dir.join("prefix_cache.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let summary_json = json!({
         "model": model,
         "score_variant": variant,
         "trials": records.len(),
         "answered": answered,
         "mean_rouge1": mean_rouge,
+        "prefix_cache": prefix_cache,
         "summary": summary,
     });
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary_json)?)?;

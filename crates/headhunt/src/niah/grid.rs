@@ -48,6 +48,12 @@ pub struct GridArgs {
     /// Run only shard I of N (I/N) of the grid; join shard folders with `headhunt merge`.
     #[arg(long)]
     pub shard: Option<Shard>,
+    /// Run every trial from an empty cache. By default the trials run in the order of their
+    /// prompts, and each continues from the cached part of its prompt that the previous trial
+    /// shared (the chat preamble and the haystack before the earlier needle): the same records,
+    /// a fraction of the prefill.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 /// Parse `a,b,c` or `min:max:count` (evenly spaced, rounded like numpy's linspace).
@@ -85,6 +91,9 @@ pub struct Grid {
     pub needles: Vec<Needle>,
     pub haystack: Haystack,
     pub chat: bool,
+    /// Whether trials continue from the prefix the previous one shared (not part of the
+    /// settings: it changes how long a run takes, not what it records).
+    pub prefix_cache: bool,
 }
 
 impl GridArgs {
@@ -127,6 +136,7 @@ impl GridArgs {
             needles,
             haystack,
             chat: !self.no_chat,
+            prefix_cache: !self.no_prefix_cache,
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use headhunt_engine::{greedy, Capture, Hooks, Intervention, KvPolicy, Model, Positions, RunOptions, Tokenizer};
+use headhunt_engine::{greedy, Capture, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::haystack::Haystack;
@@ -155,9 +155,17 @@ impl<'m> TrialRunner<'m> {
 
     /// Run one trial under a condition.
     pub fn run(&self, spec: &TrialSpec, condition: &Condition) -> Result<TrialRecord> {
+        self.run_from(spec, condition, None)
+    }
+
+    /// Run one trial, continuing from what `kept` holds of its prompt when it is given.
+    pub fn run_from(&self, spec: &TrialSpec, condition: &Condition, kept: Option<&mut PrefixCache<'m>>) -> Result<TrialRecord> {
         let start = Instant::now();
         let prompt = self.prompt(spec)?;
-        let out = answer(self.model, &prompt.ids, condition, true)?;
+        let out = match kept {
+            None => answer(self.model, &prompt.ids, condition, true)?,
+            Some(kept) => kept.answer(self.model, &prompt.ids, condition)?,
+        };
         let needle = &self.needles[spec.needle];
         let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &out.answer);
         let scores = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::Paper);
@@ -195,24 +203,42 @@ pub struct Answer {
 /// or at end-of-sequence) under a condition, optionally recording every query head's attention
 /// argmax at every step.
 pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
-    let c = &model.config;
-    let tok = model.tokenizer()?;
+    let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, false)?;
+    answer_on(&mut run, prompt, capture_argmax, false)
+}
+
+/// A run for a condition's trials: its interventions and KV policy, every head's argmax
+/// captured at the last position of each step if asked, room for `capacity` positions, windowed
+/// heads keeping every position if `keep_windows`.
+fn start_run<'m>(model: &'m Model, condition: &Condition, capture_argmax: bool, capacity: usize, keep_windows: bool) -> Result<Run<'m>> {
     let mut hooks = Hooks {
         interventions: condition.interventions.clone(),
         ..Default::default()
     };
     if capture_argmax {
-        for l in 0..c.n_layers {
+        for l in 0..model.config.n_layers {
             hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
         }
     }
     let options = RunOptions {
-        capacity: prompt.len() + MAX_NEW_TOKENS,
+        capacity,
         kv_policy: condition.kv_policy.clone(),
+        keep_windows,
         ..Default::default()
     };
-    let mut run = model.run(hooks, options)?;
-    let generated = greedy(&mut run, prompt, MAX_NEW_TOKENS, |ids| {
+    Ok(model.run(hooks, options)?)
+}
+
+/// [`answer`] on a run that already holds a prefix of `prompt` (the rest is prefilled). A run
+/// kept across trials (`shared`) reports the KV bytes the trial would hold alone.
+fn answer_on(run: &mut Run<'_>, prompt: &[u32], capture_argmax: bool, shared: bool) -> Result<Answer> {
+    let model = run.model();
+    let c = &model.config;
+    let tok = model.tokenizer()?;
+    debug_assert!(prompt.starts_with(run.tokens()) && run.position() < prompt.len());
+    run.recording.clear();
+    let rest = &prompt[run.position()..];
+    let generated = greedy(run, rest, MAX_NEW_TOKENS, |ids| {
         tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
     })?;
     let text = tok.decode(&generated, true)?;
@@ -232,12 +258,65 @@ pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argm
             }
         }
     }
+    let kv_bytes = if shared {
+        run.kv_bytes_alone(prompt.len(), prompt.len() + MAX_NEW_TOKENS, generated.len().saturating_sub(1))
+    } else {
+        run.cache().bytes()
+    };
     Ok(Answer {
         generated,
         answer,
         argmax,
-        kv_bytes: run.cache().bytes(),
+        kv_bytes,
     })
+}
+
+/// The run a grid's trials pass on to each other: after a trial it is taken back to the prefix
+/// its successor's prompt shares with it (the chat preamble and the haystack up to the earlier
+/// needle), so the successor prefills only the rest. Its sliding-window layers keep every
+/// position (their attention still sees only the window) so that it can go back anywhere. One
+/// per condition: its hooks and KV policy are the condition's.
+pub struct PrefixCache<'m> {
+    kept: Option<Run<'m>>,
+    capacity: usize,
+    /// Prompt tokens that trials found in the cache, and all their prompt tokens.
+    pub reused: usize,
+    pub prompt_tokens: usize,
+}
+
+impl<'m> PrefixCache<'m> {
+    /// A cache for prompts of at most `max_prompt` tokens.
+    pub fn new(max_prompt: usize) -> Self {
+        PrefixCache {
+            kept: None,
+            capacity: max_prompt + MAX_NEW_TOKENS,
+            reused: 0,
+            prompt_tokens: 0,
+        }
+    }
+
+    /// Tokens reused over tokens in prompts.
+    pub fn hit_rate(&self) -> f64 {
+        self.reused as f64 / self.prompt_tokens.max(1) as f64
+    }
+
+    fn answer(&mut self, model: &'m Model, prompt: &[u32], condition: &Condition) -> Result<Answer> {
+        let mut run = match self.kept.take() {
+            Some(run) => run,
+            None => start_run(model, condition, true, self.capacity, true)?,
+        };
+        // Continue from the longest common prefix, leaving at least one token to prefill.
+        run.truncate(common_prefix(run.tokens(), prompt).min(prompt.len() - 1))?;
+        self.reused += run.position();
+        self.prompt_tokens += prompt.len();
+        let out = answer_on(&mut run, prompt, true, true)?;
+        self.kept = Some(run);
+        Ok(out)
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// At least `n` haystack tokens (more text is generated until there are).
