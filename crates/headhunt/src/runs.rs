@@ -67,7 +67,7 @@ impl Status for TrialRecord {
 /// Run a NIAH grid (this shard's share) under one condition into `dir`; returns every record
 /// there, in the grid's order.
 ///
-/// With the grid's prefix cache on (and no KV policy in the condition), the trials run in the lexicographic order of their prompt
+/// With the grid's prefix cache on, the trials run in the lexicographic order of their prompt
 /// tokens: a depth-first walk of the tree of their prefixes, in which each trial continues from
 /// what it shares with the one before (see [`PrefixCache`]), so every shared prefix is computed
 /// once. What was reused is written to `prefix_cache.json` and printed.
@@ -81,8 +81,7 @@ pub fn run_niah(
     label: &str,
 ) -> Result<Vec<TrialRecord>> {
     let specs = grid.shard_trials(shard);
-    // A KV policy changes what a cache holds along the way: such trials run alone.
-    let mut records = if grid.prefix_cache && condition.kv_policy.is_none() {
+    let mut records = if grid.prefix_cache {
         let prompts = specs.iter().map(|s| Ok(runner.prompt(s)?.ids)).collect::<Result<Vec<_>>>()?;
         let mut order: Vec<usize> = (0..specs.len()).collect();
         order.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));

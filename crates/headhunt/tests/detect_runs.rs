@@ -264,5 +264,39 @@ fn the_prefix_cache_changes_nothing_but_time() {
             "{model}: 12 trials identical with and without the prefix cache ({:.0}% of prompt tokens reused)",
             100.0 * hit
         );
+        // KV policies (heads at sink + window, the rest full) share within their condition:
+        // every condition of a small `kv` sweep, with and without the cache.
+        let kv = |cache: bool| {
+            let out = scratch(&format!("prefix-kv-{model}-{cache}"));
+            let mut cmd = headhunt();
+            cmd.args(["kv", "--model", model, "--lengths", "200,360", "--depths", "0,100", "--needles"])
+                .arg(&needles)
+                .arg("--scores")
+                .arg(&with)
+                .args(["--budgets", "0.5", "--sink", "4", "--window", "48", "--no-bench", "--out"])
+                .arg(&out)
+                .stdout(Stdio::null());
+            if !cache {
+                cmd.arg("--no-prefix-cache");
+            }
+            assert!(cmd.status().unwrap().success(), "{model}: kv (prefix cache {cache}) failed");
+            out
+        };
+        let (with_kv, without_kv) = (kv(true), kv(false));
+        let mut conditions = 0;
+        for entry in std::fs::read_dir(&with_kv).unwrap() {
+            let dir = entry.unwrap().path();
+            if dir.join("trials.jsonl").exists() {
+                let name = dir.file_name().unwrap().to_owned();
+                assert_eq!(
+                    trials_by_key(&dir),
+                    trials_by_key(&without_kv.join(&name)),
+                    "{model}: kv condition {name:?} differs with the prefix cache"
+                );
+                conditions += 1;
+            }
+        }
+        assert!(conditions >= 4, "{model}: only {conditions} kv conditions ran");
+        eprintln!("{model}: {conditions} kv conditions identical with and without the prefix cache");
     }
 }
