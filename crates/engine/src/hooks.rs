@@ -279,6 +279,17 @@ pub enum Intervention {
     },
 }
 
+impl Intervention {
+    /// Whether it can change what a prompt's prefill computes (masks limited to decoding
+    /// cannot; additions and patches are taken as able to).
+    pub fn acts_in_prefill(&self) -> bool {
+        match self {
+            Intervention::MaskHead { phase, .. } | Intervention::RestrictKeys { phase, .. } => phase.includes(Phase::Prefill),
+            Intervention::Add { .. } | Intervention::Set { .. } => true,
+        }
+    }
+}
+
 /// Everything one run records and changes.
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {

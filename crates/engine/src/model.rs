@@ -647,6 +647,13 @@ impl<'m> Run<'m> {
         Ok(())
     }
 
+    /// Hooks for what the run does from now on (the cache is kept: a condition can decode from a
+    /// prefix another prefilled).
+    pub fn set_hooks(&mut self, hooks: Hooks) -> Result<()> {
+        self.plan = Plan::new(hooks, &self.model.config)?;
+        Ok(())
+    }
+
     /// An independent copy of this run at its current position (its cache and tokens; an
     /// empty recording): continue one and the other stays where it was.
     pub fn fork(&self) -> Run<'m> {
@@ -729,12 +736,20 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Greedy decoding: prefill `prompt`, then emit the argmax token until EOS, `max_new` tokens,
 /// or `stop(generated so far)` says so. The last token is emitted but not fed back.
-pub fn greedy(run: &mut Run<'_>, prompt: &[u32], max_new: usize, mut stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+pub fn greedy(run: &mut Run<'_>, prompt: &[u32], max_new: usize, stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+    if max_new == 0 {
+        return Ok(Vec::new());
+    }
+    let logits = run.prefill(prompt)?;
+    greedy_from(run, logits, max_new, stop)
+}
+
+/// [`greedy`] from the logits of the run's last position (a prompt already fed).
+pub fn greedy_from(run: &mut Run<'_>, mut logits: Vec<f32>, max_new: usize, mut stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
     let mut out = Vec::new();
     if max_new == 0 {
         return Ok(out);
     }
-    let mut logits = run.prefill(prompt)?;
     loop {
         let next = argmax(&logits);
         out.push(next);

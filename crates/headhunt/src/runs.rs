@@ -2,7 +2,7 @@
 //! rest (this shard's share) in order with a progress bar and ETA, append each record durably.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -82,16 +82,12 @@ pub fn run_niah(
 ) -> Result<Vec<TrialRecord>> {
     let specs = grid.shard_trials(shard);
     let mut records = if grid.prefix_cache {
-        let prompts = specs.iter().map(|s| Ok(runner.prompt(s)?.ids)).collect::<Result<Vec<_>>>()?;
-        let mut order: Vec<usize> = (0..specs.len()).collect();
-        order.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));
-        let ordered: Vec<TrialSpec> = order.iter().map(|&i| specs[i]).collect();
-        let mut cache = PrefixCache::new(prompts.iter().map(Vec::len).max().unwrap_or(0));
+        let (ordered, mut cache) = prompt_order(runner, &specs)?;
         let records = run_pending(dir, settings, &ordered, label, |spec| {
             runner.run_from(spec, condition, Some(&mut cache))
         })?;
         if cache.prompt_tokens > 0 {
-            write_prefix_stats(dir, &cache)?;
+            write_prefix_stats([dir], &cache)?;
         }
         records
     } else {
@@ -99,14 +95,127 @@ pub fn run_niah(
         std::fs::remove_file(dir.join("prefix_cache.json")).ok();
         records
     };
-    let rank: HashMap<String, usize> = grid.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
-    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
+    in_grid_order(grid, &mut records);
     Ok(records)
 }
 
-/// `prefix_cache.json`: how much of the prompts of the trials this invocation ran came from the
-/// cache.
-fn write_prefix_stats(dir: &Path, cache: &PrefixCache<'_>) -> Result<()> {
+/// `specs` in the lexicographic order of their prompts, and a prefix cache for the longest.
+fn prompt_order<'m>(runner: &TrialRunner<'m>, specs: &[TrialSpec]) -> Result<(Vec<TrialSpec>, PrefixCache<'m>)> {
+    let prompts = specs.iter().map(|s| Ok(runner.prompt(s)?.ids)).collect::<Result<Vec<_>>>()?;
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));
+    let cache = PrefixCache::new(prompts.iter().map(Vec::len).max().unwrap_or(0));
+    Ok((order.iter().map(|&i| specs[i]).collect(), cache))
+}
+
+fn in_grid_order(grid: &Grid, records: &mut [TrialRecord]) {
+    let rank: HashMap<String, usize> = grid.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
+    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
+}
+
+/// One condition of a multi-condition run and the folder it writes.
+pub struct ConditionRun {
+    pub condition: Condition,
+    pub dir: PathBuf,
+    pub settings: serde_json::Value,
+    pub label: String,
+}
+
+/// [`run_niah`] for several conditions, each into its own folder; returns each one's records.
+///
+/// With the prefix cache on, the conditions whose interventions act in decoding only (and that
+/// keep the full cache) share more than prefixes: each trial's prompt is prefilled once and every
+/// such condition decodes from it (see [`TrialRunner::run_each`]). The others run one after the
+/// other.
+pub fn run_niah_conditions(
+    runner: &TrialRunner<'_>,
+    grid: &Grid,
+    shard: Option<Shard>,
+    runs: &[ConditionRun],
+) -> Result<Vec<Vec<TrialRecord>>> {
+    let decode_only = |c: &Condition| c.kv_policy.is_none() && !c.interventions.iter().any(|i| i.acts_in_prefill());
+    let shared: Vec<usize> = (0..runs.len())
+        .filter(|&i| grid.prefix_cache && decode_only(&runs[i].condition))
+        .collect();
+    let mut out: Vec<Option<Vec<TrialRecord>>> = (0..runs.len()).map(|_| None).collect();
+    if shared.len() > 1 {
+        let records = run_sharing_prefill(runner, grid, shard, &shared.iter().map(|&i| &runs[i]).collect::<Vec<_>>())?;
+        for (&i, r) in shared.iter().zip(records) {
+            out[i] = Some(r);
+        }
+    }
+    for (i, run) in runs.iter().enumerate() {
+        if out[i].is_none() {
+            eprintln!("condition {}/{}: {}", i + 1, runs.len(), run.label);
+            out[i] = Some(run_niah(runner, grid, shard, &run.condition, &run.dir, &run.settings, &run.label)?);
+        }
+    }
+    Ok(out.into_iter().map(|r| r.expect("every condition ran")).collect())
+}
+
+/// The trials of `runs` (conditions that act in decoding only), each prompt prefilled once for
+/// all of them, resuming what each folder already holds.
+fn run_sharing_prefill(
+    runner: &TrialRunner<'_>,
+    grid: &Grid,
+    shard: Option<Shard>,
+    runs: &[&ConditionRun],
+) -> Result<Vec<Vec<TrialRecord>>> {
+    let specs = grid.shard_trials(shard);
+    let mut stores = Vec::with_capacity(runs.len());
+    for run in runs {
+        check_settings(&run.dir, &run.settings)?;
+        let store: TrialStore<TrialRecord> = TrialStore::open(&run.dir)?;
+        if store.repaired {
+            eprintln!(
+                "note: the last record in {} was cut off mid-write; that trial runs again",
+                run.dir.display()
+            );
+        }
+        stores.push(store);
+    }
+    let (ordered, mut cache) = prompt_order(runner, &specs)?;
+    let todo = |stores: &[TrialStore<TrialRecord>], spec: &TrialSpec| -> Vec<usize> {
+        (0..runs.len()).filter(|&c| !stores[c].has(&spec.key())).collect()
+    };
+    let total = specs.len() * runs.len();
+    let missing: usize = ordered.iter().map(|s| todo(&stores, s).len()).sum();
+    if missing > 0 {
+        let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+        eprintln!("conditions {} share each prompt's prefill", labels.join(", "));
+        let bar = crate::progress::bar(total as u64, "trials");
+        bar.set_position((total - missing) as u64);
+        for spec in &ordered {
+            let which = todo(&stores, spec);
+            if which.is_empty() {
+                continue;
+            }
+            let conditions: Vec<&Condition> = which.iter().map(|&c| &runs[c].condition).collect();
+            let records = runner
+                .run_each(spec, &conditions, &mut cache)
+                .with_context(|| format!("trial {}", spec.key()))?;
+            for (&c, record) in which.iter().zip(records) {
+                bar.set_message(format!("{}: {}", runs[c].label, record.status()));
+                stores[c].append(record)?;
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        write_prefix_stats(runs.iter().map(|r| r.dir.as_path()), &cache)?;
+    }
+    Ok(stores
+        .into_iter()
+        .map(|s| {
+            let mut records = s.records;
+            in_grid_order(grid, &mut records);
+            records
+        })
+        .collect())
+}
+
+/// `prefix_cache.json` in each of `dirs`: how much of the prompts of the trials this invocation
+/// ran came from the cache; printed once.
+fn write_prefix_stats<'a>(dirs: impl IntoIterator<Item = &'a Path>, cache: &PrefixCache<'_>) -> Result<()> {
     let stats = serde_json::json!({
         "prompt_tokens": cache.prompt_tokens,
         "reused_tokens": cache.reused,
@@ -118,6 +227,9 @@ fn write_prefix_stats(dir: &Path, cache: &PrefixCache<'_>) -> Result<()> {
         cache.reused,
         cache.prompt_tokens
     );
-    std::fs::write(dir.join("prefix_cache.json"), serde_json::to_string_pretty(&stats)?)
-        .with_context(|| format!("writing {}", dir.join("prefix_cache.json").display()))
+    for dir in dirs {
+        let path = dir.join("prefix_cache.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&stats)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

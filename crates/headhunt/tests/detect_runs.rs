@@ -298,5 +298,28 @@ fn the_prefix_cache_changes_nothing_but_time() {
         }
         assert!(conditions >= 4, "{model}: only {conditions} kv conditions ran");
         eprintln!("{model}: {conditions} kv conditions identical with and without the prefix cache");
+        // Masks in decoding only: every condition decodes from one prefill of each prompt.
+        let ablate = |cache: bool| {
+            let out = scratch(&format!("prefix-ablate-{model}-{cache}"));
+            let mut cmd = headhunt();
+            cmd.args(["ablate", "--model", model, "--lengths", "200,360", "--depths", "0,100", "--needles"])
+                .arg(&needles)
+                .arg("--scores")
+                .arg(&with)
+                .args(["--ks", "0,2", "--seeds", "1", "--mask-phase", "decode", "--out"])
+                .arg(&out)
+                .stdout(Stdio::null());
+            if !cache {
+                cmd.arg("--no-prefix-cache");
+            }
+            assert!(cmd.status().unwrap().success(), "{model}: ablate (prefix cache {cache}) failed");
+            out
+        };
+        let (with_ab, without_ab) = (ablate(true), ablate(false));
+        for label in ["none", "top-2", "random-2-seed0"] {
+            let (a, b) = (trials_by_key(&with_ab.join(label)), trials_by_key(&without_ab.join(label)));
+            assert_eq!(a.len(), 4, "{model}: ablate {label} ran the grid");
+            assert_eq!(a, b, "{model}: ablate condition {label} differs with the shared prefill");
+        }
     }
 }

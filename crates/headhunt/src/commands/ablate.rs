@@ -13,7 +13,7 @@ use crate::niah::grid::GridArgs;
 use crate::niah::trial::{Condition, TrialRunner};
 use crate::plot::{Figure, LinePlot, Series};
 use crate::retrieval::HeadScores;
-use crate::runs::run_niah;
+use crate::runs::{run_niah_conditions, ConditionRun};
 
 /// The ablation grid is smaller than detection's: it runs once per condition.
 const ABLATE_LENGTHS: &str = "600:2400:4";
@@ -83,24 +83,30 @@ pub fn run(args: Args) -> Result<()> {
             conditions.push((format!("random-{k}-seed{seed}"), k, Some(seed), heads));
         }
     }
-    let mut results: Vec<(String, usize, Option<u64>, NiahSummary)> = Vec::new();
-    for (i, (label, k, seed, heads)) in conditions.iter().enumerate() {
-        eprintln!("condition {}/{}: {label}", i + 1, conditions.len());
-        let condition = Condition {
-            interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
-            kv_policy: None,
-        };
+    let mut runs = Vec::with_capacity(conditions.len());
+    for (label, _, _, heads) in &conditions {
         let mut settings = grid.settings();
         settings["command"] = json!("niah");
         settings["model"] = json!(args.model.model);
         settings["condition"] = mask_settings(heads, args.mask_mode, args.mask_phase);
-        let dir = out.join(label);
-        let records = run_niah(&runner, &grid, args.grid.shard, &condition, &dir, &settings, label)?;
+        runs.push(ConditionRun {
+            condition: Condition {
+                interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
+                kv_policy: None,
+            },
+            dir: out.join(label),
+            settings,
+            label: label.clone(),
+        });
+    }
+    let all_records = run_niah_conditions(&runner, &grid, args.grid.shard, &runs)?;
+    let mut results: Vec<(String, usize, Option<u64>, NiahSummary)> = Vec::new();
+    for ((label, k, seed, heads), (run, records)) in conditions.iter().zip(runs.iter().zip(&all_records)) {
         let summary = write_outputs(
-            &dir,
+            &run.dir,
             &format!("{name}: {label}"),
             &grid,
-            &records,
+            records,
             &strongest_unmasked(&scores, heads, 5),
         )?;
         println!("{}", summary.line(label));

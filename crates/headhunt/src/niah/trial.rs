@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use headhunt_engine::{greedy, Capture, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
+use headhunt_engine::{greedy_from, Capture, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::haystack::Haystack;
@@ -166,11 +166,29 @@ impl<'m> TrialRunner<'m> {
             None => answer(self.model, &prompt.ids, condition, true)?,
             Some(kept) => kept.answer(self.model, &prompt.ids, condition)?,
         };
+        Ok(self.record(spec, &prompt, out, start.elapsed().as_secs_f64()))
+    }
+
+    /// Run one trial under several conditions whose interventions act in decoding only: its
+    /// prompt is prefilled once (continuing from `kept`) and each condition decodes from there.
+    /// Each record's `seconds` is its decoding plus an equal share of the prefill.
+    pub fn run_each(&self, spec: &TrialSpec, conditions: &[&Condition], kept: &mut PrefixCache<'m>) -> Result<Vec<TrialRecord>> {
+        let start = Instant::now();
+        let prompt = self.prompt(spec)?;
+        let (prefill, answers) = kept.answer_each(self.model, &prompt.ids, conditions)?;
+        let share = (prefill - start).as_secs_f64() / conditions.len().max(1) as f64;
+        Ok(answers
+            .into_iter()
+            .map(|(out, seconds)| self.record(spec, &prompt, out, share + seconds))
+            .collect())
+    }
+
+    fn record(&self, spec: &TrialSpec, prompt: &NiahPrompt, out: Answer, seconds: f64) -> TrialRecord {
         let needle = &self.needles[spec.needle];
         let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &out.answer);
         let scores = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::Paper);
         let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::PerStep);
-        Ok(TrialRecord {
+        TrialRecord {
             spec: *spec,
             actual_depth: prompt.actual_depth,
             prompt_tokens: prompt.ids.len(),
@@ -182,9 +200,9 @@ impl<'m> TrialRunner<'m> {
             scores,
             scores_per_step,
             argmax: out.argmax,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
             kv_bytes: out.kv_bytes,
-        })
+        }
     }
 }
 
@@ -211,15 +229,7 @@ pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argm
 /// captured at the last position of each step if asked, room for `capacity` positions, windowed
 /// heads keeping every position if `keep_windows`.
 fn start_run<'m>(model: &'m Model, condition: &Condition, capture_argmax: bool, capacity: usize, keep_windows: bool) -> Result<Run<'m>> {
-    let mut hooks = Hooks {
-        interventions: condition.interventions.clone(),
-        ..Default::default()
-    };
-    if capture_argmax {
-        for l in 0..model.config.n_layers {
-            hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
-        }
-    }
+    let hooks = trial_hooks(model, condition, capture_argmax);
     let options = RunOptions {
         capacity,
         kv_policy: condition.kv_policy.clone(),
@@ -229,16 +239,36 @@ fn start_run<'m>(model: &'m Model, condition: &Condition, capture_argmax: bool, 
     Ok(model.run(hooks, options)?)
 }
 
+/// A condition's interventions, and every head's argmax captured at the last position of each
+/// step if asked.
+fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Hooks {
+    let mut hooks = Hooks {
+        interventions: condition.interventions.clone(),
+        ..Default::default()
+    };
+    if capture_argmax {
+        for l in 0..model.config.n_layers {
+            hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
+        }
+    }
+    hooks
+}
+
 /// [`answer`] on a run that already holds a prefix of `prompt` (the rest is prefilled). A run
 /// kept across trials (`shared`) reports the KV bytes the trial would hold alone.
 fn answer_on(run: &mut Run<'_>, prompt: &[u32], capture_argmax: bool, shared: bool) -> Result<Answer> {
+    debug_assert!(prompt.starts_with(run.tokens()) && run.position() < prompt.len());
+    run.recording.clear();
+    let logits = run.prefill(&prompt[run.position()..])?;
+    decode_answer(run, prompt, logits, capture_argmax, shared)
+}
+
+/// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed.
+fn decode_answer(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>, capture_argmax: bool, shared: bool) -> Result<Answer> {
     let model = run.model();
     let c = &model.config;
     let tok = model.tokenizer()?;
-    debug_assert!(prompt.starts_with(run.tokens()) && run.position() < prompt.len());
-    run.recording.clear();
-    let rest = &prompt[run.position()..];
-    let generated = greedy(run, rest, MAX_NEW_TOKENS, |ids| {
+    let generated = greedy_from(run, logits, MAX_NEW_TOKENS, |ids| {
         tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
     })?;
     let text = tok.decode(&generated, true)?;
@@ -312,6 +342,39 @@ impl<'m> PrefixCache<'m> {
         let out = answer_on(&mut run, prompt, true, true)?;
         self.kept = Some(run);
         Ok(out)
+    }
+
+    /// `prompt` prefilled once (from the kept prefix, with no intervention), then answered under
+    /// each condition in turn from the same logits, the run taken back to the prompt between
+    /// them. Returns when the prefill ended and each answer with its decoding's seconds.
+    fn answer_each(&mut self, model: &'m Model, prompt: &[u32], conditions: &[&Condition]) -> Result<(Instant, Vec<(Answer, f64)>)> {
+        let plain = Condition::default();
+        let mut run = match self.kept.take() {
+            Some(mut run) => {
+                run.set_hooks(trial_hooks(model, &plain, true))?;
+                run
+            }
+            None => start_run(model, &plain, true, self.capacity, true)?,
+        };
+        run.truncate(common_prefix(run.tokens(), prompt).min(prompt.len() - 1))?;
+        // The first condition continues from the cache; the others reuse the whole prompt.
+        self.reused += run.position() + (conditions.len().max(1) - 1) * prompt.len();
+        self.prompt_tokens += conditions.len() * prompt.len();
+        run.recording.clear();
+        let logits = run.prefill(&prompt[run.position()..])?;
+        let prefilled = Instant::now();
+        let at_prompt = run.recording.clone();
+        let mut answers = Vec::with_capacity(conditions.len());
+        for condition in conditions {
+            let start = Instant::now();
+            run.set_hooks(trial_hooks(model, condition, true))?;
+            run.recording = at_prompt.clone();
+            let out = decode_answer(&mut run, prompt, logits.clone(), true, true)?;
+            run.truncate(prompt.len())?;
+            answers.push((out, start.elapsed().as_secs_f64()));
+        }
+        self.kept = Some(run);
+        Ok((prefilled, answers))
     }
 }
 
