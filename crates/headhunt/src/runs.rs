@@ -24,14 +24,7 @@ where
     S: Keyed,
     R: Serialize + DeserializeOwned + Keyed + Status,
 {
-    check_settings(dir, settings)?;
-    let mut store: TrialStore<R> = TrialStore::open(dir)?;
-    if store.repaired {
-        eprintln!(
-            "note: the last record in {} was cut off mid-write; that trial runs again",
-            dir.display()
-        );
-    }
+    let mut store: TrialStore<R> = open_store(dir, settings)?;
     let todo: Vec<&S> = specs.iter().filter(|s| !store.has(&s.key())).collect();
     if !todo.is_empty() {
         let bar = crate::progress::bar(specs.len() as u64, label);
@@ -45,6 +38,19 @@ where
         bar.finish_and_clear();
     }
     Ok(store.records)
+}
+
+/// The store of the run folder `dir`, its settings checked against `settings`.
+fn open_store<R: Serialize + DeserializeOwned + Keyed>(dir: &Path, settings: &serde_json::Value) -> Result<TrialStore<R>> {
+    check_settings(dir, settings)?;
+    let store = TrialStore::open(dir)?;
+    if store.repaired {
+        eprintln!(
+            "note: the last record in {} was cut off mid-write; that trial runs again",
+            dir.display()
+        );
+    }
+    Ok(store)
 }
 
 /// A few characters about a finished trial, for the progress bar.
@@ -162,18 +168,10 @@ fn run_sharing_prefill(
     runs: &[&ConditionRun],
 ) -> Result<Vec<Vec<TrialRecord>>> {
     let specs = grid.shard_trials(shard);
-    let mut stores = Vec::with_capacity(runs.len());
-    for run in runs {
-        check_settings(&run.dir, &run.settings)?;
-        let store: TrialStore<TrialRecord> = TrialStore::open(&run.dir)?;
-        if store.repaired {
-            eprintln!(
-                "note: the last record in {} was cut off mid-write; that trial runs again",
-                run.dir.display()
-            );
-        }
-        stores.push(store);
-    }
+    let mut stores = runs
+        .iter()
+        .map(|run| open_store::<TrialRecord>(&run.dir, &run.settings))
+        .collect::<Result<Vec<_>>>()?;
     let (ordered, mut cache) = prompt_order(runner, &specs)?;
     let todo = |stores: &[TrialStore<TrialRecord>], spec: &TrialSpec| -> Vec<usize> {
         (0..runs.len()).filter(|&c| !stores[c].has(&spec.key())).collect()
