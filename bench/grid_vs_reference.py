@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import ROOT, reference_trial  # noqa: E402
+from side_by_side import ROOT, emit, machine, reference_trial  # noqa: E402
 
 LENGTHS = [600, 1140, 1680, 2220, 2760, 3300]
 DEPTHS = 11
@@ -59,7 +59,7 @@ def main():
     reference = DEPTHS * sum(sample.values())
 
     lines = [
-        f"### Default detection grid, {args.model}, {date.today()}",
+        f"### Default detection grid, {args.model}, on {machine()}, {date.today()}",
         "",
         f"`python3 bench/grid_vs_reference.py --model {args.model}` (66 trials; reference extrapolated from "
         f"one trial per length at depth 50%: {', '.join(f'{n}: {s:.1f} s' for n, s in sample.items())})",
@@ -69,11 +69,7 @@ def main():
     ]
     for name, (seconds, mib) in runs.items():
         lines.append(f"| {name} | {seconds:.1f} s | {mib:.0f} MiB | x{reference / seconds:.1f} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + table)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -175,15 +175,12 @@ def main():
         rows.append(row("NIAH trial, 2000 tokens, argmax capture (s)", "transformers eager", ours, ref, ratio=lambda a, b: b / a))
         print(rows[-1], file=sys.stderr)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    flags = open("/proc/cpuinfo").read()
-    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
     sides_note = f"headhunt kernels capped at {args.simd}" if args.simd else "headhunt's best kernels"
     sides_note += f", precision {args.precision}"
     if args.llama_lib:
         sides_note += f", llama.cpp from {args.llama_lib}"
     lines = [
-        f"### {gguf.name} on {cpu} ({isa}, {os.cpu_count()} cores, {args.threads} threads), {time.strftime('%Y-%m-%d')}, {sides_note}",
+        f"### {gguf.name} on {machine()}, {args.threads} threads, {time.strftime('%Y-%m-%d')}, {sides_note}",
         "",
         f"`python3 bench/side_by_side.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}` (median of {args.repeats} alternating runs; ratio: median of pairwise ratios, min-max; for memory, llama.cpp's peak over headhunt's)",
         "",
@@ -192,10 +189,25 @@ def main():
     ]
     for name, other, h, o, r, lo, hi in rows:
         lines.append(f"| {name} | {other} | {h:.2f} | {o:.2f} | x{r:.2f} ({lo:.2f}-{hi:.2f}) |")
+    emit(lines, args.write)
+
+
+def machine() -> str:
+    """The CPU a figure came from: its name, vector extensions (AVX-512 or not, VNNI or not) and
+    core count, from /proc/cpuinfo."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    flags = set(open("/proc/cpuinfo").read().split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    vnni = [name for flag, name in [("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI")] if flag in flags]
+    return f"{cpu} ({isa}{', ' + ', '.join(vnni) if vnni else ', no VNNI'}, {os.cpu_count()} cores)"
+
+
+def emit(lines: list, write):
+    """Print a Markdown table and append it to the file `write` names, if any."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.write:
-        with open(args.write, "a") as f:
+    if write:
+        with open(write, "a") as f:
             f.write("\n" + text)
 
 
