@@ -373,14 +373,14 @@ impl Matrix {
         }
     }
 
-    /// The int8 tile product of every part's rows, where the CPU has one (see `kernels::tiles`).
+    /// The int8 tile product of every part's rows, where the CPU has one (see `kernels::tiles`;
+    /// every part runs at the same level, so their products are the same).
     fn tile_product(&self) -> Option<TileProduct> {
-        self.parts
+        let all = self
+            .parts
             .iter()
-            .map(|p| p.kernels.tiles.and(p.kernels.tile_product))
-            .collect::<Option<Vec<_>>>()?
-            .first()
-            .copied()
+            .all(|p| p.kernels.tiles.is_some() && p.kernels.tile_product.is_some());
+        all.then(|| self.parts[0].kernels.tile_product).flatten()
     }
 
     /// [`Matrix::matmul`] at [`Precision::Fast`] for many tokens: the tokens quantised once, the
@@ -391,29 +391,14 @@ impl Matrix {
             static SCRATCH: RefCell<(Tile, Vec<f32>)> = RefCell::new((Tile::default(), Vec::new()));
             static TOKENS: RefCell<Tokens> = RefCell::new(Tokens::default());
         }
-        struct Out(*mut f32);
-        // SAFETY: each task writes only its own tile's columns of `out`, which outlives the step.
-        unsafe impl Sync for Out {}
-        impl Out {
-            /// # Safety
-            /// `at + len` is within `out`, and no other task writes there.
-            unsafe fn put(&self, at: usize, values: &[f32]) {
-                // A whole tile's row in one known-size copy (a `memmove` call per row cost 7%).
-                if values.len() == TILE_ROWS {
-                    std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), TILE_ROWS);
-                } else {
-                    std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
-                }
-            }
-        }
         let (n, k) = (self.rows, self.cols);
-        let forms: Vec<_> = self
+        let width = self
             .parts
             .iter()
-            .map(|p| p.kernels.tiles.expect("tile_product() checked"))
-            .collect();
-        let width = forms.iter().map(|f| f.width).min().expect("a matrix has parts");
-        let dst = Out(out[..m * n].as_mut_ptr());
+            .map(|p| p.kernels.tiles.expect("tile_product() checked").width)
+            .min()
+            .expect("a matrix has parts");
+        let dst = crate::team::Disjoint::new(&mut out[..m * n]);
         TOKENS.with_borrow_mut(|tokens| {
             tokens.quantise(x, m, k, width);
             crate::team::for_each(n.div_ceil(TILE_ROWS), |i| {
@@ -427,8 +412,14 @@ impl Matrix {
                     ys.resize(m * TILE_ROWS, 0.0);
                     product(tile, tokens, ys);
                     for (t, y) in ys.chunks_exact(TILE_ROWS).enumerate() {
-                        // SAFETY: row t's columns r0 .. r0 + rows are this tile's, within m x n.
-                        unsafe { dst.put(t * n + r0, &y[..rows]) };
+                        // SAFETY: row t's columns r0 .. r0 + rows are this tile's alone.
+                        let to = unsafe { dst.part(t * n + r0, rows) };
+                        if rows == TILE_ROWS {
+                            // A known-size copy: a `memmove` call per row cost 7%.
+                            to[..TILE_ROWS].copy_from_slice(&y[..TILE_ROWS]);
+                        } else {
+                            to.copy_from_slice(&y[..rows]);
+                        }
                     }
                 });
             });

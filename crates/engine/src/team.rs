@@ -144,18 +144,45 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
 
 /// Split `out` into chunks of `chunk` values and run `f(i, chunk i)` for each on the team.
 pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    struct Base<T>(*mut T);
-    // SAFETY: tasks touch disjoint chunks of a slice that is borrowed mutably for the whole step.
-    unsafe impl<T: Send> Sync for Base<T> {}
     let (len, chunk) = (out.len(), chunk.max(1));
-    let base = Base(out.as_mut_ptr());
-    let base = &base;
+    let out = Disjoint::new(out);
     for_each(len.div_ceil(chunk), |i| {
         let start = i * chunk;
         // SAFETY: `for_each` runs each index once; chunk i is [i * chunk, min(len, (i + 1) * chunk)).
-        let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), chunk.min(len - start)) };
-        f(i, part);
+        f(i, unsafe { out.part(start, chunk.min(len - start)) });
     });
+}
+
+/// A slice that the tasks of a step write in parts no two of them share (rows of several
+/// buffers, columns of a matrix): each task takes its part with [`Disjoint::part`].
+pub(crate) struct Disjoint<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the slice is borrowed mutably for the wrapper's life, and `part`'s contract keeps the
+// tasks' parts apart.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+impl<'a, T> Disjoint<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        Disjoint {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// Elements `at .. at + len`.
+    ///
+    /// # Safety
+    /// No other part alive at the same time overlaps them.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, at: usize, len: usize) -> &mut [T] {
+        assert!(at + len <= self.len, "part {at}..{} of a slice of {}", at + len, self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+    }
 }
 
 #[cfg(test)]

@@ -195,15 +195,15 @@ impl Tokens {
         self.q.resize(m * k, 0);
         self.d.resize(m * k / 32, 0.0);
         self.sums.resize(m * k / width, 0.0);
+        use crate::team::Disjoint;
         let (q, d, sums) = (
-            SyncPtr(self.q.as_mut_ptr()),
-            SyncPtr(self.d.as_mut_ptr()),
-            SyncPtr(self.sums.as_mut_ptr()),
+            Disjoint::new(&mut self.q),
+            Disjoint::new(&mut self.d),
+            Disjoint::new(&mut self.sums),
         );
         crate::team::for_each(m, |t| {
-            // SAFETY: token t's runs of the three buffers, written by this task only; the
-            // buffers are sized above and outlive the step.
-            let (q, d, sums) = unsafe { (q.run(t * k, k), d.run(t * k / 32, k / 32), sums.run(t * k / width, k / width)) };
+            // SAFETY: token t's runs of the three buffers, taken by this task only.
+            let (q, d, sums) = unsafe { (q.part(t * k, k), d.part(t * k / 32, k / 32), sums.part(t * k / width, k / width)) };
             quantize_row(&x[t * k..(t + 1) * k], q, d, sums, width);
         });
     }
@@ -217,19 +217,6 @@ impl Tokens {
             &self.d[t * k / 32..(t + 1) * k / 32],
             &self.sums[t * k / w..(t + 1) * k / w],
         )
-    }
-}
-
-struct SyncPtr<T>(*mut T);
-// SAFETY: used only where each task writes its own elements (see `Tokens::quantise`).
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// # Safety
-    /// `at..at + len` is within the allocation, and nothing else touches it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn run(&self, at: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
 }
 

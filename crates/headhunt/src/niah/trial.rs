@@ -160,22 +160,34 @@ impl<'m> TrialRunner<'m> {
 
     /// Run one trial, continuing from what `kept` holds of its prompt when it is given.
     pub fn run_from(&self, spec: &TrialSpec, condition: &Condition, kept: Option<&mut PrefixCache<'m>>) -> Result<TrialRecord> {
-        let start = Instant::now();
-        let prompt = self.prompt(spec)?;
-        let out = match kept {
-            None => answer(self.model, &prompt.ids, condition, true)?,
-            Some(kept) => kept.answer(self.model, &prompt.ids, condition)?,
+        let Some(kept) = kept else {
+            let start = Instant::now();
+            let prompt = self.prompt(spec)?;
+            let out = answer(self.model, &prompt.ids, condition, true)?;
+            return Ok(self.record(spec, &prompt, out, start.elapsed().as_secs_f64()));
         };
-        Ok(self.record(spec, &prompt, out, start.elapsed().as_secs_f64()))
+        let record = self.run_each_from(spec, condition, &[condition], kept)?.pop();
+        Ok(record.expect("one condition, one record"))
     }
 
     /// Run one trial under several conditions whose interventions act in decoding only: its
     /// prompt is prefilled once (continuing from `kept`) and each condition decodes from there.
     /// Each record's `seconds` is its decoding plus an equal share of the prefill.
     pub fn run_each(&self, spec: &TrialSpec, conditions: &[&Condition], kept: &mut PrefixCache<'m>) -> Result<Vec<TrialRecord>> {
+        self.run_each_from(spec, &Condition::default(), conditions, kept)
+    }
+
+    /// [`TrialRunner::run_each`] with the prompt prefilled under `prefill`.
+    fn run_each_from(
+        &self,
+        spec: &TrialSpec,
+        prefill: &Condition,
+        conditions: &[&Condition],
+        kept: &mut PrefixCache<'m>,
+    ) -> Result<Vec<TrialRecord>> {
         let start = Instant::now();
         let prompt = self.prompt(spec)?;
-        let (prefill, answers) = kept.answer_each(self.model, &prompt.ids, conditions)?;
+        let (prefill, answers) = kept.answer_each(self.model, &prompt.ids, prefill, conditions)?;
         let share = (prefill - start).as_secs_f64() / conditions.len().max(1) as f64;
         Ok(answers
             .into_iter()
@@ -222,7 +234,8 @@ pub struct Answer {
 /// argmax at every step.
 pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
     let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, false)?;
-    answer_on(&mut run, prompt, capture_argmax, false)
+    let logits = run.prefill(prompt)?;
+    decode_answer(&mut run, prompt, logits, capture_argmax, false)
 }
 
 /// A run for a condition's trials: its interventions and KV policy, every head's argmax
@@ -254,16 +267,8 @@ fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Ho
     hooks
 }
 
-/// [`answer`] on a run that already holds a prefix of `prompt` (the rest is prefilled). A run
-/// kept across trials (`shared`) reports the KV bytes the trial would hold alone.
-fn answer_on(run: &mut Run<'_>, prompt: &[u32], capture_argmax: bool, shared: bool) -> Result<Answer> {
-    debug_assert!(prompt.starts_with(run.tokens()) && run.position() < prompt.len());
-    run.recording.clear();
-    let logits = run.prefill(&prompt[run.position()..])?;
-    decode_answer(run, prompt, logits, capture_argmax, shared)
-}
-
-/// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed.
+/// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed. A
+/// run kept across trials (`shared`) reports the KV bytes the trial would hold alone.
 fn decode_answer(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>, capture_argmax: bool, shared: bool) -> Result<Answer> {
     let model = run.model();
     let c = &model.config;
@@ -330,31 +335,24 @@ impl<'m> PrefixCache<'m> {
         self.reused as f64 / self.prompt_tokens.max(1) as f64
     }
 
-    fn answer(&mut self, model: &'m Model, prompt: &[u32], condition: &Condition) -> Result<Answer> {
-        let mut run = match self.kept.take() {
-            Some(run) => run,
-            None => start_run(model, condition, true, self.capacity, true)?,
-        };
-        // Continue from the longest common prefix, leaving at least one token to prefill.
-        run.truncate(common_prefix(run.tokens(), prompt).min(prompt.len() - 1))?;
-        self.reused += run.position();
-        self.prompt_tokens += prompt.len();
-        let out = answer_on(&mut run, prompt, true, true)?;
-        self.kept = Some(run);
-        Ok(out)
-    }
-
-    /// `prompt` prefilled once (from the kept prefix, with no intervention), then answered under
-    /// each condition in turn from the same logits, the run taken back to the prompt between
-    /// them. Returns when the prefill ended and each answer with its decoding's seconds.
-    fn answer_each(&mut self, model: &'m Model, prompt: &[u32], conditions: &[&Condition]) -> Result<(Instant, Vec<(Answer, f64)>)> {
-        let plain = Condition::default();
+    /// `prompt` prefilled once under `prefill` (its interventions and KV policy), continuing
+    /// from the kept prefix, then answered under each of `conditions` in turn from the same
+    /// logits, the run taken back to the prompt between them: `prefill` itself alone, or
+    /// conditions that differ from it in decoding only. Returns when the prefill ended and each
+    /// answer with its decoding's seconds.
+    fn answer_each(
+        &mut self,
+        model: &'m Model,
+        prompt: &[u32],
+        prefill: &Condition,
+        conditions: &[&Condition],
+    ) -> Result<(Instant, Vec<(Answer, f64)>)> {
         let mut run = match self.kept.take() {
             Some(mut run) => {
-                run.set_hooks(trial_hooks(model, &plain, true))?;
+                run.set_hooks(trial_hooks(model, prefill, true))?;
                 run
             }
-            None => start_run(model, &plain, true, self.capacity, true)?,
+            None => start_run(model, prefill, true, self.capacity, true)?,
         };
         run.truncate(common_prefix(run.tokens(), prompt).min(prompt.len() - 1))?;
         // The first condition continues from the cache; the others reuse the whole prompt.
