@@ -15,10 +15,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Trial keys in a run folder, with how many times each appears.
+/// Trial keys in a run folder, with how many times each appears: its complete lines only (a
+/// record being written, or torn by a kill, has no newline yet; the store drops it on resume).
 fn trial_keys(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             format!("{}-{}-{}", v["needle"], v["length"], v["depth"])
@@ -197,6 +200,11 @@ fn compare_reads_the_paper_format() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Command-line words as the `OsStr`s `Command::args` takes, to mix with paths.
+fn os(args: &[&'static str]) -> Vec<&'static std::ffi::OsStr> {
+    args.iter().map(|&a| std::ffi::OsStr::new(a)).collect()
+}
+
 /// A run folder's trials as comparable values: keyed, without the timing.
 fn trials_by_key(dir: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap();
@@ -224,33 +232,30 @@ fn the_prefix_cache_changes_nothing_but_time() {
     )
     .unwrap();
     for model in ["smollm2-135m-instruct", "gemma3-270m"] {
-        let run = |cache: bool| {
-            let out = scratch(&format!("prefix-{model}-{cache}"));
-            let mut cmd = headhunt();
-            cmd.args([
-                "detect",
-                "--model",
-                model,
-                "--lengths",
-                "200,360",
-                "--depths",
-                "0,40,100",
-                "--per-cell",
-                "2",
-                "--needles",
-            ])
-            .arg(&needles)
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::null());
-            if !cache {
-                cmd.arg("--no-prefix-cache");
-            }
-            let status = cmd.status().unwrap();
-            assert!(status.success(), "{model}: detect (prefix cache {cache}) failed");
-            out
+        // `headhunt ARGS --model M --needles F --out DIR`, with and without the cache: the two
+        // folders.
+        let both = |name: &str, args: &[&std::ffi::OsStr]| {
+            let run = |cache: bool| {
+                let out = scratch(&format!("prefix-{name}-{model}-{cache}"));
+                let mut cmd = headhunt();
+                cmd.args(args)
+                    .args(["--model", model, "--needles"])
+                    .arg(&needles)
+                    .arg("--out")
+                    .arg(&out);
+                if !cache {
+                    cmd.arg("--no-prefix-cache");
+                }
+                let status = cmd.stdout(Stdio::null()).status().unwrap();
+                assert!(status.success(), "{model}: {name} (prefix cache {cache}) failed");
+                out
+            };
+            (run(true), run(false))
         };
-        let (with, without) = (run(true), run(false));
+        let (with, without) = both(
+            "detect",
+            &os(&["detect", "--lengths", "200,360", "--depths", "0,40,100", "--per-cell", "2"]),
+        );
         let (a, b) = (trials_by_key(&with), trials_by_key(&without));
         assert_eq!(a.len(), 12, "{model}: the whole grid ran");
         assert_eq!(a, b, "{model}: trials differ with the prefix cache");
@@ -266,23 +271,10 @@ fn the_prefix_cache_changes_nothing_but_time() {
         );
         // KV policies (heads at sink + window, the rest full) share within their condition:
         // every condition of a small `kv` sweep, with and without the cache.
-        let kv = |cache: bool| {
-            let out = scratch(&format!("prefix-kv-{model}-{cache}"));
-            let mut cmd = headhunt();
-            cmd.args(["kv", "--model", model, "--lengths", "200,360", "--depths", "0,100", "--needles"])
-                .arg(&needles)
-                .arg("--scores")
-                .arg(&with)
-                .args(["--budgets", "0.5", "--sink", "4", "--window", "48", "--no-bench", "--out"])
-                .arg(&out)
-                .stdout(Stdio::null());
-            if !cache {
-                cmd.arg("--no-prefix-cache");
-            }
-            assert!(cmd.status().unwrap().success(), "{model}: kv (prefix cache {cache}) failed");
-            out
-        };
-        let (with_kv, without_kv) = (kv(true), kv(false));
+        let mut kv_args = os(&["kv", "--lengths", "200,360", "--depths", "0,100", "--budgets", "0.5"]);
+        kv_args.extend(os(&["--sink", "4", "--window", "48", "--no-bench", "--scores"]));
+        kv_args.push(with.as_os_str());
+        let (with_kv, without_kv) = both("kv", &kv_args);
         let mut conditions = 0;
         for entry in std::fs::read_dir(&with_kv).unwrap() {
             let dir = entry.unwrap().path();
@@ -299,23 +291,10 @@ fn the_prefix_cache_changes_nothing_but_time() {
         assert!(conditions >= 4, "{model}: only {conditions} kv conditions ran");
         eprintln!("{model}: {conditions} kv conditions identical with and without the prefix cache");
         // Masks in decoding only: every condition decodes from one prefill of each prompt.
-        let ablate = |cache: bool| {
-            let out = scratch(&format!("prefix-ablate-{model}-{cache}"));
-            let mut cmd = headhunt();
-            cmd.args(["ablate", "--model", model, "--lengths", "200,360", "--depths", "0,100", "--needles"])
-                .arg(&needles)
-                .arg("--scores")
-                .arg(&with)
-                .args(["--ks", "0,2", "--seeds", "1", "--mask-phase", "decode", "--out"])
-                .arg(&out)
-                .stdout(Stdio::null());
-            if !cache {
-                cmd.arg("--no-prefix-cache");
-            }
-            assert!(cmd.status().unwrap().success(), "{model}: ablate (prefix cache {cache}) failed");
-            out
-        };
-        let (with_ab, without_ab) = (ablate(true), ablate(false));
+        let mut ablate_args = os(&["ablate", "--lengths", "200,360", "--depths", "0,100", "--ks", "0,2"]);
+        ablate_args.extend(os(&["--seeds", "1", "--mask-phase", "decode", "--scores"]));
+        ablate_args.push(with.as_os_str());
+        let (with_ab, without_ab) = both("ablate", &ablate_args);
         for label in ["none", "top-2", "random-2-seed0"] {
             let (a, b) = (trials_by_key(&with_ab.join(label)), trials_by_key(&without_ab.join(label)));
             assert_eq!(a.len(), 4, "{model}: ablate {label} ran the grid");
