@@ -3,7 +3,7 @@
 # reference values with transformers when the reference script or its inputs changed, run every
 # test, then open a report of a short real run in headless Chromium. Needs Rust, Python 3 with
 # pip, Node.js with npm, and access to crates.io, PyPI, npm and Debian's package archive
-# (Chromium is installed with apt-get when it is missing, which needs root).
+# (Chromium and Slurm are installed with apt-get when missing, which needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,13 @@ if [ "$(cat "$ref/.stamp" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$ref"
   python3 reference/make_reference.py --out "$ref"
   echo "$stamp" > "$ref/.stamp"
+fi
+
+# Slurm for tests/slurm.rs, which starts a private single-node cluster and stops it. As root the
+# packages are installed when missing and the test may not skip; otherwise it skips, saying why.
+if [ "$(id -u)" = 0 ]; then
+  tests/slurm/cluster.sh install
+  export HEADHUNT_REQUIRE_SLURM=1
 fi
 
 cargo test --release --workspace

@@ -18,4 +18,5 @@ pub mod report;
 pub mod retrieval;
 pub mod rouge;
 pub mod runs;
+pub mod shard;
 pub mod store;

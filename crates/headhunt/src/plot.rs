@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
@@ -32,7 +32,8 @@ pub trait Figure {
     fn size(&self) -> (u32, u32);
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
 
-    /// Write `<stem>.png` and `<stem>.svg`; returns both paths.
+    /// Write `<stem>.png` and `<stem>.svg`, each replacing the old file whole (drawn beside it,
+    /// then renamed over it); returns both paths.
     fn save(&self, stem: &Path) -> Result<[PathBuf; 2]> {
         register_font();
         if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -40,18 +41,28 @@ pub trait Figure {
         }
         let png = stem.with_extension("png");
         let svg = stem.with_extension("svg");
-        {
-            let root = BitMapBackend::new(&png, self.size()).into_drawing_area();
+        // The drawing's temporary files keep their extension: the PNG encoder goes by it.
+        let name = stem.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let temp = |ext: &str| stem.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()));
+        let (png_tmp, svg_tmp) = (temp("png"), temp("svg"));
+        let drawn = (|| -> Result<()> {
+            let root = BitMapBackend::new(&png_tmp, self.size()).into_drawing_area();
             root.fill(&WHITE).map_err(err)?;
             self.draw(&root)?;
             root.present().map_err(err)?;
-        }
-        {
-            let root = SVGBackend::new(&svg, self.size()).into_drawing_area();
+            let root = SVGBackend::new(&svg_tmp, self.size()).into_drawing_area();
             root.fill(&WHITE).map_err(err)?;
             self.draw(&root)?;
             root.present().map_err(err)?;
+            std::fs::rename(&png_tmp, &png)?;
+            std::fs::rename(&svg_tmp, &svg)?;
+            Ok(())
+        })();
+        if drawn.is_err() {
+            std::fs::remove_file(&png_tmp).ok();
+            std::fs::remove_file(&svg_tmp).ok();
         }
+        drawn.with_context(|| format!("drawing {}", png.display()))?;
         Ok([png, svg])
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::style::colors::colormaps::ViridisRGB;
 use serde_json::Value;
 
@@ -40,6 +40,9 @@ fn folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
         .map(|e| e.path())
         .collect();
     subs.sort();
+    // A merged run stands for its shards.
+    let merged = dir.join(crate::store::SETTINGS_FILE).exists();
+    subs.retain(|s| !(merged && s.file_name().is_some_and(|n| n == crate::shard::SHARDS_DIR)));
     for s in subs {
         folders(&s, depth - 1, out);
     }
@@ -243,7 +246,7 @@ fn niah_cells(dir: &Path, settings: &Value) -> Option<(Vec<String>, Vec<String>,
 pub fn write(dir: &Path) -> Result<PathBuf> {
     let html = render(dir)?;
     let path = dir.join(REPORT_FILE);
-    std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+    crate::store::write_atomic(&path, html)?;
     Ok(path)
 }
 

@@ -10,13 +10,16 @@ use serde::Serialize;
 
 use crate::niah::grid::Grid;
 use crate::niah::trial::{Condition, PrefixCache, TrialRecord, TrialRunner, TrialSpec};
-use crate::store::{check_settings, Keyed, Shard, TrialStore};
+use crate::shard::Shard;
+use crate::store::{check_settings, write_atomic, Keyed, Plan, TrialStore};
 
-/// Run the trials of `specs` missing from the run folder `dir`; returns every record there.
+/// Run the trials of `specs` (shard `shard`'s, or all) missing from the run folder `dir`;
+/// returns every record there.
 pub fn run_pending<S, R>(
     dir: &Path,
     settings: &serde_json::Value,
     specs: &[S],
+    shard: Option<Shard>,
     label: &str,
     mut run: impl FnMut(&S) -> Result<R>,
 ) -> Result<Vec<R>>
@@ -24,7 +27,11 @@ where
     S: Keyed,
     R: Serialize + DeserializeOwned + Keyed + Status,
 {
-    let mut store: TrialStore<R> = open_store(dir, settings)?;
+    let plan = Plan {
+        shard,
+        trials: specs.len(),
+    };
+    let mut store: TrialStore<R> = open_store(dir, settings, plan)?;
     let todo: Vec<&S> = specs.iter().filter(|s| !store.has(&s.key())).collect();
     if !todo.is_empty() {
         let bar = crate::progress::bar(specs.len() as u64, label);
@@ -40,10 +47,13 @@ where
     Ok(store.records)
 }
 
-/// The store of the run folder `dir`, its settings checked against `settings`.
-fn open_store<R: Serialize + DeserializeOwned + Keyed>(dir: &Path, settings: &serde_json::Value) -> Result<TrialStore<R>> {
+/// The store of the run folder `dir`, its settings checked against `settings`, locked for this
+/// process, its plan written.
+fn open_store<R: Serialize + DeserializeOwned + Keyed>(dir: &Path, settings: &serde_json::Value, plan: Plan) -> Result<TrialStore<R>> {
     check_settings(dir, settings)?;
-    let store = TrialStore::open(dir)?;
+    let mut store = TrialStore::open(dir)?;
+    store.lock()?;
+    plan.write(dir)?;
     if store.repaired {
         eprintln!(
             "note: the last record in {} was cut off mid-write; that trial runs again",
@@ -70,7 +80,7 @@ impl Status for TrialRecord {
     }
 }
 
-/// Run a NIAH grid (this shard's share) under one condition into `dir`; returns every record
+/// Run a NIAH grid (this process's shard of it) under one condition into `dir`; returns every record
 /// there, in the grid's order.
 ///
 /// With the grid's prefix cache on, the trials run in the lexicographic order of their prompt
@@ -80,16 +90,15 @@ impl Status for TrialRecord {
 pub fn run_niah(
     runner: &TrialRunner<'_>,
     grid: &Grid,
-    shard: Option<Shard>,
     condition: &Condition,
     dir: &Path,
     settings: &serde_json::Value,
     label: &str,
 ) -> Result<Vec<TrialRecord>> {
-    let specs = grid.shard_trials(shard);
+    let specs = grid.shard_trials();
     let mut records = if grid.prefix_cache {
         let (ordered, mut cache) = prompt_order(runner, &specs)?;
-        let records = run_pending(dir, settings, &ordered, label, |spec| {
+        let records = run_pending(dir, settings, &ordered, grid.shard, label, |spec| {
             runner.run_from(spec, condition, Some(&mut cache))
         })?;
         if cache.prompt_tokens > 0 {
@@ -97,7 +106,7 @@ pub fn run_niah(
         }
         records
     } else {
-        let records = run_pending(dir, settings, &specs, label, |spec| runner.run(spec, condition))?;
+        let records = run_pending(dir, settings, &specs, grid.shard, label, |spec| runner.run(spec, condition))?;
         std::fs::remove_file(dir.join("prefix_cache.json")).ok();
         records
     };
@@ -133,19 +142,14 @@ pub struct ConditionRun {
 /// keep the full cache) share more than prefixes: each trial's prompt is prefilled once and every
 /// such condition decodes from it (see [`TrialRunner::run_each`]). The others run one after the
 /// other.
-pub fn run_niah_conditions(
-    runner: &TrialRunner<'_>,
-    grid: &Grid,
-    shard: Option<Shard>,
-    runs: &[ConditionRun],
-) -> Result<Vec<Vec<TrialRecord>>> {
+pub fn run_niah_conditions(runner: &TrialRunner<'_>, grid: &Grid, runs: &[ConditionRun]) -> Result<Vec<Vec<TrialRecord>>> {
     let decode_only = |c: &Condition| c.kv_policy.is_none() && !c.interventions.iter().any(|i| i.acts_in_prefill());
     let shared: Vec<usize> = (0..runs.len())
         .filter(|&i| grid.prefix_cache && decode_only(&runs[i].condition))
         .collect();
     let mut out: Vec<Option<Vec<TrialRecord>>> = (0..runs.len()).map(|_| None).collect();
     if shared.len() > 1 {
-        let records = run_sharing_prefill(runner, grid, shard, &shared.iter().map(|&i| &runs[i]).collect::<Vec<_>>())?;
+        let records = run_sharing_prefill(runner, grid, &shared.iter().map(|&i| &runs[i]).collect::<Vec<_>>())?;
         for (&i, r) in shared.iter().zip(records) {
             out[i] = Some(r);
         }
@@ -153,7 +157,7 @@ pub fn run_niah_conditions(
     for (i, run) in runs.iter().enumerate() {
         if out[i].is_none() {
             eprintln!("condition {}/{}: {}", i + 1, runs.len(), run.label);
-            out[i] = Some(run_niah(runner, grid, shard, &run.condition, &run.dir, &run.settings, &run.label)?);
+            out[i] = Some(run_niah(runner, grid, &run.condition, &run.dir, &run.settings, &run.label)?);
         }
     }
     Ok(out.into_iter().map(|r| r.expect("every condition ran")).collect())
@@ -161,16 +165,15 @@ pub fn run_niah_conditions(
 
 /// The trials of `runs` (conditions that act in decoding only), each prompt prefilled once for
 /// all of them, resuming what each folder already holds.
-fn run_sharing_prefill(
-    runner: &TrialRunner<'_>,
-    grid: &Grid,
-    shard: Option<Shard>,
-    runs: &[&ConditionRun],
-) -> Result<Vec<Vec<TrialRecord>>> {
-    let specs = grid.shard_trials(shard);
+fn run_sharing_prefill(runner: &TrialRunner<'_>, grid: &Grid, runs: &[&ConditionRun]) -> Result<Vec<Vec<TrialRecord>>> {
+    let specs = grid.shard_trials();
+    let plan = Plan {
+        shard: grid.shard,
+        trials: specs.len(),
+    };
     let mut stores = runs
         .iter()
-        .map(|run| open_store::<TrialRecord>(&run.dir, &run.settings))
+        .map(|run| open_store::<TrialRecord>(&run.dir, &run.settings, plan))
         .collect::<Result<Vec<_>>>()?;
     let (ordered, mut cache) = prompt_order(runner, &specs)?;
     let todo = |stores: &[TrialStore<TrialRecord>], spec: &TrialSpec| -> Vec<usize> {
@@ -226,8 +229,7 @@ fn write_prefix_stats<'a>(dirs: impl IntoIterator<Item = &'a Path>, cache: &Pref
         cache.prompt_tokens
     );
     for dir in dirs {
-        let path = dir.join("prefix_cache.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&stats)?).with_context(|| format!("writing {}", path.display()))?;
+        write_atomic(&dir.join("prefix_cache.json"), serde_json::to_string_pretty(&stats)?)?;
     }
     Ok(())
 }

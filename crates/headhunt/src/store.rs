@@ -1,8 +1,10 @@
 //! Durable, resumable experiment runs: an output folder holds the run's settings (`run.json`)
 //! and an append-only `trials.jsonl`, one record per finished trial, each written with one
 //! `write` and flushed to disk. Rerunning with the same folder skips what is done; a line torn by
-//! a kill mid-write is cut off and its trial run again. Shards write separate folders that
-//! `headhunt merge` joins.
+//! a kill mid-write is cut off and its trial run again. `plan.json` says how many trials the
+//! folder will hold (and which shard it is), so `headhunt status` and `merge --expect` can tell a
+//! finished folder from an unfinished one. Every other file is replaced whole, by an atomic
+//! rename: a reader on a shared filesystem sees the old file or the new one, never half of one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::shard::Shard;
 
 /// A record with a stable identity, so a resumed or merged run never holds a trial twice.
 pub trait Keyed {
@@ -25,31 +29,107 @@ pub struct TrialStore<R> {
     pub records: Vec<R>,
     /// Trials cut off by an interrupted write and dropped on open.
     pub repaired: bool,
+    /// Held while this process writes the folder (see [`TrialStore::lock`]).
+    lock: Option<File>,
 }
 
-/// `--shard i/n`: this process runs trials `k` with `k % n == i - 1`.
+pub const PLAN_FILE: &str = "plan.json";
+
+/// Replace `path` whole: write a temporary file beside it, flush it to disk, rename it over
+/// `path`. Readers (another shard, `headhunt status`, a merge) see the old file or the new one.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents.as_ref())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        std::fs::remove_file(&tmp).ok();
+    }
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+/// What a run folder is to hold: `trials` records, as shard `shard` of a split run or whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
+pub struct Plan {
+    pub shard: Option<Shard>,
+    pub trials: usize,
 }
 
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("`{s}` is not a shard: write i/n with 1 <= i <= n, e.g. 2/4");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        if index == 0 || index > count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
+impl Plan {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::json!({"shard": self.shard.map(|s| s.to_string()), "trials": self.trials});
+        write_atomic(&dir.join(PLAN_FILE), serde_json::to_string_pretty(&json)?)
+    }
+
+    /// The plan of a run folder; `None` when it has none (not a run, or one from before plans).
+    pub fn read(dir: &Path) -> Result<Option<Plan>> {
+        let path = dir.join(PLAN_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let bad = || format!("{} is not a headhunt plan", path.display());
+        let json: serde_json::Value = serde_json::from_str(&text).with_context(bad)?;
+        let trials = json["trials"].as_u64().with_context(bad)? as usize;
+        let shard = match &json["shard"] {
+            serde_json::Value::Null => None,
+            v => Some(v.as_str().and_then(|s| s.parse().ok()).with_context(bad)?),
+        };
+        Ok(Some(Plan { shard, trials }))
     }
 }
 
-impl Shard {
-    pub fn takes(&self, k: usize) -> bool {
-        k % self.count == self.index - 1
+/// How far a run folder has come, read without taking its lock (the run may be going on).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub dir: PathBuf,
+    pub plan: Option<Plan>,
+    /// Complete records in `trials.jsonl`.
+    pub done: usize,
+    /// Mean of the records' `seconds`, where they have it.
+    pub seconds_per_trial: Option<f64>,
+    /// When the last record was written.
+    pub last_write: Option<std::time::SystemTime>,
+}
+
+impl Progress {
+    pub fn read(dir: &Path) -> Result<Progress> {
+        let path = dir.join(TRIALS_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // Complete lines only: the last may be a record being written.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let seconds: Vec<Option<f64>> = complete
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["seconds"].as_f64())
+            })
+            .collect();
+        let timed: Vec<f64> = seconds.iter().flatten().copied().collect();
+        Ok(Progress {
+            dir: dir.to_path_buf(),
+            plan: Plan::read(dir)?,
+            done: seconds.len(),
+            seconds_per_trial: (!timed.is_empty()).then(|| timed.iter().sum::<f64>() / timed.len() as f64),
+            last_write: std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
+        })
+    }
+
+    /// Trials still to run, if the plan is known.
+    pub fn left(&self) -> Option<usize> {
+        self.plan.map(|p| p.trials.saturating_sub(self.done))
+    }
+
+    pub fn finished(&self) -> bool {
+        self.left() == Some(0)
     }
 }
 
@@ -75,7 +155,7 @@ pub fn check_settings(dir: &Path, settings: &serde_json::Value) -> Result<()> {
             );
         }
     } else {
-        std::fs::write(&path, serde_json::to_string_pretty(settings)?)?;
+        write_atomic(&path, serde_json::to_string_pretty(settings)?)?;
     }
     Ok(())
 }
@@ -128,7 +208,29 @@ impl<R: Serialize + DeserializeOwned + Keyed> TrialStore<R> {
                 f.sync_all()?;
             }
         }
-        Ok(TrialStore { path, records, repaired })
+        Ok(TrialStore {
+            path,
+            records,
+            repaired,
+            lock: None,
+        })
+    }
+
+    /// Take the folder for this process alone until the store is dropped: a shard started twice
+    /// (a requeued job whose first run still lives) must not write the same trials twice. Where
+    /// the filesystem has no locks, this does nothing.
+    pub fn lock(&mut self) -> Result<()> {
+        let path = self.path.with_file_name(".lock");
+        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => self.lock = Some(f),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another process is writing {} (the same run or shard started twice?); wait for it or stop it",
+                self.path.parent().unwrap_or(&self.path).display()
+            ),
+            Err(std::fs::TryLockError::Error(_)) => {}
+        }
+        Ok(())
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -196,14 +298,5 @@ mod tests {
         let e = check_settings(&dir, &serde_json::json!({"a": 1, "b": 3})).unwrap_err().to_string();
         assert!(e.contains("differing: b"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn shards_partition_the_grid() {
-        let shards: Vec<Shard> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
-        for k in 0..30 {
-            assert_eq!(shards.iter().filter(|s| s.takes(k)).count(), 1);
-        }
-        assert!("0/3".parse::<Shard>().is_err() && "4/3".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Long detection runs: killed and resumed, split in shards and merged, compared.
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,69 +78,114 @@ fn a_killed_run_resumes_without_losing_or_repeating_trials() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `headhunt ARGS` (stdout discarded); its stderr when it fails.
+fn run_ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) {
+    let out = headhunt().args(args).stdout(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "headhunt {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `headhunt ARGS`, expected to fail: its stderr.
+fn run_err<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = headhunt().args(args).output().unwrap();
+    assert!(!out.status.success(), "headhunt {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A grid in three shards, each in its own folder under the run's; `merge --expect 3` refuses
+/// while a shard is missing or unfinished and names it, a restarted shard resumes, and the
+/// merged head scores are an unsharded run's, number for number.
 #[test]
 fn shards_merge_into_the_whole_grid() {
-    let (a, b, merged) = (scratch("shard-a"), scratch("shard-b"), scratch("merged"));
-    for (dir, shard) in [(&a, "1/2"), (&b, "2/2")] {
-        let ok = headhunt()
-            .args(["detect", "--shard", shard, "--out"])
-            .arg(dir)
-            .args(GRID)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "shard {shard} failed");
-        assert_eq!(trial_keys(dir).len(), 2, "shard {shard} ran its half of the grid");
+    const GRID6: [&str; 4] = ["--lengths", "160,240", "--depths", "0,50,100"];
+    let (run, whole) = (scratch("sharded"), scratch("whole"));
+    let detect = |out: &Path, extra: &[&str]| {
+        let mut args = os(&["detect"]);
+        args.extend(os(&GRID6));
+        args.extend(extra.iter().map(OsStr::new));
+        args.push(OsStr::new("--out"));
+        args.push(out.as_os_str());
+        run_ok(&args);
+    };
+    let merge = |extra: &[&str]| {
+        let mut args = vec![OsString::from("merge"), run.clone().into_os_string()];
+        args.extend(extra.iter().map(OsString::from));
+        args
+    };
+    detect(&whole, &[]);
+    detect(&run, &["--shard", "1/3"]);
+    detect(&run, &["--shard", "2/3"]);
+    for i in 1..=2 {
+        assert_eq!(
+            trial_keys(&run.join(format!("shards/{i}-of-3"))).len(),
+            2,
+            "shard {i}/3 ran its third"
+        );
     }
-    let status = headhunt()
-        .arg("merge")
-        .arg(&a)
-        .arg(&b)
-        .arg("--out")
-        .arg(&merged)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let keys = trial_keys(&merged);
+    assert!(!run.join("trials.jsonl").exists(), "a shard wrote outside its folder");
+    let e = run_err(&merge(&["--expect", "3"]));
+    assert!(e.contains("shard 3/3 is missing"), "{e}");
+    // Shard 3 stopped after one of its two trials.
+    detect(&run, &["--shard", "3/3"]);
+    let third = run.join("shards/3-of-3/trials.jsonl");
+    let text = std::fs::read_to_string(&third).unwrap();
+    std::fs::write(&third, format!("{}\n", text.lines().next().unwrap())).unwrap();
+    let e = run_err(&merge(&["--expect", "3"]));
+    assert!(e.contains("shard 3/3 is unfinished: 1 of 2 trials"), "{e}");
+    assert!(!e.contains("1/3") && !e.contains("2/3"), "finished shards named: {e}");
+    let e = run_err(&merge(&["--expect", "2"]));
+    assert!(e.contains("not one of 2"), "{e}");
+    let status = headhunt().arg("status").arg(&run).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("5 of 6 trials") && status.contains("2 of 3 shards finished"),
+        "{status}"
+    );
+    // Restarted, it runs only what it lacks.
+    detect(&run, &["--shard", "3/3"]);
+    assert_eq!(trial_keys(&run.join("shards/3-of-3")).len(), 2);
+    run_ok(&merge(&["--expect", "3"]));
+    let keys = trial_keys(&run);
     let distinct: BTreeSet<&String> = keys.iter().collect();
-    assert_eq!((keys.len(), distinct.len()), (4, 4), "merged trials: {keys:?}");
-    let scores: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(merged.join("head_scores.json")).unwrap()).unwrap();
-    assert_eq!(scores.as_object().unwrap().len(), 30 * 9);
-    // Merging again adds nothing.
-    let status = headhunt()
-        .arg("merge")
-        .arg(&a)
-        .arg(&b)
-        .arg("--out")
-        .arg(&merged)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(trial_keys(&merged).len(), 4);
-    // Shards with other settings are refused.
+    assert_eq!((keys.len(), distinct.len()), (6, 6), "merged trials: {keys:?}");
+    let read = |dir: &Path| std::fs::read_to_string(dir.join("head_scores.json")).unwrap();
+    assert_eq!(read(&run), read(&whole), "merged head scores differ from the unsharded run's");
+    // Merging again adds nothing; the finished run says so.
+    run_ok(&merge(&["--expect", "3"]));
+    assert_eq!(trial_keys(&run).len(), 6);
+    let status = headhunt().arg("status").arg(&run).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("6 of 6 trials (100%), 3 of 3 shards finished; done"));
+    // Shard folders named one by one, merged elsewhere; a folder with other settings is refused.
+    let elsewhere = scratch("merged-elsewhere");
+    let shard = |i: usize| run.join(format!("shards/{i}-of-3"));
+    let (s1, s2, s3) = (shard(1), shard(2), shard(3));
+    run_ok(&[
+        OsStr::new("merge"),
+        s1.as_os_str(),
+        s2.as_os_str(),
+        s3.as_os_str(),
+        OsStr::new("--out"),
+        elsewhere.as_os_str(),
+    ]);
+    assert_eq!(read(&elsewhere), read(&whole));
     let other = scratch("other");
-    assert!(headhunt()
-        .args(["detect", "--out"])
-        .arg(&other)
-        .args(["--lengths", "160", "--depths", "50"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let refused = headhunt()
-        .arg("merge")
-        .arg(&a)
-        .arg(&other)
-        .arg("--out")
-        .arg(scratch("bad"))
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("different settings"));
-    for d in [a, b, merged, other] {
+    run_ok(&[
+        OsStr::new("detect"),
+        OsStr::new("--lengths"),
+        OsStr::new("160"),
+        OsStr::new("--depths"),
+        OsStr::new("50"),
+        OsStr::new("--out"),
+        other.as_os_str(),
+    ]);
+    let e = run_err(&[
+        OsStr::new("merge"),
+        s1.as_os_str(),
+        other.as_os_str(),
+        OsStr::new("--out"),
+        scratch("bad").as_os_str(),
+    ]);
+    assert!(e.contains("different settings"), "{e}");
+    for d in [run, whole, elsewhere, other] {
         std::fs::remove_dir_all(d).ok();
     }
 }
@@ -201,8 +247,8 @@ fn compare_reads_the_paper_format() {
 }
 
 /// Command-line words as the `OsStr`s `Command::args` takes, to mix with paths.
-fn os(args: &[&'static str]) -> Vec<&'static std::ffi::OsStr> {
-    args.iter().map(|&a| std::ffi::OsStr::new(a)).collect()
+fn os(args: &[&'static str]) -> Vec<&'static OsStr> {
+    args.iter().map(|&a| OsStr::new(a)).collect()
 }
 
 /// A run folder's trials as comparable values: keyed, without the timing.
@@ -234,7 +280,7 @@ fn the_prefix_cache_changes_nothing_but_time() {
     for model in ["smollm2-135m-instruct", "gemma3-270m"] {
         // `headhunt ARGS --model M --needles F --out DIR`, with and without the cache: the two
         // folders.
-        let both = |name: &str, args: &[&std::ffi::OsStr]| {
+        let both = |name: &str, args: &[&OsStr]| {
             let run = |cache: bool| {
                 let out = scratch(&format!("prefix-{name}-{model}-{cache}"));
                 let mut cmd = headhunt();

@@ -14,6 +14,8 @@ use crate::niah::trial::{Condition, TrialRunner};
 use crate::plot::{Figure, LinePlot, Series};
 use crate::retrieval::HeadScores;
 use crate::runs::{run_niah_conditions, ConditionRun};
+use crate::shard::run_folder;
+use crate::store::write_atomic;
 
 /// The ablation grid is smaller than detection's: it runs once per condition.
 const ABLATE_LENGTHS: &str = "600:2400:4";
@@ -61,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablate-{}", model_stem(&args.model.model))));
+    let out = run_folder(&out, grid.shard);
     let total = model.config.n_layers * model.config.n_heads;
     let ks: Vec<usize> = args.ks.iter().copied().filter(|&k| k <= total).collect();
     if ks.is_empty() {
@@ -99,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
             label: label.clone(),
         });
     }
-    let all_records = run_niah_conditions(&runner, &grid, args.grid.shard, &runs)?;
+    let all_records = run_niah_conditions(&runner, &grid, &runs)?;
     let mut results: Vec<(String, usize, Option<u64>, NiahSummary)> = Vec::new();
     for ((label, k, seed, heads), (run, records)) in conditions.iter().zip(runs.iter().zip(&all_records)) {
         let summary = write_outputs(
@@ -165,8 +168,8 @@ pub fn run(args: Args) -> Result<()> {
         y_range: Some((0.0, 100.0)),
     };
     plot.save(&out.join("ablation"))?;
-    std::fs::write(
-        out.join("ablation.json"),
+    write_atomic(
+        &out.join("ablation.json"),
         serde_json::to_string_pretty(&json!({
             "model": name,
             "scores": args.scores,

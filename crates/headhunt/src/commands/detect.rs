@@ -1,16 +1,19 @@
 //! `headhunt detect`: find a model's retrieval heads with needle-in-a-haystack trials.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::ModelArg;
-use crate::niah::grid::GridArgs;
+use crate::niah::grid::{GridArgs, GridShape};
 use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::plot::{Figure, Heatmap};
 use crate::retrieval::{HeadScores, ScoreVariant, Summary};
 use crate::runs::run_niah;
+use crate::shard::run_folder;
+use crate::store::write_atomic;
 use crate::store::Keyed;
 
 /// Find retrieval heads: hide needles in long contexts, let the model answer, and score every
@@ -56,7 +59,10 @@ pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve()?;
     let model = args.model.load()?;
     let c = &model.config;
-    let out = args.out.clone().unwrap_or_else(|| default_out("detect", &args.model.model));
+    let out = run_folder(
+        &args.out.clone().unwrap_or_else(|| default_out("detect", &args.model.model)),
+        grid.shard,
+    );
     let mut settings = grid.settings();
     settings["command"] = json!("detect");
     settings["model"] = json!(args.model.model);
@@ -65,9 +71,8 @@ pub fn run(args: Args) -> Result<()> {
     settings["n_heads"] = json!(c.n_heads);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
-    let records = run_niah(&runner, &grid, args.grid.shard, &Condition::default(), &out, &settings, "trials")?;
+    let records = run_niah(&runner, &grid, &Condition::default(), &out, &settings, "trials")?;
     let report = write_outputs(&out, &settings, &records, args.score_variant)?;
-    super::niah::depth_length_map(&format!("{}: needle in a haystack", report.model), &grid, &records).save(&out.join("niah"))?;
     print!("{}", report.table(args.top));
     super::finish_with_report(&out)
 }
@@ -110,7 +115,8 @@ impl DetectReport {
     }
 }
 
-/// Aggregate every trial of a run folder into head_scores.json, summary.json and the heatmap.
+/// Aggregate every trial of a run folder into head_scores.json, summary.json, the heads' heatmap
+/// and the depth x length map.
 pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialRecord], variant: ScoreVariant) -> Result<DetectReport> {
     let dims = |k: &str| {
         settings[k]
@@ -119,6 +125,11 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
             .with_context(|| format!("run.json lacks {k}"))
     };
     let (n_layers, n_heads) = (dims("n_layers")?, dims("n_heads")?);
+    // In the grid's order, however the trials were run (in prompt order, or by shards).
+    let shape = GridShape::of_settings(settings)?;
+    let rank: HashMap<String, usize> = shape.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
+    let mut records: Vec<&TrialRecord> = records.iter().collect();
+    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
     let mut scores = HeadScores::new(n_layers, n_heads);
     for r in records.iter().filter(|r| r.answered()) {
         let s = r.scores(variant);
@@ -139,7 +150,7 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
         .or(settings["model"].as_str())
         .unwrap_or("model")
         .to_owned();
-    std::fs::write(dir.join("head_scores.json"), serde_json::to_string(&scores.to_json())?)?;
+    write_atomic(&dir.join("head_scores.json"), serde_json::to_string(&scores.to_json())?)?;
     // What the last invocation took from the prefix cache, when it used one.
     let prefix_cache: Option<serde_json::Value> = std::fs::read_to_string(dir.join("prefix_cache.json"))
         .ok()
@@ -153,7 +164,7 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
         "prefix_cache": prefix_cache,
         "summary": summary,
     });
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary_json)?)?;
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary_json)?)?;
     let mut map = Heatmap::heads(
         &format!("Retrieval scores: {model} ({} answered trials)", scores.trials()),
         n_layers,
@@ -163,6 +174,8 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
     );
     map.range.1 = map.range.1.max(0.1);
     map.save(&dir.join("retrieval_heads"))?;
+    let title = format!("{model}: needle in a haystack");
+    super::niah::depth_length_map(&title, (&shape.lengths, &shape.depths), records.iter().copied()).save(&dir.join("niah"))?;
     Ok(DetectReport {
         model,
         trials: records.len(),

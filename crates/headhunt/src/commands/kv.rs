@@ -15,6 +15,8 @@ use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::plot::{Figure, LinePlot, Series};
 use crate::retrieval::HeadScores;
 use crate::runs::run_niah;
+use crate::shard::run_folder;
+use crate::store::write_atomic;
 
 const KV_LENGTHS: &str = "4000,6000";
 const KV_DEPTHS: &str = "0:100:5";
@@ -136,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("kv-{}", model_stem(&args.model.model))));
+    let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let n = eligible(&model).len();
@@ -172,7 +175,7 @@ pub fn run(args: Args) -> Result<()> {
         settings["model"] = json!(args.model.model);
         settings["condition"] = mask_settings(&[], MaskModeArg::Uniform, PhaseArg::All);
         settings["kv"] = json!({"choice": choice, "sink": args.sink, "window": args.window});
-        let records = run_niah(&runner, &grid, args.grid.shard, &condition, &out.join(&label), &settings, &label)?;
+        let records = run_niah(&runner, &grid, &condition, &out.join(&label), &settings, &label)?;
         let score = records.iter().map(|r| r.rouge1).sum::<f64>() / records.len().max(1) as f64;
         let kv_bytes = records
             .iter()
@@ -294,8 +297,8 @@ pub fn run(args: Args) -> Result<()> {
             speed.push(json!({"policy": kind, "budget": budget, "bench": v}));
         }
     }
-    std::fs::write(
-        out.join("kv.json"),
+    write_atomic(
+        &out.join("kv.json"),
         serde_json::to_string_pretty(&json!({
             "model": name, "lengths": grid.lengths, "sink": args.sink, "window": args.window, "eligible_kv_heads": n,
             "full": {"score": full.0, "kv_bytes": full.1},

@@ -14,6 +14,7 @@ pub mod niah;
 pub mod qa;
 pub mod recall;
 pub mod report;
+pub mod status;
 
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
@@ -63,7 +64,7 @@ impl ModelArg {
 pub fn record_provenance(out: &std::path::Path, model: &Model) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let card: serde_json::Map<String, serde_json::Value> = info::card(model).into_iter().map(|(k, v)| (k, v.into())).collect();
-    std::fs::write(out.join("model.json"), serde_json::to_string_pretty(&card)?)?;
+    crate::store::write_atomic(&out.join("model.json"), serde_json::to_string_pretty(&card)?)?;
     let path = out.join("provenance.json");
     let mut list: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
@@ -79,7 +80,7 @@ pub fn record_provenance(out: &std::path::Path, model: &Model) -> Result<()> {
         "threads": rayon::current_num_threads(),
         "precision": model.precision().name(),
     }));
-    std::fs::write(&path, serde_json::to_string_pretty(&list)?)?;
+    crate::store::write_atomic(&path, serde_json::to_string_pretty(&list)?)?;
     Ok(())
 }
 

@@ -16,6 +16,8 @@ use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::plot::{Figure, Heatmap};
 use crate::retrieval::HeadScores;
 use crate::runs::run_niah;
+use crate::shard::run_folder;
+use crate::store::write_atomic;
 
 /// Run the needle-in-a-haystack grid (context lengths x depths), optionally with heads masked,
 /// and see whether the model still retrieves.
@@ -70,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("niah-{}-{label}", model_stem(&args.model.model))));
+    let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let condition = Condition {
@@ -86,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     settings["command"] = json!("niah");
     settings["model"] = json!(args.model.model);
     settings["condition"] = mask_settings(&heads, args.mask.mask_mode, args.mask.mask_phase);
-    let records = run_niah(&runner, &grid, args.grid.shard, &condition, &out, &settings, &label)?;
+    let records = run_niah(&runner, &grid, &condition, &out, &settings, &label)?;
     let evidence_heads = scores.as_ref().map(|s| strongest_unmasked(s, &heads, 5)).unwrap_or_default();
     let summary = write_outputs(
         &out,
@@ -206,21 +209,25 @@ pub fn write_outputs(dir: &Path, title: &str, grid: &Grid, records: &[TrialRecor
         outcomes,
         evidence,
     };
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    std::fs::write(dir.join("failures.json"), serde_json::to_string_pretty(&examples)?)?;
-    depth_length_map(title, grid, records).save(&dir.join("niah"))?;
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    write_atomic(&dir.join("failures.json"), serde_json::to_string_pretty(&examples)?)?;
+    depth_length_map(title, (&grid.lengths, &grid.depths), records).save(&dir.join("niah"))?;
     Ok(summary)
 }
 
 /// Mean ROUGE-1 recall per (depth, length) cell, depth 0 at the top.
-pub fn depth_length_map(title: &str, grid: &Grid, records: &[TrialRecord]) -> Heatmap {
-    let (nl, nd) = (grid.lengths.len(), grid.depths.len());
+pub fn depth_length_map<'a>(
+    title: &str,
+    (lengths, depths): (&[usize], &[f64]),
+    records: impl IntoIterator<Item = &'a TrialRecord>,
+) -> Heatmap {
+    let (nl, nd) = (lengths.len(), depths.len());
     let mut sum = vec![0.0; nl * nd];
     let mut count = vec![0usize; nl * nd];
     for r in records {
         let (Some(li), Some(di)) = (
-            grid.lengths.iter().position(|&l| l == r.spec.length),
-            grid.depths.iter().position(|&d| d == r.spec.depth),
+            lengths.iter().position(|&l| l == r.spec.length),
+            depths.iter().position(|&d| d == r.spec.depth),
         ) else {
             continue;
         };
@@ -231,8 +238,8 @@ pub fn depth_length_map(title: &str, grid: &Grid, records: &[TrialRecord]) -> He
         title: title.to_owned(),
         x_label: "context length (tokens)".into(),
         y_label: "needle depth (%)".into(),
-        x_ticks: grid.lengths.iter().map(|l| l.to_string()).collect(),
-        y_ticks: grid.depths.iter().map(|d| format!("{d}")).collect(),
+        x_ticks: lengths.iter().map(|l| l.to_string()).collect(),
+        y_ticks: depths.iter().map(|d| format!("{d}")).collect(),
         values: sum
             .iter()
             .zip(&count)

@@ -15,7 +15,9 @@ use crate::niah::trial::{answer, Condition};
 use crate::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
 use crate::retrieval::HeadScores;
 use crate::runs::{run_pending, Status};
-use crate::store::{Keyed, Shard};
+use crate::shard::{run_folder, ShardArgs};
+use crate::store::write_atomic;
+use crate::store::Keyed;
 
 /// Answer questions about long documents (token F1, SQuAD normalisation), unmasked and with the
 /// top-K retrieval heads or K random non-retrieval heads masked. The built-in set has 32
@@ -47,9 +49,8 @@ pub struct Args {
     /// Send prompts as plain text even when the model has a chat template.
     #[arg(long)]
     pub no_chat: bool,
-    /// Run only shard I of N of the questions.
-    #[arg(long)]
-    pub shard: Option<Shard>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Write the built-in question set as JSONL to this file and stop.
     #[arg(long)]
     pub export_builtin: Option<PathBuf>,
@@ -101,6 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("wrote {} questions to {}", items.len(), path.display());
         return Ok(());
     }
+    let shard = args.shard.resolve()?;
     let model = args.model.load()?;
     let tok = model.tokenizer()?;
     let scores = args
@@ -138,9 +140,10 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("qa-{}", model_stem(&args.model.model))));
+    let out = run_folder(&out, shard);
     super::record_provenance(&out, &model)?;
     let questions: Vec<Question> = (0..items.len())
-        .filter(|&i| args.shard.is_none_or(|s| s.takes(i)))
+        .filter(|&i| shard.is_none_or(|s| s.takes(i)))
         .map(Question)
         .collect();
     let mut table = Vec::new();
@@ -156,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
             "chat": !args.no_chat,
             "condition": mask_settings(heads, args.mask_mode, args.mask_phase),
         });
-        let records = run_pending(&out.join(label), &settings, &questions, label, |q| {
+        let records = run_pending(&out.join(label), &settings, &questions, shard, label, |q| {
             let start = Instant::now();
             let item = &items[q.0];
             let a = answer(&model, &prompts[q.0], &condition, false)?;
@@ -177,8 +180,8 @@ pub fn run(args: Args) -> Result<()> {
         println!("{label:<20} {:>3} questions  F1 {f1:>5.1}  exact match {em:>5.1}", records.len());
         table.push(json!({"condition": label, "masked_heads": heads.len(), "questions": records.len(), "f1": f1, "exact_match": em}));
     }
-    std::fs::write(
-        out.join("qa.json"),
+    write_atomic(
+        &out.join("qa.json"),
         serde_json::to_string_pretty(
             &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask_mode, "mask_phase": args.mask_phase, "conditions": table}),
         )?,

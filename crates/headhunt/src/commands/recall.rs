@@ -15,6 +15,7 @@ use crate::recall::analysis::{analyse, dla, Component, LastPosition};
 use crate::recall::tasks::{self, RecallPrompt, Task};
 use crate::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, par_map, prompts, subtract_final_intercept};
 use crate::retrieval::pearson;
+use crate::store::write_atomic;
 
 /// Factual recall: how a model gets from "The capital of France is" to " Paris".
 ///
@@ -168,7 +169,7 @@ fn usable(task: &Task, model: &Model) -> Result<Vec<usize>> {
 /// Write one result file, then the folder's report.
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(name), serde_json::to_string_pretty(value)?)?;
+    write_atomic(&dir.join(name), serde_json::to_string_pretty(value)?)?;
     println!("wrote {}", dir.join(name).display());
     super::finish_with_report(dir)
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::haystack::Haystack;
 use super::needle::{self, Needle};
 use super::trial::TrialSpec;
-use crate::store::Shard;
+use crate::shard::{Shard, ShardArgs};
 
 /// Default grid: sized so that `headhunt detect` on SmolLM2 finishes in minutes on 2 cores.
 pub const DEFAULT_LENGTHS: &str = "600:3300:6";
@@ -45,9 +45,8 @@ pub struct GridArgs {
     /// Send prompts as plain text even when the model has a chat template.
     #[arg(long)]
     pub no_chat: bool,
-    /// Run only shard I of N (I/N) of the grid; join shard folders with `headhunt merge`.
-    #[arg(long)]
-    pub shard: Option<Shard>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Run every trial from an empty cache. By default the trials run in the order of their
     /// prompts, and each continues from the cached part of its prompt that the previous trial
     /// shared (the chat preamble and the haystack before the earlier needle): the same records,
@@ -82,6 +81,55 @@ pub fn parse_values(spec: &str, what: &str) -> Result<Vec<f64>> {
     Ok(values)
 }
 
+/// The trials of a grid, in its order: lengths, then depths, then `per_cell` needles taken in
+/// turn from `needles`.
+fn trials_in(lengths: &[usize], depths: &[f64], per_cell: usize, needles: usize) -> Vec<TrialSpec> {
+    let mut out = Vec::new();
+    let mut next_needle = 0;
+    for &length in lengths {
+        for &depth in depths {
+            for _ in 0..per_cell {
+                out.push(TrialSpec {
+                    needle: next_needle % needles,
+                    length,
+                    depth,
+                });
+                next_needle += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The shape of the grid a run folder's settings (`run.json`) describe.
+pub struct GridShape {
+    pub lengths: Vec<usize>,
+    pub depths: Vec<f64>,
+    pub per_cell: usize,
+    pub needles: usize,
+}
+
+impl GridShape {
+    pub fn of_settings(settings: &serde_json::Value) -> Result<GridShape> {
+        let field = |k: &str| settings.get(k).cloned().with_context(|| format!("run.json lacks {k}"));
+        let needles = field("needles")?.as_array().map_or(0, Vec::len);
+        if needles == 0 {
+            bail!("run.json names no needles");
+        }
+        Ok(GridShape {
+            lengths: serde_json::from_value(field("lengths")?)?,
+            depths: serde_json::from_value(field("depths")?)?,
+            per_cell: serde_json::from_value(field("per_cell")?)?,
+            needles,
+        })
+    }
+
+    /// Its trials, in the grid's order.
+    pub fn trials(&self) -> Vec<TrialSpec> {
+        trials_in(&self.lengths, &self.depths, self.per_cell, self.needles)
+    }
+}
+
 /// The grid a command runs, resolved from its arguments.
 #[derive(Debug, Clone)]
 pub struct Grid {
@@ -91,6 +139,9 @@ pub struct Grid {
     pub needles: Vec<Needle>,
     pub haystack: Haystack,
     pub chat: bool,
+    /// The share of the trials this process runs (not part of the settings: every shard of a
+    /// run has the same).
+    pub shard: Option<Shard>,
     /// Whether trials continue from the prefix the previous one shared (not part of the
     /// settings: it changes how long a run takes, not what it records).
     pub prefix_cache: bool,
@@ -136,6 +187,7 @@ impl GridArgs {
             needles,
             haystack,
             chat: !self.no_chat,
+            shard: self.shard.resolve()?,
             prefix_cache: !self.no_prefix_cache,
         })
     }
@@ -144,29 +196,15 @@ impl GridArgs {
 impl Grid {
     /// Every trial, in a fixed order: lengths, then depths, then needles taken in turn.
     pub fn trials(&self) -> Vec<TrialSpec> {
-        let mut out = Vec::new();
-        let mut next_needle = 0;
-        for &length in &self.lengths {
-            for &depth in &self.depths {
-                for _ in 0..self.per_cell {
-                    out.push(TrialSpec {
-                        needle: next_needle % self.needles.len(),
-                        length,
-                        depth,
-                    });
-                    next_needle += 1;
-                }
-            }
-        }
-        out
+        trials_in(&self.lengths, &self.depths, self.per_cell, self.needles.len())
     }
 
-    /// This shard's trials.
-    pub fn shard_trials(&self, shard: Option<Shard>) -> Vec<TrialSpec> {
+    /// This process's trials: its shard's, or all.
+    pub fn shard_trials(&self) -> Vec<TrialSpec> {
         self.trials()
             .into_iter()
             .enumerate()
-            .filter(|(k, _)| shard.is_none_or(|s| s.takes(*k)))
+            .filter(|(k, _)| self.shard.is_none_or(|s| s.takes(*k)))
             .map(|(_, t)| t)
             .collect()
     }
