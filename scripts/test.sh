@@ -31,6 +31,10 @@ fi
 
 cargo test --release --workspace
 
+# The Kubernetes examples, as far as they can be checked without a cluster.
+python3 -c "import yaml" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
+python3 tests/kubernetes/check_examples.py
+
 # The portable build: a binary for x86-64-v3 (AVX2, as on most laptops) without AVX-512 code,
 # its weight kernels capped at AVX2, must give the same numbers (the kernel tests above already
 # ran every level this CPU has; this checks that such a build compiles and agrees end to end).
