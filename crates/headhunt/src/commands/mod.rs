@@ -30,10 +30,10 @@ pub struct ModelArg {
     #[arg(long, short = 'm', default_value = models::DEFAULT_MODEL)]
     pub model: String,
     /// How products with the weights are computed. `exact`: in f32 on the stored weights, the
-    /// reference implementation's numbers. `fast`: decoding's matrix-vector products in int8
+    /// reference implementation's numbers. `fast`: products with quantised weights in int8
     /// (activations quantised in blocks of 32, integer dot products with the stored quant
-    /// blocks, as llama.cpp does), up to ~2x faster decoding on quantised GGUFs at a small cost
-    /// to agreement with the reference (README, "Precision"); prompts (prefill) and F16/BF16/F32
+    /// blocks, as llama.cpp does), in decoding and in prompts: up to ~2x faster on quantised
+    /// GGUFs at a small cost to agreement with the reference (README, "Precision"). F16/BF16/F32
     /// weights stay exact.
     #[arg(long, default_value = "exact", value_parser = clap::builder::PossibleValuesParser::new(["exact", "fast"]).map(|s| s.parse::<Precision>().expect("listed values parse")))]
     pub precision: Precision,
