@@ -31,6 +31,18 @@ fi
 
 cargo test --release --workspace
 
+# The Python package: a wheel built from crates/headhunt-py with maturin (reusing the release
+# build above), installed with its test extras, and its tests (the example notebook executed end
+# to end among them) run against the installed wheel. pytest exits non-zero when a test fails
+# or when it collects none.
+python3 -m pip install --quiet --disable-pip-version-check "maturin>=1.7,<2"
+rm -rf target/wheels
+maturin build --release --quiet -m crates/headhunt-py/Cargo.toml --out target/wheels
+wheel=$(ls target/wheels/headhunt-*.whl)
+python3 -m pip install --quiet --disable-pip-version-check "$wheel[test]"
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+(cd crates/headhunt-py && HEADHUNT_BIN="$PWD/../../target/release/headhunt" python3 -m pytest -q -p no:cacheprovider tests)
+
 # The Kubernetes examples, as far as they can be checked without a cluster.
 python3 -c "import yaml" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
 python3 tests/kubernetes/check_examples.py

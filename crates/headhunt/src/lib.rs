@@ -4,8 +4,11 @@
 //! models, needle-in-a-haystack trials and retrieval scores, masking studies, factual recall,
 //! KV-cache compression, reports, and the `headhunt` subcommands.
 
+pub mod activations;
+pub mod cli;
 pub mod commands;
 pub mod failure;
+pub mod interrupt;
 pub mod kvpolicy;
 pub mod masking;
 pub mod models;

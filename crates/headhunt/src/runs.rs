@@ -37,6 +37,7 @@ where
         let bar = crate::progress::bar(specs.len() as u64, label);
         bar.set_position((specs.len() - todo.len()) as u64);
         for spec in todo {
+            crate::interrupt::check()?;
             let record = run(spec).with_context(|| format!("trial {}", spec.key()))?;
             bar.set_message(record.status());
             store.append(record)?;
@@ -191,6 +192,7 @@ fn run_sharing_prefill(runner: &TrialRunner<'_>, grid: &Grid, runs: &[&Condition
             if which.is_empty() {
                 continue;
             }
+            crate::interrupt::check()?;
             let conditions: Vec<&Condition> = which.iter().map(|&c| &runs[c].condition).collect();
             let records = runner
                 .run_each(spec, &conditions, &mut cache)

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use headhunt_engine::npy::NpzWriter;
-use headhunt_engine::{Capture, HookPoint, Hooks, Positions, RunOptions};
+use headhunt_engine::HookPoint;
 
 use super::ModelArg;
+use crate::activations;
 
 /// Run one prompt and write the chosen hook activations and the logits to an .npz file.
 ///
@@ -35,89 +36,26 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-fn parse_positions(spec: &str, len: usize) -> Result<Positions> {
-    match spec {
-        "all" => return Ok(Positions::All),
-        "last" => return Ok(Positions::Last),
-        _ => {}
-    }
-    let mut out = Vec::new();
-    for part in spec.split(',') {
-        let v: i64 = part
-            .trim()
-            .parse()
-            .with_context(|| format!("bad position `{part}` (all, last, or integers)"))?;
-        let p = if v < 0 { len as i64 + v } else { v };
-        if p < 0 || p >= len as i64 {
-            bail!("position {v} is outside the prompt ({len} tokens)");
-        }
-        out.push(p as usize);
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(Positions::At(out))
-}
-
-fn expand(name: &str, n_layers: usize) -> Result<Vec<HookPoint>> {
-    if name.contains('*') {
-        (0..n_layers).map(|l| Ok(name.replace('*', &l.to_string()).parse()?)).collect()
-    } else {
-        Ok(vec![name.parse()?])
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let c = &model.config;
     let tok = model.tokenizer()?;
     let prompt = tok.encode_prompt(&args.prompt, args.chat)?;
-    let positions = parse_positions(&args.positions, prompt.len())?;
-    let mut points = Vec::new();
-    for h in &args.hooks {
-        points.extend(expand(h, c.n_layers)?);
-    }
-    points.push(HookPoint::Logits);
-    points.sort();
-    points.dedup();
-    let mut hooks = Hooks::default();
-    for &p in &points {
-        hooks = hooks.capture(Capture::new(p, positions.clone()));
-    }
-    let mut run = model.run(
-        hooks,
-        RunOptions {
-            capacity: prompt.len(),
-            ..Default::default()
-        },
-    )?;
-    run.prefill(&prompt)?;
-    let rec = &run.recording;
+    let positions = activations::parse_positions(&args.positions, prompt.len())?;
+    let mut names = args.hooks.clone();
+    names.push(HookPoint::Logits.to_string());
+    let points = activations::expand_hooks(&names, c.n_layers)?;
+    let rec = activations::record(&model, &prompt, &points, &positions, Vec::new())?;
 
     let mut npz = NpzWriter::create(&args.out)?;
     npz.add("tokens", &[prompt.len()], &prompt)?;
     for &p in &points {
+        let Some(dense) = activations::dense(&rec, p, c) else { continue };
+        let mut data = vec![0.0f32; dense.len()];
+        activations::fill(&rec, p, c, &mut data);
         let name = p.to_string();
-        if let HookPoint::Pattern(l) = p {
-            let rows = rec.patterns.get(&l).map(Vec::as_slice).unwrap_or_default();
-            let keys = rows.iter().map(|r| r.n_keys).max().unwrap_or(0);
-            let mut dense = vec![0.0f32; c.n_heads * rows.len() * keys];
-            for (i, r) in rows.iter().enumerate() {
-                for h in 0..c.n_heads {
-                    let dst = (h * rows.len() + i) * keys;
-                    dense[dst..dst + r.n_keys].copy_from_slice(&r.probs[h * r.n_keys..(h + 1) * r.n_keys]);
-                }
-            }
-            let pos: Vec<u32> = rows.iter().map(|r| r.position as u32).collect();
-            npz.add(&name, &[c.n_heads, rows.len(), keys], &dense)?;
-            npz.add(&format!("{name}.positions"), &[pos.len()], &pos)?;
-            continue;
-        }
-        let Some(rows) = rec.get(p) else { continue };
-        let mut shape = vec![rows.positions.len()];
-        shape.extend(p.row_shape(c));
-        let pos: Vec<u32> = rows.positions.iter().map(|&p| p as u32).collect();
-        npz.add(&name, &shape, &rows.data)?;
-        npz.add(&format!("{name}.positions"), &[pos.len()], &pos)?;
+        npz.add(&name, &dense.shape, &data)?;
+        npz.add(&format!("{name}.positions"), &[dense.positions.len()], &dense.positions)?;
     }
     npz.finish()?;
     eprintln!("{} tokens; wrote {} hooks to {}", prompt.len(), points.len(), args.out.display());

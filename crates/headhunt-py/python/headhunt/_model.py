@@ -1,0 +1,240 @@
+"""HookedModel and ActivationCache: headhunt's engine with TransformerLens's names.
+
+Arrays have TransformerLens's shapes without the batch dimension:
+
+=====================================  ===========================
+hook                                   shape
+=====================================  ===========================
+``hook_embed``, ``blocks.L.hook_resid_pre/mid/post``, ``blocks.L.hook_attn_out``,
+``blocks.L.hook_mlp_out``, ``ln_final.hook_normalized``  ``[pos, d_model]``
+``blocks.L.attn.hook_z``               ``[pos, head, d_head]``
+``blocks.L.attn.hook_result``          ``[pos, head, d_model]``
+``blocks.L.mlp.hook_post``             ``[pos, d_mlp]``
+``blocks.L.attn.hook_pattern``         ``[head, query_pos, key_pos]``
+``logits``                             ``[pos, d_vocab]``
+=====================================  ===========================
+
+With ``positions=`` only those query positions are recorded (``pos`` runs over them, in order;
+``cache.positions[name]`` lists them) and a pattern's keys are padded with zeros to the longest
+row.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _headhunt
+
+Tokens = Union[str, Sequence[int], np.ndarray]
+NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+
+# TransformerLens's shorthand: cache["pattern", 3] is cache["blocks.3.attn.hook_pattern"].
+_SHORTHAND = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "resid_pre": "blocks.{}.hook_resid_pre",
+    "resid_mid": "blocks.{}.hook_resid_mid",
+    "resid_post": "blocks.{}.hook_resid_post",
+    "attn_out": "blocks.{}.hook_attn_out",
+    "mlp_out": "blocks.{}.hook_mlp_out",
+    "z": "blocks.{}.attn.hook_z",
+    "result": "blocks.{}.attn.hook_result",
+    "pattern": "blocks.{}.attn.hook_pattern",
+    "post": "blocks.{}.mlp.hook_post",
+    "normalized": "ln_final.hook_normalized",
+    "ln_final": "ln_final.hook_normalized",
+    "logits": "logits",
+}
+
+
+def _full_name(key: Union[str, Tuple[str, int]]) -> str:
+    if isinstance(key, tuple):
+        short, layer = key
+        if short not in _SHORTHAND:
+            raise KeyError(f"unknown hook shorthand {short!r} (one of {', '.join(sorted(_SHORTHAND))})")
+        return _SHORTHAND[short].format(layer)
+    if key in _SHORTHAND and "{}" not in _SHORTHAND[key]:
+        return _SHORTHAND[key]
+    return key
+
+
+class ActivationCache(Mapping[str, np.ndarray]):
+    """What ``run_with_cache`` recorded: ``cache["blocks.3.attn.hook_pattern"]`` or
+    ``cache["pattern", 3]``; ``cache.keys()``; ``cache.positions[name]`` (the positions the
+    first axis of a per-position array, or the second of a pattern, runs over)."""
+
+    def __init__(self, arrays: Dict[str, np.ndarray], positions: Dict[str, np.ndarray]):
+        self._arrays = arrays
+        self.positions = positions
+
+    def __getitem__(self, key: Union[str, Tuple[str, int]]) -> np.ndarray:  # type: ignore[override]
+        name = _full_name(key)
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not recorded (recorded: {', '.join(self._arrays) or 'nothing'})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} hooks: {', '.join(list(self._arrays)[:4])}{', ...' if len(self) > 4 else ''})"
+
+
+class HookedModel:
+    """A model on headhunt's CPU engine, used as TransformerLens's ``HookedTransformer`` is.
+
+    >>> model = HookedModel.from_pretrained("smollm2-135m-instruct")
+    >>> logits, cache = model.run_with_cache("The capital of France is", names_filter="blocks.3.attn.hook_pattern")
+    """
+
+    def __init__(self, engine: "_headhunt.Engine", name: str):
+        self._engine = engine
+        self.name = name
+        self.cfg: Dict[str, object] = dict(engine.config())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, precision: str = "exact") -> "HookedModel":
+        """Load a known id (``smollm2-135m-instruct``, ``gemma3-270m``, ...; fetched on first use
+        as the CLI fetches it), a ``.gguf`` file or a Hugging Face directory. ``precision``:
+        ``"exact"`` (f32 products, the reference's numbers) or ``"fast"`` (int8 products with
+        quantised weights, as llama.cpp). Raises ``ModelLoadError``."""
+        return cls(_headhunt.Engine.load(str(name_or_path), precision), str(name_or_path))
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"HookedModel({self.name!r}: {c['n_layers']} layers, {c['n_heads']} heads, d_model {c['d_model']}, {c['precision']})"
+
+    def hook_names(self) -> List[str]:
+        """Every hook name, in TransformerLens's order."""
+        return list(self._engine.hook_names())
+
+    # Tokens.
+
+    def to_tokens(self, text: str, prepend_bos: bool = True, chat: bool = False) -> np.ndarray:
+        """Token ids (int32). ``chat=True`` sends the text as a user message through the model's
+        chat template (which writes its own BOS)."""
+        return np.asarray(self._engine.encode(text, prepend_bos, chat), dtype=np.int32)
+
+    def to_string(self, tokens: Union[Sequence[int], np.ndarray]) -> str:
+        return self._engine.decode(_ids(tokens))
+
+    def to_str_tokens(self, text_or_tokens: Tokens, prepend_bos: bool = True) -> List[str]:
+        return list(self._engine.token_strings(self._tokens(text_or_tokens, prepend_bos)))
+
+    def _tokens(self, text_or_tokens: Tokens, prepend_bos: bool = True) -> List[int]:
+        if isinstance(text_or_tokens, str):
+            return self._engine.encode(text_or_tokens, prepend_bos, False)
+        return _ids(text_or_tokens)
+
+    # Forward passes.
+
+    def __call__(self, text_or_tokens: Tokens, prepend_bos: bool = True) -> np.ndarray:
+        """The logits, float32 ``[pos, d_vocab]``."""
+        return self._run(text_or_tokens, ["logits"], prepend_bos=prepend_bos)[0]["logits"]
+
+    def run_with_cache(
+        self,
+        text_or_tokens: Tokens,
+        names_filter: NamesFilter = None,
+        positions: Optional[Sequence[int]] = None,
+        prepend_bos: bool = True,
+    ) -> Tuple[np.ndarray, ActivationCache]:
+        """``(logits, cache)``. ``names_filter``: a hook name (``*`` for every layer), a list of
+        names, or a callable on names; only what it selects is computed and kept (``None``: every
+        hook, which for long prompts is mostly attention patterns: ``n_layers * n_heads * pos**2``
+        floats). ``positions``: record only these query positions (negative count from the end)."""
+        names = self._select(names_filter)
+        arrays, recorded = self._run(text_or_tokens, names + ["logits"], positions=positions, prepend_bos=prepend_bos)
+        logits = arrays["logits"] if "logits" in names else arrays.pop("logits")
+        if "logits" not in names:
+            recorded.pop("logits", None)
+        return logits, ActivationCache(arrays, recorded)
+
+    def run_with_interventions(
+        self,
+        text_or_tokens: Tokens,
+        mask_heads: Iterable[Tuple[int, int]] = (),
+        mask_mode: str = "uniform",
+        add: Optional[Mapping[str, np.ndarray]] = None,
+        patch: Optional[Mapping[str, np.ndarray]] = None,
+        names_filter: NamesFilter = None,
+        positions: Optional[Sequence[int]] = None,
+        prepend_bos: bool = True,
+    ):
+        """The engine's interventions, applied in Rust (no Python in the forward pass):
+        ``mask_heads=[(layer, head)]`` silenced as ``mask_mode`` says (``"uniform"``: the head
+        attends uniformly, as the retrieval-head paper masks; ``"zero"``: its output is zeroed);
+        ``add={name: vector}`` adds a ``[row]`` vector at every position; ``patch={name: array}``
+        replaces the hook's ``[pos, ...]`` rows (every position of the prompt). Returns the logits,
+        or ``(logits, cache)`` when ``names_filter`` is given."""
+        names = self._select(names_filter) if names_filter is not None else []
+        arrays, recorded = self._run(
+            text_or_tokens,
+            names + ["logits"],
+            positions=positions,
+            prepend_bos=prepend_bos,
+            mask_heads=[(int(layer), int(head)) for layer, head in mask_heads],
+            mask_mode=mask_mode,
+            add=[(_full_name(k), _f32_bytes(v)) for k, v in (add or {}).items()],
+            patch=[(_full_name(k), _f32_bytes(v)) for k, v in (patch or {}).items()],
+        )
+        if names_filter is None:
+            return arrays["logits"]
+        logits = arrays["logits"] if "logits" in names else arrays.pop("logits")
+        if "logits" not in names:
+            recorded.pop("logits", None)
+        return logits, ActivationCache(arrays, recorded)
+
+    def generate(
+        self,
+        text: str,
+        max_new_tokens: int = 64,
+        chat: bool = False,
+        mask_heads: Iterable[Tuple[int, int]] = (),
+        mask_mode: str = "uniform",
+    ) -> str:
+        """Greedy continuation of ``text`` (through the chat template with ``chat``), without
+        the prompt; stops at end-of-sequence. ``mask_heads`` are silenced throughout, as in
+        ``run_with_interventions``."""
+        tokens = self._engine.encode(text, True, chat)
+        masks = [(int(layer), int(head)) for layer, head in mask_heads]
+        new = self._engine.generate(tokens, int(max_new_tokens), masks, mask_mode)
+        return self._engine.decode(new, True)
+
+    def _select(self, names_filter: NamesFilter) -> List[str]:
+        if names_filter is None:
+            return self.hook_names()
+        if isinstance(names_filter, str):
+            return [names_filter]
+        if callable(names_filter):
+            return [n for n in self.hook_names() if names_filter(n)]
+        return [str(n) for n in names_filter]
+
+    def _run(self, text_or_tokens: Tokens, names: List[str], positions=None, prepend_bos=True, **interventions):
+        tokens = self._tokens(text_or_tokens, prepend_bos)
+        pos = None if positions is None else [int(p) for p in positions]
+        arrays: Dict[str, np.ndarray] = {}
+        recorded: Dict[str, np.ndarray] = {}
+        for name, shape, at, buffer in self._engine.run(tokens, [_full_name(n) for n in names], pos, **interventions):
+            arrays[name] = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
+            recorded[name] = np.asarray(at, dtype=np.int64)
+        return arrays, recorded
+
+
+def _ids(tokens: Union[Sequence[int], np.ndarray]) -> List[int]:
+    array = np.asarray(tokens)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]  # a TransformerLens-style [1, pos] batch of one
+    if array.ndim != 1:
+        raise ValueError(f"tokens must be one sequence, got shape {array.shape}")
+    return [int(t) for t in array]
+
+
+def _f32_bytes(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, dtype=np.float32).tobytes()
