@@ -36,11 +36,30 @@ pub(crate) struct Segment<'a> {
     pub v: &'a [f32],
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Rows {
     pos: Vec<u32>,
     k: Vec<f32>,
     v: Vec<f32>,
+}
+
+/// A copy with the same room as the original (a plain `Vec` clone keeps only the rows): a forked
+/// run allocates what the run it came from did, and grows as it would have.
+impl Clone for Rows {
+    fn clone(&self) -> Self {
+        let copy = |v: &Vec<f32>| {
+            let mut c = Vec::with_capacity(v.capacity());
+            c.extend_from_slice(v);
+            c
+        };
+        let mut pos = Vec::with_capacity(self.pos.capacity());
+        pos.extend_from_slice(&self.pos);
+        Rows {
+            pos,
+            k: copy(&self.k),
+            v: copy(&self.v),
+        }
+    }
 }
 
 impl Rows {
@@ -226,6 +245,41 @@ impl HeadCache {
         }
     }
 
+    /// A copy holding only the rows at the positions `keep` (ascending; positions the head does
+    /// not hold are ignored), with room for exactly `extra` more: token selection after a prefill
+    /// (SnapKV and its kin). The kept keys stay at their positions; a windowed head's attention
+    /// still sees only its window. From then on the head holds what it is given and appends
+    /// (a ring no longer wraps, so rows are never overwritten and the bytes stay what was kept).
+    pub fn retained(&self, keep: &[u32], extra: usize) -> HeadCache {
+        let d = self.d;
+        let kept: usize = self
+            .segments()
+            .iter()
+            .map(|s| s.pos.iter().filter(|p| keep.binary_search(p).is_ok()).count())
+            .sum();
+        let mut main = Rows::with_capacity(kept + extra, d);
+        for s in self.segments() {
+            for (i, &p) in s.pos.iter().enumerate() {
+                if keep.binary_search(&p).is_ok() {
+                    main.push(p as usize, &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d]);
+                }
+            }
+        }
+        HeadCache {
+            policy: self.policy,
+            d,
+            sink: Rows::with_capacity(0, d),
+            main,
+            ring_cap: usize::MAX,
+            start: 0,
+        }
+    }
+
+    /// The positions the head holds, ascending.
+    pub fn positions(&self) -> Vec<u32> {
+        self.segments().iter().flat_map(|s| s.pos.iter().copied()).collect()
+    }
+
     /// Size a windowed head's ring for `n` rows appended at once: `window - 1 + n` rows, all of
     /// which the next queries may see. Decoding (n = 1) shrinks a ring a long prefill chunk
     /// had widened back to the window itself, releasing the memory.
@@ -306,6 +360,29 @@ impl KvCache {
             self.layers.iter_mut().flatten().for_each(|h| h.truncate(len));
         }
         possible
+    }
+
+    /// Keep, in each layer's each key/value head, only the positions `keep[layer][head]`
+    /// (ascending), with room for `extra` more rows each (see [`HeadCache::retained`]).
+    pub fn retain(&mut self, keep: &[Vec<Vec<u32>>], extra: usize) {
+        *self = self.retained(keep, extra);
+    }
+
+    /// A copy holding only `keep` (see [`KvCache::retain`]).
+    pub fn retained(&self, keep: &[Vec<Vec<u32>>], extra: usize) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .zip(keep)
+                .map(|(heads, keeps)| heads.iter().zip(keeps).map(|(h, k)| h.retained(k, extra)).collect())
+                .collect(),
+        }
+    }
+
+    /// The positions each layer's heads hold, ascending.
+    pub fn positions(&self) -> Vec<Vec<Vec<u32>>> {
+        self.layers.iter().map(|l| l.iter().map(HeadCache::positions).collect()).collect()
     }
 
     pub fn policies(&self) -> Vec<Vec<KvPolicy>> {
@@ -399,6 +476,35 @@ mod tests {
         assert_eq!(full.rows(), vec![vec![20, 8]]);
         assert!(full.truncate(18));
         assert_eq!(full.rows(), vec![vec![18, 6]]);
+    }
+
+    #[test]
+    fn retained_rows_keep_their_positions_and_bytes() {
+        let d = 2;
+        for policy in [KvPolicy::Full, KvPolicy::SinkWindow { sink: 2, window: 6 }] {
+            let mut h = HeadCache::new(policy, d, 0, 4);
+            for p in 0..20 {
+                h.push(p, &[p as f32, 1.0], &[-(p as f32), 2.0]);
+            }
+            let held = h.positions();
+            // Keep some held positions and ask for one it no longer holds (a ring's 3).
+            h = h.retained(&[0, 3, 15, 17, 19], 2);
+            let want: Vec<u32> = [0, 3, 15, 17, 19].into_iter().filter(|p| held.contains(p)).collect();
+            assert_eq!(h.positions(), want, "{policy:?}");
+            for s in h.segments() {
+                for (i, &p) in s.pos.iter().enumerate() {
+                    assert_eq!((s.k[i * d], s.v[i * d]), (p as f32, -(p as f32)));
+                }
+            }
+            // Exactly the kept rows and the room asked for: keys, values and positions.
+            let bytes = 4 * (want.len() + 2) * (2 * d + 1);
+            assert_eq!(h.bytes(), bytes, "{policy:?}");
+            h.fit_ring(1);
+            h.push(20, &[20.0, 1.0], &[-20.0, 2.0]);
+            h.push(21, &[21.0, 1.0], &[-21.0, 2.0]);
+            assert_eq!(h.bytes(), bytes, "{policy:?}: appending within the room allocates nothing");
+            assert_eq!(h.positions().last(), Some(&21));
+        }
     }
 
     #[test]

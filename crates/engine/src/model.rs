@@ -647,6 +647,43 @@ impl<'m> Run<'m> {
         Ok(())
     }
 
+    /// Keep, in each layer's each key/value head, only the positions `keep[layer][kv_head]`
+    /// (ascending), with room for `extra` more positions: a compressed cache that decoding
+    /// continues from, each kept key at its original position (see [`KvCache::retain`]).
+    pub fn retain_kv(&mut self, keep: &[Vec<Vec<u32>>], extra: usize) -> Result<()> {
+        self.check_keep(keep)?;
+        self.cache.retain(keep, extra);
+        Ok(())
+    }
+
+    /// [`Run::fork`] and [`Run::retain_kv`] in one, copying only the kept rows: one prefilled
+    /// run serves many compressions without a whole copy each.
+    pub fn fork_retaining(&self, keep: &[Vec<Vec<u32>>], extra: usize) -> Result<Run<'m>> {
+        self.check_keep(keep)?;
+        Ok(Run {
+            model: self.model,
+            plan: self.plan.clone(),
+            cache: self.cache.retained(keep, extra),
+            recording: Recording::default(),
+            tokens: self.tokens.clone(),
+            chunk: self.chunk,
+        })
+    }
+
+    fn check_keep(&self, keep: &[Vec<Vec<u32>>]) -> Result<()> {
+        let c = &self.model.config;
+        if keep.len() != c.n_layers || keep.iter().any(|l| l.len() != c.n_kv_heads) {
+            return Err(Error::Hook(format!(
+                "retain_kv needs positions for {} layers of {} key/value heads",
+                c.n_layers, c.n_kv_heads
+            )));
+        }
+        if keep.iter().flatten().any(|k| k.windows(2).any(|w| w[0] >= w[1])) {
+            return Err(Error::Hook("retain_kv: positions must be ascending and distinct".into()));
+        }
+        Ok(())
+    }
+
     /// Hooks for what the run does from now on (the cache is kept: a condition can decode from a
     /// prefix another prefilled).
     pub fn set_hooks(&mut self, hooks: Hooks) -> Result<()> {

@@ -38,6 +38,7 @@ enum Command {
     Qa(commands::qa::Args),
     Recall(commands::recall::Args),
     Kv(commands::kv::Args),
+    KvSelect(commands::kvselect::Args),
     Report(commands::report::Args),
 }
 
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Qa(a) => commands::qa::run(a),
         Command::Recall(a) => commands::recall::run(a),
         Command::Kv(a) => commands::kv::run(a),
+        Command::KvSelect(a) => commands::kvselect::run(a),
         Command::Report(a) => commands::report::run(a),
     }
 }
@@ -107,6 +109,7 @@ mod tests {
             &["recall", "eval"],
             &["recall", "mitigate", "--task", "capital"],
             &["kv", "--scores", "s", "--seed", "3", "--kv-seed", "4"],
+            &["kv-select", "--scores", "s", "--seed", "3"],
             &["report"],
         ];
         for line in lines {

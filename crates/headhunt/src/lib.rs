@@ -10,6 +10,7 @@ pub mod commands;
 pub mod failure;
 pub mod interrupt;
 pub mod kvpolicy;
+pub mod kvselect;
 pub mod masking;
 pub mod models;
 pub mod niah;

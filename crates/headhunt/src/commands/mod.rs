@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod generate;
 pub mod info;
 pub mod kv;
+pub mod kvselect;
 pub mod merge;
 pub mod niah;
 pub mod qa;

@@ -26,6 +26,8 @@ pub struct NiahPrompt {
     pub answer: Range<usize>,
     /// Tokens between `<book>` and `</book>`.
     pub context_tokens: usize,
+    /// Their positions.
+    pub context: Range<usize>,
     /// Where the needle landed, as a share of the haystack (0 to 100).
     pub actual_depth: f64,
 }
@@ -136,6 +138,7 @@ pub fn assemble(frame: &Frame, haystack: &[u32], ends: &[bool], needle: &NeedleT
         needle: start..start + needle.ids.len(),
         answer: start + needle.answer.start..start + needle.answer.end,
         context_tokens: length,
+        context: frame.before.len()..frame.before.len() + length,
         actual_depth: 100.0 * insert as f64 / hay_len as f64,
     })
 }

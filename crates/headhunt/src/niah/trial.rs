@@ -195,9 +195,13 @@ impl<'m> TrialRunner<'m> {
             .collect())
     }
 
+    /// ROUGE-1 recall (0 to 100) of an answer against the trial's needle.
+    pub fn rouge1(&self, spec: &TrialSpec, answer: &str) -> f64 {
+        100.0 * rouge1_recall(&self.needles[spec.needle].real_needle, answer)
+    }
+
     fn record(&self, spec: &TrialSpec, prompt: &NiahPrompt, out: Answer, seconds: f64) -> TrialRecord {
-        let needle = &self.needles[spec.needle];
-        let rouge1 = 100.0 * rouge1_recall(&needle.real_needle, &out.answer);
+        let rouge1 = self.rouge1(spec, &out.answer);
         let scores = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::Paper);
         let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::PerStep);
         TrialRecord {
@@ -236,6 +240,12 @@ pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argm
     let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, false)?;
     let logits = run.prefill(prompt)?;
     decode_answer(&mut run, prompt, logits, capture_argmax, false)
+}
+
+/// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed,
+/// without argmax capture; its KV bytes are what the run's cache allocated.
+pub fn decode_from(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>) -> Result<Answer> {
+    decode_answer(run, prompt, logits, false, false)
 }
 
 /// A run for a condition's trials: its interventions and KV policy, every head's argmax
