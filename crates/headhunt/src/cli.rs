@@ -102,6 +102,7 @@ mod tests {
             &["status", "a"],
             &["detect", "--shard", "auto", "--shards", "4"],
             &["qa", "--shard", "2/3"],
+            &["qa", "--scores", "s", "--kv-select", "headkv:0.2", "--kv-select", "snapkv:0.1"],
             &["compare", "a", "b"],
             &["niah", "--scores", "s", "--mask-random", "5", "--seed", "1"],
             &["ablate", "--scores", "s"],

@@ -10,7 +10,9 @@
 use std::ops::Range;
 
 use anyhow::{bail, Result};
-use headhunt_engine::{ModelConfig, Recording, Run};
+use headhunt_engine::{Capture, HookPoint, Hooks, Model, ModelConfig, Positions, Recording, Run, RunOptions};
+
+use crate::niah::trial::{decode_from, Answer, MAX_NEW_TOKENS};
 use serde::{Deserialize, Serialize};
 
 /// How a head's query heads' votes are combined.
@@ -44,6 +46,87 @@ impl Default for Snap {
     }
 }
 
+/// How each head's budget is set (see `headhunt kv-select --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// The same for every head (SnapKV).
+    Snapkv,
+    /// A floor plus a share in proportion to the head's retrieval score (HeadKV).
+    Headkv,
+    /// The same with the scores shuffled among the heads.
+    Random,
+    /// SnapKV's budgets spent on the most recent positions (StreamingLLM).
+    Streaming,
+    /// The best-scoring heads whole, the rest sink + window (DuoAttention-style).
+    Duo,
+}
+
+/// Rows per head (flattened, layer-major) and how they are chosen, for `policy` at `total` kept
+/// rows; `seed` shuffles the prior for [`PolicyName::Random`].
+pub fn policy_rows(policy: PolicyName, seed: u64, total: usize, snap: &Snap, caps: &[usize], prior: &[f64]) -> (Vec<usize>, Choice) {
+    let floor = snap.sink + snap.window;
+    let uniform = vec![1.0; caps.len()];
+    match policy {
+        PolicyName::Snapkv => (allocate(total, floor, caps, &uniform), Choice::Votes),
+        PolicyName::Headkv => (allocate(total, floor, caps, prior), Choice::Votes),
+        PolicyName::Random => (allocate(total, floor, caps, &shuffled(prior, seed)), Choice::Votes),
+        PolicyName::Streaming => (allocate(total, floor, caps, &uniform), Choice::Recent),
+        PolicyName::Duo => (allocate_whole_heads(total, floor, caps, prior), Choice::Recent),
+    }
+}
+
+/// Each key/value head's retrieval score (layer-major): the best mean among its query heads.
+pub fn kv_prior(c: &ModelConfig, means: &[f64]) -> Vec<f64> {
+    let group = c.heads_per_kv_head();
+    (0..c.n_layers * c.n_kv_heads)
+        .map(|i| {
+            let (l, g) = (i / c.n_kv_heads, i % c.n_kv_heads);
+            (0..group).map(|q| means[l * c.n_heads + g * group + q]).fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+/// Hooks that record every layer's pattern rows at `positions`.
+pub fn window_hooks(c: &ModelConfig, positions: Vec<usize>) -> Hooks {
+    let mut hooks = Hooks::default();
+    for l in 0..c.n_layers {
+        hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::At(positions.clone())));
+    }
+    hooks
+}
+
+/// One prompt answered from a cache compressed after its prefill (question-aware): `policy`'s
+/// rows per head at `budget` of the full cache's bytes (the prompt and room for the answer).
+pub fn compressed_answer(
+    model: &Model,
+    prompt: &[u32],
+    (policy, seed, budget): (PolicyName, u64, f64),
+    prior: &[f64],
+    snap: &Snap,
+) -> Result<Answer> {
+    let c = &model.config;
+    let n = prompt.len();
+    let obs = n - snap.window.min(n)..n;
+    let options = RunOptions {
+        capacity: n + MAX_NEW_TOKENS,
+        ..Default::default()
+    };
+    let mut run = model.run(window_hooks(c, obs.clone().collect()), options)?;
+    let logits = run.prefill(prompt)?;
+    let votes = votes(&[&run.recording], c, &obs, snap)?;
+    let held = held_visible(&run, n);
+    let caps: Vec<usize> = held.iter().flatten().map(Vec::len).collect();
+    let heads = caps.len();
+    let total = ((budget * (heads * (n + MAX_NEW_TOKENS)) as f64) as usize).saturating_sub(heads * MAX_NEW_TOKENS);
+    let (rows, choice) = policy_rows(policy, seed, total, snap, &caps, prior);
+    let rows: Vec<Vec<usize>> = rows.chunks(c.n_kv_heads).map(<[usize]>::to_vec).collect();
+    let keep = select(&held, n, &rows, choice, &votes, snap);
+    let mut compressed = run.fork_retaining(&keep, MAX_NEW_TOKENS)?;
+    compressed.set_hooks(Hooks::default())?;
+    decode_from(&mut compressed, prompt, logits)
+}
+
 /// How rows are chosen within a head's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -57,16 +140,20 @@ pub enum Choice {
 /// Per layer and key/value head, the votes of the observation window `obs` for every position
 /// before it: each query head's attention summed over the window's rows, combined over the query
 /// heads that share the key/value head, then max-pooled over `kernel` positions.
-pub fn votes(rec: &Recording, c: &ModelConfig, obs: &Range<usize>, snap: &Snap) -> Result<Vec<Vec<Vec<f32>>>> {
+/// The window's rows may come from several recordings (a prompt prefilled in parts).
+pub fn votes(recs: &[&Recording], c: &ModelConfig, obs: &Range<usize>, snap: &Snap) -> Result<Vec<Vec<Vec<f32>>>> {
     let group = c.heads_per_kv_head();
     let before = obs.start;
     let mut out = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
-        let rows: Vec<_> = rec
-            .patterns
-            .get(&l)
-            .map(|r| r.iter().filter(|r| obs.contains(&r.position)).collect())
-            .unwrap_or_default();
+        let mut rows: Vec<_> = recs
+            .iter()
+            .filter_map(|rec| rec.patterns.get(&l))
+            .flatten()
+            .filter(|r| obs.contains(&r.position))
+            .collect();
+        rows.sort_by_key(|r| r.position);
+        rows.dedup_by_key(|r| r.position);
         if rows.len() != obs.len() {
             bail!(
                 "layer {l}: {} of the observation window's {} pattern rows were recorded",

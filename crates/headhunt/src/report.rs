@@ -427,32 +427,8 @@ pub fn render(root: &Path) -> Result<String> {
             );
         }
         recall_section(d, &here, &mut sections);
-        if let Some(k) = read_json(&d.join("kv.json")) {
-            let rows: Vec<Vec<String>> = k["rows"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        r["budget"].to_string(),
-                        r["policy"].as_str().unwrap_or("").into(),
-                        format!("{:.1}", f(&r["score"])),
-                        format!("{:.1} MiB", f(&r["kv_bytes"]) / 1048576.0),
-                        format!("{:.1}%", 100.0 * f(&r["kv_fraction"])),
-                    ]
-                })
-                .collect();
-            let _ = write!(
-                sections.entry("7 kv").or_default(),
-                r#"<div class="run"><h3>{} <small>{}</small></h3><p>Smallest budget keeping 95% of the full cache's score: <b>{}</b></p>{}{}{}</div>"#,
-                esc(k["model"].as_str().unwrap_or("")),
-                esc(&here),
-                k["smallest_budget_95"],
-                inline_svg(&d.join("kv_budget.svg")).unwrap_or_default(),
-                table(&["budget", "policy", "NIAH score", "KV bytes", "of full"], &rows),
-                provenance(d)
-            );
-        }
+        kv_section(d, &here, &mut sections);
+        kv_select_section(d, &here, &mut sections);
     }
     for (group, panels) in &niah_panels {
         let _ = write!(
@@ -509,6 +485,79 @@ pub fn render(root: &Path) -> Result<String> {
     Ok(format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>headhunt report</title><style>{CSS}</style></head><body>{body}<div id="tooltip" hidden></div><script>{SCRIPT}</script></body></html>"#
     ))
+}
+
+/// `headhunt kv`: NIAH score against KV bytes with whole heads kept full.
+fn kv_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(k) = read_json(&d.join("kv.json")) else { return };
+    let rows: Vec<Vec<String>> = k["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                r["budget"].to_string(),
+                r["policy"].as_str().unwrap_or("").into(),
+                format!("{:.1}", f(&r["score"])),
+                format!("{:.1} MiB", f(&r["kv_bytes"]) / 1048576.0),
+                format!("{:.1}%", 100.0 * f(&r["kv_fraction"])),
+            ]
+        })
+        .collect();
+    let _ = write!(
+        sections.entry("7 kv").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Smallest budget keeping 95% of the full cache's score: <b>{}</b></p>{}{}{}</div>"#,
+        esc(k["model"].as_str().unwrap_or("")),
+        esc(here),
+        k["smallest_budget_95"],
+        inline_svg(&d.join("kv_budget.svg")).unwrap_or_default(),
+        table(&["budget", "policy", "NIAH score", "KV bytes", "of full"], &rows),
+        provenance(d)
+    );
+}
+
+/// `headhunt kv-select`: NIAH score against KV bytes with positions selected per head.
+fn kv_select_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(k) = read_json(&d.join("kv_select.json")) else { return };
+    let rows: Vec<Vec<String>> = k["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                p["mode"].as_str().unwrap_or("").into(),
+                p["policy"].as_str().unwrap_or("").into(),
+                format!("{:.0}%", 100.0 * f(&p["budget"])),
+                format!("{:.1} [{:.1}, {:.1}]", f(&p["score"]), f(&p["ci95"][0]), f(&p["ci95"][1])),
+                format!("{:.0}%", 100.0 * f(&p["relative"])),
+                format!("{:.1}%", 100.0 * f(&p["bytes_share"])),
+            ]
+        })
+        .collect();
+    let smallest: Vec<String> = k["smallest_95"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, b)| {
+            format!(
+                "{} {}",
+                esc(name),
+                b.as_f64().map_or("none".into(), |b| format!("{:.0}%", 100.0 * b))
+            )
+        })
+        .collect();
+    let _ = write!(
+        sections.entry("7 kv").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Full cache: NIAH score {:.1} over {} trials. Smallest budget keeping 95% of it: {}</p>{}{}{}</div>"#,
+        esc(k["model"].as_str().unwrap_or("")),
+        esc(here),
+        f(&k["full_score"]),
+        k["trials"],
+        smallest.join(", "),
+        inline_svg(&d.join("kv_select.svg")).unwrap_or_default(),
+        table(&["mode", "policy", "budget", "NIAH score [95% CI]", "of full", "KV bytes"], &rows),
+        provenance(d)
+    );
 }
 
 fn recall_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {

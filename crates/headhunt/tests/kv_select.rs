@@ -123,7 +123,7 @@ fn kept_positions_equal_a_recomputation_from_the_pattern() {
                 .unwrap();
             run.prefill(&ids).unwrap();
             let rows = 60;
-            let v = votes(&run.recording, c, &obs, &snap).unwrap();
+            let v = votes(&[&run.recording], c, &obs, &snap).unwrap();
             let held = held_visible(&run, len);
             let per_head = vec![vec![rows; c.n_kv_heads]; c.n_layers];
             let kept = select(&held, len, &per_head, Choice::Votes, &v, &snap);
@@ -201,7 +201,7 @@ fn budgets_bytes_and_the_whole_budget() {
                     "--seeds",
                     "2",
                 ])
-                .args(["--window", "16", "--scores"])
+                .arg("--scores")
                 .arg(&scores)
                 .arg("--out")
                 .arg(&out),

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, Run, RunOptions};
+use headhunt_engine::{Hooks, Model, Run, RunOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::kvselect::{allocate, allocate_whole_heads, bootstrap_mean, held_visible, select, shuffled, votes, Choice, GroupPool, Snap};
+use crate::kvselect::{
+    bootstrap_mean, held_visible, kv_prior, policy_rows, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap,
+};
 use crate::masking::check_scores_fit;
 use crate::niah::grid::GridArgs;
 use crate::niah::trial::{decode_from, TrialRunner, TrialSpec, MAX_NEW_TOKENS};
@@ -82,16 +84,6 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
-    Snapkv,
-    Headkv,
-    Random,
-    Streaming,
-    Duo,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Question,
     Context,
@@ -155,7 +147,7 @@ pub fn run(args: Args) -> Result<()> {
         args.scores.clone()
     })?;
     check_scores_fit(&scores, &model)?;
-    let prior = kv_prior(&model, &scores);
+    let prior = kv_prior(&model.config, &scores.means());
     let snap = Snap {
         window: args.window,
         sink: args.sink,
@@ -189,6 +181,8 @@ pub fn run(args: Args) -> Result<()> {
             "model": model_name(&model, &args.model.model),
             "trials": records.len(),
             "snap": snap,
+            "full_score": summary.first().map(|p| p.full_score),
+            "smallest_95": smallest_keeping(&summary, 0.95),
             "points": summary,
         }))?,
     )?;
@@ -199,47 +193,26 @@ pub fn run(args: Args) -> Result<()> {
     super::finish_with_report(&out)
 }
 
-/// Each key/value head's retrieval score: the best mean among its query heads.
-fn kv_prior(model: &Model, scores: &HeadScores) -> Vec<Vec<f64>> {
-    let c = &model.config;
-    let means = scores.means();
-    let group = c.heads_per_kv_head();
-    (0..c.n_layers)
-        .map(|l| {
-            (0..c.n_kv_heads)
-                .map(|g| (0..group).map(|q| means[l * c.n_heads + g * group + q]).fold(0.0, f64::max))
-                .collect()
-        })
-        .collect()
-}
-
-/// Hooks that record every layer's pattern rows at `positions`.
-fn window_hooks(c: &headhunt_engine::ModelConfig, positions: std::ops::Range<usize>) -> Hooks {
-    let mut hooks = Hooks::default();
-    for l in 0..c.n_layers {
-        hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::At(positions.clone().collect())));
-    }
-    hooks
-}
-
-fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args, snap: &Snap, prior: &[Vec<f64>]) -> Result<KvTrial> {
+fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args, snap: &Snap, prior: &[f64]) -> Result<KvTrial> {
     let start = Instant::now();
     let c = &model.config;
     let prompt = runner.prompt(spec)?;
     let ids = &prompt.ids;
     let (n, ce) = (ids.len(), prompt.context.end);
-    // The context, its last positions' attention recorded (the question-agnostic votes).
+    // The context, its last positions' attention recorded (the question-agnostic votes), and
+    // the prompt's (the question-aware votes; the question may be shorter than the window).
     let obs_context = ce.saturating_sub(snap.window)..ce;
+    let obs_question = n - snap.window.min(n)..n;
     let options = RunOptions {
         capacity: n + MAX_NEW_TOKENS,
         ..Default::default()
     };
-    let mut at_context = model.run(window_hooks(c, obs_context.clone()), options)?;
+    let in_context: Vec<usize> = (obs_context.start.min(obs_question.start)..ce).collect();
+    let mut at_context = model.run(window_hooks(c, in_context), options)?;
     at_context.prefill(&ids[..ce])?;
-    // The question on top, the last positions' attention recorded (the question-aware votes).
+    // The question on top.
     let mut at_question = at_context.fork();
-    let obs_question = n - snap.window.min(n)..n;
-    at_question.set_hooks(window_hooks(c, obs_question.clone()))?;
+    at_question.set_hooks(window_hooks(c, obs_question.clone().filter(|&p| p >= ce).collect()))?;
     let logits = at_question.prefill(&ids[ce..])?;
 
     let full = {
@@ -261,11 +234,11 @@ fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args,
     let heads = c.n_layers * c.n_kv_heads;
     let mut compressed = Vec::new();
     for &mode in &args.modes {
-        let (base, len, obs) = match mode {
-            Mode::Question => (&at_question, n, &obs_question),
-            Mode::Context => (&at_context, ce, &obs_context),
+        let (base, len, obs, recordings) = match mode {
+            Mode::Question => (&at_question, n, &obs_question, vec![&at_context.recording, &at_question.recording]),
+            Mode::Context => (&at_context, ce, &obs_context, vec![&at_context.recording]),
         };
-        let votes = votes(&base.recording, c, obs, snap)?;
+        let votes = votes(&recordings, c, obs, snap)?;
         let held = held_visible(base, len);
         let caps: Vec<usize> = held.iter().flatten().map(Vec::len).collect();
         // Room each head keeps for what comes after: the question (context mode) and the answer.
@@ -304,38 +277,22 @@ fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args,
 }
 
 /// Every policy's rows per head at one budget of `total` kept rows.
-fn plans(args: &Args, snap: &Snap, prior: &[Vec<f64>], caps: &[usize], total: usize, budget: f64, n_kv: usize) -> Vec<Plan> {
-    let floor = snap.sink + snap.window;
-    let flat_prior: Vec<f64> = prior.iter().flatten().copied().collect();
-    let shape = |rows: Vec<usize>| rows.chunks(n_kv).map(<[usize]>::to_vec).collect::<Vec<_>>();
+fn plans(args: &Args, snap: &Snap, prior: &[f64], caps: &[usize], total: usize, budget: f64, n_kv: usize) -> Vec<Plan> {
     let mut out = Vec::new();
     for &p in &args.policies {
-        let mut push = |policy: String, rows: Vec<usize>, choice| {
+        let seeds = if p == PolicyName::Random { 0..args.seeds } else { 0..1 };
+        for seed in seeds {
+            let (rows, choice) = policy_rows(p, seed, total, snap, caps, prior);
+            let name = serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             out.push(Plan {
-                policy,
+                policy: if p == PolicyName::Random { format!("{name}-s{seed}") } else { name },
                 budget,
-                rows: shape(rows),
+                rows: rows.chunks(n_kv).map(<[usize]>::to_vec).collect(),
                 choice,
-            })
-        };
-        match p {
-            PolicyName::Snapkv => push("snapkv".into(), allocate(total, floor, caps, &vec![1.0; caps.len()]), Choice::Votes),
-            PolicyName::Headkv => push("headkv".into(), allocate(total, floor, caps, &flat_prior), Choice::Votes),
-            PolicyName::Random => {
-                for seed in 0..args.seeds {
-                    push(
-                        format!("random-s{seed}"),
-                        allocate(total, floor, caps, &shuffled(&flat_prior, seed)),
-                        Choice::Votes,
-                    );
-                }
-            }
-            PolicyName::Streaming => push(
-                "streaming".into(),
-                allocate(total, floor, caps, &vec![1.0; caps.len()]),
-                Choice::Recent,
-            ),
-            PolicyName::Duo => push("duo".into(), allocate_whole_heads(total, floor, caps, &flat_prior), Choice::Recent),
+            });
         }
     }
     out
@@ -440,6 +397,20 @@ fn summarize(records: &[KvTrial], args: &Args) -> Vec<Point> {
         }
     }
     points
+}
+
+/// Per mode and policy, the smallest budget whose mean score is at least `share` of the full
+/// cache's (`null` when none is).
+fn smallest_keeping(points: &[Point], share: f64) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for p in points {
+        let name = format!("{} {}", format!("{:?}", p.mode).to_lowercase(), p.policy);
+        let entry = out.entry(name).or_insert(serde_json::Value::Null);
+        if p.relative >= share && entry.as_f64().is_none_or(|b| p.budget < b) {
+            *entry = json!(p.budget);
+        }
+    }
+    out
 }
 
 fn print_table(points: &[Point]) {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::niah::{mask_settings, model_name, model_stem};
 use super::ModelArg;
+use crate::kvselect::{compressed_answer, kv_prior, PolicyName, Snap};
 use crate::masking::{check_scores_fit, mask_interventions, random_heads, top_heads, Head, MaskModeArg, PhaseArg};
 use crate::niah::prompt::Frame;
 use crate::niah::trial::{answer, Condition};
@@ -49,6 +50,11 @@ pub struct Args {
     /// Send prompts as plain text even when the model has a chat template.
     #[arg(long)]
     pub no_chat: bool,
+    /// Also answer from a KV cache compressed by token selection (as `kv-select`, after the
+    /// question): POLICY:BUDGET, e.g. headkv:0.2 or snapkv:0.2 (a budget is a share of the full
+    /// cache's bytes; needs --scores). Repeatable.
+    #[arg(long, value_name = "POLICY:BUDGET")]
+    pub kv_select: Vec<String>,
     #[command(flatten)]
     pub shard: ShardArgs,
     /// Write the built-in question set as JSONL to this file and stop.
@@ -83,6 +89,22 @@ impl Status for QaRecord {
     }
 }
 
+/// What a QA condition changes: heads masked, or the cache compressed by token selection.
+enum QaCondition {
+    Masked(Vec<Head>),
+    KvSelect { policy: PolicyName, budget: f64, prior: Vec<f64> },
+}
+
+/// `POLICY:BUDGET`, e.g. `headkv:0.2`.
+fn parse_kv_select(spec: &str) -> Result<(PolicyName, f64)> {
+    use clap::ValueEnum;
+    let bad = || format!("--kv-select {spec:?}: write POLICY:BUDGET, e.g. headkv:0.2 (policies: snapkv, headkv, random, streaming, duo)");
+    let (name, budget) = spec.split_once(':').with_context(bad)?;
+    let policy = PolicyName::from_str(name, true).map_err(|_| anyhow::anyhow!(bad()))?;
+    let budget: f64 = budget.parse().ok().filter(|b: &f64| *b > 0.0 && *b <= 1.0).with_context(bad)?;
+    Ok((policy, budget))
+}
+
 struct Question(usize);
 
 impl Keyed for Question {
@@ -114,14 +136,23 @@ pub fn run(args: Args) -> Result<()> {
         check_scores_fit(s, &model)?;
     }
     let need_scores = || scores.as_ref().context("--mask-top and --mask-random need --scores");
-    let mut conditions: Vec<(String, Vec<Head>)> = vec![("none".into(), Vec::new())];
+    let mut conditions: Vec<(String, QaCondition)> = vec![("none".into(), QaCondition::Masked(Vec::new()))];
     if let Some(k) = args.mask_top {
-        conditions.push((format!("top-{k}"), top_heads(need_scores()?, k)));
+        conditions.push((format!("top-{k}"), QaCondition::Masked(top_heads(need_scores()?, k))));
     }
     if let Some(k) = args.mask_random {
         for seed in 0..args.seeds {
-            conditions.push((format!("random-{k}-seed{seed}"), random_heads(need_scores()?, k, seed)?));
+            conditions.push((
+                format!("random-{k}-seed{seed}"),
+                QaCondition::Masked(random_heads(need_scores()?, k, seed)?),
+            ));
         }
+    }
+    for spec in &args.kv_select {
+        let (policy, budget) = parse_kv_select(spec)?;
+        let prior = kv_prior(&model.config, &scores.as_ref().context("--kv-select needs --scores")?.means());
+        let label = format!("kv-{spec}").replace(':', "-");
+        conditions.push((label, QaCondition::KvSelect { policy, budget, prior }));
     }
     // Prompts once: the document as the "book", the question after it.
     let prompts: Vec<Vec<u32>> = items
@@ -147,22 +178,36 @@ pub fn run(args: Args) -> Result<()> {
         .map(Question)
         .collect();
     let mut table = Vec::new();
-    for (label, heads) in &conditions {
+    let snap = Snap::default();
+    for (label, kind) in &conditions {
+        let heads: &[Head] = match kind {
+            QaCondition::Masked(heads) => heads,
+            QaCondition::KvSelect { .. } => &[],
+        };
         let condition = Condition {
             interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
             kv_policy: None,
+        };
+        let described = match kind {
+            QaCondition::Masked(heads) => mask_settings(heads, args.mask_mode, args.mask_phase),
+            QaCondition::KvSelect { policy, budget, .. } => json!({"kv_select": policy, "budget": budget, "snap": snap}),
         };
         let settings = json!({
             "command": "qa",
             "model": args.model.model,
             "data": args.data.as_ref().map_or("built-in".to_owned(), |p| p.display().to_string()),
             "chat": !args.no_chat,
-            "condition": mask_settings(heads, args.mask_mode, args.mask_phase),
+            "condition": described,
         });
         let records = run_pending(&out.join(label), &settings, &questions, shard, label, |q| {
             let start = Instant::now();
             let item = &items[q.0];
-            let a = answer(&model, &prompts[q.0], &condition, false)?;
+            let a = match kind {
+                QaCondition::Masked(_) => answer(&model, &prompts[q.0], &condition, false)?,
+                QaCondition::KvSelect { policy, budget, prior } => {
+                    compressed_answer(&model, &prompts[q.0], (*policy, 0, *budget), prior, &snap)?
+                }
+            };
             Ok(QaRecord {
                 id: q.0,
                 question: item.question.clone(),
@@ -187,4 +232,18 @@ pub fn run(args: Args) -> Result<()> {
         )?,
     )?;
     super::finish_with_report(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_select_specs_parse() {
+        assert_eq!(parse_kv_select("headkv:0.2").unwrap(), (PolicyName::Headkv, 0.2));
+        assert_eq!(parse_kv_select("SnapKV:1").unwrap(), (PolicyName::Snapkv, 1.0));
+        for bad in ["headkv", "headkv:0", "headkv:1.5", "lru:0.2", "headkv:x"] {
+            assert!(parse_kv_select(bad).unwrap_err().to_string().contains("POLICY:BUDGET"), "{bad}");
+        }
+    }
 }
