@@ -5,6 +5,7 @@
 # pip, Node.js with npm, and access to crates.io, PyPI, npm and Debian's package archive
 # (Chromium and Slurm are installed with apt-get when missing, which needs root).
 set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
 cargo build --release --workspace

@@ -87,6 +87,11 @@ pub fn kv_prior(c: &ModelConfig, means: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// Bytes one cached position takes in one key/value head: its key, its value, its position.
+pub fn row_bytes(c: &ModelConfig) -> usize {
+    (2 * c.d_head + 1) * 4
+}
+
 /// Hooks that record every layer's pattern rows at `positions`.
 pub fn window_hooks(c: &ModelConfig, positions: Vec<usize>) -> Hooks {
     let mut hooks = Hooks::default();
@@ -118,7 +123,9 @@ pub fn compressed_answer(
     let held = held_visible(&run, n);
     let caps: Vec<usize> = held.iter().flatten().map(Vec::len).collect();
     let heads = caps.len();
-    let total = ((budget * (heads * (n + MAX_NEW_TOKENS)) as f64) as usize).saturating_sub(heads * MAX_NEW_TOKENS);
+    // The full cache's rows as it would allocate them alone, decoding.
+    let full_rows = run.kv_bytes_alone(n, n + MAX_NEW_TOKENS, 1) / row_bytes(c);
+    let total = ((budget * full_rows as f64) as usize).saturating_sub(heads * MAX_NEW_TOKENS);
     let (rows, choice) = policy_rows(policy, seed, total, snap, &caps, prior);
     let rows: Vec<Vec<usize>> = rows.chunks(c.n_kv_heads).map(<[usize]>::to_vec).collect();
     let keep = select(&held, n, &rows, choice, &votes, snap);
@@ -330,14 +337,18 @@ pub fn shuffled(weights: &[f64], seed: u64) -> Vec<f64> {
     let mut out = weights.to_vec();
     let mut state = seed ^ 0xD1B5_4A32_D192_ED03;
     for i in (1..out.len()).rev() {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        out.swap(i, (z % (i as u64 + 1)) as usize);
+        out.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
     }
     out
+}
+
+/// SplitMix64's next value.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A percentile bootstrap interval of the mean (`resamples` draws, seeded): (low, high).
@@ -346,13 +357,7 @@ pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -
         return (f64::NAN, f64::NAN);
     }
     let mut state = seed ^ 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = || splitmix(&mut state);
     let n = values.len();
     let mut means: Vec<f64> = (0..resamples)
         .map(|_| (0..n).map(|_| values[(next() % n as u64) as usize]).sum::<f64>() / n as f64)

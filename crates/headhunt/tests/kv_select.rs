@@ -237,11 +237,11 @@ fn budgets_bytes_and_the_whole_budget() {
                     "{what}"
                 );
                 let budget = o["budget"].as_f64().unwrap();
-                let total = (budget * (heads * (n + 50)) as f64) as usize;
-                if budget < 1.0 && o["policy"] != "duo" && id.starts_with("smollm2") {
-                    // Budgets add up: the kept rows and the room are the budget's share of the
-                    // full cache (SmolLM2: no head is capped at 30%).
-                    assert_eq!(rows + heads * reserved, total, "{what}");
+                // Budgets add up: the kept rows and the room are the budget's share of the full
+                // cache's rows (no head is capped at 30%).
+                let full_rows = full["kv_bytes"].as_u64().unwrap() as usize / row_bytes;
+                if budget < 1.0 && o["policy"] != "duo" {
+                    assert_eq!(rows + heads * reserved, (budget * full_rows as f64) as usize, "{what}");
                 }
                 if budget >= 1.0 {
                     assert_eq!(o["answer"], full["answer"], "{what}: the whole budget answers as the full cache");

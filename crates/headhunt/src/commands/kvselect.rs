@@ -12,7 +12,7 @@ use serde_json::json;
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::kvselect::{
-    bootstrap_mean, held_visible, kv_prior, policy_rows, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap,
+    bootstrap_mean, held_visible, kv_prior, policy_rows, row_bytes, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap,
 };
 use crate::masking::check_scores_fit;
 use crate::niah::grid::GridArgs;
@@ -229,9 +229,10 @@ fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args,
             (None, MAX_NEW_TOKENS),
         )?
     };
-    // The full cache's rows, as allocated (prompt and room for the answer), per head.
-    let full_rows = n + MAX_NEW_TOKENS;
+    // Budgets are shares of the full cache's bytes (every head's rows, as allocated: a full
+    // head's prompt and room for the answer, a sliding-window head's window), in rows.
     let heads = c.n_layers * c.n_kv_heads;
+    let full_rows = full.kv_bytes / row_bytes(c);
     let mut compressed = Vec::new();
     for &mode in &args.modes {
         let (base, len, obs, recordings) = match mode {
@@ -244,7 +245,7 @@ fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, args: &Args,
         // Room each head keeps for what comes after: the question (context mode) and the answer.
         let extra = MAX_NEW_TOKENS + (n - len);
         for &budget in &args.budgets {
-            let total = ((budget * (heads * full_rows) as f64) as usize).saturating_sub(heads * extra);
+            let total = ((budget * full_rows as f64) as usize).saturating_sub(heads * extra);
             for plan in plans(args, snap, prior, &caps, total, budget, c.n_kv_heads) {
                 let keep_rows = select(&held, len, &plan.rows, plan.choice, &votes, snap);
                 let mut run = base.fork_retaining(&keep_rows, extra)?;
@@ -436,10 +437,13 @@ fn print_table(points: &[Point]) {
     }
 }
 
+/// NIAH score against bytes per policy, in the first mode (the other is in the table: ten lines
+/// in one panel are unreadable).
 fn plot(points: &[Point], model: &str) -> LinePlot {
+    let mode = points.first().map(|p| p.mode);
     let mut series: Vec<Series> = Vec::new();
-    for p in points {
-        let name = format!("{} ({})", p.policy, format!("{:?}", p.mode).to_lowercase());
+    for p in points.iter().filter(|p| Some(p.mode) == mode) {
+        let name = p.policy.clone();
         let half = (p.ci95.1 - p.ci95.0) / 2.0;
         match series.iter_mut().find(|s| s.name == name) {
             Some(s) => {
@@ -465,7 +469,10 @@ fn plot(points: &[Point], model: &str) -> LinePlot {
         });
     }
     LinePlot {
-        title: format!("{model}: NIAH score against KV bytes (SnapKV selection, per-head budgets)"),
+        title: format!(
+            "{model}: NIAH score against KV bytes, cache compressed after the {}",
+            if mode == Some(Mode::Context) { "context" } else { "question" }
+        ),
         x_label: "KV cache bytes (% of the full cache's)".into(),
         y_label: "NIAH score (ROUGE-1 recall)".into(),
         series,
