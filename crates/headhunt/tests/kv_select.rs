@@ -1,7 +1,7 @@
 //! KV compression by token selection (`headhunt kv-select`) on the real models: the positions
 //! kept equal a plain recomputation from the captured attention pattern; budgets add up; the
-//! bytes reported are the bytes the kept rows and their room need; a budget of the whole cache
-//! answers as the full cache does.
+//! bytes reported are the bytes the kept rows and their room need; a budget that keeps the whole
+//! context answers as the full cache does.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -197,7 +197,7 @@ fn budgets_bytes_and_the_whole_budget() {
                     "--depths",
                     "0,50,100",
                     "--budgets",
-                    "0.3,1",
+                    "0.3,2",
                     "--seeds",
                     "2",
                 ])
@@ -243,8 +243,10 @@ fn budgets_bytes_and_the_whole_budget() {
                 if budget < 1.0 && o["policy"] != "duo" {
                     assert_eq!(rows + heads * reserved, (budget * full_rows as f64) as usize, "{what}");
                 }
-                if budget >= 1.0 {
-                    assert_eq!(o["answer"], full["answer"], "{what}: the whole budget answers as the full cache");
+                if budget > 1.0 {
+                    // Room for every position each head holds (twice the full cache's bytes: a
+                    // sliding-window head's ring reuses rows where a compressed head keeps room).
+                    assert_eq!(o["answer"], full["answer"], "{what}: the whole context answers as the full cache");
                     assert_eq!(o["rouge1"], full["rouge1"], "{what}");
                 }
             }
