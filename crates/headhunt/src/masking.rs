@@ -136,7 +136,7 @@ impl MaskArgs {
     pub fn load_scores(&self) -> Result<Option<HeadScores>> {
         self.scores
             .as_ref()
-            .map(|p| HeadScores::load(&if p.is_dir() { p.join("head_scores.json") } else { p.clone() }))
+            .map(|p| HeadScores::load(p))
             .transpose()
     }
 

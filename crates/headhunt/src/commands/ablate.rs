@@ -53,11 +53,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve_with(ABLATE_LENGTHS, ABLATE_DEPTHS)?;
     let model = args.model.load()?;
-    let scores = HeadScores::load(&if args.scores.is_dir() {
-        args.scores.join("head_scores.json")
-    } else {
-        args.scores.clone()
-    })?;
+    let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
     let out = args
         .out

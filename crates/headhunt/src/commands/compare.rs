@@ -23,10 +23,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-fn load(p: &Path) -> Result<HeadScores> {
-    let file = if p.is_dir() { p.join("head_scores.json") } else { p.to_owned() };
-    HeadScores::load(&file)
-}
 
 /// Correlations and top-k overlaps of two score sets of the same shape.
 pub struct Comparison {
@@ -96,7 +92,7 @@ fn precision_warning(a: &Path, b: &Path) -> Option<String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (a, b) = (load(&args.a)?, load(&args.b)?);
+    let (a, b) = (HeadScores::load(&args.a)?, HeadScores::load(&args.b)?);
     let cmp = compare(&a, &b, args.top)?;
     if let Some(w) = precision_warning(&args.a, &args.b) {
         eprintln!("{w}");

@@ -74,7 +74,7 @@ impl KvPolicyArgs {
         let scores = self
             .kv_scores
             .as_ref()
-            .map(|p| HeadScores::load(&if p.is_dir() { p.join("head_scores.json") } else { p.clone() }))
+            .map(|p| HeadScores::load(p))
             .transpose()?;
         Ok(Some(policy(model, self.choice(), scores.as_ref(), self.kv_sink, self.kv_window)?))
     }
@@ -128,11 +128,7 @@ struct Row {
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve_with(KV_LENGTHS, KV_DEPTHS)?;
     let model = args.model.load()?;
-    let scores = HeadScores::load(&if args.scores.is_dir() {
-        args.scores.join("head_scores.json")
-    } else {
-        args.scores.clone()
-    })?;
+    let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
     let out = args
         .out

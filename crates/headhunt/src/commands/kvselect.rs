@@ -141,11 +141,7 @@ struct Plan {
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve_with("4000", "0:100:11")?;
     let model = args.model.load()?;
-    let scores = HeadScores::load(&if args.scores.is_dir() {
-        args.scores.join("head_scores.json")
-    } else {
-        args.scores.clone()
-    })?;
+    let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
     let prior = kv_prior(&model.config, &scores.means());
     let snap = Snap {

@@ -130,7 +130,7 @@ pub fn run(args: Args) -> Result<()> {
     let scores = args
         .scores
         .as_ref()
-        .map(|p| HeadScores::load(&if p.is_dir() { p.join("head_scores.json") } else { p.clone() }))
+        .map(|p| HeadScores::load(p))
         .transpose()?;
     if let Some(s) = &scores {
         check_scores_fit(s, &model)?;
