@@ -43,19 +43,12 @@ pub fn eligible(model: &Model) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// A KV head's retrieval score: the best mean score among the query heads that share it.
+/// A KV head's retrieval score: the best mean score among the query heads that share it (the
+/// eligible heads' entries of [`crate::kvselect::kv_prior`]).
 pub fn kv_head_scores(model: &Model, scores: &HeadScores) -> Vec<f64> {
     let c = &model.config;
-    let means = scores.means();
-    let group = c.heads_per_kv_head();
-    eligible(model)
-        .iter()
-        .map(|&(l, g)| {
-            (0..group)
-                .map(|q| means[l * c.n_heads + g * group + q])
-                .fold(f64::NEG_INFINITY, f64::max)
-        })
-        .collect()
+    let all = crate::kvselect::kv_prior(c, &scores.means());
+    eligible(model).iter().map(|&(l, g)| all[l * c.n_kv_heads + g]).collect()
 }
 
 /// Eligible heads kept full for a budget share.

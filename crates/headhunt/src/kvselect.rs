@@ -12,6 +12,7 @@ use std::ops::Range;
 use anyhow::{bail, Result};
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, ModelConfig, Positions, Recording, Run, RunOptions};
 
+use crate::niah::haystack::Rng;
 use crate::niah::trial::{decode_from, Answer, MAX_NEW_TOKENS};
 use serde::{Deserialize, Serialize};
 
@@ -335,20 +336,11 @@ pub fn allocate_whole_heads(total: usize, floor: usize, caps: &[usize], weights:
 /// `weights` shuffled among the heads (SplitMix64 Fisher-Yates: the same for a seed everywhere).
 pub fn shuffled(weights: &[f64], seed: u64) -> Vec<f64> {
     let mut out = weights.to_vec();
-    let mut state = seed ^ 0xD1B5_4A32_D192_ED03;
+    let mut rng = Rng(seed ^ 0xD1B5_4A32_D192_ED03);
     for i in (1..out.len()).rev() {
-        out.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
+        out.swap(i, rng.below(i + 1));
     }
     out
-}
-
-/// SplitMix64's next value.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A percentile bootstrap interval of the mean (`resamples` draws, seeded): (low, high).
@@ -356,11 +348,10 @@ pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -
     if values.is_empty() {
         return (f64::NAN, f64::NAN);
     }
-    let mut state = seed ^ 0x2545_F491_4F6C_DD1D;
-    let mut next = || splitmix(&mut state);
+    let mut rng = Rng(seed ^ 0x2545_F491_4F6C_DD1D);
     let n = values.len();
     let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[(next() % n as u64) as usize]).sum::<f64>() / n as f64)
+        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
         .collect();
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];

@@ -59,16 +59,9 @@ pub fn random_heads(scores: &HeadScores, k: usize, seed: u64) -> Result<Vec<Head
         );
     }
     // Fisher-Yates with SplitMix64: the same draw for the same seed on every machine.
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::niah::haystack::Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
     for i in (1..pool.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = rng.below(i + 1);
         pool.swap(i, j);
     }
     let mut heads: Vec<Head> = pool.into_iter().take(k).collect();
@@ -134,10 +127,7 @@ pub struct MaskArgs {
 
 impl MaskArgs {
     pub fn load_scores(&self) -> Result<Option<HeadScores>> {
-        self.scores
-            .as_ref()
-            .map(|p| HeadScores::load(p))
-            .transpose()
+        self.scores.as_ref().map(|p| HeadScores::load(p)).transpose()
     }
 
     /// The heads these arguments select (empty: no mask).

@@ -155,7 +155,11 @@ impl HeadScores {
     /// Scores from a score file (ours or the paper's published JSON) or a detection run's folder
     /// (its head_scores.json).
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("head_scores.json") } else { path.to_owned() };
+        let file = if path.is_dir() {
+            path.join("head_scores.json")
+        } else {
+            path.to_owned()
+        };
         let path = file.as_path();
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;

@@ -149,12 +149,7 @@ class HookedModel:
         names, or a callable on names; only what it selects is computed and kept (``None``: every
         hook, which for long prompts is mostly attention patterns: ``n_layers * n_heads * pos**2``
         floats). ``positions``: record only these query positions (negative count from the end)."""
-        names = self._select(names_filter)
-        arrays, recorded = self._run(text_or_tokens, names + ["logits"], positions=positions, prepend_bos=prepend_bos)
-        logits = arrays["logits"] if "logits" in names else arrays.pop("logits")
-        if "logits" not in names:
-            recorded.pop("logits", None)
-        return logits, ActivationCache(arrays, recorded)
+        return self._with_cache(text_or_tokens, self._select(names_filter), positions, prepend_bos)
 
     def run_with_interventions(
         self,
@@ -173,19 +168,21 @@ class HookedModel:
         ``add={name: vector}`` adds a ``[row]`` vector at every position; ``patch={name: array}``
         replaces the hook's ``[pos, ...]`` rows (every position of the prompt). Returns the logits,
         or ``(logits, cache)`` when ``names_filter`` is given."""
-        names = self._select(names_filter) if names_filter is not None else []
-        arrays, recorded = self._run(
+        logits, cache = self._with_cache(
             text_or_tokens,
-            names + ["logits"],
-            positions=positions,
-            prepend_bos=prepend_bos,
+            self._select(names_filter) if names_filter is not None else [],
+            positions,
+            prepend_bos,
             mask_heads=[(int(layer), int(head)) for layer, head in mask_heads],
             mask_mode=mask_mode,
             add=[(_full_name(k), _f32_bytes(v)) for k, v in (add or {}).items()],
             patch=[(_full_name(k), _f32_bytes(v)) for k, v in (patch or {}).items()],
         )
-        if names_filter is None:
-            return arrays["logits"]
+        return logits if names_filter is None else (logits, cache)
+
+    def _with_cache(self, text_or_tokens: Tokens, names: List[str], positions, prepend_bos: bool, **interventions):
+        """The logits and a cache of ``names`` (the logits in it only when named)."""
+        arrays, recorded = self._run(text_or_tokens, names + ["logits"], positions=positions, prepend_bos=prepend_bos, **interventions)
         logits = arrays["logits"] if "logits" in names else arrays.pop("logits")
         if "logits" not in names:
             recorded.pop("logits", None)

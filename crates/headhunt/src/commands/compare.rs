@@ -23,7 +23,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-
 /// Correlations and top-k overlaps of two score sets of the same shape.
 pub struct Comparison {
     pub pearson: f64,

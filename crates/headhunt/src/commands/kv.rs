@@ -71,11 +71,7 @@ impl KvPolicyArgs {
         if self.kv_policy == PolicyKind::Full {
             return Ok(None);
         }
-        let scores = self
-            .kv_scores
-            .as_ref()
-            .map(|p| HeadScores::load(p))
-            .transpose()?;
+        let scores = self.kv_scores.as_ref().map(|p| HeadScores::load(p)).transpose()?;
         Ok(Some(policy(model, self.choice(), scores.as_ref(), self.kv_sink, self.kv_window)?))
     }
 }

@@ -127,11 +127,7 @@ pub fn run(args: Args) -> Result<()> {
     let shard = args.shard.resolve()?;
     let model = args.model.load()?;
     let tok = model.tokenizer()?;
-    let scores = args
-        .scores
-        .as_ref()
-        .map(|p| HeadScores::load(p))
-        .transpose()?;
+    let scores = args.scores.as_ref().map(|p| HeadScores::load(p)).transpose()?;
     if let Some(s) = &scores {
         check_scores_fit(s, &model)?;
     }
