@@ -36,6 +36,8 @@ enum Command {
     Niah(commands::niah::Args),
     Ablate(commands::ablate::Args),
     Qa(commands::qa::Args),
+    Cot(commands::cot::Args),
+    Claims(commands::claims::Args),
     Recall(commands::recall::Args),
     Kv(commands::kv::Args),
     KvSelect(commands::kvselect::Args),
@@ -66,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Niah(a) => commands::niah::run(a),
         Command::Ablate(a) => commands::ablate::run(a),
         Command::Qa(a) => commands::qa::run(a),
+        Command::Cot(a) => commands::cot::run(a),
+        Command::Claims(a) => commands::claims::run(a),
         Command::Recall(a) => commands::recall::run(a),
         Command::Kv(a) => commands::kv::run(a),
         Command::KvSelect(a) => commands::kvselect::run(a),
@@ -107,11 +111,14 @@ mod tests {
             &["niah", "--scores", "s", "--mask-random", "5", "--seed", "1"],
             &["ablate", "--scores", "s"],
             &["qa", "--scores", "s"],
+            &["cot", "--scores", "s", "--mask-top", "4", "--mask-random", "4"],
             &["recall", "eval"],
             &["recall", "mitigate", "--task", "capital"],
             &["kv", "--scores", "s", "--seed", "3", "--kv-seed", "4"],
             &["kv-select", "--scores", "s", "--seed", "3"],
             &["report"],
+            &["claims"],
+            &["claims", "--checkpoints", "a.json", "b.json", "--haystack", "h", "--k", "3"],
         ];
         for line in lines {
             let args = std::iter::once("headhunt").chain(line.iter().copied());

@@ -5,8 +5,10 @@
 //! KV-cache compression, reports, and the `headhunt` subcommands.
 
 pub mod activations;
+pub mod claims;
 pub mod cli;
 pub mod commands;
+pub mod cot;
 pub mod failure;
 pub mod interrupt;
 pub mod kvpolicy;

@@ -146,6 +146,59 @@ impl MaskArgs {
     }
 }
 
+/// `--scores`, `--mask-top K`, `--mask-random K --seeds N`: the conditions of a task run once
+/// unmasked, once with the top-K retrieval heads masked and once per seed with K random
+/// non-retrieval heads masked; shared by the commands that compare tasks under masks (qa,
+/// recall eval, cot).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MaskSweepArgs {
+    /// Retrieval scores (head_scores.json, its run folder, or a published score file), for
+    /// --mask-top and --mask-random.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Also run with the K best heads of --scores masked.
+    #[arg(long, value_name = "K")]
+    pub mask_top: Option<usize>,
+    /// Also run with K random heads scoring at or below 0.1 masked, once per seed.
+    #[arg(long, value_name = "K")]
+    pub mask_random: Option<usize>,
+    /// Random draws for --mask-random.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// How a masked head is silenced.
+    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
+    pub mask_mode: MaskModeArg,
+    /// When the mask applies.
+    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+    pub mask_phase: PhaseArg,
+}
+
+impl MaskSweepArgs {
+    /// The scores, checked against the model, if given.
+    pub fn load_scores(&self, model: &Model) -> Result<Option<HeadScores>> {
+        let scores = self.scores.as_ref().map(|p| HeadScores::load(p)).transpose()?;
+        if let Some(s) = &scores {
+            check_scores_fit(s, model)?;
+        }
+        Ok(scores)
+    }
+
+    /// `(label, heads)` per condition: `none`, `top-K`, `random-K-seedS`.
+    pub fn conditions(&self, scores: Option<&HeadScores>) -> Result<Vec<(String, Vec<Head>)>> {
+        let need = || scores.context("--mask-top and --mask-random need --scores");
+        let mut out = vec![("none".to_owned(), Vec::new())];
+        if let Some(k) = self.mask_top {
+            out.push((format!("top-{k}"), top_heads(need()?, k)));
+        }
+        if let Some(k) = self.mask_random {
+            for seed in 0..self.seeds {
+                out.push((format!("random-{k}-seed{seed}"), random_heads(need()?, k, seed)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Check a score file fits the model.
 pub fn check_scores_fit(scores: &HeadScores, model: &Model) -> Result<()> {
     let c = &model.config;

@@ -168,6 +168,11 @@ fn heatmap(
     s
 }
 
+/// A table's rows, one per element of a JSON array (none when it is not one).
+fn json_rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().into_iter().flatten().map(row).collect()
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = String::from("<table><thead><tr>");
     for h in headers {
@@ -374,24 +379,19 @@ pub fn render(root: &Path) -> Result<String> {
             }
         }
         if let Some(a) = read_json(&d.join("ablation.json")) {
-            let rows: Vec<Vec<String>> = a["sweep"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        r["k"].to_string(),
-                        format!("{:.1}", f(&r["top"])),
-                        format!(
-                            "{:.1} ± {:.1} [{:.1}, {:.1}]",
-                            f(&r["random_mean"]),
-                            f(&r["random_std"]),
-                            f(&r["random_min"]),
-                            f(&r["random_max"])
-                        ),
-                    ]
-                })
-                .collect();
+            let rows = json_rows(&a["sweep"], |r| {
+                vec![
+                    r["k"].to_string(),
+                    format!("{:.1}", f(&r["top"])),
+                    format!(
+                        "{:.1} ± {:.1} [{:.1}, {:.1}]",
+                        f(&r["random_mean"]),
+                        f(&r["random_std"]),
+                        f(&r["random_min"]),
+                        f(&r["random_max"])
+                    ),
+                ]
+            });
             let _ = write!(
                 sections.entry("3 ablation").or_default(),
                 r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}{}</div>"#,
@@ -402,30 +402,9 @@ pub fn render(root: &Path) -> Result<String> {
                 provenance(d)
             );
         }
-        if let Some(q) = read_json(&d.join("qa.json")) {
-            let rows: Vec<Vec<String>> = q["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        r["condition"].as_str().unwrap_or("").into(),
-                        r["masked_heads"].to_string(),
-                        r["questions"].to_string(),
-                        format!("{:.1}", f(&r["f1"])),
-                        format!("{:.1}", f(&r["exact_match"])),
-                    ]
-                })
-                .collect();
-            let _ = write!(
-                sections.entry("5 qa").or_default(),
-                r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}</div>"#,
-                esc(q["model"].as_str().unwrap_or("")),
-                esc(&here),
-                table(&["condition", "heads masked", "questions", "token F1", "exact match"], &rows),
-                provenance(d)
-            );
-        }
+        qa_section(d, &here, &mut sections);
+        cot_section(d, &here, &mut sections);
+        claims_section(d, &here, &mut sections);
         recall_section(d, &here, &mut sections);
         kv_section(d, &here, &mut sections);
         kv_select_section(d, &here, &mut sections);
@@ -443,11 +422,13 @@ pub fn render(root: &Path) -> Result<String> {
     }
 
     let titles = [
+        ("0 claims", "Claims of the retrieval-head paper"),
         ("1 retrieval", "Retrieval heads"),
         ("2 niah", "Needle in a haystack, per condition"),
         ("3 ablation", "Masking retrieval heads against random heads"),
         ("4 failures", "How answers fail"),
         ("5 qa", "Extractive question answering"),
+        ("5 reasoning", "Chain-of-thought look-ups"),
         ("6 recall", "Factual recall"),
         ("7 kv", "Retrieval-aware KV cache"),
     ];
@@ -487,23 +468,104 @@ pub fn render(root: &Path) -> Result<String> {
     ))
 }
 
+/// `headhunt qa`: token F1 and exact match per condition.
+fn qa_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(q) = read_json(&d.join("qa.json")) else { return };
+    let rows = json_rows(&q["conditions"], |r| {
+        vec![
+            r["condition"].as_str().unwrap_or("").into(),
+            r["masked_heads"].to_string(),
+            r["questions"].to_string(),
+            format!("{:.1}", f(&r["f1"])),
+            format!("{:.1}", f(&r["exact_match"])),
+        ]
+    });
+    let _ = write!(
+        sections.entry("5 qa").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}</div>"#,
+        esc(q["model"].as_str().unwrap_or("")),
+        esc(here),
+        table(&["condition", "heads masked", "questions", "token F1", "exact match"], &rows),
+        provenance(d)
+    );
+}
+
+/// `headhunt cot`: look-ups answered with written steps and directly, per condition.
+fn cot_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(c) = read_json(&d.join("cot.json")) else { return };
+    let rows = json_rows(&c["conditions"], |r| {
+        vec![
+            r["condition"].as_str().unwrap_or("").into(),
+            r["masked_heads"].to_string(),
+            r["problems"].to_string(),
+            format!("{:.1}%", f(&r["steps_accuracy"])),
+            format!("{:.1}%", f(&r["direct_accuracy"])),
+            format!("{:.1}%", f(&r["steps_restated"])),
+        ]
+    });
+    let _ = write!(
+        sections.entry("5 reasoning").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>{}-hop look-ups among {} chains. A prompt with steps:</p><pre>{}</pre>{}{}</div>"#,
+        esc(c["model"].as_str().unwrap_or("")),
+        esc(here),
+        c["hops"],
+        c["chains"],
+        esc(c["example_prompt"].as_str().unwrap_or("")),
+        table(
+            &[
+                "condition",
+                "heads masked",
+                "problems",
+                "right with steps",
+                "right directly",
+                "steps restate the facts"
+            ],
+            &rows
+        ),
+        provenance(d)
+    );
+}
+
+/// `headhunt claims`: the paper's claims, measured, with their verdicts and the activation plot.
+fn claims_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(c) = read_json(&d.join("claims.json")) else { return };
+    let rows = json_rows(&c["claims"], |r| {
+        let commands: Vec<&str> = r["commands"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let verdict = match (r["verdict"].as_str().unwrap_or(""), r["reason"].as_str()) {
+            (_, Some(why)) => format!("not measurable here: {why}"),
+            (v, None) => v.replace('_', " "),
+        };
+        vec![
+            r["claim"].as_str().unwrap_or("").into(),
+            r["paper"].as_str().unwrap_or("").into(),
+            r["measured"].as_str().unwrap_or("").into(),
+            commands.join("\n"),
+            format!("{verdict} ({})", r["rule"].as_str().unwrap_or("")),
+        ]
+    });
+    let _ = write!(
+        sections.entry("0 claims").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>K = {} heads masked.</p>{}{}</div>"#,
+        esc(c["model"].as_str().unwrap_or("")),
+        esc(here),
+        c["k"],
+        table(&["claim", "the paper", "measured here", "command", "verdict (rule)"], &rows),
+        inline_svg(&d.join("activation.svg")).unwrap_or_default()
+    );
+}
+
 /// `headhunt kv`: NIAH score against KV bytes with whole heads kept full.
 fn kv_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     let Some(k) = read_json(&d.join("kv.json")) else { return };
-    let rows: Vec<Vec<String>> = k["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                r["budget"].to_string(),
-                r["policy"].as_str().unwrap_or("").into(),
-                format!("{:.1}", f(&r["score"])),
-                format!("{:.1} MiB", f(&r["kv_bytes"]) / 1048576.0),
-                format!("{:.1}%", 100.0 * f(&r["kv_fraction"])),
-            ]
-        })
-        .collect();
+    let rows = json_rows(&k["rows"], |r| {
+        vec![
+            r["budget"].to_string(),
+            r["policy"].as_str().unwrap_or("").into(),
+            format!("{:.1}", f(&r["score"])),
+            format!("{:.1} MiB", f(&r["kv_bytes"]) / 1048576.0),
+            format!("{:.1}%", 100.0 * f(&r["kv_fraction"])),
+        ]
+    });
     let _ = write!(
         sections.entry("7 kv").or_default(),
         r#"<div class="run"><h3>{} <small>{}</small></h3><p>Smallest budget keeping 95% of the full cache's score: <b>{}</b></p>{}{}{}</div>"#,
@@ -519,21 +581,16 @@ fn kv_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
 /// `headhunt kv-select`: NIAH score against KV bytes with positions selected per head.
 fn kv_select_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     let Some(k) = read_json(&d.join("kv_select.json")) else { return };
-    let rows: Vec<Vec<String>> = k["points"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            vec![
-                p["mode"].as_str().unwrap_or("").into(),
-                p["policy"].as_str().unwrap_or("").into(),
-                format!("{:.0}%", 100.0 * f(&p["budget"])),
-                format!("{:.1} [{:.1}, {:.1}]", f(&p["score"]), f(&p["ci95"][0]), f(&p["ci95"][1])),
-                format!("{:.0}%", 100.0 * f(&p["relative"])),
-                format!("{:.1}%", 100.0 * f(&p["bytes_share"])),
-            ]
-        })
-        .collect();
+    let rows = json_rows(&k["points"], |p| {
+        vec![
+            p["mode"].as_str().unwrap_or("").into(),
+            p["policy"].as_str().unwrap_or("").into(),
+            format!("{:.0}%", 100.0 * f(&p["budget"])),
+            format!("{:.1} [{:.1}, {:.1}]", f(&p["score"]), f(&p["ci95"][0]), f(&p["ci95"][1])),
+            format!("{:.0}%", 100.0 * f(&p["relative"])),
+            format!("{:.1}%", 100.0 * f(&p["bytes_share"])),
+        ]
+    });
     let smallest: Vec<String> = k["smallest_95"]
         .as_object()
         .into_iter()
@@ -563,24 +620,20 @@ fn kv_select_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>
 fn recall_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     let mut parts = String::new();
     if let Some(e) = read_json(&d.join("eval.json")) {
-        let rows: Vec<Vec<String>> = e["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                vec![
-                    r["task"].as_str().unwrap_or("").into(),
-                    r["shots"].to_string(),
-                    r["prompts"].to_string(),
-                    format!("{:.2}%", 100.0 * f(&r["p_correct"])),
-                    format!("{:.1}%", 100.0 * f(&r["accuracy"])),
-                ]
-            })
-            .collect();
+        let rows = json_rows(&e["results"], |r| {
+            vec![
+                r["condition"].as_str().unwrap_or("none").into(),
+                r["task"].as_str().unwrap_or("").into(),
+                r["shots"].to_string(),
+                r["prompts"].to_string(),
+                format!("{:.2}%", 100.0 * f(&r["p_correct"])),
+                format!("{:.1}%", 100.0 * f(&r["accuracy"])),
+            ]
+        });
         let _ = write!(
             parts,
             "<h4>Answer probability</h4>{}",
-            table(&["task", "shots", "prompts", "p(answer)", "accuracy"], &rows)
+            table(&["heads masked", "task", "shots", "prompts", "p(answer)", "accuracy"], &rows)
         );
     }
     if let Some(h) = read_json(&d.join("heads.json")) {
@@ -650,37 +703,27 @@ fn recall_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     }
     if let Some(fl) = read_json(&d.join("final_layer.json")) {
         for t in fl["tasks"].as_array().into_iter().flatten() {
-            let rows: Vec<Vec<String>> = t["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    vec![
-                        c["condition"].as_str().unwrap_or("").into(),
-                        format!("{:.2}%", 100.0 * f(&c["p_correct"])),
-                        format!("{:.1}%", 100.0 * f(&c["accuracy"])),
-                    ]
-                })
-                .collect();
-            let pushes: Vec<Vec<String>> = t["components"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    let toks: Vec<String> = c["pushes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .take(6)
-                        .map(|p| format!("{:?}", p["token"].as_str().unwrap_or("")))
-                        .collect();
-                    vec![
-                        c["component"].as_str().unwrap_or("").into(),
-                        format!("{:.3}", f(&c["dla_answer"])),
-                        toks.join(" "),
-                    ]
-                })
-                .collect();
+            let rows = json_rows(&t["conditions"], |c| {
+                vec![
+                    c["condition"].as_str().unwrap_or("").into(),
+                    format!("{:.2}%", 100.0 * f(&c["p_correct"])),
+                    format!("{:.1}%", 100.0 * f(&c["accuracy"])),
+                ]
+            });
+            let pushes = json_rows(&t["components"], |c| {
+                let toks: Vec<String> = c["pushes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(6)
+                    .map(|p| format!("{:?}", p["token"].as_str().unwrap_or("")))
+                    .collect();
+                vec![
+                    c["component"].as_str().unwrap_or("").into(),
+                    format!("{:.3}", f(&c["dla_answer"])),
+                    toks.join(" "),
+                ]
+            });
             let _ = write!(
                 parts,
                 "<h4>The final layer on `{}`</h4>{}{}",
@@ -691,20 +734,15 @@ fn recall_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
         }
     }
     if let Some(mi) = read_json(&d.join("mitigate.json")) {
-        let rows: Vec<Vec<String>> = mi["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                vec![
-                    r["task"].as_str().unwrap_or("").into(),
-                    r["shots"].to_string(),
-                    r["condition"].as_str().unwrap_or("").into(),
-                    format!("{:.2}%", 100.0 * f(&r["p_correct"])),
-                    format!("{:.1}%", 100.0 * f(&r["accuracy"])),
-                ]
-            })
-            .collect();
+        let rows = json_rows(&mi["results"], |r| {
+            vec![
+                r["task"].as_str().unwrap_or("").into(),
+                r["shots"].to_string(),
+                r["condition"].as_str().unwrap_or("").into(),
+                format!("{:.2}%", 100.0 * f(&r["p_correct"])),
+                format!("{:.1}%", 100.0 * f(&r["accuracy"])),
+            ]
+        });
         let _ = write!(
             parts,
             "<h4>Mitigating the final layer</h4>{}",
@@ -736,7 +774,7 @@ th{background:#f6f6f6}.row{display:flex;flex-wrap:wrap;gap:1.2rem;align-items:fl
 #tooltip{position:fixed;pointer-events:none;background:#222;color:#fff;padding:.25rem .5rem;border-radius:4px;font-size:.85rem;z-index:10}
 .example{border-left:4px solid #ccc;padding:.2rem .8rem;margin:.6rem 0}.example.hallucination{border-color:#d62728}.example.incomplete{border-color:#ff7f0e}
 .provenance{color:#555;font-size:.85rem}code{background:#f3f3f3;padding:0 .2rem;border-radius:3px}
-svg{max-width:100%;height:auto}
+svg{max-width:100%;height:auto}td{white-space:pre-line}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5rem;font-size:.85rem}
 "#;
 
 /// Shows a cell's value beside the pointer.

@@ -221,6 +221,84 @@ impl Summary {
     }
 }
 
+/// Share of trials in which a head's score exceeds [`RETRIEVAL_THRESHOLD`] for the paper's
+/// dynamic activation; at least this share makes a head "always on".
+pub const ALWAYS_ON: f64 = 0.9;
+
+/// Dynamic activation over the trials of several runs of one model (haystacks, needles):
+/// per head, its mean score over all their trials and the share of them in which it scored
+/// above 0.1.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Activation {
+    pub n_heads: usize,
+    pub trials: usize,
+    pub mean: Vec<f64>,
+    pub frequency: Vec<f64>,
+}
+
+impl Activation {
+    pub fn of(sets: &[&HeadScores]) -> Result<Self> {
+        let first = sets.first().context("no score sets to pool")?;
+        if let Some(s) = sets.iter().find(|s| (s.n_layers, s.n_heads) != (first.n_layers, first.n_heads)) {
+            bail!(
+                "score sets of different shapes ({} x {} against {} x {} heads)",
+                s.n_layers,
+                s.n_heads,
+                first.n_layers,
+                first.n_heads
+            );
+        }
+        let heads = first.n_layers * first.n_heads;
+        let trials: usize = sets.iter().map(|s| s.trials()).sum();
+        let pooled = |h: usize| sets.iter().flat_map(move |s| s.scores[h].iter().copied());
+        let per_trial = |x: f64| if trials == 0 { 0.0 } else { x / trials as f64 };
+        Ok(Activation {
+            n_heads: first.n_heads,
+            trials,
+            mean: (0..heads).map(|h| per_trial(pooled(h).sum())).collect(),
+            frequency: (0..heads)
+                .map(|h| per_trial(pooled(h).filter(|&x| x > RETRIEVAL_THRESHOLD).count() as f64))
+                .collect(),
+        })
+    }
+
+    fn label(&self, i: usize) -> String {
+        format!("{}-{}", i / self.n_heads, i % self.n_heads)
+    }
+
+    /// Heads above 0.1 in at least 90% of the trials, most often first.
+    pub fn always_on(&self) -> Vec<String> {
+        self.by_frequency(|f, _| f >= ALWAYS_ON)
+    }
+
+    /// Retrieval heads (mean above 0.1) active in fewer than 90% of the trials: those that
+    /// retrieve in some contexts only.
+    pub fn sometimes(&self) -> Vec<String> {
+        self.by_frequency(|f, m| f < ALWAYS_ON && m > RETRIEVAL_THRESHOLD)
+    }
+
+    fn by_frequency(&self, keep: impl Fn(f64, f64) -> bool) -> Vec<String> {
+        let mut idx: Vec<usize> = (0..self.mean.len()).filter(|&i| keep(self.frequency[i], self.mean[i])).collect();
+        idx.sort_by(|&a, &b| self.frequency[b].total_cmp(&self.frequency[a]).then(a.cmp(&b)));
+        idx.into_iter().map(|i| self.label(i)).collect()
+    }
+
+    /// Frequency against mean score, the heads of either kind labelled.
+    pub fn plot(&self, title: &str) -> crate::plot::Scatter {
+        let named: Vec<String> = self.always_on().into_iter().chain(self.sometimes()).collect();
+        crate::plot::Scatter {
+            title: title.to_owned(),
+            x_label: "mean retrieval score".into(),
+            y_label: "share of answered trials with score > 0.1".into(),
+            points: self.mean.iter().copied().zip(self.frequency.iter().copied()).collect(),
+            labels: (0..self.mean.len())
+                .filter(|&i| named.contains(&self.label(i)))
+                .map(|i| (i, self.label(i)))
+                .collect(),
+        }
+    }
+}
+
 /// Pearson correlation (NaN when either side is constant).
 pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;

@@ -3,7 +3,9 @@
 pub mod ablate;
 pub mod bench;
 pub mod cache;
+pub mod claims;
 pub mod compare;
+pub mod cot;
 pub mod detect;
 pub mod fetch;
 pub mod generate;

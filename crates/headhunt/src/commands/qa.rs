@@ -10,11 +10,10 @@ use serde_json::json;
 use super::niah::{mask_settings, model_name, model_stem};
 use super::ModelArg;
 use crate::kvselect::{compressed_answer, kv_prior, PolicyName, Snap};
-use crate::masking::{check_scores_fit, mask_interventions, random_heads, top_heads, Head, MaskModeArg, PhaseArg};
+use crate::masking::{mask_interventions, Head, MaskSweepArgs};
 use crate::niah::prompt::Frame;
 use crate::niah::trial::{answer, Condition};
 use crate::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
-use crate::retrieval::HeadScores;
 use crate::runs::{run_pending, Status};
 use crate::shard::{run_folder, ShardArgs};
 use crate::store::write_atomic;
@@ -32,21 +31,8 @@ pub struct Args {
     /// Questions as JSONL (default: the built-in set).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Retrieval scores, for --mask-top and --mask-random.
-    #[arg(long)]
-    pub scores: Option<PathBuf>,
-    /// Also run with the K best heads of --scores masked.
-    #[arg(long, value_name = "K")]
-    pub mask_top: Option<usize>,
-    /// Also run with K random heads scoring at or below 0.1 masked, once per seed.
-    #[arg(long, value_name = "K")]
-    pub mask_random: Option<usize>,
-    #[arg(long, default_value_t = 3)]
-    pub seeds: u64,
-    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
-    pub mask_mode: MaskModeArg,
-    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
-    pub mask_phase: PhaseArg,
+    #[command(flatten)]
+    pub mask: MaskSweepArgs,
     /// Send prompts as plain text even when the model has a chat template.
     #[arg(long)]
     pub no_chat: bool,
@@ -127,23 +113,13 @@ pub fn run(args: Args) -> Result<()> {
     let shard = args.shard.resolve()?;
     let model = args.model.load()?;
     let tok = model.tokenizer()?;
-    let scores = args.scores.as_ref().map(|p| HeadScores::load(p)).transpose()?;
-    if let Some(s) = &scores {
-        check_scores_fit(s, &model)?;
-    }
-    let need_scores = || scores.as_ref().context("--mask-top and --mask-random need --scores");
-    let mut conditions: Vec<(String, QaCondition)> = vec![("none".into(), QaCondition::Masked(Vec::new()))];
-    if let Some(k) = args.mask_top {
-        conditions.push((format!("top-{k}"), QaCondition::Masked(top_heads(need_scores()?, k))));
-    }
-    if let Some(k) = args.mask_random {
-        for seed in 0..args.seeds {
-            conditions.push((
-                format!("random-{k}-seed{seed}"),
-                QaCondition::Masked(random_heads(need_scores()?, k, seed)?),
-            ));
-        }
-    }
+    let scores = args.mask.load_scores(&model)?;
+    let mut conditions: Vec<(String, QaCondition)> = args
+        .mask
+        .conditions(scores.as_ref())?
+        .into_iter()
+        .map(|(label, heads)| (label, QaCondition::Masked(heads)))
+        .collect();
     for spec in &args.kv_select {
         let (policy, budget) = parse_kv_select(spec)?;
         let prior = kv_prior(&model.config, &scores.as_ref().context("--kv-select needs --scores")?.means());
@@ -181,11 +157,11 @@ pub fn run(args: Args) -> Result<()> {
             QaCondition::KvSelect { .. } => &[],
         };
         let condition = Condition {
-            interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
+            interventions: mask_interventions(&model, heads, args.mask.mask_mode, args.mask.mask_phase.into(), &reference)?,
             kv_policy: None,
         };
         let described = match kind {
-            QaCondition::Masked(heads) => mask_settings(heads, args.mask_mode, args.mask_phase),
+            QaCondition::Masked(heads) => mask_settings(heads, args.mask.mask_mode, args.mask.mask_phase),
             QaCondition::KvSelect { policy, budget, .. } => json!({"kv_select": policy, "budget": budget, "snap": snap}),
         };
         let settings = json!({
@@ -224,7 +200,7 @@ pub fn run(args: Args) -> Result<()> {
     write_atomic(
         &out.join("qa.json"),
         serde_json::to_string_pretty(
-            &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask_mode, "mask_phase": args.mask_phase, "conditions": table}),
+            &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask.mask_mode, "mask_phase": args.mask.mask_phase, "conditions": table}),
         )?,
     )?;
     super::finish_with_report(&out)

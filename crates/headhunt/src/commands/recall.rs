@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use headhunt_engine::{HookPoint, Intervention, Model};
+use headhunt_engine::{HookPoint, Intervention, Model, Phase};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
+use crate::masking::{head_label, mask_interventions, MaskSweepArgs};
 use crate::plot::{Figure, Heatmap, Heatmaps, Scatter};
 use crate::recall::analysis::{analyse, dla, Component, LastPosition};
 use crate::recall::tasks::{self, RecallPrompt, Task};
@@ -97,6 +98,14 @@ pub struct EvalArgs {
     /// Shot counts.
     #[arg(long, value_delimiter = ',', default_value = "0,3")]
     pub shots: Vec<usize>,
+    /// At most this many prompts per task and shot count, evenly spaced over its facts and
+    /// templates (all by default).
+    #[arg(long, value_name = "N")]
+    pub sample: Option<usize>,
+    /// Also evaluate with heads masked (in the prompt's forward pass, whatever --mask-phase):
+    /// closed-book recall under the same masks as NIAH and QA.
+    #[command(flatten)]
+    pub mask: MaskSweepArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,35 +195,65 @@ impl TaskArgs {
 fn eval(args: EvalArgs) -> Result<()> {
     let model = args.task.load()?;
     let tok = model.tokenizer()?;
+    let scores = args.mask.load_scores(&model)?;
+    let conditions = args.mask.conditions(scores.as_ref())?;
     let mut rows = Vec::new();
     println!(
-        "{:<10} {:>5} {:>8} {:>10} {:>9}",
-        "task", "shots", "prompts", "p(answer)", "accuracy"
+        "{:<20} {:<10} {:>5} {:>8} {:>10} {:>9}",
+        "condition", "task", "shots", "prompts", "p(answer)", "accuracy"
     );
     for task in args.task.tasks(tasks::BUILTIN)? {
         let facts = usable(&task, &model)?;
         for &shots in &args.shots {
-            let ps = prompts(&task, tok, &facts, &facts, shots)?;
-            let (p, acc) = evaluate(&model, &ps, |_| Vec::new())?;
-            println!(
-                "{:<10} {shots:>5} {:>8} {:>9.2}% {:>8.1}%",
-                task.name,
-                ps.len(),
-                100.0 * p,
-                100.0 * acc
-            );
-            rows.push(
-                json!({"task": task.name, "shots": shots, "facts": facts.len(), "prompts": ps.len(), "p_correct": p, "accuracy": acc}),
-            );
+            let ps = sample(prompts(&task, tok, &facts, &facts, shots)?, args.sample);
+            for (label, heads) in &conditions {
+                // A recall answer is one forward pass over the prompt: masks act there.
+                let masks = mask_interventions(&model, heads, args.mask.mask_mode, Phase::Both, &ps[0].ids)?;
+                let (p, acc) = evaluate(&model, &ps, |_| masks.clone())?;
+                println!(
+                    "{label:<20} {:<10} {shots:>5} {:>8} {:>9.2}% {:>8.1}%",
+                    task.name,
+                    ps.len(),
+                    100.0 * p,
+                    100.0 * acc
+                );
+                rows.push(json!({
+                    "condition": label,
+                    "masked_heads": heads.iter().map(|&h| head_label(h)).collect::<Vec<_>>(),
+                    "task": task.name,
+                    "shots": shots,
+                    "facts": facts.len(),
+                    "prompts": ps.len(),
+                    "p_correct": p,
+                    "accuracy": acc,
+                }));
+            }
         }
     }
     let out = args.task.out();
     write_json(
         &out,
         "eval.json",
-        &json!({"model": model_name(&model, &args.task.model.model), "results": rows}),
+        &json!({"model": model_name(&model, &args.task.model.model), "mask_mode": args.mask.mask_mode, "results": rows}),
     )?;
     Ok(())
+}
+
+/// At most `n` of `items`, evenly spaced (all without `n`).
+fn sample<T>(items: Vec<T>, n: Option<usize>) -> Vec<T> {
+    match n {
+        Some(n) if n < items.len() => {
+            let len = items.len();
+            let keep: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+            items
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep.binary_search(i).is_ok())
+                .map(|(_, x)| x)
+                .collect()
+        }
+        _ => items,
+    }
 }
 
 /// Decompose every prompt (with a progress bar).
