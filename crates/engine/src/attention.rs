@@ -41,6 +41,9 @@ pub(crate) struct AttentionLayer<'a> {
     pub pattern_positions: &'a [usize],
     /// Absolute query positions whose argmax is recorded.
     pub argmax_positions: &'a [usize],
+    /// Absolute query positions whose attention mass on keys before `mass_split` is recorded.
+    pub mass_positions: &'a [usize],
+    pub mass_split: usize,
 }
 
 pub(crate) struct AttentionOutput {
@@ -49,6 +52,8 @@ pub(crate) struct AttentionOutput {
     pub patterns: Vec<PatternRow>,
     /// (query position, argmax key position per head)
     pub argmax: Vec<(usize, Vec<u32>)>,
+    /// (query position, attention mass on keys before the split per head)
+    pub mass: Vec<(usize, Vec<f32>)>,
 }
 
 /// A run of at most `KEY_TILE` cached keys: segment index and row range, position range.
@@ -76,6 +81,8 @@ struct Partial {
     acc: Vec<f32>,
     /// Largest score and its key position, per row (only when an argmax is wanted).
     best: Vec<(f32, u32)>,
+    /// The part of `l` from keys before the mass split, per row (only when a mass is wanted).
+    before: Vec<f32>,
 }
 
 impl Partial {
@@ -88,6 +95,9 @@ impl Partial {
             }
             let (a, b) = ((self.m[i] - m).exp(), (later.m[i] - m).exp());
             self.l[i] = self.l[i] * a + later.l[i] * b;
+            if let (Some(x), Some(y)) = (self.before.get_mut(i), later.before.get(i)) {
+                *x = *x * a + y * b;
+            }
             for (x, y) in self.acc[i * dh..(i + 1) * dh].iter_mut().zip(&later.acc[i * dh..(i + 1) * dh]) {
                 *x = *x * a + y * b;
             }
@@ -165,6 +175,7 @@ impl AttentionLayer<'_> {
             }
         }
         let mut argmax: Vec<(usize, Vec<u32>)> = self.argmax_positions.iter().map(|&p| (p, vec![0; nh])).collect();
+        let mut mass: Vec<(usize, Vec<f32>)> = self.mass_positions.iter().map(|&p| (p, vec![0.0; nh])).collect();
         let mut patterns: Vec<PatternRow> = Vec::with_capacity(self.pattern_positions.len());
         for (key, part) in merged.iter().enumerate() {
             let part = part.as_ref().expect("every block has a task");
@@ -180,6 +191,9 @@ impl AttentionLayer<'_> {
                     dst.iter_mut().zip(&part.acc[i * dh..(i + 1) * dh]).for_each(|(d, a)| *d = a * inv);
                     if let Some(slot) = argmax.iter_mut().find(|a| a.0 == self.p0 + r) {
                         slot.1[h] = part.best[i].1;
+                    }
+                    if let Some(slot) = mass.iter_mut().find(|a| a.0 == self.p0 + r) {
+                        slot.1[h] = part.before[i] * inv;
                     }
                 }
             }
@@ -217,7 +231,7 @@ impl AttentionLayer<'_> {
                 probs,
             });
         }
-        AttentionOutput { z, patterns, argmax }
+        AttentionOutput { z, patterns, argmax, mass }
     }
 
     fn hooks(&self, h: usize) -> Option<&HeadHooks> {
@@ -257,6 +271,7 @@ impl AttentionLayer<'_> {
             }
         }
         let track_argmax = self.argmax_positions.iter().any(|&p| p >= qmin && p <= qmax);
+        let track_mass = self.mass_positions.iter().any(|&p| p >= qmin && p <= qmax);
         let mut part = Partial {
             m: vec![f32::NEG_INFINITY; rows],
             l: vec![0.0; rows],
@@ -266,6 +281,7 @@ impl AttentionLayer<'_> {
             } else {
                 Vec::new()
             },
+            before: if track_mass { vec![0.0; rows] } else { Vec::new() },
         };
         let mut s = vec![0.0f32; rows * KEY_TILE];
         for tile in t.tiles {
@@ -309,6 +325,17 @@ impl AttentionLayer<'_> {
                 let alpha = (part.m[i] - m_new).exp();
                 let sum = exp_shifted(row, m_new);
                 part.l[i] = part.l[i] * alpha + sum;
+                if track_mass {
+                    let split = self.mass_split;
+                    let before: f32 = if tile.kmax < split {
+                        sum
+                    } else if tile.kmin >= split {
+                        0.0
+                    } else {
+                        (0..bk).filter(|&j| (seg.pos[tile.t0 + j] as usize) < split).map(|j| row[j]).sum()
+                    };
+                    part.before[i] = part.before[i] * alpha + before;
+                }
                 part.m[i] = m_new;
                 if alpha != 1.0 {
                     part.acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= alpha);

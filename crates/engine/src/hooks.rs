@@ -174,6 +174,9 @@ pub enum Reduce {
     None,
     /// The key position of each head's largest attention probability (first on ties).
     Argmax,
+    /// Each head's attention probability summed over the keys at positions before the given
+    /// one (e.g. the prompt's share of a generated token's attention).
+    MassBefore(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +201,16 @@ impl Capture {
             point: HookPoint::Pattern(layer),
             positions,
             reduce: Reduce::Argmax,
+        }
+    }
+
+    /// Each query head's attention probability on the keys at positions before `split`, at
+    /// the given query positions: a number per head instead of a row.
+    pub fn pattern_mass_before(layer: usize, positions: Positions, split: usize) -> Self {
+        Capture {
+            point: HookPoint::Pattern(layer),
+            positions,
+            reduce: Reduce::MassBefore(split),
         }
     }
 }
@@ -326,8 +339,23 @@ impl Hooks {
         };
         for cap in &self.captures {
             cap.point.check(c)?;
-            if cap.reduce == Reduce::Argmax && !matches!(cap.point, HookPoint::Pattern(_)) {
-                return Err(Error::Hook(format!("argmax applies to attention patterns, not {}", cap.point)));
+            if cap.reduce != Reduce::None && !matches!(cap.point, HookPoint::Pattern(_)) {
+                return Err(Error::Hook(format!(
+                    "argmax and mass apply to attention patterns, not {}",
+                    cap.point
+                )));
+            }
+            if let Reduce::MassBefore(split) = cap.reduce {
+                let other = self.captures.iter().find_map(|o| match o.reduce {
+                    Reduce::MassBefore(s) if o.point == cap.point && s != split => Some(s),
+                    _ => None,
+                });
+                if let Some(s) = other {
+                    return Err(Error::Hook(format!(
+                        "{} asks for attention mass before two positions ({split} and {s}); one per layer",
+                        cap.point
+                    )));
+                }
             }
         }
         for i in &self.interventions {
@@ -419,6 +447,16 @@ impl Rows {
     }
 }
 
+/// The pattern captures of one layer in one step (see [`Plan::pattern_requests`]).
+#[derive(Debug, Clone, Default)]
+pub struct PatternRequests {
+    pub full: Vec<usize>,
+    pub argmax: Vec<usize>,
+    pub mass: Vec<usize>,
+    /// Keys at positions below this count toward the mass.
+    pub split: usize,
+}
+
 /// What a run captured.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
@@ -426,6 +464,8 @@ pub struct Recording {
     pub patterns: BTreeMap<usize, Vec<PatternRow>>,
     /// Per layer: (query position, key position of each query head's argmax).
     pub argmax: BTreeMap<usize, Vec<(usize, Vec<u32>)>>,
+    /// Per layer: (query position, each query head's attention mass before the split).
+    pub mass: BTreeMap<usize, Vec<(usize, Vec<f32>)>>,
 }
 
 impl Recording {
@@ -545,22 +585,29 @@ impl Plan {
         out
     }
 
-    /// Query positions (within `positions`) whose pattern rows / argmax are captured at a layer.
-    pub fn pattern_requests(&self, layer: usize, step: &Step) -> (Vec<usize>, Vec<usize>) {
-        let mut full = Vec::new();
-        let mut argmax = Vec::new();
+    /// What is captured of a layer's attention patterns in a step: the query positions (within
+    /// the step's) whose whole rows, argmax and mass are recorded, and the mass's split.
+    pub fn pattern_requests(&self, layer: usize, step: &Step) -> PatternRequests {
+        let mut req = PatternRequests::default();
         for c in &self.hooks.captures {
             if c.point != HookPoint::Pattern(layer) {
                 continue;
             }
-            let target = if c.reduce == Reduce::Argmax { &mut argmax } else { &mut full };
+            let target = match c.reduce {
+                Reduce::None => &mut req.full,
+                Reduce::Argmax => &mut req.argmax,
+                Reduce::MassBefore(split) => {
+                    req.split = split;
+                    &mut req.mass
+                }
+            };
             target.extend(step.positions().filter(|&p| c.positions.matches(p, step.last)));
         }
-        for v in [&mut full, &mut argmax] {
+        for v in [&mut req.full, &mut req.argmax, &mut req.mass] {
             v.sort_unstable();
             v.dedup();
         }
-        (full, argmax)
+        req
     }
 
     /// Apply interventions at `point` to `buf` (one row of `row_len` values per position of the

@@ -36,5 +36,5 @@ pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeySet, MaskMode, Phase
 pub use kernels::Precision;
 pub use kv_cache::{KvCache, KvPolicy};
 pub use matrix::Matrix;
-pub use model::{argmax, greedy, greedy_from, Model, Run, RunOptions};
+pub use model::{argmax, generate_from, greedy, greedy_from, Model, Run, RunOptions};
 pub use tokenizer::{ChatMessage, Tokenizer};

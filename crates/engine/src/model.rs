@@ -338,10 +338,10 @@ impl Model {
         drop((qkv, k, x));
         let hooked = plan.attention_hooked(l);
         let head_hooks = hooked.then(|| plan.head_hooks(l, nh, pass.step.phase));
-        let (pattern_positions, argmax_positions) = if hooked {
+        let requests = if hooked {
             plan.pattern_requests(l, &pass.step)
         } else {
-            (Vec::new(), Vec::new())
+            Default::default()
         };
         let out = profile::timed(Stage::Attention, || {
             AttentionLayer {
@@ -354,8 +354,10 @@ impl Model {
                 softcap: c.attn_logit_softcap,
                 caches: cache,
                 head_hooks: head_hooks.as_deref(),
-                pattern_positions: &pattern_positions,
-                argmax_positions: &argmax_positions,
+                pattern_positions: &requests.full,
+                argmax_positions: &requests.argmax,
+                mass_positions: &requests.mass,
+                mass_split: requests.split,
             }
             .run()
         });
@@ -364,6 +366,9 @@ impl Model {
         }
         if !out.argmax.is_empty() {
             pass.rec.argmax.entry(l).or_default().extend(out.argmax);
+        }
+        if !out.mass.is_empty() {
+            pass.rec.mass.entry(l).or_default().extend(out.mass);
         }
         let mut z = out.z;
         pass.hook(HookPoint::Z(l), &mut z, nh * dh);
@@ -782,13 +787,26 @@ pub fn greedy(run: &mut Run<'_>, prompt: &[u32], max_new: usize, stop: impl FnMu
 }
 
 /// [`greedy`] from the logits of the run's last position (a prompt already fed).
-pub fn greedy_from(run: &mut Run<'_>, mut logits: Vec<f32>, max_new: usize, mut stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+pub fn greedy_from(run: &mut Run<'_>, logits: Vec<f32>, max_new: usize, stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
+    generate_from(run, logits, max_new, |l| argmax(l), stop)
+}
+
+/// Decode from the logits of the run's last position: `choose` picks each token from its
+/// logits (argmax: greedy; a draw: sampling), until EOS, `max_new` tokens or `stop(generated so
+/// far)`. The last token is emitted but not fed back.
+pub fn generate_from(
+    run: &mut Run<'_>,
+    mut logits: Vec<f32>,
+    max_new: usize,
+    mut choose: impl FnMut(&[f32]) -> u32,
+    mut stop: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<u32>> {
     let mut out = Vec::new();
     if max_new == 0 {
         return Ok(out);
     }
     loop {
-        let next = argmax(&logits);
+        let next = choose(&logits);
         out.push(next);
         if run.model.is_eos(next) || out.len() >= max_new || stop(&out) {
             return Ok(out);

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod cot;
 pub mod failure;
+pub mod ground;
 pub mod interrupt;
 pub mod kvpolicy;
 pub mod kvselect;
