@@ -23,6 +23,9 @@ Outputs (all under --out):
         pairs, and NLTK Porter stems of a word list.
     recall/lstsq.npz
         a least-squares fixture for the MLP decomposition, solved by numpy.
+    classify/fixture.json
+        scikit-learn's roc_auc_score on fixed score lists (ties included) and its
+        LogisticRegression (C = 1) fitted to a seeded data set: weights and test probabilities.
 
 The GGUF files are looked up in headhunt's model cache ($HEADHUNT_CACHE, else
 $XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts them there.
@@ -357,6 +360,42 @@ def lstsq_fixture(out_dir: Path):
     print(f"lstsq: R^2 {r2:.4f}", file=sys.stderr)
 
 
+def classifier_fixture(out_dir: Path):
+    """AUROC and logistic regression as scikit-learn computes them, for the hallucination
+    detectors."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(21)
+    cases = []
+    for n, ties in [(12, False), (40, True), (200, True), (7, False)]:
+        labels = rng.random(n) < 0.35
+        labels[0], labels[1] = True, False
+        scores = rng.normal(size=n) + 0.8 * labels
+        if ties:
+            scores = np.round(scores, 1)
+        cases.append({"scores": scores.tolist(), "labels": labels.tolist(), "auroc": float(roc_auc_score(labels, scores))})
+    n, d = 120, 9
+    x = rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, size=d)
+    w = rng.normal(size=d)
+    y = rng.random(n) < 1 / (1 + np.exp(-(x @ w * 0.6 + 0.3)))
+    model = LogisticRegression(C=1.0, tol=1e-12, max_iter=100000).fit(x, y)
+    test = rng.normal(size=(10, d)) * 1.5
+    logistic = {
+        "x": x.tolist(),
+        "y": y.tolist(),
+        "c": 1.0,
+        "weights": model.coef_[0].tolist(),
+        "intercept": float(model.intercept_[0]),
+        "test": test.tolist(),
+        "probabilities": model.predict_proba(test)[:, 1].tolist(),
+    }
+    d_ = out_dir / "classify"
+    d_.mkdir(parents=True, exist_ok=True)
+    (d_ / "fixture.json").write_text(json.dumps({"auroc": cases, "logistic": logistic}))
+    print(f"classify: {len(cases)} AUROC cases, logistic regression on {n} x {d}", file=sys.stderr)
+
+
 def perturb(model, scale: float):
     """Random weights of a useful size: HF's init leaves norms at exactly 1 and biases at 0,
     which would hide a wrongly applied norm weight or bias."""
@@ -419,9 +458,9 @@ def tiny_models(out_dir: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("target/reference"))
-    ap.add_argument("--only", default="", help="comma list of parts: tiny, rouge, lstsq, niah, " + ", ".join(MODELS))
+    ap.add_argument("--only", default="", help="comma list of parts: tiny, rouge, lstsq, classify, niah, " + ", ".join(MODELS))
     args = ap.parse_args()
-    parts = [p for p in args.only.split(",") if p] or ["tiny", "rouge", "lstsq", *MODELS, "niah"]
+    parts = [p for p in args.only.split(",") if p] or ["tiny", "rouge", "lstsq", "classify", *MODELS, "niah"]
     torch.set_grad_enabled(False)
     for part in parts:
         if part == "tiny":
@@ -430,6 +469,8 @@ def main():
             rouge_pairs(args.out)
         elif part == "lstsq":
             lstsq_fixture(args.out)
+        elif part == "classify":
+            classifier_fixture(args.out)
         elif part == "niah":
             niah_trials(args.out)
         elif part in MODELS:

@@ -343,22 +343,6 @@ pub fn shuffled(weights: &[f64], seed: u64) -> Vec<f64> {
     out
 }
 
-/// A percentile bootstrap interval of the mean (`resamples` draws, seeded): (low, high).
-pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -> (f64, f64) {
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut rng = Rng(seed ^ 0x2545_F491_4F6C_DD1D);
-    let n = values.len();
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    let tail = (1.0 - level) / 2.0;
-    (at(tail), at(1.0 - tail))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,14 +393,5 @@ mod tests {
         // A budget below the fixed rows keeps the fixed rows.
         assert_eq!(keep(&held, 12, 2, Choice::Votes, &votes, &snap), vec![0, 1, 9, 10, 11]);
         assert_eq!(max_pool(&[0.0, 1.0, 0.0, 0.0, 2.0], 3), vec![1.0, 1.0, 1.0, 2.0, 2.0]);
-    }
-
-    #[test]
-    fn bootstrap_brackets_the_mean() {
-        let v: Vec<f64> = (0..22).map(|i| if i % 3 == 0 { 0.0 } else { 100.0 }).collect();
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let (lo, hi) = bootstrap_mean(&v, 0.95, 2000, 1);
-        assert!(lo < mean && mean < hi && hi - lo > 10.0 && hi - lo < 60.0, "{lo} {mean} {hi}");
-        assert_eq!(bootstrap_mean(&[50.0; 5], 0.95, 100, 1), (50.0, 50.0));
     }
 }

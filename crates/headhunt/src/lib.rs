@@ -26,4 +26,5 @@ pub mod retrieval;
 pub mod rouge;
 pub mod runs;
 pub mod shard;
+pub mod stats;
 pub mod store;

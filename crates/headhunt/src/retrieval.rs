@@ -310,7 +310,7 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Ranks with ties sharing their average rank (1-based).
-fn ranks(v: &[f64]) -> Vec<f64> {
+pub(crate) fn ranks(v: &[f64]) -> Vec<f64> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
     idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
     let mut out = vec![0.0; v.len()];

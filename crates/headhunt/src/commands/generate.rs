@@ -1,13 +1,24 @@
 //! `headhunt generate`: greedy text generation.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
-use anyhow::Result;
-use headhunt_engine::{greedy, Hooks, RunOptions};
+use anyhow::{Context, Result};
+use headhunt_engine::{argmax, greedy, Hooks, RunOptions, Tokenizer};
+use serde_json::json;
 
 use super::ModelArg;
+use crate::ground::{self, Grounder, Step};
+use crate::masking::check_scores_fit;
+use crate::retrieval::HeadScores;
 
 /// Continue a prompt with greedy decoding, streaming the text as it is produced.
+///
+/// With --ground, each generated token is checked against the prompt by the model's retrieval
+/// heads (--scores): a token is supported in the share of them (weighted by score) whose
+/// attention argmax sits on an equal token of the prompt. The answer is printed with support
+/// shown (green: at least half, yellow: some, red: none; without a colour terminal, runs of
+/// unsupported tokens are put in [[ ]]), and every token's signals go to --ground-out.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -21,12 +32,24 @@ pub struct Args {
     /// Most tokens to generate (stops earlier at end-of-sequence).
     #[arg(long, default_value_t = 64)]
     pub max_new: usize,
+    /// Mark the tokens the prompt does not support, by the retrieval heads of --scores.
+    #[arg(long, requires = "scores")]
+    pub ground: bool,
+    /// Retrieval scores (head_scores.json or its detection run folder), for --ground.
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Where --ground writes every token's signals (JSON).
+    #[arg(long, default_value = "ground.json")]
+    pub ground_out: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let tok = model.tokenizer()?;
     let prompt = tok.encode_prompt(&args.prompt, args.chat)?;
+    if args.ground {
+        return grounded(&args, &model, &prompt);
+    }
     let mut run = model.run(
         Hooks::default(),
         RunOptions {
@@ -54,4 +77,105 @@ pub fn run(args: Args) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{} prompt tokens, {} generated in {secs:.2} s", prompt.len(), generated.len());
     Ok(())
+}
+
+/// `--ground`: decode with the signal recorded, print the answer marked by support, write the
+/// signals.
+fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Result<()> {
+    let tok = model.tokenizer()?;
+    let scores = HeadScores::load(args.scores.as_ref().context("--ground needs --scores")?)?;
+    check_scores_fit(&scores, model)?;
+    let g = Grounder::from_scores(&scores)?;
+    let c = &model.config;
+    let mut hooks = Hooks::default();
+    for cap in ground::captures(c.n_layers, prompt.len()) {
+        hooks = hooks.capture(cap);
+    }
+    let mut run = model.run(
+        hooks,
+        RunOptions {
+            capacity: prompt.len() + args.max_new,
+            ..Default::default()
+        },
+    )?;
+    let logits = run.prefill(prompt)?;
+    let steps = ground::decode(&mut run, logits, args.max_new, |l| argmax(l), |_| false)?;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    println!("{}", marked(tok, prompt, &g, &steps, colour)?);
+    let kept = ground::answer_steps(tok, &steps);
+    let (t0, answer): (usize, Vec<Step>) = (kept.first().map_or(0, |k| k.0), kept.iter().map(|k| k.1.clone()).collect());
+    let signal = g.answer(prompt, &answer, t0);
+    let tokens: Vec<serde_json::Value> = steps
+        .iter()
+        .enumerate()
+        .map(|(t, s)| {
+            let copied: Vec<String> = g
+                .heads
+                .iter()
+                .filter(|&&(h, _)| ground::copies(prompt, s, h))
+                .map(|&(h, _)| scores.label(h))
+                .collect();
+            json!({
+                "token": s.token,
+                "text": tok.decode(&[s.token], false).unwrap_or_default(),
+                "support": g.support(prompt, s),
+                "lookback": g.lookback(s, t, prompt.len()),
+                "logprob": s.logprob,
+                "copied_by": copied,
+            })
+        })
+        .collect();
+    let out = json!({
+        "prompt_tokens": prompt.len(),
+        "retrieval_heads": g.heads.iter().map(|&(h, w)| json!({"head": scores.label(h), "score": w})).collect::<Vec<_>>(),
+        "answer": signal,
+        "tokens": tokens,
+    });
+    crate::store::write_atomic(&args.ground_out, serde_json::to_string_pretty(&out)?)?;
+    eprintln!(
+        "support {:.2}, retrieval heads' lookback ratio {:.2}, mean log-probability {:.2}; per token: {}",
+        signal.support,
+        signal.lookback,
+        signal.confidence,
+        args.ground_out.display()
+    );
+    Ok(())
+}
+
+/// The generated text with each token's support shown: ANSI colours, or `[[ ]]` around runs of
+/// unsupported tokens.
+fn marked(tok: &Tokenizer, prompt: &[u32], g: &Grounder, steps: &[Step], colour: bool) -> Result<String> {
+    let mut out = String::new();
+    let mut open = false;
+    for s in steps {
+        if tok.is_special(s.token) {
+            continue;
+        }
+        let text = tok.decode(&[s.token], false)?;
+        let support = g.support(prompt, s);
+        if colour {
+            let code = if support >= 0.5 {
+                "32"
+            } else if support > 0.0 {
+                "33"
+            } else {
+                "31"
+            };
+            out.push_str(&format!("\x1b[{code}m{text}\x1b[0m"));
+        } else {
+            let unsupported = support == 0.0 && !text.trim().is_empty();
+            if unsupported && !open {
+                out.push_str("[[");
+                open = true;
+            } else if !unsupported && open && !text.trim().is_empty() {
+                out.push_str("]]");
+                open = false;
+            }
+            out.push_str(&text);
+        }
+    }
+    if open {
+        out.push_str("]]");
+    }
+    Ok(out)
 }

@@ -11,9 +11,7 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::kvselect::{
-    bootstrap_mean, held_visible, kv_prior, policy_rows, row_bytes, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap,
-};
+use crate::kvselect::{held_visible, kv_prior, policy_rows, row_bytes, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap};
 use crate::masking::check_scores_fit;
 use crate::niah::grid::GridArgs;
 use crate::niah::trial::{decode_from, TrialRunner, TrialSpec, MAX_NEW_TOKENS};
@@ -21,6 +19,7 @@ use crate::plot::{Figure, LinePlot, Series};
 use crate::retrieval::HeadScores;
 use crate::runs::{run_pending, Status};
 use crate::shard::run_folder;
+use crate::stats::bootstrap_mean;
 use crate::store::{write_atomic, Keyed};
 
 /// Compress the KV cache by keeping, in every key/value head, a few sink positions, the prompt's
