@@ -788,7 +788,7 @@ pub fn greedy(run: &mut Run<'_>, prompt: &[u32], max_new: usize, stop: impl FnMu
 
 /// [`greedy`] from the logits of the run's last position (a prompt already fed).
 pub fn greedy_from(run: &mut Run<'_>, logits: Vec<f32>, max_new: usize, stop: impl FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
-    generate_from(run, logits, max_new, |l| argmax(l), stop)
+    generate_from(run, logits, max_new, argmax, stop)
 }
 
 /// Decode from the logits of the run's last position: `choose` picks each token from its

@@ -38,6 +38,7 @@ enum Command {
     Qa(commands::qa::Args),
     Cot(commands::cot::Args),
     Claims(commands::claims::Args),
+    Hallucination(commands::hallucination::Args),
     Recall(commands::recall::Args),
     Kv(commands::kv::Args),
     KvSelect(commands::kvselect::Args),
@@ -70,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Qa(a) => commands::qa::run(a),
         Command::Cot(a) => commands::cot::run(a),
         Command::Claims(a) => commands::claims::run(a),
+        Command::Hallucination(a) => commands::hallucination::run(a),
         Command::Recall(a) => commands::recall::run(a),
         Command::Kv(a) => commands::kv::run(a),
         Command::KvSelect(a) => commands::kvselect::run(a),
@@ -118,6 +120,8 @@ mod tests {
             &["kv-select", "--scores", "s", "--seed", "3"],
             &["report"],
             &["claims"],
+            &["hallucination", "--scores", "s", "--guided"],
+            &["generate", "--prompt", "Hi", "--ground", "--scores", "s"],
             &["claims", "--checkpoints", "a.json", "b.json", "--haystack", "h", "--k", "3"],
         ];
         for line in lines {

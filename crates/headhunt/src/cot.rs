@@ -237,8 +237,7 @@ pub fn split_answer(text: &str) -> (&str, &str) {
     let at = text
         .char_indices()
         .map(|(i, _)| i)
-        .filter(|&i| text.get(i..i + marker.len()).is_some_and(|s| s.eq_ignore_ascii_case(marker)))
-        .last();
+        .rfind(|&i| text.get(i..i + marker.len()).is_some_and(|s| s.eq_ignore_ascii_case(marker)));
     match at {
         Some(i) => (&text[..i], &text[i + marker.len()..]),
         None => ("", text),

@@ -53,7 +53,7 @@ pub fn captures(n_layers: usize, prompt_len: usize) -> Vec<Capture> {
 pub fn log_prob(logits: &[f32], token: u32) -> f32 {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = logits.iter().map(|&x| ((x - m) as f64).exp()).sum();
-    (logits[token as usize] - m) as f32 - z.ln() as f32
+    (logits[token as usize] - m) - z.ln() as f32
 }
 
 /// Decode from `logits` (the run's last position, the query for the first new token) with

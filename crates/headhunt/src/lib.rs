@@ -11,6 +11,7 @@ pub mod commands;
 pub mod cot;
 pub mod failure;
 pub mod ground;
+pub mod hallucination;
 pub mod interrupt;
 pub mod kvpolicy;
 pub mod kvselect;

@@ -405,6 +405,7 @@ pub fn render(root: &Path) -> Result<String> {
         qa_section(d, &here, &mut sections);
         cot_section(d, &here, &mut sections);
         claims_section(d, &here, &mut sections);
+        hallucination_section(d, &here, &mut sections);
         recall_section(d, &here, &mut sections);
         kv_section(d, &here, &mut sections);
         kv_select_section(d, &here, &mut sections);
@@ -429,6 +430,7 @@ pub fn render(root: &Path) -> Result<String> {
         ("4 failures", "How answers fail"),
         ("5 qa", "Extractive question answering"),
         ("5 reasoning", "Chain-of-thought look-ups"),
+        ("5 things", "Retrieval heads against hallucination"),
         ("6 recall", "Factual recall"),
         ("7 kv", "Retrieval-aware KV cache"),
     ];
@@ -552,6 +554,97 @@ fn claims_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
         table(&["claim", "the paper", "measured here", "command", "verdict (rule)"], &rows),
         inline_svg(&d.join("activation.svg")).unwrap_or_default()
     );
+}
+
+/// `headhunt hallucination`: the detectors' AUROCs, their ROC curves, guided decoding, and
+/// answers with each token shaded by how far the retrieval heads support it.
+fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(h) = read_json(&d.join("hallucination.json")) else {
+        return;
+    };
+    let rows = json_rows(&h["detections"], |r| {
+        vec![
+            r["detector"].as_str().unwrap_or("").into(),
+            r["evaluated_on"].as_str().unwrap_or("").into(),
+            r["answers"].to_string(),
+            r["hallucinated"].to_string(),
+            format!("{:.3} [{:.3}, {:.3}]", f(&r["auroc"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+        ]
+    });
+    let guided = json_rows(&h["guided"], |r| {
+        vec![
+            r["task"].as_str().unwrap_or("").into(),
+            r["metric"].as_str().unwrap_or("").into(),
+            r["items"].to_string(),
+            format!("{:.1}", f(&r["greedy"])),
+            format!("{:.1}", f(&r["guided"])),
+            format!("{:+.1} [{:+.1}, {:+.1}]", f(&r["difference"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+        ]
+    });
+    let guided = if guided.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h4>Decoding guided by the signal</h4>{}",
+            table(&["task", "metric", "items", "greedy", "guided", "difference [95% CI]"], &guided)
+        )
+    };
+    let _ = write!(
+        sections.entry("5 things").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Complete: {}; hallucinated: {}.</p>{}{}{}<h4>Answers, each token shaded by its support</h4>{}{}</div>"#,
+        esc(h["model"].as_str().unwrap_or("")),
+        esc(here),
+        esc(h["labels"]["complete"].as_str().unwrap_or("")),
+        esc(h["labels"]["hallucinated"].as_str().unwrap_or("")),
+        table(&["detector", "on", "answers", "hallucinated", "AUROC [95% CI]"], &rows),
+        inline_svg(&d.join("roc.svg")).unwrap_or_default(),
+        guided,
+        shaded_answers(d),
+        provenance(d)
+    );
+}
+
+/// A few complete and hallucinated answers of a hallucination run, tokens shaded green by
+/// support (white: no retrieval head copies it from the prompt).
+fn shaded_answers(d: &Path) -> String {
+    let mut out = String::new();
+    for task in ["niah", "qa"] {
+        let Ok(text) = std::fs::read_to_string(d.join(task).join("trials.jsonl")) else {
+            continue;
+        };
+        let records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        for outcome in ["complete", "hallucination"] {
+            for r in records.iter().filter(|r| r["outcome"] == outcome).take(3) {
+                let tokens: String = json_rows(&r["greedy"]["tokens"], |t| {
+                    vec![t[0].as_str().unwrap_or("").to_owned(), format!("{:.2}", f(&t[1]))]
+                })
+                .iter()
+                .map(|t| {
+                    format!(
+                        r#"<span title="support {}" style="background:rgba(44,160,44,{})">{}</span>"#,
+                        t[1],
+                        t[1],
+                        esc(&t[0])
+                    )
+                })
+                .collect();
+                let _ = write!(
+                    out,
+                    r#"<div class="example {outcome}"><b>{outcome}</b> <small>{task}, support {:.2}</small><p>Q: {}<br>expected: <i>{}</i><br>model: {tokens}</p></div>"#,
+                    f(&r["greedy"]["signal"]["support"]),
+                    esc(r["question"].as_str().unwrap_or("")),
+                    esc(&r["expected"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" / ")),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// `headhunt kv`: NIAH score against KV bytes with whole heads kept full.

@@ -275,7 +275,7 @@ mod tests {
         let oof = cross_validated(&x, &y, 5, 1.0, 3).unwrap();
         assert!(oof.iter().all(|p| p.is_finite()));
         assert!(auroc(&oof, &y) > 0.9);
-        assert!(Logistic::fit(&x, &vec![true; 20], 1.0).is_err());
+        assert!(Logistic::fit(&x, &[true; 20], 1.0).is_err());
     }
 
     #[test]

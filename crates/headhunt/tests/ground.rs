@@ -35,7 +35,7 @@ fn check(id: &str, retrieval: &[(usize, usize, f64)]) {
         )
         .unwrap();
     let logits = run.prefill(&prompt).unwrap();
-    let steps = ground::decode(&mut run, logits, 12, |l| argmax(l), |_| false).unwrap();
+    let steps = ground::decode(&mut run, logits, 12, argmax, |_| false).unwrap();
     assert!(steps.len() >= 4, "{id}: the model stopped at once");
 
     let mut scores = HeadScores::new(c.n_layers, c.n_heads);
@@ -125,4 +125,77 @@ fn smollm2_signal_equals_a_recomputation_from_patterns() {
 fn gemma_signal_equals_a_recomputation_from_patterns() {
     // Gemma-3-270M's (layer 5 is a sliding-window layer).
     check("gemma3-270m", &[(11, 2, 0.85), (5, 1, 0.73), (5, 2, 0.54)]);
+}
+
+/// `headhunt hallucination` on a few SmolLM2 answers: guided decoding with a single candidate
+/// per chunk is greedy decoding cut into chunks, so it must reproduce the greedy answers and
+/// their signals exactly; every answer is labelled and the detectors' table and ROC are written.
+#[test]
+fn guided_decoding_with_one_candidate_is_greedy() {
+    let dir = std::env::temp_dir().join(format!("headhunt-ground-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let scores = dir.join("scores.json");
+    let mut map = serde_json::Map::new();
+    for l in 0..30 {
+        for h in 0..9 {
+            let s = if (l, h) == (18, 7) || (l, h) == (18, 6) || (l, h) == (23, 2) {
+                0.7
+            } else {
+                0.0
+            };
+            map.insert(format!("{l}-{h}"), serde_json::json!([s]));
+        }
+    }
+    std::fs::write(&scores, serde_json::Value::Object(map).to_string()).unwrap();
+    let qa = dir.join("qa.jsonl");
+    std::fs::write(
+        &qa,
+        serde_json::json!({
+            "context": "The Harlow Trust keeps its seed vault on Maren Island. A retired sea captain named Osgood Finch guards it.",
+            "question": "Who guards the seed vault?",
+            "answers": ["Osgood Finch"],
+        })
+        .to_string()
+            + "\n",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_headhunt"))
+        .args([
+            "hallucination",
+            "--lengths",
+            "600",
+            "--depths",
+            "0,100",
+            "--guided",
+            "--candidates",
+            "1",
+            "--chunk",
+            "3",
+        ])
+        .arg("--scores")
+        .arg(&scores)
+        .arg("--qa-data")
+        .arg(&qa)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut n = 0;
+    for task in ["niah", "qa"] {
+        for line in std::fs::read_to_string(out.join(task).join("trials.jsonl")).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(r["guided"], r["greedy"], "{task}: guided with one candidate differs from greedy");
+            assert!(["complete", "incomplete", "hallucination"].contains(&r["outcome"].as_str().unwrap()));
+            assert_eq!(r["greedy"]["lookback"].as_array().unwrap().len(), 270);
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("hallucination.json")).unwrap()).unwrap();
+    assert_eq!(h["guided"][0]["difference"], 0.0);
+    assert!(out.join("roc.png").exists());
+    std::fs::remove_dir_all(dir).ok();
 }

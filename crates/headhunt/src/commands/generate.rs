@@ -99,7 +99,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
         },
     )?;
     let logits = run.prefill(prompt)?;
-    let steps = ground::decode(&mut run, logits, args.max_new, |l| argmax(l), |_| false)?;
+    let steps = ground::decode(&mut run, logits, args.max_new, argmax, |_| false)?;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     println!("{}", marked(tok, prompt, &g, &steps, colour)?);
     let kept = ground::answer_steps(tok, &steps);

@@ -9,6 +9,7 @@ pub mod cot;
 pub mod detect;
 pub mod fetch;
 pub mod generate;
+pub mod hallucination;
 pub mod info;
 pub mod kv;
 pub mod kvselect;

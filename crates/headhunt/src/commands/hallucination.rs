@@ -1,0 +1,305 @@
+//! `headhunt hallucination`: do retrieval heads tell a grounded answer from a made-up one?
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::niah::{model_name, model_stem};
+use super::ModelArg;
+use crate::failure::{Outcome, COMPLETE_ROUGE};
+use crate::ground::Grounder;
+use crate::hallucination::{detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C};
+use crate::masking::check_scores_fit;
+use crate::niah::grid::GridArgs;
+use crate::niah::prompt::Frame;
+use crate::niah::trial::TrialRunner;
+use crate::plot::{Figure, LinePlot, Series};
+use crate::qa::{best_f1, builtin, load_jsonl};
+use crate::retrieval::HeadScores;
+use crate::runs::{run_pending, Status};
+use crate::stats::bootstrap_mean;
+use crate::store::{write_atomic, Keyed};
+
+/// Answers labelled complete or hallucinated (NIAH trials of the grid, and extractive QA), each
+/// with three detectors' scores: (a) the retrieval heads' support for the answer's tokens (no
+/// training: the share of the retrieval heads of --scores, weighted by score, whose attention
+/// argmax copies the token from the prompt), (b) Lookback Lens (every head's lookback ratio, a
+/// logistic regression cross-validated within a task and trained on one task to test on the
+/// other), (c) the model's confidence (mean log-probability of the answer's tokens). Prints and
+/// writes each AUROC with a 95% bootstrap interval, roc.png/.svg, and hallucination.json.
+///
+/// Labels: complete = ROUGE-1 recall of the expected answer >= 90; hallucinated = no content
+/// word of it in the answer; answers in between are left out.
+///
+/// With --guided, each item is also answered by decoding guided by the signal (chunks of
+/// --chunk tokens; per chunk the greedy one and --candidates - 1 sampled at --temperature; the
+/// best-supported kept), and NIAH ROUGE-1 and QA F1 are compared with greedy decoding, with a
+/// bootstrap interval on the difference. Resumable.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Retrieval scores (head_scores.json or its detection run folder).
+    #[arg(long)]
+    pub scores: PathBuf,
+    /// The NIAH grid. Use --per-cell 3 on the default grid for about 200 answers.
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// QA questions as JSONL of {"context", "question", "answers"} (default: the built-in 32).
+    #[arg(long)]
+    pub qa_data: Option<PathBuf>,
+    /// Also decode guided by the signal and compare with greedy decoding.
+    #[arg(long)]
+    pub guided: bool,
+    /// Tokens per chunk of guided decoding.
+    #[arg(long, default_value_t = 8)]
+    pub chunk: usize,
+    /// Candidates per chunk (the greedy chunk and the rest sampled).
+    #[arg(long, default_value_t = 4)]
+    pub candidates: usize,
+    /// Sampling temperature of the candidates.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    /// Seed of the sampled candidates.
+    #[arg(long, default_value_t = 0)]
+    pub guide_seed: u64,
+    /// Output folder (resumable). [default: runs/hallucination-<model>]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    pub key: String,
+    pub question: String,
+    pub expected: Vec<String>,
+    pub prompt_tokens: usize,
+    pub greedy: Decoded,
+    /// ROUGE-1 recall (NIAH) or token F1 (QA), 0-100.
+    pub score: f64,
+    pub outcome: Outcome,
+    pub guided: Option<Decoded>,
+    pub guided_score: Option<f64>,
+    pub seconds: f64,
+}
+
+impl Keyed for AnswerRecord {
+    fn key(&self) -> String {
+        self.key.clone()
+    }
+}
+
+impl Status for AnswerRecord {
+    fn status(&self) -> String {
+        format!("{} {:.2}", self.outcome.name(), self.greedy.signal.support)
+    }
+}
+
+struct Item(String);
+
+impl Keyed for Item {
+    fn key(&self) -> String {
+        self.0.clone()
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let grid = args.grid.resolve()?;
+    let model = args.model.load()?;
+    let tok = model.tokenizer()?;
+    let scores = HeadScores::load(&args.scores)?;
+    check_scores_fit(&scores, &model)?;
+    let g = Grounder::from_scores(&scores)?;
+    if args.guided && (args.chunk == 0 || args.candidates == 0 || args.temperature <= 0.0) {
+        bail!("--chunk, --candidates and --temperature must be positive");
+    }
+    let guide = args.guided.then_some(Guide {
+        chunk: args.chunk,
+        candidates: args.candidates,
+        temperature: args.temperature,
+        seed: args.guide_seed,
+    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("hallucination-{}", model_stem(&args.model.model))));
+    super::record_provenance(&out, &model)?;
+    let common = json!({
+        "command": "hallucination",
+        "model": args.model.model,
+        "scores": args.scores,
+        "guide": guide,
+    });
+    // Answer one prompt greedily (and guided), scored by `score`.
+    let answer = |key: String, question: &str, expected: Vec<String>, prompt: &[u32], score: &dyn Fn(&str) -> f64| {
+        let start = Instant::now();
+        let base = prepared(&model, prompt)?;
+        let greedy = greedy(&base, prompt, &g)?;
+        let guided = guide.map(|gd| guided(&base, prompt, &g, gd)).transpose()?;
+        Ok(AnswerRecord {
+            key,
+            question: question.to_owned(),
+            outcome: outcome(&expected, &greedy.answer),
+            expected,
+            prompt_tokens: prompt.len(),
+            score: score(&greedy.answer),
+            guided_score: guided.as_ref().map(|d| score(&d.answer)),
+            greedy,
+            guided,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    };
+
+    let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
+    let specs = grid.trials();
+    let mut niah_settings = grid.settings();
+    niah_settings["run"] = common.clone();
+    let niah_items: Vec<Item> = specs.iter().map(|s| Item(s.key())).collect();
+    let niah = run_pending(&out.join("niah"), &niah_settings, &niah_items, None, "NIAH", |item| {
+        let spec = specs.iter().find(|s| s.key() == item.0).context("a planned trial")?;
+        let prompt = runner.prompt(spec)?;
+        let needle = &grid.needles[spec.needle];
+        answer(
+            item.0.clone(),
+            &needle.question,
+            vec![needle.real_needle.clone()],
+            &prompt.ids,
+            &|a: &str| runner.rouge1(spec, a),
+        )
+    })?;
+
+    let qa_items = match &args.qa_data {
+        Some(p) => load_jsonl(p)?,
+        None => builtin(),
+    };
+    let chat = !args.grid.no_chat;
+    let qa_settings = json!({"run": common, "qa_data": args.qa_data, "chat": chat});
+    let questions: Vec<Item> = (0..qa_items.len()).map(|i| Item(format!("q{i}"))).collect();
+    let qa = run_pending(&out.join("qa"), &qa_settings, &questions, None, "QA", |item| {
+        let i: usize = item.0[1..].parse()?;
+        let it = &qa_items[i];
+        let prompt = Frame::new(tok, &it.question, chat)?.wrap(&tok.encode(&it.context, false)?);
+        answer(item.0.clone(), &it.question, it.answers.clone(), &prompt, &|a: &str| {
+            100.0 * best_f1(a, &it.answers)
+        })
+    })?;
+
+    let name = model_name(&model, &args.model.model);
+    let cases: Vec<Case<'_>> = [("niah", &niah), ("qa", &qa)]
+        .into_iter()
+        .flat_map(|(task, records)| {
+            records.iter().filter(|r| r.outcome != Outcome::Incomplete).map(move |r| Case {
+                task,
+                hallucinated: r.outcome == Outcome::Hallucination,
+                decoded: &r.greedy,
+            })
+        })
+        .collect();
+    let found = detections(&cases)?;
+    print_detections(&name, &niah, &qa, &found);
+    roc_plot(&name, &found).save(&out.join("roc"))?;
+    let guided_rows = guide.map(|_| compare_guided(&niah, &qa));
+    write_atomic(
+        &out.join("hallucination.json"),
+        serde_json::to_string_pretty(&json!({
+            "model": name,
+            "labels": {
+                "complete": format!("ROUGE-1 recall of the expected answer >= {COMPLETE_ROUGE}"),
+                "hallucinated": "no content word of the expected answer in the answer",
+                "left_out": "incomplete answers (in between)",
+            },
+            "retrieval_heads": g.heads.iter().map(|&(h, w)| json!({"head": scores.label(h), "score": w})).collect::<Vec<_>>(),
+            "lookback_lens": {"c": LOOKBACK_C, "folds": FOLDS, "standardised": true},
+            "counts": counts(&niah, &qa),
+            "detections": found,
+            "guide": guide,
+            "guided": guided_rows,
+        }))?,
+    )?;
+    super::finish_with_report(&out)
+}
+
+fn counts(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
+    let of = |rs: &[AnswerRecord]| {
+        json!({
+            "answers": rs.len(),
+            "complete": rs.iter().filter(|r| r.outcome == Outcome::Complete).count(),
+            "incomplete": rs.iter().filter(|r| r.outcome == Outcome::Incomplete).count(),
+            "hallucinated": rs.iter().filter(|r| r.outcome == Outcome::Hallucination).count(),
+        })
+    };
+    json!({"niah": of(niah), "qa": of(qa)})
+}
+
+fn print_detections(name: &str, niah: &[AnswerRecord], qa: &[AnswerRecord], found: &[Detection]) {
+    let c = counts(niah, qa);
+    println!("{name}: NIAH {}, QA {}", c["niah"], c["qa"]);
+    println!(
+        "{:<36} {:<6} {:>8} {:>6} {:>7}  95% interval",
+        "detector", "on", "answers", "halluc", "AUROC"
+    );
+    for d in found {
+        println!(
+            "{:<36} {:<6} {:>8} {:>6} {:>7.3}  [{:.3}, {:.3}]",
+            d.detector, d.evaluated_on, d.answers, d.hallucinated, d.auroc, d.ci95.0, d.ci95.1
+        );
+    }
+}
+
+/// The ROC curves of the three detectors on all labelled answers.
+fn roc_plot(name: &str, found: &[Detection]) -> LinePlot {
+    let series = ["retrieval-head support", "Lookback Lens (cross-validated)", "confidence"]
+        .iter()
+        .filter_map(|want| found.iter().find(|d| d.detector == *want && d.evaluated_on == "all"))
+        .map(|d| Series {
+            name: format!("{} (AUROC {:.3})", d.detector, d.auroc),
+            points: d.roc.clone(),
+            errors: None,
+        })
+        .chain(std::iter::once(Series {
+            name: "chance".into(),
+            points: vec![(0.0, 0.0), (1.0, 1.0)],
+            errors: None,
+        }))
+        .collect();
+    LinePlot {
+        title: format!("{name}: detecting hallucinated answers"),
+        x_label: "false positive rate (complete answers flagged)".into(),
+        y_label: "true positive rate (hallucinations flagged)".into(),
+        series,
+        y_range: Some((0.0, 1.0)),
+    }
+}
+
+/// Guided against greedy decoding, per task: means and the mean difference with its interval.
+fn compare_guided(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
+    let row = |task: &str, metric: &str, rs: &[AnswerRecord]| {
+        let pairs: Vec<(f64, f64)> = rs.iter().filter_map(|r| Some((r.score, r.guided_score?))).collect();
+        let n = pairs.len().max(1) as f64;
+        let diffs: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
+        let (lo, hi) = bootstrap_mean(&diffs, 0.95, 2000, 11);
+        let row = json!({
+            "task": task,
+            "metric": metric,
+            "items": pairs.len(),
+            "greedy": pairs.iter().map(|p| p.0).sum::<f64>() / n,
+            "guided": pairs.iter().map(|p| p.1).sum::<f64>() / n,
+            "difference": diffs.iter().sum::<f64>() / n,
+            "ci95": [lo, hi],
+            "changed": rs.iter().filter(|r| r.guided.as_ref().is_some_and(|g| g.answer != r.greedy.answer)).count(),
+        });
+        println!(
+            "guided against greedy, {task}: {metric} {:.1} -> {:.1} ({:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; {} of {} answers changed)",
+            row["greedy"].as_f64().unwrap_or(0.0),
+            row["guided"].as_f64().unwrap_or(0.0),
+            row["difference"].as_f64().unwrap_or(0.0),
+            row["changed"],
+            pairs.len()
+        );
+        row
+    };
+    json!([row("niah", "ROUGE-1 recall", niah), row("qa", "token F1", qa)])
+}
