@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use headhunt::activations;
+use headhunt::{activations, ground};
 use headhunt_engine::{greedy, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, Precision, RunOptions};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
@@ -233,6 +233,38 @@ impl Engine {
                 },
             )?;
             Ok(greedy(&mut run, &tokens, max_new_tokens, |_| false)?)
+        })
+        .map_err(py_err)
+    }
+
+    /// Greedy continuation with the grounding signal of the retrieval heads of `scores` (a score
+    /// file or detection run folder): per token (id, log-probability, support, lookback ratio),
+    /// and the answer's (support, lookback, confidence) over its non-blank tokens.
+    #[allow(clippy::type_complexity)]
+    fn generate_grounded(
+        &self,
+        py: Python<'_>,
+        tokens: Vec<u32>,
+        max_new_tokens: usize,
+        scores: std::path::PathBuf,
+    ) -> PyResult<(Vec<(u32, f32, f64, f64)>, (f64, f64, f64))> {
+        let model = Arc::clone(&self.model);
+        py.detach(|| {
+            let s = headhunt::retrieval::HeadScores::load(&scores)?;
+            headhunt::masking::check_scores_fit(&s, &model)?;
+            let g = ground::Grounder::from_scores(&s)?;
+            let mut run = ground::run(&model, tokens.len(), tokens.len() + max_new_tokens)?;
+            let logits = run.prefill(&tokens)?;
+            let steps = ground::decode(&mut run, logits, max_new_tokens, headhunt_engine::argmax, |_| false)?;
+            let per_token = steps
+                .iter()
+                .enumerate()
+                .map(|(t, s)| (s.token, s.logprob, g.support(&tokens, s), g.lookback(s, t, tokens.len())))
+                .collect();
+            let kept = ground::answer_steps(model.tokenizer()?, &steps);
+            let span: Vec<ground::Step> = kept.iter().map(|k| k.1.clone()).collect();
+            let a = g.answer(&tokens, &span, kept.first().map_or(0, |k| k.0));
+            Ok((per_token, (a.support, a.lookback, a.confidence)))
         })
         .map_err(py_err)
     }

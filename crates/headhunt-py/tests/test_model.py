@@ -1,5 +1,7 @@
 """The model API against the CLI: the same numbers, bit for bit, through another door."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,23 @@ def test_generate_equals_the_cli(which, request, cli):
     model = request.getfixturevalue(which)
     expected = run_cli(cli, "generate", "--model", model.name, "--prompt", "The capital of France is", "--max-new", "12").stdout
     assert model.generate("The capital of France is", max_new_tokens=12).strip() == expected.strip()
+
+
+def test_grounded_generation_equals_the_cli(smollm2, cli, tmp_path):
+    # SmolLM2's two strongest retrieval heads (README) as a score file.
+    scores = {f"{l}-{h}": [0.7 if (l, h) in ((18, 7), (18, 6)) else 0.0] for l in range(30) for h in range(9)}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(scores))
+    prompt = "Marta keeps the spare key under the blue anchor. Where does Marta keep the spare key?"
+    out = tmp_path / "ground.json"
+    run_cli(cli, "generate", "--model", smollm2.name, "--chat", "--prompt", prompt, "--max-new", "12", "--ground", "--scores", str(path), "--ground-out", str(out))
+    expected = json.loads(out.read_text())
+    text, tokens, answer = smollm2.generate_grounded(prompt, path, max_new_tokens=12, chat=True)
+    assert list(tokens["token"]) == [t["token"] for t in expected["tokens"]]
+    assert np.allclose(tokens["support"], [t["support"] for t in expected["tokens"]])
+    assert np.allclose(tokens["lookback"], [t["lookback"] for t in expected["tokens"]])
+    assert answer["support"] == pytest.approx(expected["answer"]["support"])
+    assert answer["support"] > 0 and "anchor" in text
 
 
 def test_config(gemma):

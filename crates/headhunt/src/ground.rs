@@ -19,7 +19,7 @@
 //! lookback ratio to a trained classifier.
 
 use anyhow::{bail, Context, Result};
-use headhunt_engine::{generate_from, Capture, Positions, Run, Tokenizer};
+use headhunt_engine::{generate_from, Capture, Hooks, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
@@ -47,6 +47,22 @@ pub fn captures(n_layers: usize, prompt_len: usize) -> Vec<Capture> {
             ]
         })
         .collect()
+}
+
+/// A run of `model` for a prompt of `prompt_len` tokens with the signal's captures and room for
+/// `capacity` positions.
+pub fn run(model: &Model, prompt_len: usize, capacity: usize) -> Result<Run<'_>> {
+    let mut hooks = Hooks::default();
+    for cap in captures(model.config.n_layers, prompt_len) {
+        hooks = hooks.capture(cap);
+    }
+    Ok(model.run(
+        hooks,
+        RunOptions {
+            capacity,
+            ..Default::default()
+        },
+    )?)
 }
 
 /// Log-probability of `token` under softmax(`logits`).

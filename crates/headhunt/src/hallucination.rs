@@ -8,7 +8,7 @@
 //! between are left out of the detection study.
 
 use anyhow::Result;
-use headhunt_engine::{argmax, Hooks, Model, Run, RunOptions};
+use headhunt_engine::{argmax, Model, Run};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::{classify, Outcome};
@@ -41,17 +41,7 @@ pub struct Decoded {
 /// A run holding the prompt but its last token, with the signal's captures: each answer forks
 /// it and feeds that token, so that every decoding step is recorded in the fork.
 pub fn prepared<'m>(model: &'m Model, prompt: &[u32]) -> Result<Run<'m>> {
-    let mut hooks = Hooks::default();
-    for cap in ground::captures(model.config.n_layers, prompt.len()) {
-        hooks = hooks.capture(cap);
-    }
-    let mut run = model.run(
-        hooks,
-        RunOptions {
-            capacity: prompt.len() + MAX_NEW_TOKENS + 1,
-            ..Default::default()
-        },
-    )?;
+    let mut run = ground::run(model, prompt.len(), prompt.len() + MAX_NEW_TOKENS + 1)?;
     if prompt.len() > 1 {
         run.prefill(&prompt[..prompt.len() - 1])?;
     }

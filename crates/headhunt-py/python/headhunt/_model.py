@@ -204,6 +204,30 @@ class HookedModel:
         new = self._engine.generate(tokens, int(max_new_tokens), masks, mask_mode)
         return self._engine.decode(new, True)
 
+    def generate_grounded(self, text: str, scores, max_new_tokens: int = 64, chat: bool = False):
+        """Greedy continuation of ``text`` with each token's grounding signal from the retrieval
+        heads of ``scores`` (a head_scores.json or a detection run's folder), as ``headhunt
+        generate --ground`` computes it. Returns ``(text, tokens, answer)``: the generated text,
+        a DataFrame with one row per token (``token``, ``str``, ``logprob``, ``support`` = the
+        score-weighted share of retrieval heads copying it from the prompt, ``lookback`` = their
+        lookback ratio) and a dict with the answer's ``support``, ``lookback`` and
+        ``confidence`` (mean log-probability)."""
+        import pandas as pd
+
+        tokens = self._engine.encode(text, True, chat)
+        rows, (support, lookback, confidence) = self._engine.generate_grounded(tokens, int(max_new_tokens), str(scores))
+        frame = pd.DataFrame(
+            {
+                "token": [r[0] for r in rows],
+                "str": [self._engine.decode([r[0]], False) for r in rows],
+                "logprob": [r[1] for r in rows],
+                "support": [r[2] for r in rows],
+                "lookback": [r[3] for r in rows],
+            }
+        )
+        answer = {"support": support, "lookback": lookback, "confidence": confidence}
+        return self._engine.decode([r[0] for r in rows], True), frame, answer
+
     def _select(self, names_filter: NamesFilter) -> List[str]:
         if names_filter is None:
             return self.hook_names()

@@ -86,18 +86,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
     let scores = HeadScores::load(args.scores.as_ref().context("--ground needs --scores")?)?;
     check_scores_fit(&scores, model)?;
     let g = Grounder::from_scores(&scores)?;
-    let c = &model.config;
-    let mut hooks = Hooks::default();
-    for cap in ground::captures(c.n_layers, prompt.len()) {
-        hooks = hooks.capture(cap);
-    }
-    let mut run = model.run(
-        hooks,
-        RunOptions {
-            capacity: prompt.len() + args.max_new,
-            ..Default::default()
-        },
-    )?;
+    let mut run = ground::run(model, prompt.len(), prompt.len() + args.max_new)?;
     let logits = run.prefill(prompt)?;
     let steps = ground::decode(&mut run, logits, args.max_new, argmax, |_| false)?;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();

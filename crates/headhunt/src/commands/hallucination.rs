@@ -51,6 +51,9 @@ pub struct Args {
     /// QA questions as JSONL of {"context", "question", "answers"} (default: the built-in 32).
     #[arg(long)]
     pub qa_data: Option<PathBuf>,
+    /// NIAH only: no QA answers (for a run pooled into another with --with).
+    #[arg(long)]
+    pub no_qa: bool,
     /// Also decode guided by the signal and compare with greedy decoding.
     #[arg(long)]
     pub guided: bool,
@@ -66,6 +69,10 @@ pub struct Args {
     /// Seed of the sampled candidates.
     #[arg(long, default_value_t = 0)]
     pub guide_seed: u64,
+    /// Pool the answers of another hallucination run of the same model (e.g. on a grid of
+    /// longer contexts) into the study. Repeatable.
+    #[arg(long = "with", value_name = "RUN")]
+    pub with: Vec<PathBuf>,
     /// Output folder (resumable). [default: runs/hallucination-<model>]
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -172,6 +179,7 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     let qa_items = match &args.qa_data {
+        _ if args.no_qa => Vec::new(),
         Some(p) => load_jsonl(p)?,
         None => builtin(),
     };
@@ -187,6 +195,12 @@ pub fn run(args: Args) -> Result<()> {
         })
     })?;
 
+    let (mut niah, mut qa) = (niah, qa);
+    for dir in &args.with {
+        let (n, q) = load_run(dir, &model.source.name)?;
+        niah.extend(n);
+        qa.extend(q);
+    }
     let name = model_name(&model, &args.model.model);
     let cases: Vec<Case<'_>> = [("niah", &niah), ("qa", &qa)]
         .into_iter()
@@ -220,6 +234,30 @@ pub fn run(args: Args) -> Result<()> {
         }))?,
     )?;
     super::finish_with_report(&out)
+}
+
+/// The records of another hallucination run (its NIAH and QA answers), checked to be of the
+/// same model; their keys carry the folder's name.
+fn load_run(dir: &std::path::Path, model: &Option<String>) -> Result<(Vec<AnswerRecord>, Vec<AnswerRecord>)> {
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.json")).with_context(|| format!("{} is not a hallucination run", dir.display()))?,
+    )?;
+    if card["name"].as_str() != Some(model.as_deref().unwrap_or("-")) {
+        bail!("{} is a run of {}, not of this model", dir.display(), card["name"]);
+    }
+    let read = |task: &str| -> Result<Vec<AnswerRecord>> {
+        let path = dir.join(task).join("trials.jsonl");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut r: AnswerRecord = serde_json::from_str(l).with_context(|| format!("a record of {}", path.display()))?;
+                r.key = format!("{}/{}", dir.display(), r.key);
+                Ok(r)
+            })
+            .collect()
+    };
+    Ok((read("niah")?, read("qa").unwrap_or_default()))
 }
 
 fn counts(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
