@@ -17,7 +17,7 @@ use crate::retrieval::{Activation, HeadScores, RETRIEVAL_THRESHOLD};
 /// Context lengths of the short-context detection run (the claim: heads exist at <= 1,000).
 pub const SHORT_LENGTHS: &str = "200:1000:5";
 /// Chains of the chain-of-thought task tried, hardest first, until the unmasked model solves
-/// at least half of the problems in both styles.
+/// at least half of the problems with written steps.
 pub const COT_CHAINS: [usize; 3] = [3, 2, 1];
 
 /// The experiments of a claims folder and the command line of each.
