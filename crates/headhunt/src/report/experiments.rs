@@ -1,0 +1,397 @@
+//! The report's sections for the experiments beyond detection and masking: QA, chain of
+//! thought, the paper's claims, hallucination, KV compression and factual recall, one function
+//! each.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{esc, f, inline_svg, json_rows, provenance, read_json, table};
+
+/// `headhunt qa`: token F1 and exact match per condition.
+pub(super) fn qa_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(q) = read_json(&d.join("qa.json")) else { return };
+    let rows = json_rows(&q["conditions"], |r| {
+        vec![
+            r["condition"].as_str().unwrap_or("").into(),
+            r["masked_heads"].to_string(),
+            r["questions"].to_string(),
+            format!("{:.1}", f(&r["f1"])),
+            format!("{:.1}", f(&r["exact_match"])),
+        ]
+    });
+    let _ = write!(
+        sections.entry("5 qa").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}</div>"#,
+        esc(q["model"].as_str().unwrap_or("")),
+        esc(here),
+        table(&["condition", "heads masked", "questions", "token F1", "exact match"], &rows),
+        provenance(d)
+    );
+}
+
+/// `headhunt cot`: look-ups answered with written steps and directly, per condition.
+pub(super) fn cot_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(c) = read_json(&d.join("cot.json")) else { return };
+    let rows = json_rows(&c["conditions"], |r| {
+        vec![
+            r["condition"].as_str().unwrap_or("").into(),
+            r["masked_heads"].to_string(),
+            r["problems"].to_string(),
+            format!("{:.1}%", f(&r["steps_accuracy"])),
+            format!("{:.1}%", f(&r["direct_accuracy"])),
+            format!("{:.1}%", f(&r["steps_restated"])),
+        ]
+    });
+    let _ = write!(
+        sections.entry("5 reasoning").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>{}-hop look-ups among {} chains. A prompt with steps:</p><pre>{}</pre>{}{}</div>"#,
+        esc(c["model"].as_str().unwrap_or("")),
+        esc(here),
+        c["hops"],
+        c["chains"],
+        esc(c["example_prompt"].as_str().unwrap_or("")),
+        table(
+            &[
+                "condition",
+                "heads masked",
+                "problems",
+                "right with steps",
+                "right directly",
+                "steps restate the facts"
+            ],
+            &rows
+        ),
+        provenance(d)
+    );
+}
+
+/// `headhunt claims`: the paper's claims, measured, with their verdicts and the activation plot.
+pub(super) fn claims_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(c) = read_json(&d.join("claims.json")) else { return };
+    let rows = json_rows(&c["claims"], |r| {
+        let commands: Vec<&str> = r["commands"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let verdict = match (r["verdict"].as_str().unwrap_or(""), r["reason"].as_str()) {
+            (_, Some(why)) => format!("not measurable here: {why}"),
+            (v, None) => v.replace('_', " "),
+        };
+        vec![
+            r["claim"].as_str().unwrap_or("").into(),
+            r["paper"].as_str().unwrap_or("").into(),
+            r["measured"].as_str().unwrap_or("").into(),
+            commands.join("\n"),
+            format!("{verdict} ({})", r["rule"].as_str().unwrap_or("")),
+        ]
+    });
+    let _ = write!(
+        sections.entry("0 claims").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>K = {} heads masked.</p>{}{}</div>"#,
+        esc(c["model"].as_str().unwrap_or("")),
+        esc(here),
+        c["k"],
+        table(&["claim", "the paper", "measured here", "command", "verdict (rule)"], &rows),
+        inline_svg(&d.join("activation.svg")).unwrap_or_default()
+    );
+}
+
+/// `headhunt hallucination`: the detectors' AUROCs, their ROC curves, guided decoding, and
+/// answers with each token shaded by how far the retrieval heads support it.
+pub(super) fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(h) = read_json(&d.join("hallucination.json")) else {
+        return;
+    };
+    let rows = json_rows(&h["detections"], |r| {
+        vec![
+            r["detector"].as_str().unwrap_or("").into(),
+            r["evaluated_on"].as_str().unwrap_or("").into(),
+            r["answers"].to_string(),
+            r["hallucinated"].to_string(),
+            format!("{:.3} [{:.3}, {:.3}]", f(&r["auroc"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+        ]
+    });
+    let guided = json_rows(&h["guided"], |r| {
+        vec![
+            r["task"].as_str().unwrap_or("").into(),
+            r["metric"].as_str().unwrap_or("").into(),
+            r["items"].to_string(),
+            format!("{:.1}", f(&r["greedy"])),
+            format!("{:.1}", f(&r["guided"])),
+            format!("{:+.1} [{:+.1}, {:+.1}]", f(&r["difference"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+        ]
+    });
+    let guided = if guided.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h4>Decoding guided by the signal</h4>{}",
+            table(&["task", "metric", "items", "greedy", "guided", "difference [95% CI]"], &guided)
+        )
+    };
+    let _ = write!(
+        sections.entry("5 things").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Complete: {}; hallucinated: {}.</p>{}{}{}<h4>Answers, each token shaded by its support</h4>{}{}</div>"#,
+        esc(h["model"].as_str().unwrap_or("")),
+        esc(here),
+        esc(h["labels"]["complete"].as_str().unwrap_or("")),
+        esc(h["labels"]["hallucinated"].as_str().unwrap_or("")),
+        table(&["detector", "on", "answers", "hallucinated", "AUROC [95% CI]"], &rows),
+        inline_svg(&d.join("roc.svg")).unwrap_or_default(),
+        guided,
+        shaded_answers(d),
+        provenance(d)
+    );
+}
+
+/// A few complete and hallucinated answers of a hallucination run, tokens shaded green by
+/// support (white: no retrieval head copies it from the prompt).
+fn shaded_answers(d: &Path) -> String {
+    let mut out = String::new();
+    for task in ["niah", "qa"] {
+        let Ok(text) = std::fs::read_to_string(d.join(task).join("trials.jsonl")) else {
+            continue;
+        };
+        let records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        for outcome in ["complete", "hallucination"] {
+            for r in records.iter().filter(|r| r["outcome"] == outcome).take(3) {
+                let tokens: String = json_rows(&r["greedy"]["tokens"], |t| {
+                    vec![t[0].as_str().unwrap_or("").to_owned(), format!("{:.2}", f(&t[1]))]
+                })
+                .iter()
+                .map(|t| {
+                    format!(
+                        r#"<span title="support {}" style="background:rgba(44,160,44,{})">{}</span>"#,
+                        t[1],
+                        t[1],
+                        esc(&t[0])
+                    )
+                })
+                .collect();
+                let _ = write!(
+                    out,
+                    r#"<div class="example {outcome}"><b>{outcome}</b> <small>{task}, support {:.2}</small><p>Q: {}<br>expected: <i>{}</i><br>model: {tokens}</p></div>"#,
+                    f(&r["greedy"]["signal"]["support"]),
+                    esc(r["question"].as_str().unwrap_or("")),
+                    esc(&r["expected"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" / ")),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `headhunt kv`: NIAH score against KV bytes with whole heads kept full.
+pub(super) fn kv_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(k) = read_json(&d.join("kv.json")) else { return };
+    let rows = json_rows(&k["rows"], |r| {
+        vec![
+            r["budget"].to_string(),
+            r["policy"].as_str().unwrap_or("").into(),
+            format!("{:.1}", f(&r["score"])),
+            format!("{:.1} MiB", f(&r["kv_bytes"]) / 1048576.0),
+            format!("{:.1}%", 100.0 * f(&r["kv_fraction"])),
+        ]
+    });
+    let _ = write!(
+        sections.entry("7 kv").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Smallest budget keeping 95% of the full cache's score: <b>{}</b></p>{}{}{}</div>"#,
+        esc(k["model"].as_str().unwrap_or("")),
+        esc(here),
+        k["smallest_budget_95"],
+        inline_svg(&d.join("kv_budget.svg")).unwrap_or_default(),
+        table(&["budget", "policy", "NIAH score", "KV bytes", "of full"], &rows),
+        provenance(d)
+    );
+}
+
+/// `headhunt kv-select`: NIAH score against KV bytes with positions selected per head.
+pub(super) fn kv_select_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(k) = read_json(&d.join("kv_select.json")) else { return };
+    let rows = json_rows(&k["points"], |p| {
+        vec![
+            p["mode"].as_str().unwrap_or("").into(),
+            p["policy"].as_str().unwrap_or("").into(),
+            format!("{:.0}%", 100.0 * f(&p["budget"])),
+            format!("{:.1} [{:.1}, {:.1}]", f(&p["score"]), f(&p["ci95"][0]), f(&p["ci95"][1])),
+            format!("{:.0}%", 100.0 * f(&p["relative"])),
+            format!("{:.1}%", 100.0 * f(&p["bytes_share"])),
+        ]
+    });
+    let smallest: Vec<String> = k["smallest_95"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, b)| {
+            format!(
+                "{} {}",
+                esc(name),
+                b.as_f64().map_or("none".into(), |b| format!("{:.0}%", 100.0 * b))
+            )
+        })
+        .collect();
+    let _ = write!(
+        sections.entry("7 kv").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Full cache: NIAH score {:.1} over {} trials. Smallest budget keeping 95% of it: {}</p>{}{}{}</div>"#,
+        esc(k["model"].as_str().unwrap_or("")),
+        esc(here),
+        f(&k["full_score"]),
+        k["trials"],
+        smallest.join(", "),
+        inline_svg(&d.join("kv_select.svg")).unwrap_or_default(),
+        table(&["mode", "policy", "budget", "NIAH score [95% CI]", "of full", "KV bytes"], &rows),
+        provenance(d)
+    );
+}
+
+pub(super) fn recall_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let mut parts = String::new();
+    if let Some(e) = read_json(&d.join("eval.json")) {
+        let rows = json_rows(&e["results"], |r| {
+            vec![
+                r["condition"].as_str().unwrap_or("none").into(),
+                r["task"].as_str().unwrap_or("").into(),
+                r["shots"].to_string(),
+                r["prompts"].to_string(),
+                format!("{:.2}%", 100.0 * f(&r["p_correct"])),
+                format!("{:.1}%", 100.0 * f(&r["accuracy"])),
+            ]
+        });
+        let _ = write!(
+            parts,
+            "<h4>Answer probability</h4>{}",
+            table(&["heads masked", "task", "shots", "prompts", "p(answer)", "accuracy"], &rows)
+        );
+    }
+    if let Some(h) = read_json(&d.join("heads.json")) {
+        let rows: Vec<Vec<String>> = h["heads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(12)
+            .map(|r| {
+                vec![
+                    r["head"].as_str().unwrap_or("").into(),
+                    format!("{:.3}", f(&r["ablation_effect"])),
+                    format!("{:.3}", f(&r["attention_to_subject"])),
+                    format!("{:.3}", f(&r["dla_answer"])),
+                    format!("{:.3}", f(&r["dla_subject"])),
+                ]
+            })
+            .collect();
+        let _ = write!(
+            parts,
+            "<h4>Mover heads on `{}` (Pearson r of attention to subject and DLA: {:.2})</h4>{}<div class=\"row\">{}{}</div>",
+            esc(h["task"].as_str().unwrap_or("")),
+            f(&h["pearson_attention_dla"]),
+            table(
+                &["head", "mean-ablation effect", "attention to subject", "DLA answer", "DLA subject"],
+                &rows
+            ),
+            inline_svg(&d.join("heads.svg")).unwrap_or_default(),
+            inline_svg(&d.join("heads_scatter.svg")).unwrap_or_default()
+        );
+    }
+    let mut mlps: Vec<PathBuf> = std::fs::read_dir(d)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mlp_") && n.ends_with(".json"))
+        })
+        .collect();
+    mlps.sort();
+    for m in mlps.iter().filter_map(|p| read_json(p)) {
+        let betas: Vec<String> = m["betas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(6)
+            .map(|b| format!("{} {:.2}", b["component"].as_str().unwrap_or(""), f(&b["beta"])))
+            .collect();
+        let tokens: Vec<String> = m["intercept_top_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(10)
+            .map(|t| format!("{:?}", t["token"].as_str().unwrap_or("")))
+            .collect();
+        let _ = write!(
+            parts,
+            "<h4>MLP {} as Σ β c + b (R² {:.3}, {} prompts)</h4><p>largest β: {}<br>the intercept b favours: {}</p>",
+            m["layer"],
+            f(&m["r2"]),
+            m["prompts"],
+            esc(&betas.join(", ")),
+            esc(&tokens.join(" "))
+        );
+    }
+    if let Some(fl) = read_json(&d.join("final_layer.json")) {
+        for t in fl["tasks"].as_array().into_iter().flatten() {
+            let rows = json_rows(&t["conditions"], |c| {
+                vec![
+                    c["condition"].as_str().unwrap_or("").into(),
+                    format!("{:.2}%", 100.0 * f(&c["p_correct"])),
+                    format!("{:.1}%", 100.0 * f(&c["accuracy"])),
+                ]
+            });
+            let pushes = json_rows(&t["components"], |c| {
+                let toks: Vec<String> = c["pushes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .take(6)
+                    .map(|p| format!("{:?}", p["token"].as_str().unwrap_or("")))
+                    .collect();
+                vec![
+                    c["component"].as_str().unwrap_or("").into(),
+                    format!("{:.3}", f(&c["dla_answer"])),
+                    toks.join(" "),
+                ]
+            });
+            let _ = write!(
+                parts,
+                "<h4>The final layer on `{}`</h4>{}{}",
+                esc(t["task"].as_str().unwrap_or("")),
+                table(&["", "p(answer)", "accuracy"], &rows),
+                table(&["component", "DLA to the answer", "pushes up"], &pushes)
+            );
+        }
+    }
+    if let Some(mi) = read_json(&d.join("mitigate.json")) {
+        let rows = json_rows(&mi["results"], |r| {
+            vec![
+                r["task"].as_str().unwrap_or("").into(),
+                r["shots"].to_string(),
+                r["condition"].as_str().unwrap_or("").into(),
+                format!("{:.2}%", 100.0 * f(&r["p_correct"])),
+                format!("{:.1}%", 100.0 * f(&r["accuracy"])),
+            ]
+        });
+        let _ = write!(
+            parts,
+            "<h4>Mitigating the final layer</h4>{}",
+            table(&["task", "shots", "condition", "p(answer)", "accuracy"], &rows)
+        );
+    }
+    if !parts.is_empty() {
+        let model = read_json(&d.join("model.json"))
+            .and_then(|c| c["name"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = write!(
+            sections.entry("6 recall").or_default(),
+            r#"<div class="run"><h3>{} <small>{}</small></h3>{parts}{}</div>"#,
+            esc(&model),
+            esc(here),
+            provenance(d)
+        );
+    }
+}
