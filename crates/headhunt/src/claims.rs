@@ -215,15 +215,28 @@ pub struct Claim {
     pub rule: &'static str,
 }
 
-impl Claim {
-    fn missing(claim: &'static str, paper: &'static str, rule: &'static str, commands: Vec<String>, err: anyhow::Error) -> Self {
+/// What a row says: the claim, the paper's evidence and the verdict's rule.
+struct Row {
+    claim: &'static str,
+    paper: &'static str,
+    rule: &'static str,
+}
+
+impl Row {
+    /// The row for a measurement: what was measured and whether the rule holds, or why it could
+    /// not be measured.
+    fn measured(&self, commands: Vec<String>, outcome: Result<(String, bool)>) -> Claim {
+        let (measured, verdict) = match outcome {
+            Ok((measured, holds)) => (measured, Verdict::of(holds)),
+            Err(e) => (String::new(), Verdict::NotMeasurable(format!("{e:#}"))),
+        };
         Claim {
-            claim,
-            paper,
-            measured: String::new(),
+            claim: self.claim,
+            paper: self.paper,
+            measured,
             commands,
-            verdict: Verdict::NotMeasurable(format!("{err:#}")),
-            rule,
+            verdict,
+            rule: self.rule,
         }
     }
 }
@@ -377,14 +390,6 @@ fn detection(dir: &Path) -> Result<(HeadScores, serde_json::Value)> {
     Ok((scores, summary))
 }
 
-fn overlap_at(a: &HeadScores, b: &HeadScores, k: usize) -> Result<(f64, usize, usize)> {
-    let total = a.n_layers * a.n_heads;
-    let k = k.clamp(1, total);
-    let c = compare(a, b, k)?;
-    let n = c.overlap.iter().find(|o| o.0 == k).map_or(0, |o| o.1);
-    Ok((c.pearson, n, k))
-}
-
 /// The claims table from the folders of a plan.
 pub fn table(plan: &Plan) -> Vec<Claim> {
     vec![
@@ -400,231 +405,170 @@ pub fn table(plan: &Plan) -> Vec<Claim> {
 }
 
 fn universal(plan: &Plan) -> Claim {
-    const CLAIM: &str = "universal";
-    const PAPER: &str = "all 4 families and 6 scales studied (Llama-2, Yi, Qwen, Mistral; base, chat, MoE) have retrieval heads";
-    const RULE: &str = "holds if at least one head's mean score exceeds 0.1";
-    let commands = vec![shell(&plan.detect(0))];
-    match detection(&plan.dir("detect")) {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok((scores, summary)) => {
-            let n = scores.means().iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count();
-            Claim {
-                claim: CLAIM,
-                paper: PAPER,
-                measured: format!(
-                    "{n} heads above 0.1 ({} of {} NIAH trials answered); one model, so universality is only this model's instance",
-                    summary["answered"], summary["trials"]
-                ),
-                commands,
-                verdict: Verdict::of(n > 0),
-                rule: RULE,
-            }
-        }
-    }
+    let row = Row {
+        claim: "universal",
+        paper: "all 4 families and 6 scales studied (Llama-2, Yi, Qwen, Mistral; base, chat, MoE) have retrieval heads",
+        rule: "holds if at least one head's mean score exceeds 0.1",
+    };
+    let outcome = detection(&plan.dir("detect")).map(|(scores, summary)| {
+        let n = scores.means().iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count();
+        let text = format!(
+            "{n} heads above 0.1 ({} of {} NIAH trials answered); one model, so universality is only this model's instance",
+            summary["answered"], summary["trials"]
+        );
+        (text, n > 0)
+    });
+    row.measured(vec![shell(&plan.detect(0))], outcome)
 }
 
 fn sparse(plan: &Plan) -> Claim {
-    const CLAIM: &str = "sparse";
-    const PAPER: &str = "less than 5% of attention heads score above 0.1";
-    const RULE: &str = "holds if at most 10% of heads score above 0.1 (a small minority; the paper's 5% is given beside)";
-    let commands = vec![shell(&plan.detect(0))];
-    match HeadScores::load(&plan.dir("detect")) {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok(scores) => {
-            let means = scores.means();
-            let n = means.iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count();
-            let share = n as f64 / means.len().max(1) as f64;
-            Claim {
-                claim: CLAIM,
-                paper: PAPER,
-                measured: format!("{n} of {} heads ({:.1}%)", means.len(), 100.0 * share),
-                commands,
-                verdict: Verdict::of(share <= 0.10),
-                rule: RULE,
-            }
-        }
-    }
+    let row = Row {
+        claim: "sparse",
+        paper: "less than 5% of attention heads score above 0.1",
+        rule: "holds if at most 10% of heads score above 0.1 (a small minority; the paper's 5% is given beside)",
+    };
+    let outcome = HeadScores::load(&plan.dir("detect")).map(|scores| {
+        let means = scores.means();
+        let n = means.iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count();
+        let share = n as f64 / means.len().max(1) as f64;
+        (format!("{n} of {} heads ({:.1}%)", means.len(), 100.0 * share), share <= 0.10)
+    });
+    row.measured(vec![shell(&plan.detect(0))], outcome)
 }
 
 /// The dynamic-activation row, and the pooled activation (for the plot) unless a run is missing.
 pub fn dynamic(plan: &Plan) -> (Claim, Option<Activation>) {
-    const CLAIM: &str = "dynamically activated";
-    const PAPER: &str = "some heads retrieve whatever the context (12 of them in Llama-2-7B-80K), the rest only in some contexts";
-    const RULE: &str = "holds if, over every haystack's answered trials, at least one head scores above 0.1 in >= 90% of them (always on) and at least one retrieval head in fewer";
+    let row = Row {
+        claim: "dynamically activated",
+        paper: "some heads retrieve whatever the context (12 of them in Llama-2-7B-80K), the rest only in some contexts",
+        rule: "holds if, over every haystack's answered trials, at least one head scores above 0.1 in >= 90% of them (always on) and at least one retrieval head in fewer",
+    };
     let dirs: Vec<String> = (0..=plan.haystacks.len()).map(|i| plan.haystack_dir_name(i)).collect();
     let commands: Vec<String> = (0..dirs.len()).map(|i| shell(&plan.detect(i))).collect();
-    let measured = || -> Result<(Activation, usize)> {
+    let pooled = || -> Result<Activation> {
         if dirs.len() < 2 {
             anyhow::bail!("needs at least two haystacks (give --haystack)");
         }
         let sets = dirs.iter().map(|d| HeadScores::load(&plan.dir(d))).collect::<Result<Vec<_>>>()?;
-        Ok((Activation::of(&sets.iter().collect::<Vec<_>>())?, sets.len()))
+        Activation::of(&sets.iter().collect::<Vec<_>>())
     };
-    match measured() {
-        Err(e) => (Claim::missing(CLAIM, PAPER, RULE, commands, e), None),
-        Ok((act, haystacks)) => {
-            let (on, some) = (act.always_on(), act.sometimes());
-            let show = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-            let claim = Claim {
-                claim: CLAIM,
-                paper: PAPER,
-                measured: format!(
-                    "over {} answered trials on {haystacks} haystacks, all built-in needles: always on {} ({}); retrieval heads active in some contexts {} ({})",
-                    act.trials,
-                    on.len(),
-                    show(&on),
-                    some.len(),
-                    show(&some)
-                ),
-                commands,
-                verdict: Verdict::of(!on.is_empty() && !some.is_empty()),
-                rule: RULE,
-            };
-            (claim, Some(act))
-        }
-    }
+    let activation = pooled();
+    let outcome = activation.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).map(|act| {
+        let (on, some) = (act.always_on(), act.sometimes());
+        let show = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        let text = format!(
+            "over {} answered trials on {} haystacks, all built-in needles: always on {} ({}); retrieval heads active in some contexts {} ({})",
+            act.trials,
+            dirs.len(),
+            on.len(),
+            show(&on),
+            some.len(),
+            show(&some)
+        );
+        (text, !on.is_empty() && !some.is_empty())
+    });
+    (row.measured(commands, outcome), activation.ok())
+}
+
+/// "top-K overlap n/K, Pearson r" of two score sets, and whether at least half the top-K agree.
+fn overlap(a: &HeadScores, b: &HeadScores, k: usize) -> Result<(String, bool)> {
+    let k = k.clamp(1, a.n_layers * a.n_heads);
+    let c = compare(a, b, k)?;
+    let n = c.overlap.iter().find(|o| o.0 == k).map_or(0, |o| o.1);
+    Ok((format!("top-{k} overlap {n}/{k}, Pearson r = {:.3}", c.pearson), 2 * n >= k))
 }
 
 fn intrinsic_length(plan: &Plan) -> Claim {
-    const CLAIM: &str = "intrinsic: short contexts";
-    const PAPER: &str =
-        "the retrieval heads of long-context models already exist with short contexts (4K-pretrained Llama-2-7B against its 80K extension)";
-    const RULE: &str = "holds if at least half of the top-K heads at >= 3,000 tokens are top-K at <= 1,000 tokens";
+    let row = Row {
+        claim: "intrinsic: short contexts",
+        paper: "the retrieval heads of long-context models already exist with short contexts (4K-pretrained Llama-2-7B against its 80K extension)",
+        rule: "holds if at least half of the top-K heads at >= 3,000 tokens are top-K at <= 1,000 tokens",
+    };
     let commands = vec![
         shell(&plan.detect_short()),
         shell(&plan.detect_long()),
         shell(&plan.compare(&plan.dir("short"), &plan.dir("long"))),
     ];
-    let measured = || -> Result<(f64, usize, usize)> {
+    let outcome = (|| {
         let (short, long) = (HeadScores::load(&plan.dir("short"))?, HeadScores::load(&plan.dir("long"))?);
-        overlap_at(&short, &long, plan.k)
-    };
-    match measured() {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok((r, n, k)) => Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: format!(
-                "contexts {SHORT_LENGTHS} against {} tokens: top-{k} overlap {n}/{k}, Pearson r = {r:.3}",
-                plan.long_lengths
-            ),
-            commands,
-            verdict: Verdict::of(2 * n >= k),
-            rule: RULE,
-        },
-    }
+        let (text, holds) = overlap(&short, &long, plan.k)?;
+        Ok((
+            format!("contexts {SHORT_LENGTHS} against {} tokens: {text}", plan.long_lengths),
+            holds,
+        ))
+    })();
+    row.measured(commands, outcome)
 }
 
 fn intrinsic_checkpoints(plan: &Plan) -> Claim {
-    const CLAIM: &str = "intrinsic: checkpoints of a family";
-    const PAPER: &str =
-        "continued pre-training, chat tuning and sparse upcycling keep the heads (published scores: Qwen1.5-14B against -Chat)";
-    const RULE: &str = "holds if at least half of the top-K heads of one checkpoint are top-K in the other (K = 20 for the paper's files)";
-    let Some((a, b)) = &plan.checkpoints else {
-        return Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: String::new(),
-            commands: Vec::new(),
-            verdict: Verdict::NotMeasurable(
-                "one checkpoint of this model here; give two score files with --checkpoints (README: the paper's Qwen1.5-14B files)".into(),
-            ),
-            rule: RULE,
-        };
+    let row = Row {
+        claim: "intrinsic: checkpoints of a family",
+        paper: "continued pre-training, chat tuning and sparse upcycling keep the heads (published scores: Qwen1.5-14B against -Chat)",
+        rule: "holds if at least half of the top-K heads of one checkpoint are top-K in the other (K = 20 for the paper's files)",
     };
-    let commands = vec![shell(&plan.compare(a, b))];
-    let measured = || -> Result<(f64, usize, usize)> { overlap_at(&HeadScores::load(a)?, &HeadScores::load(b)?, 20) };
-    match measured() {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok((r, n, k)) => Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: format!(
-                "{} against {}: top-{k} overlap {n}/{k}, Pearson r = {r:.3}",
-                a.display(),
-                b.display()
-            ),
-            commands,
-            verdict: Verdict::of(2 * n >= k),
-            rule: RULE,
-        },
-    }
+    let Some((a, b)) = &plan.checkpoints else {
+        let why = "one checkpoint of this model here; give two score files with --checkpoints (README: the paper's Qwen1.5-14B files)";
+        return row.measured(Vec::new(), Err(anyhow::anyhow!(why)));
+    };
+    let outcome = (|| {
+        let (text, holds) = overlap(&HeadScores::load(a)?, &HeadScores::load(b)?, 20)?;
+        Ok((format!("{} against {}: {text}", a.display(), b.display()), holds))
+    })();
+    row.measured(vec![shell(&plan.compare(a, b))], outcome)
 }
 
 fn causal(plan: &Plan) -> Claim {
-    const CLAIM: &str = "causal";
-    const PAPER: &str = "masking the top-K retrieval heads breaks needle retrieval; masking K random heads does not";
-    const RULE: &str = "holds if the top-K mask scores below every random-K draw";
-    let commands = vec![shell(&plan.niah())];
-    match niah_masked(&plan.dir("niah"), plan.k) {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok(m) => Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: format!("K = {}: {}", plan.k, m.describe("NIAH ROUGE-1")),
-            commands,
-            verdict: Verdict::of(m.top_below_random()),
-            rule: RULE,
-        },
-    }
+    let row = Row {
+        claim: "causal",
+        paper: "masking the top-K retrieval heads breaks needle retrieval; masking K random heads does not",
+        rule: "holds if the top-K mask scores below every random-K draw",
+    };
+    let outcome =
+        niah_masked(&plan.dir("niah"), plan.k).map(|m| (format!("K = {}: {}", plan.k, m.describe("NIAH ROUGE-1")), m.top_below_random()));
+    row.measured(vec![shell(&plan.niah())], outcome)
 }
 
 fn knowledge(plan: &Plan) -> Claim {
-    const CLAIM: &str = "knowledge against retrieval";
-    const PAPER: &str =
-        "masking retrieval heads hurts answers from the context (NIAH, QA) far more than answers from the model's own knowledge";
-    const RULE: &str =
-        "holds if closed-book recall loses less than half the share of its unmasked score under the top-K mask that NIAH and QA each lose";
-    let commands = vec![shell(&plan.recall()), shell(&plan.niah()), shell(&plan.qa())];
-    let measured = || -> Result<[Masked; 3]> {
-        Ok([
-            recall_masked(&plan.dir("recall"), plan.k)?,
-            niah_masked(&plan.dir("niah"), plan.k)?,
-            qa_masked(&plan.dir("qa"), plan.k)?,
-        ])
+    let row = Row {
+        claim: "knowledge against retrieval",
+        paper: "masking retrieval heads hurts answers from the context (NIAH, QA) far more than answers from the model's own knowledge",
+        rule: "holds if closed-book recall loses less than half the share of its unmasked score under the top-K mask that NIAH and QA each lose",
     };
-    match measured() {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok([recall, niah, qa]) => Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: format!(
-                "K = {}: {}; {}; {}",
-                plan.k,
-                recall.describe("recall accuracy"),
-                niah.describe("NIAH"),
-                qa.describe("QA F1")
-            ),
-            commands,
-            verdict: Verdict::of(2.0 * recall.top_loss() < niah.top_loss().min(qa.top_loss())),
-            rule: RULE,
-        },
-    }
+    let commands = vec![shell(&plan.recall()), shell(&plan.niah()), shell(&plan.qa())];
+    let outcome = (|| {
+        let recall = recall_masked(&plan.dir("recall"), plan.k)?;
+        let niah = niah_masked(&plan.dir("niah"), plan.k)?;
+        let qa = qa_masked(&plan.dir("qa"), plan.k)?;
+        let text = format!(
+            "K = {}: {}; {}; {}",
+            plan.k,
+            recall.describe("recall accuracy"),
+            niah.describe("NIAH"),
+            qa.describe("QA F1")
+        );
+        Ok((text, 2.0 * recall.top_loss() < niah.top_loss().min(qa.top_loss())))
+    })();
+    row.measured(commands, outcome)
 }
 
 fn chain_of_thought(plan: &Plan) -> Claim {
-    const CLAIM: &str = "chain-of-thought";
-    const PAPER: &str = "masking retrieval heads hurts reasoning that must refer back to the question and context (GSM8K CoT) more than answering directly (MMLU)";
-    const RULE: &str = "holds if the top-K mask scores below every random-K draw in accuracy with written steps";
-    let commands = vec![shell(&plan.cot(plan.cot_chains, true))];
-    match cot_masked(&plan.dir(&Plan::cot_dir_name(plan.cot_chains)), plan.k) {
-        Err(e) => Claim::missing(CLAIM, PAPER, RULE, commands, e),
-        Ok((hops, [steps, direct, restated])) => Claim {
-            claim: CLAIM,
-            paper: PAPER,
-            measured: format!(
-                "{hops}-hop look-ups among {} chains, K = {}: {}; {}; {}",
-                plan.cot_chains,
-                plan.k,
-                steps.describe("accuracy with steps"),
-                direct.describe("answering directly"),
-                restated.describe("steps restating the facts")
-            ),
-            commands,
-            verdict: Verdict::of(steps.top_below_random()),
-            rule: RULE,
-        },
-    }
+    let row = Row {
+        claim: "chain-of-thought",
+        paper: "masking retrieval heads hurts reasoning that must refer back to the question and context (GSM8K CoT) more than answering directly (MMLU)",
+        rule: "holds if the top-K mask scores below every random-K draw in accuracy with written steps",
+    };
+    let outcome = cot_masked(&plan.dir(&Plan::cot_dir_name(plan.cot_chains)), plan.k).map(|(hops, [steps, direct, restated])| {
+        let text = format!(
+            "{hops}-hop look-ups among {} chains, K = {}: {}; {}; {}",
+            plan.cot_chains,
+            plan.k,
+            steps.describe("accuracy with steps"),
+            direct.describe("answering directly"),
+            restated.describe("steps restating the facts")
+        );
+        (text, steps.top_below_random())
+    });
+    row.measured(vec![shell(&plan.cot(plan.cot_chains, true))], outcome)
 }
 
 /// The table as Markdown: claim, paper, measured, commands, verdict.

@@ -222,7 +222,6 @@ pub fn detections(cases: &[Case<'_>]) -> Result<Vec<Detection>> {
     let mut out = Vec::new();
     let tasks: Vec<&str> = {
         let mut t: Vec<&str> = cases.iter().map(|c| c.task).collect();
-        t.dedup();
         t.sort_unstable();
         t.dedup();
         t
