@@ -12,6 +12,18 @@ static GLOBAL: common::Counting = common::Counting;
 
 #[test]
 fn reported_kv_bytes_are_the_allocated_bytes() {
+    // Threads keep scratch they make on their first product (gemm's packing buffers, the
+    // engine's tiles), and rayon's queues allocate and free from whichever thread runs a job. So
+    // that every allocation counted belongs to this run, the whole test runs on the one worker of
+    // a one-thread pool: the warm-up makes every buffer, and nothing happens on another thread.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool")
+        .install(count_kv_bytes);
+}
+
+fn count_kv_bytes() {
     let m = common::tiny_model();
     let c = m.config.clone();
     let capacity = 400;
@@ -19,8 +31,8 @@ fn reported_kv_bytes_are_the_allocated_bytes() {
     mixed[0][1] = KvPolicy::SinkWindow { sink: 4, window: 16 };
     mixed[1][0] = KvPolicy::SinkWindow { sink: 0, window: 8 };
     let prompt: Vec<u32> = (0..30).map(|i| (i * 37 % 256) as u32).collect();
-    // Thread pools and matmul scratch buffers persist after the first forward pass; make them
-    // exist before counting.
+    // The thread pool and the matmul scratch buffers persist after the first forward pass; make
+    // them exist before counting.
     let mut warm = m.run(Hooks::default(), RunOptions::default()).unwrap();
     warm.prefill(&prompt).unwrap();
     warm.decode(1).unwrap();
