@@ -69,10 +69,11 @@ pub fn random_heads(scores: &HeadScores, k: usize, seed: u64) -> Result<Vec<Head
     Ok(heads)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskModeArg {
     /// Zero the head's query: uniform attention over the keys it sees (the paper's masking).
+    #[default]
     Uniform,
     /// Zero the head's output.
     Zero,
@@ -80,12 +81,13 @@ pub enum MaskModeArg {
     Mean,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseArg {
     /// While generating the answer only.
     Decode,
     /// While reading the prompt and while generating.
+    #[default]
     All,
 }
 
@@ -95,6 +97,60 @@ impl From<PhaseArg> for Phase {
             PhaseArg::Decode => Phase::Decode,
             PhaseArg::All => Phase::Both,
         }
+    }
+}
+
+/// `--mask-mode`, `--mask-phase`: how masked heads are silenced and when, shared by every
+/// command that masks heads.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct MaskHow {
+    /// How a masked head is silenced.
+    #[arg(long = "mask-mode", value_enum, default_value_t)]
+    pub mode: MaskModeArg,
+    /// When the mask applies.
+    #[arg(long = "mask-phase", value_enum, default_value_t)]
+    pub phase: PhaseArg,
+}
+
+impl MaskHow {
+    /// Interventions that mask `heads`. `--mask-mode mean` needs reference text (token ids),
+    /// over whose positions each head's output is averaged.
+    pub fn interventions(&self, model: &Model, heads: &[Head], reference: &[u32]) -> Result<Vec<Intervention>> {
+        let c = &model.config;
+        if let Some(h) = heads.iter().find(|h| h.0 >= c.n_layers || h.1 >= c.n_heads) {
+            bail!(
+                "head {} does not exist ({} layers x {} heads)",
+                head_label(*h),
+                c.n_layers,
+                c.n_heads
+            );
+        }
+        let means = match self.mode {
+            MaskModeArg::Mean => mean_head_outputs(model, heads, reference)?,
+            _ => BTreeMap::new(),
+        };
+        Ok(heads
+            .iter()
+            .map(|&(layer, head)| Intervention::MaskHead {
+                layer,
+                head,
+                mode: match self.mode {
+                    MaskModeArg::Uniform => MaskMode::Uniform,
+                    MaskModeArg::Zero => MaskMode::Zero,
+                    MaskModeArg::Mean => MaskMode::Mean(means[&(layer, head)].clone()),
+                },
+                phase: self.phase.into(),
+            })
+            .collect())
+    }
+
+    /// The settings that identify a masked run: the heads, the mode and the phase.
+    pub fn settings(&self, heads: &[Head]) -> serde_json::Value {
+        serde_json::json!({
+            "masked_heads": heads.iter().map(|&h| head_label(h)).collect::<Vec<_>>(),
+            "mask_mode": self.mode,
+            "mask_phase": self.phase,
+        })
     }
 }
 
@@ -117,12 +173,8 @@ pub struct MaskArgs {
     /// Mask these heads: LAYER-HEAD,LAYER-HEAD,...
     #[arg(long, value_name = "HEADS")]
     pub mask_heads: Option<String>,
-    /// How a masked head is silenced.
-    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
-    pub mask_mode: MaskModeArg,
-    /// When the mask applies.
-    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
-    pub mask_phase: PhaseArg,
+    #[command(flatten)]
+    pub how: MaskHow,
 }
 
 impl MaskArgs {
@@ -165,12 +217,8 @@ pub struct MaskSweepArgs {
     /// Random draws for --mask-random.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// How a masked head is silenced.
-    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
-    pub mask_mode: MaskModeArg,
-    /// When the mask applies.
-    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
-    pub mask_phase: PhaseArg,
+    #[command(flatten)]
+    pub how: MaskHow,
 }
 
 impl MaskSweepArgs {
@@ -212,37 +260,6 @@ pub fn check_scores_fit(scores: &HeadScores, model: &Model) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Interventions that mask `heads` in `mode` during `phase`. `Mean` needs reference text
-/// (token ids), over whose positions each head's output is averaged.
-pub fn mask_interventions(model: &Model, heads: &[Head], mode: MaskModeArg, phase: Phase, reference: &[u32]) -> Result<Vec<Intervention>> {
-    let c = &model.config;
-    if let Some(h) = heads.iter().find(|h| h.0 >= c.n_layers || h.1 >= c.n_heads) {
-        bail!(
-            "head {} does not exist ({} layers x {} heads)",
-            head_label(*h),
-            c.n_layers,
-            c.n_heads
-        );
-    }
-    let means = match mode {
-        MaskModeArg::Mean => mean_head_outputs(model, heads, reference)?,
-        _ => BTreeMap::new(),
-    };
-    Ok(heads
-        .iter()
-        .map(|&(layer, head)| Intervention::MaskHead {
-            layer,
-            head,
-            mode: match mode {
-                MaskModeArg::Uniform => MaskMode::Uniform,
-                MaskModeArg::Zero => MaskMode::Zero,
-                MaskModeArg::Mean => MaskMode::Mean(means[&(layer, head)].clone()),
-            },
-            phase,
-        })
-        .collect())
 }
 
 /// Each head's `hook_z` averaged over every position of the reference tokens.

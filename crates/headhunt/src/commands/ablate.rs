@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::niah::{mask_settings, model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
+use super::niah::{model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
 use super::ModelArg;
-use crate::masking::{check_scores_fit, mask_interventions, random_heads, top_heads, Head, MaskModeArg, PhaseArg};
+use crate::masking::{check_scores_fit, random_heads, top_heads, Head, MaskHow};
 use crate::niah::grid::GridArgs;
 use crate::niah::trial::{Condition, TrialRunner};
 use crate::plot::{Figure, LinePlot, Series};
@@ -41,10 +41,8 @@ pub struct Args {
     /// Random draws per K.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    #[arg(long, value_enum, default_value_t = MaskModeArg::Uniform)]
-    pub mask_mode: MaskModeArg,
-    #[arg(long, value_enum, default_value_t = PhaseArg::All)]
-    pub mask_phase: PhaseArg,
+    #[command(flatten)]
+    pub mask: MaskHow,
     /// Output folder. [default: runs/ablate-<model>]
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -87,10 +85,10 @@ pub fn run(args: Args) -> Result<()> {
         let mut settings = grid.settings();
         settings["command"] = json!("niah");
         settings["model"] = json!(args.model.model);
-        settings["condition"] = mask_settings(heads, args.mask_mode, args.mask_phase);
+        settings["condition"] = args.mask.settings(heads);
         runs.push(ConditionRun {
             condition: Condition {
-                interventions: mask_interventions(&model, heads, args.mask_mode, args.mask_phase.into(), &reference)?,
+                interventions: args.mask.interventions(&model, heads, &reference)?,
                 kv_policy: None,
             },
             dir: out.join(label),
@@ -169,8 +167,8 @@ pub fn run(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "model": name,
             "scores": args.scores,
-            "mask_mode": args.mask_mode,
-            "mask_phase": args.mask_phase,
+            "mask_mode": args.mask.mode,
+            "mask_phase": args.mask.phase,
             "sweep": table,
             "conditions": results.iter().map(|r| json!({"label": r.0, "k": r.1, "seed": r.2, "summary": r.3})).collect::<Vec<_>>(),
         }))?,

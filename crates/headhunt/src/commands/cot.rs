@@ -6,10 +6,10 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::niah::{mask_settings, model_name, model_stem};
+use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::cot::{is_correct, problems, prompt, restates_facts, Shape, Style};
-use crate::masking::{mask_interventions, MaskSweepArgs};
+use crate::masking::MaskSweepArgs;
 use crate::niah::trial::{answer, Condition};
 use crate::runs::{run_pending, Status};
 use crate::store::{write_atomic, Keyed};
@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut table = Vec::new();
     for (label, heads) in &conditions {
         let condition = Condition {
-            interventions: mask_interventions(&model, heads, args.mask.mask_mode, args.mask.mask_phase.into(), &prompts[0][0])?,
+            interventions: args.mask.how.interventions(&model, heads, &prompts[0][0])?,
             kv_policy: None,
         };
         let settings = json!({
@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
             "shots": args.shots,
             "seed": args.seed,
             "chat": args.chat,
-            "condition": mask_settings(heads, args.mask.mask_mode, args.mask.mask_phase),
+            "condition": args.mask.how.settings(heads),
         });
         let records = run_pending(&out.join(label), &settings, &asks, None, label, |ask| {
             let Ask(style, i) = *ask;
@@ -191,8 +191,8 @@ pub fn run(args: Args) -> Result<()> {
             "chains": args.chains,
             "shuffled": args.shuffled,
             "chat": args.chat,
-            "mask_mode": args.mask.mask_mode,
-            "mask_phase": args.mask.mask_phase,
+            "mask_mode": args.mask.how.mode,
+            "mask_phase": args.mask.how.phase,
             "example_prompt": prompt(&set[0], &demos, Style::Steps),
             "conditions": table,
         }))?,

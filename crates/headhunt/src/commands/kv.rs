@@ -6,10 +6,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::niah::{mask_settings, model_name, model_stem};
+use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::kvpolicy::{eligible, full_count, matching_uniform_window, policy, KvChoice};
-use crate::masking::{check_scores_fit, MaskModeArg, PhaseArg};
+use crate::masking::{check_scores_fit, MaskHow};
 use crate::niah::grid::GridArgs;
 use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::plot::{Figure, LinePlot, Series};
@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut settings = grid.settings();
         settings["command"] = json!("niah");
         settings["model"] = json!(args.model.model);
-        settings["condition"] = mask_settings(&[], MaskModeArg::Uniform, PhaseArg::All);
+        settings["condition"] = MaskHow::default().settings(&[]);
         settings["kv"] = json!({"choice": choice, "sink": args.sink, "window": args.window});
         let records = run_niah(&runner, &grid, &condition, &out.join(&label), &settings, &label)?;
         let score = records.iter().map(|r| r.rouge1).sum::<f64>() / records.len().max(1) as f64;

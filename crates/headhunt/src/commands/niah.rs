@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::ModelArg;
 use crate::failure::{classify, evidence, Evidence, Outcome};
-use crate::masking::{check_scores_fit, head_label, mask_interventions, top_heads, Head, MaskArgs, MaskModeArg, PhaseArg};
+use crate::masking::{check_scores_fit, top_heads, Head, MaskArgs};
 use crate::niah::grid::{Grid, GridArgs};
 use crate::niah::needle::Needle;
 use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
@@ -50,15 +50,6 @@ pub fn condition_label(heads: &[Head], args: &MaskArgs) -> String {
     }
 }
 
-/// Settings that identify a masked NIAH run.
-pub fn mask_settings(heads: &[Head], mode: MaskModeArg, phase: PhaseArg) -> serde_json::Value {
-    json!({
-        "masked_heads": heads.iter().map(|&h| head_label(h)).collect::<Vec<_>>(),
-        "mask_mode": mode,
-        "mask_phase": phase,
-    })
-}
-
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve()?;
     let model = args.model.load()?;
@@ -76,19 +67,13 @@ pub fn run(args: Args) -> Result<()> {
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let condition = Condition {
-        interventions: mask_interventions(
-            &model,
-            &heads,
-            args.mask.mask_mode,
-            args.mask.mask_phase.into(),
-            runner.reference_tokens(2048),
-        )?,
+        interventions: args.mask.how.interventions(&model, &heads, runner.reference_tokens(2048))?,
         kv_policy: None,
     };
     let mut settings = grid.settings();
     settings["command"] = json!("niah");
     settings["model"] = json!(args.model.model);
-    settings["condition"] = mask_settings(&heads, args.mask.mask_mode, args.mask.mask_phase);
+    settings["condition"] = args.mask.how.settings(&heads);
     let records = run_niah(&runner, &grid, &condition, &out, &settings, &label)?;
     let evidence_heads = scores.as_ref().map(|s| strongest_unmasked(s, &heads, 5)).unwrap_or_default();
     let summary = write_outputs(

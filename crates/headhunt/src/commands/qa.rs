@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::niah::{mask_settings, model_name, model_stem};
+use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::kvselect::{compressed_answer, kv_prior, PolicyName, Snap};
-use crate::masking::{mask_interventions, Head, MaskSweepArgs};
+use crate::masking::{Head, MaskSweepArgs};
 use crate::niah::prompt::Frame;
 use crate::niah::trial::{answer, Condition};
 use crate::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
@@ -157,11 +157,11 @@ pub fn run(args: Args) -> Result<()> {
             QaCondition::KvSelect { .. } => &[],
         };
         let condition = Condition {
-            interventions: mask_interventions(&model, heads, args.mask.mask_mode, args.mask.mask_phase.into(), &reference)?,
+            interventions: args.mask.how.interventions(&model, heads, &reference)?,
             kv_policy: None,
         };
         let described = match kind {
-            QaCondition::Masked(heads) => mask_settings(heads, args.mask.mask_mode, args.mask.mask_phase),
+            QaCondition::Masked(heads) => args.mask.how.settings(heads),
             QaCondition::KvSelect { policy, budget, .. } => json!({"kv_select": policy, "budget": budget, "snap": snap}),
         };
         let settings = json!({
@@ -200,7 +200,7 @@ pub fn run(args: Args) -> Result<()> {
     write_atomic(
         &out.join("qa.json"),
         serde_json::to_string_pretty(
-            &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask.mask_mode, "mask_phase": args.mask.mask_phase, "conditions": table}),
+            &json!({"model": model_name(&model, &args.model.model), "mask_mode": args.mask.how.mode, "mask_phase": args.mask.how.phase, "conditions": table}),
         )?,
     )?;
     super::finish_with_report(&out)

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use headhunt_engine::{HookPoint, Intervention, Model, Phase};
+use headhunt_engine::{HookPoint, Intervention, Model};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::masking::{head_label, mask_interventions, MaskSweepArgs};
+use crate::masking::{head_label, MaskSweepArgs, PhaseArg};
 use crate::plot::{Figure, Heatmap, Heatmaps, Scatter};
 use crate::recall::analysis::{analyse, dla, Component, LastPosition};
 use crate::recall::tasks::{self, RecallPrompt, Task};
@@ -102,7 +102,7 @@ pub struct EvalArgs {
     /// templates (all by default).
     #[arg(long, value_name = "N")]
     pub sample: Option<usize>,
-    /// Also evaluate with heads masked (in the prompt's forward pass, whatever --mask-phase):
+    /// Also evaluate with heads masked (in the prompt's forward pass: --mask-phase decode is refused):
     /// closed-book recall under the same masks as NIAH and QA.
     #[command(flatten)]
     pub mask: MaskSweepArgs,
@@ -193,6 +193,9 @@ impl TaskArgs {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
+    if args.mask.how.phase == PhaseArg::Decode {
+        bail!("--mask-phase decode masks nothing here: a recall answer is the next token after one forward pass over the prompt");
+    }
     let model = args.task.load()?;
     let tok = model.tokenizer()?;
     let scores = args.mask.load_scores(&model)?;
@@ -207,8 +210,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         for &shots in &args.shots {
             let ps = sample(prompts(&task, tok, &facts, &facts, shots)?, args.sample);
             for (label, heads) in &conditions {
-                // A recall answer is one forward pass over the prompt: masks act there.
-                let masks = mask_interventions(&model, heads, args.mask.mask_mode, Phase::Both, &ps[0].ids)?;
+                let masks = args.mask.how.interventions(&model, heads, &ps[0].ids)?;
                 let (p, acc) = evaluate(&model, &ps, |_| masks.clone())?;
                 println!(
                     "{label:<20} {:<10} {shots:>5} {:>8} {:>9.2}% {:>8.1}%",
@@ -234,7 +236,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     write_json(
         &out,
         "eval.json",
-        &json!({"model": model_name(&model, &args.task.model.model), "mask_mode": args.mask.mask_mode, "results": rows}),
+        &json!({"model": model_name(&model, &args.task.model.model), "mask_mode": args.mask.how.mode, "results": rows}),
     )?;
     Ok(())
 }
