@@ -9,12 +9,13 @@ models this script creates and saves as safetensors directories.
 
 Outputs (all under --out):
     tiny/<name>/{config.json, model.safetensors, expected.npz}
-        input_ids [T], logits [T, V], attn [L, H, T, T]
+        input_ids [T], logits [T, V], attn [L, H, T, T]; llama-family ones also as model.gguf,
+        written the way llama.cpp's converter writes them
     <model-id>/expected.npz, <model-id>/meta.json
         per prompt: ids, positions, logits at those positions (full vocabulary), attention
         probabilities of chosen heads at chosen query positions; a 32-token greedy continuation;
         the chat-templated prompt's ids; the varied text's ids.
-    niah/smollm2-135m-instruct.json
+    niah/<model-id>.json (SmolLM2 and the Qwen2.5 1.5B)
         needle-in-a-haystack trials run the way the retrieval-head paper's code runs them
         (prefill, then one decoding step at a time with attention probabilities), with the
         prompt assembled independently here: token ids, spans, answer, ROUGE-1, per-head scores.
@@ -57,6 +58,18 @@ MODELS = {
         "heads": [(0, 0), (5, 1), (9, 2), (11, 3), (17, 0)],
         "greedy": ("The keeper of the northern light kept two ledgers. The first was", False),
     },
+    "qwen2.5-coder-1.5b-instruct": {
+        "file": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "heads": [(0, 0), (14, 3), (19, 3), (23, 4), (27, 11)],
+        "greedy": ("Write a short poem about the sea.", True),
+    },
+}
+
+# (needle, context length, depth) of the NIAH trials run per model: several on the small model,
+# one on the 1.5B (its trials cost the reference minutes each).
+NIAH_TRIALS = {
+    "smollm2-135m-instruct": [(0, 600, 50.0), (1, 900, 0.0), (2, 1200, 100.0), (0, 1500, 25.0), (1, 2000, 70.0)],
+    "qwen2.5-coder-1.5b-instruct": [(0, 1200, 50.0)],
 }
 
 # (name, text, through the chat template?)
@@ -240,7 +253,7 @@ def timed_trial(tok, model, length, depth):
 
 
 @torch.no_grad()
-def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
+def niah_trials(out_dir: Path, model_id: str):
     from rouge_score import rouge_scorer
 
     tok, model = load_gguf(model_id)
@@ -248,7 +261,7 @@ def niah_trials(out_dir: Path, model_id: str = "smollm2-135m-instruct"):
     needles, hay_ids, ends, eos = niah_setup(tok)
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     trials = []
-    for needle_index, length, depth in [(0, 600, 50.0), (1, 900, 0.0), (2, 1200, 100.0), (0, 1500, 25.0), (1, 2000, 70.0)]:
+    for needle_index, length, depth in NIAH_TRIALS[model_id]:
         needle = needles[needle_index]
         ids, needle_span, answer_span, generated, argmax, near_tie, answer = niah_trial(tok, model, needle, hay_ids, ends, eos, length, depth)
         rouge1 = scorer.score(needle["real_needle"], answer)["rouge1"].recall * 100
@@ -420,6 +433,13 @@ TINY = {
                                       num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
                                       layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                                       query_pre_attn_scalar=24, rope_theta=100000.0, rope_local_base_freq=1000.0)),
+    # Llama 3.x RoPE scaling, with an original context of 16 tokens so that it shows within the
+    # 40-token prompt; also written as a GGUF the way llama.cpp's converter writes it (below).
+    "llama3-rope": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                 rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(
@@ -430,6 +450,109 @@ TINY = {
 # The same models stored in 2-byte types, which headhunt keeps as they are: the reference runs in
 # float32 on the rounded weights (what headhunt computes).
 STORED = {"llama-bf16": ("llama-gqa", torch.bfloat16), "gpt2-f16": ("gpt2", torch.float16)}
+
+
+def byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-unicode alphabet: one vocabulary entry per byte."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def llama3_rope_factors(cfg) -> np.ndarray:
+    """Llama 3's RoPE scaling as one divisor per rotary pair: what llama.cpp's converter stores
+    in `rope_freqs.weight` instead of a metadata key (the smooth band interpolated as in the
+    Llama 3.1 release's `apply_scaling`)."""
+    p = cfg.rope_parameters
+    dim = cfg.hidden_size // cfg.num_attention_heads
+    inv_freq = 1.0 / (p["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    old_ctx, factor = p["original_max_position_embeddings"], p["factor"]
+    low, high = p["low_freq_factor"], p["high_freq_factor"]
+    factors = []
+    for f in inv_freq:
+        wavelen = 2 * np.pi / f
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def write_llama_gguf(model, path: Path):
+    """A llama-family checkpoint as llama.cpp's converter writes it: its tensor names and metadata
+    keys, Q and K rows permuted to llama.cpp's interleaved rotary layout, F32 tensors, and
+    Llama 3 RoPE scaling only as the `rope_freqs.weight` tensor. A byte-level vocabulary with one
+    merge stands in for a tokenizer (the tests feed token ids; gguf-py writes no empty merge
+    list, so byte 255's entry becomes the merge's result)."""
+    import gguf
+
+    cfg = model.config
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    dim = cfg.hidden_size // n_head
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_rope_dimension_count(dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(byte_alphabet()[:255] + ["ab"])
+    w.add_token_merges(["a b"])
+
+    def permute(t, heads):
+        # llama.cpp's convert_hf_to_gguf.py: each head's rotary halves interleaved row by row.
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    if cfg.rope_parameters.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    names = {"input_layernorm": "attn_norm", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v"}
+    for l in range(cfg.num_hidden_layers):
+        for hf, ll in names.items():
+            t = sd[f"model.layers.{l}.{hf}.weight"]
+            if ll == "attn_q":
+                t = permute(t, n_head)
+            elif ll == "attn_k":
+                t = permute(t, n_kv)
+            w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def check_llama_gguf(model, path: Path, ids, logits):
+    """The written GGUF checked without headhunt: transformers' own GGUF reader must give the
+    checkpoint's logits back. It has no Llama 3 RoPE scaling in GGUF form (it drops
+    `rope_freqs.weight`), so for such a file the stored factors are checked instead: the base
+    frequencies divided by them are transformers' scaled `inv_freq`."""
+    if model.config.rope_parameters.get("rope_type") == "llama3":
+        dim = model.config.hidden_size // model.config.num_attention_heads
+        base = 1.0 / (model.config.rope_parameters["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+        ours = (base / llama3_rope_factors(model.config)).astype(np.float32)
+        theirs = model.model.rotary_emb.inv_freq.float().numpy()
+        assert np.allclose(ours, theirs, rtol=1e-6, atol=0), (ours, theirs)
+        return
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
+    diff = float((back(ids).logits - logits).abs().max())
+    assert diff < 1e-5, f"{path}: transformers reads it back {diff} away from the checkpoint"
+
+
+# Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
+AS_GGUF = {"llama-gqa", "llama3-rope"}
 
 
 @torch.no_grad()
@@ -450,6 +573,9 @@ def tiny_models(out_dir: Path):
         for p in model.parameters():
             p.data = p.data.float()
         out = model(ids, output_attentions=True)
+        if name in AS_GGUF:
+            write_llama_gguf(model, d / "model.gguf")
+            check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
                  attn=np.stack([a[0].float().numpy() for a in out.attentions]))
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
@@ -472,7 +598,8 @@ def main():
         elif part == "classify":
             classifier_fixture(args.out)
         elif part == "niah":
-            niah_trials(args.out)
+            for model_id in NIAH_TRIALS:
+                niah_trials(args.out, model_id)
         elif part in MODELS:
             real_model(args.out, part)
         else:

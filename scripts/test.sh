@@ -9,7 +9,7 @@ export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
 cargo build --release --workspace
-for model in smollm2-135m-instruct gemma3-270m; do
+for model in smollm2-135m-instruct gemma3-270m qwen2.5-coder-1.5b-instruct; do
   ./target/release/headhunt fetch "$model" >/dev/null
 done
 

@@ -52,6 +52,10 @@ pub enum PositionEncoding {
 pub enum RopeScaling {
     /// Positions divided by `factor` (HF `linear`).
     Linear { factor: f32 },
+    /// Each inverse frequency divided by its own factor, read from the checkpoint's
+    /// `rope_freqs.weight` (how llama.cpp's converter stores Llama 3.x's scaling: no metadata key,
+    /// only the tensor).
+    FreqFactors,
     /// Llama 3's piecewise frequency scaling.
     Llama3 {
         factor: f32,
@@ -193,8 +197,18 @@ impl ModelConfig {
             }),
             Some(other) => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
         };
+        let rope_scaling = match (rope_scaling, file.tensor_info("rope_freqs.weight").is_some()) {
+            (scaling, false) => scaling,
+            (None, true) => Some(RopeScaling::FreqFactors),
+            (Some(_), true) => {
+                return Err(Error::Config(
+                    "both rope.scaling.type and a rope_freqs.weight tensor: two RoPE scalings at once are not supported".into(),
+                ))
+            }
+        };
         let tied = file.tensor_info("output.weight").is_none();
 
+        check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
             "llama" | "mistral" | "qwen2" => {
                 let window = usize_of("attention.sliding_window");
@@ -290,6 +304,7 @@ impl ModelConfig {
         let model_type = hf.str("model_type")?;
         let config = match model_type {
             "llama" | "mistral" | "qwen2" | "smollm" => {
+                hf.refuse_unimplemented()?;
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
                 let n_kv_heads = hf.opt_usize("num_key_value_heads").unwrap_or(n_heads);
@@ -300,6 +315,20 @@ impl ModelConfig {
                     "qwen2" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
                     _ => None,
                 };
+                // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
+                // (layers from `max_window_layers` on), else every layer.
+                let first_windowed = if model_type == "qwen2" {
+                    hf.opt_usize("max_window_layers").unwrap_or(0)
+                } else {
+                    0
+                };
+                let windowed: Vec<bool> = match json_array(hf.0, "layer_types") {
+                    Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+                    None => (0..n_layers).map(|l| l >= first_windowed).collect(),
+                };
+                if windowed.len() != n_layers {
+                    return Err(Error::Config("layer_types does not list every layer".into()));
+                }
                 let (rope_base, rope_scaling) = hf.rope(None, 10_000.0)?;
                 ModelConfig {
                     architecture: model_type.to_owned(),
@@ -323,14 +352,14 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
-                    layers: vec![
-                        LayerSpec {
-                            window,
+                    layers: windowed
+                        .iter()
+                        .map(|&w| LayerSpec {
+                            window: window.filter(|_| w),
                             rope_base,
                             rope_scaling,
-                        };
-                        n_layers
-                    ],
+                        })
+                        .collect(),
                 }
             }
             "gemma3_text" | "gemma3" => {
@@ -493,6 +522,65 @@ impl ModelConfig {
     }
 }
 
+/// The `{arch}.*` metadata keys the GGUF reader above uses, per family.
+const GGUF_KEYS_READ: &[&str] = &[
+    "block_count",
+    "embedding_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "feed_forward_length",
+    "context_length",
+    "vocab_size",
+    "rope.freq_base",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "attention.layer_norm_rms_epsilon",
+    "attention.sliding_window",
+];
+const GGUF_GEMMA3_KEYS_READ: &[&str] = &[
+    "attention.sliding_window_pattern",
+    "rope.local.freq_base",
+    "attention.query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+];
+
+/// Every `{arch}.*` key of a GGUF file is either read, or known not to change the numbers at the
+/// value it has; anything else refuses the file, naming the key (llama.cpp's converters add keys
+/// as families gain features: a reader that skips them computes a different model silently).
+fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
+    let prefix = format!("{arch}.");
+    for (full, value) in file.metadata.range(prefix.clone()..) {
+        let Some(k) = full.strip_prefix(&prefix) else { break };
+        if GGUF_KEYS_READ.contains(&k) || (arch == "gemma3" && GGUF_GEMMA3_KEYS_READ.contains(&k)) {
+            continue;
+        }
+        let as_f64 = value.as_f64();
+        let (harmless, why) = match k {
+            // Informational: the length the scaling was tuned for, whether it was fine-tuned.
+            "rope.scaling.original_context_length" | "rope.scaling.finetuned" => (true, ""),
+            "rope.dimension_count" => (value.as_u64() == Some(d_head as u64), "partial rotary dimensions"),
+            "attention.value_length" => (
+                value.as_u64() == Some(d_head as u64),
+                "value heads wider or narrower than key heads",
+            ),
+            "expert_count" | "expert_used_count" => (value.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
+            "rope.scaling.attn_factor" => (as_f64 == Some(1.0), "a RoPE attention factor"),
+            _ => (false, "a key this family's reader does not know"),
+        };
+        if !harmless {
+            return Err(Error::UnsupportedKey {
+                source_name: "GGUF metadata".into(),
+                key: full.clone(),
+                value: value.to_string(),
+                why: why.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// More layers than any model headhunt could hold in memory: refused before per-layer tables are
 /// allocated from a header's word.
 const MAX_LAYERS: usize = 1 << 10;
@@ -530,6 +618,31 @@ impl<'a> HfConfig<'a> {
             .get(k)
             .and_then(|v| v.as_str())
             .ok_or_else(|| Error::Config(format!("config.json lacks `{k}`")))
+    }
+
+    /// Keys of the llama family's config that would change the forward pass and that the
+    /// reader above does not implement: present with a non-default value, they refuse the
+    /// checkpoint by name (transformers reads them; skipping one computes another model).
+    fn refuse_unimplemented(&self) -> Result<()> {
+        let checks: [(&str, fn(&serde_json::Value) -> bool, &str); 6] = [
+            ("partial_rotary_factor", |v| v.as_f64() == Some(1.0), "partial rotary dimensions"),
+            ("num_local_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
+            ("num_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
+            ("attn_logit_softcapping", serde_json::Value::is_null, "attention logit soft-capping"),
+            ("final_logit_softcapping", serde_json::Value::is_null, "final logit soft-capping"),
+            ("attention_sink", serde_json::Value::is_null, "attention sinks"),
+        ];
+        for (key, default, why) in checks {
+            if let Some(v) = self.0.get(key).filter(|v| !default(v)) {
+                return Err(Error::UnsupportedKey {
+                    source_name: "config.json".into(),
+                    key: key.into(),
+                    value: v.to_string(),
+                    why: why.into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// RoPE base and scaling, from transformers v5's `rope_parameters` (optionally keyed by layer

@@ -26,6 +26,21 @@ pub enum Error {
     #[error("missing tensor `{name}` in {path}")]
     MissingTensor { name: String, path: PathBuf },
 
+    /// A tensor the family's loader does not read: it may change the numbers, so the file is
+    /// refused rather than run without it.
+    #[error("{path}: tensor `{name}` is not one headhunt's `{arch}` loader reads; refusing the file rather than ignoring a tensor that may change the numbers")]
+    UnknownTensor { name: String, arch: String, path: PathBuf },
+
+    /// A metadata or config key that would change the forward pass and that headhunt does not
+    /// implement.
+    #[error("{source_name}: `{key}` = {value} is not supported by headhunt ({why}); refusing the file rather than computing it wrong")]
+    UnsupportedKey {
+        source_name: String,
+        key: String,
+        value: String,
+        why: String,
+    },
+
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     TensorShape {
         name: String,

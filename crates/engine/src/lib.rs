@@ -29,7 +29,7 @@ pub mod team;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::ModelConfig;
+pub use config::{ModelConfig, RopeScaling};
 pub use cpu::Isa;
 pub use error::{Error, Result};
 pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeySet, MaskMode, Phase, Positions, Recording, Reduce};

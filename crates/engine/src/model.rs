@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::attention::AttentionLayer;
-use crate::config::{ModelConfig, PositionEncoding};
+use crate::config::{ModelConfig, PositionEncoding, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -148,7 +148,12 @@ impl Model {
                     Some(i) => i,
                     None => {
                         keys.push(key);
-                        rope_tables.push(RopeTable::new(config.d_head, spec.rope_base, spec.rope_scaling));
+                        let mut table = RopeTable::new(config.d_head, spec.rope_base, spec.rope_scaling);
+                        if spec.rope_scaling == Some(RopeScaling::FreqFactors) {
+                            let factors = weights.rope_freq_factors.as_deref();
+                            table = table.with_freq_factors(factors.expect("the loader requires rope_freqs.weight"));
+                        }
+                        rope_tables.push(table);
                         rope_tables.len() - 1
                     }
                 };

@@ -21,7 +21,8 @@ impl RopeTable {
                 1.0f32 / pow
             })
             .map(|f| match scaling {
-                None => f,
+                // The factors are the checkpoint's: applied by `with_freq_factors`.
+                None | Some(RopeScaling::FreqFactors) => f,
                 Some(RopeScaling::Linear { factor }) => f / factor,
                 Some(RopeScaling::Llama3 {
                     factor,
@@ -44,6 +45,14 @@ impl RopeTable {
             })
             .collect();
         RopeTable { inv_freq }
+    }
+
+    /// Divide each inverse frequency by its factor (llama.cpp's `rope_freqs.weight`, one per
+    /// rotary pair), as llama.cpp's RoPE does: `theta_i = p * inv_freq_i / factor_i`.
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Self {
+        debug_assert_eq!(factors.len(), self.inv_freq.len(), "the loader checks the shape");
+        self.inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        self
     }
 
     /// Cosines and sines for positions `p0..p0 + n`: computed per forward call, so memory

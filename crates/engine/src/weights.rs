@@ -11,11 +11,12 @@
 //!   un-permuted order);
 //! * Gemma's RMSNorm weights are stored as `1 + w` (as GGUF already does).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ModelConfig, PositionEncoding};
+use crate::config::{ModelConfig, PositionEncoding, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
@@ -72,6 +73,9 @@ pub struct Weights {
     /// `None` when the unembedding is tied to `embed`.
     pub unembed: Option<Linear>,
     pub unembed_bias: Option<Vec<f32>>,
+    /// Divisors of the RoPE inverse frequencies, one per rotary pair (`rope_freqs.weight`:
+    /// llama.cpp's form of Llama 3.x's scaling).
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl Weights {
@@ -154,6 +158,8 @@ trait TensorSource {
     fn stored(&self, name: &str) -> Result<(GgmlType, Vec<usize>, Bytes)>;
     /// The tensor's bytes were copied and will not be read again: let the system drop its pages.
     fn release(&self, name: &str);
+    /// Every tensor name, in a stable order.
+    fn names(&self) -> Vec<String>;
 }
 
 impl TensorSource for GgufFile {
@@ -182,6 +188,9 @@ impl TensorSource for GgufFile {
         if let Some(info) = self.tensor_info(name) {
             crate::matrix::release_range(&self.map(), info.offset, info.n_bytes);
         }
+    }
+    fn names(&self) -> Vec<String> {
+        self.header.tensors.keys().cloned().collect()
     }
 }
 
@@ -300,6 +309,11 @@ impl TensorSource for SafetensorsDir {
             crate::matrix::release_range(&self.maps[i], range.start, range.len());
         }
     }
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.index.keys().cloned().collect();
+        names.sort();
+        names
+    }
 }
 
 /// How one family names its tensors. Each logical tensor may have several spellings (with and
@@ -316,6 +330,19 @@ struct Naming {
     interleaved_rope_rows: bool,
     /// Gemma's HF checkpoints store RMSNorm weights as `w` for a `1 + w` scale.
     norm_offset: f32,
+    /// Per-pair RoPE frequency divisors (GGUF only).
+    rope_freqs: Vec<String>,
+}
+
+/// Tensors that checkpoints carry and that cannot change the numbers: buffers the reference
+/// implementation recomputes (old Llama checkpoints' `rotary_emb.inv_freq`, GPT-2's causal-mask
+/// `attn.bias` / `attn.masked_bias`) and a tied unembedding's copy of the embedding, which
+/// transformers replaces by the embedding itself.
+fn derivable(name: &str, tied: bool) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
+        || tied && name == "lm_head.weight"
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -436,6 +463,7 @@ impl Naming {
             transposed_linears: false,
             interleaved_rope_rows: arch == "llama" || arch == "mistral",
             norm_offset: 0.0,
+            rope_freqs: vec!["rope_freqs".into()],
         }
     }
 
@@ -449,6 +477,7 @@ impl Naming {
             transposed_linears: false,
             interleaved_rope_rows: false,
             norm_offset,
+            rope_freqs: vec![],
         };
         match arch {
             "gemma3" => llama_like(hf_gemma_block, 1.0),
@@ -461,6 +490,7 @@ impl Naming {
                 transposed_linears: true,
                 interleaved_rope_rows: false,
                 norm_offset: 0.0,
+                rope_freqs: vec![],
             },
             "opt" => Naming {
                 embed: names(&["model.decoder.", "decoder.", ""], "embed_tokens"),
@@ -471,6 +501,7 @@ impl Naming {
                 transposed_linears: false,
                 interleaved_rope_rows: false,
                 norm_offset: 0.0,
+                rope_freqs: vec![],
             },
             _ => llama_like(hf_llama_block, 0.0),
         }
@@ -482,6 +513,8 @@ struct Loader<'a> {
     naming: Naming,
     config: &'a ModelConfig,
     isa: Isa,
+    /// The tensors read so far: what is left at the end is refused, not ignored.
+    used: RefCell<BTreeSet<String>>,
 }
 
 impl Loader<'_> {
@@ -510,6 +543,7 @@ impl Loader<'_> {
     }
 
     fn load_checked(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.used.borrow_mut().insert(name.to_owned());
         let (data, found) = self.src.load(name)?;
         // Vectors may be stored as [n] or [1, n].
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
@@ -545,6 +579,7 @@ impl Loader<'_> {
     /// A matrix that must exist with exactly this shape, in its stored type.
     fn matrix(&self, candidates: &[String], suffix: &str, rows: usize, cols: usize, transposed: bool) -> Result<Matrix> {
         let name = self.find(candidates, suffix).ok_or_else(|| self.missing(candidates, suffix))?;
+        self.used.borrow_mut().insert(name.clone());
         let (dtype, found, bytes) = self.src.stored(&name)?;
         let expected = if transposed { [cols, rows] } else { [rows, cols] };
         if found
@@ -654,6 +689,13 @@ impl Loader<'_> {
             Some(self.linear(&self.naming.unembed, c.vocab_size, c.d_model)?)
         };
         let unembed_bias = self.optional(&["final_logits_bias".to_owned()], "", &[c.vocab_size])?;
+        let freq_factors_used = c.layers.iter().any(|l| l.rope_scaling == Some(RopeScaling::FreqFactors));
+        let rope_freq_factors = if freq_factors_used {
+            Some(self.tensor(&self.naming.rope_freqs, ".weight", &[c.d_head / 2])?)
+        } else {
+            None
+        };
+        self.refuse_unread()?;
         Ok(Weights {
             embed,
             pos_embed,
@@ -661,7 +703,22 @@ impl Loader<'_> {
             final_norm,
             unembed,
             unembed_bias,
+            rope_freq_factors,
         })
+    }
+
+    /// Every tensor of the checkpoint was read, or is one that cannot change the numbers.
+    fn refuse_unread(&self) -> Result<()> {
+        let used = self.used.borrow();
+        let tied = self.config.tied_embeddings;
+        match self.src.names().into_iter().find(|n| !used.contains(n) && !derivable(n, tied)) {
+            Some(name) => Err(Error::UnknownTensor {
+                name,
+                arch: self.config.architecture.clone(),
+                path: self.src.path().to_owned(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -699,6 +756,7 @@ pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Resu
         naming: Naming::gguf(&config.architecture),
         config,
         isa,
+        used: RefCell::default(),
     }
     .load()
 }
@@ -710,6 +768,7 @@ pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: 
         naming: Naming::hf(&config.architecture),
         config,
         isa,
+        used: RefCell::default(),
     }
     .load()
 }

@@ -1,4 +1,5 @@
-//! Tiny random models of every family, saved by transformers as safetensors directories, must
+//! Tiny random models of every family, saved by transformers as safetensors directories (and the
+//! llama-family ones also as GGUF files written the way llama.cpp's converter writes them), must
 //! give the reference's logits and attention probabilities to 1e-4.
 
 mod common;
@@ -7,9 +8,14 @@ use common::{expected, max_abs_diff, reference_dir};
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
 
 fn check(name: &str) {
+    check_file(name, "");
+}
+
+/// `file` inside the model's folder (`""`: the safetensors directory itself).
+fn check_file(name: &str, file: &str) {
     let dir = reference_dir().join("tiny").join(name);
     let exp = expected(&format!("tiny/{name}/expected.npz"));
-    let model = Model::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(&dir.join(file)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let c = &model.config;
     let ids: Vec<u32> = exp["input_ids"].as_i64().iter().map(|&x| x as u32).collect();
     let t = ids.len();
@@ -58,6 +64,30 @@ fn check(name: &str) {
 #[test]
 fn llama_with_grouped_query_attention() {
     check("llama-gqa");
+}
+
+#[test]
+fn llama_as_gguf() {
+    check_file("llama-gqa", "model.gguf");
+}
+
+#[test]
+fn llama3_rope_scaling() {
+    check("llama3-rope");
+}
+
+/// llama.cpp's converter stores Llama 3.x's RoPE scaling only as the `rope_freqs.weight` tensor;
+/// a loader that skipped it would run the model without its scaling (logits off by ~0.7 here).
+#[test]
+fn llama3_rope_scaling_as_gguf_rope_freqs() {
+    let path = reference_dir().join("tiny/llama3-rope/model.gguf");
+    let model = Model::load(&path).unwrap();
+    let rope = model.config.layers.iter().map(|l| l.rope_scaling).collect::<Vec<_>>();
+    assert!(
+        rope.iter().all(|s| *s == Some(headhunt_engine::RopeScaling::FreqFactors)),
+        "{rope:?}"
+    );
+    check_file("llama3-rope", "model.gguf");
 }
 
 #[test]

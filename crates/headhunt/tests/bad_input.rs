@@ -151,6 +151,43 @@ fn unknown_architecture() {
 }
 
 #[test]
+fn unknown_tensor() {
+    // A Mixtral-style expert tensor in a file that says `llama`: refused by name, not ignored.
+    let path = temp("unknown-tensor.gguf");
+    tiny_llama("llama", 64, None)
+        .tensor("blk.0.ffn_gate_inp.weight", &[4, 32], vec![0.0; 128])
+        .write(&path)
+        .unwrap();
+    fails_with(
+        &["info", "--model", path_str(&path)],
+        "tensor `blk.0.ffn_gate_inp.weight` is not one",
+    );
+}
+
+#[test]
+fn keys_that_change_the_numbers() {
+    let path = temp("keys.gguf");
+    let cases = [
+        (
+            "llama.rope.scaling.type",
+            Value::String("yarn".into()),
+            "RoPE scaling `yarn` is not supported",
+        ),
+        ("llama.expert_count", Value::U32(8), "`llama.expert_count` = 8 is not supported"),
+        ("llama.rope.dimension_count", Value::U32(8), "partial rotary"),
+        (
+            "llama.attn_logit_softcapping",
+            Value::F32(50.0),
+            "`llama.attn_logit_softcapping` = 50",
+        ),
+    ];
+    for (key, value, needle) in cases {
+        tiny_llama("llama", 64, None).meta(key, value).write(&path).unwrap();
+        fails_with(&["info", "--model", path_str(&path)], needle);
+    }
+}
+
+#[test]
 fn missing_tensor() {
     let path = temp("missing.gguf");
     tiny_llama("llama", 64, Some("blk.0.ffn_down.weight")).write(&path).unwrap();

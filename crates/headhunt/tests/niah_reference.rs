@@ -17,13 +17,14 @@ fn texts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../reference/texts")
 }
 
-#[test]
-fn smollm2_trials_match_reference() {
-    let path = common::reference_dir().join("niah/smollm2-135m-instruct.json");
+/// Every trial of the reference file of `id`; `min_compared` head scores must be checked.
+fn trials_match_reference(id: &str, min_compared: usize) {
+    let path = common::reference_dir().join(format!("niah/{id}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} is missing: run scripts/test.sh", path.display()));
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let trials = reference["trials"].as_array().unwrap();
-    let model = Model::load(&headhunt::models::resolve("smollm2-135m-instruct").unwrap()).unwrap();
+    let model = Model::load(&headhunt::models::resolve(id).unwrap()).unwrap();
+    let n_heads = model.config.n_heads;
     let needles = load_jsonl(&texts().join("needles.jsonl")).unwrap();
     let haystack = Haystack::from_path(&texts().join("lighthouse.txt")).unwrap();
     let max = trials.iter().map(|t| t["length"].as_u64().unwrap() as usize).max().unwrap();
@@ -76,13 +77,24 @@ fn smollm2_trials_match_reference() {
                     assert!(
                         (a - b).abs() < 1e-12,
                         "{spec:?}: {key} of head {}-{}: {a} vs reference {b}",
-                        h / 9,
-                        h % 9
+                        h / n_heads,
+                        h % n_heads
                     );
                     compared += 1;
                 }
             }
         }
     }
-    assert!(compared > 2000, "too few heads compared: {compared}");
+    assert!(compared > min_compared, "too few heads compared: {compared}");
+}
+
+#[test]
+fn smollm2_trials_match_reference() {
+    trials_match_reference("smollm2-135m-instruct", 2000);
+}
+
+/// The 1.5B model's trial: the same answer, and the same retrieval heads with the same scores.
+#[test]
+fn qwen2_5_1_5b_trial_matches_reference() {
+    trials_match_reference("qwen2.5-coder-1.5b-instruct", 600);
 }

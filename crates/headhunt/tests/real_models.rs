@@ -1,4 +1,5 @@
-//! The real models, from their GGUF files, against transformers on the same files: token ids,
+//! The real models (SmolLM2-135M, Gemma-3-270M, Qwen2.5-Coder-1.5B), from their GGUF files,
+//! against transformers on the same files: token ids,
 //! full-vocabulary logits at 16 positions of three prompts (one past 1,000 tokens), attention
 //! probabilities of chosen heads, and a 32-token greedy continuation.
 
@@ -13,9 +14,11 @@ use headhunt_engine::{argmax, Capture, HookPoint, Hooks, Model, Positions, RunOp
 fn model(id: &str) -> &'static Model {
     static SMOLLM: OnceLock<Model> = OnceLock::new();
     static GEMMA: OnceLock<Model> = OnceLock::new();
+    static QWEN: OnceLock<Model> = OnceLock::new();
     let cell = match id {
         "smollm2-135m-instruct" => &SMOLLM,
         "gemma3-270m" => &GEMMA,
+        "qwen2.5-coder-1.5b-instruct" => &QWEN,
         other => panic!("no test model {other}"),
     };
     cell.get_or_init(|| {
@@ -160,6 +163,21 @@ fn gemma3_logits_and_attention_match_reference() {
 #[test]
 fn gemma3_greedy_continuation_matches_reference() {
     greedy_matches("gemma3-270m");
+}
+
+#[test]
+fn qwen2_5_1_5b_tokenizer_matches_reference() {
+    tokenizer_matches("qwen2.5-coder-1.5b-instruct");
+}
+
+#[test]
+fn qwen2_5_1_5b_logits_and_attention_match_reference() {
+    logits_and_attention_match("qwen2.5-coder-1.5b-instruct");
+}
+
+#[test]
+fn qwen2_5_1_5b_greedy_continuation_matches_reference() {
+    greedy_matches("qwen2.5-coder-1.5b-instruct");
 }
 
 /// The same logits through every kernel level this CPU runs (the AVX-512 kernels only where the

@@ -8,7 +8,7 @@ use crate::models;
 /// cache the GGUF ($HEADHUNT_CACHE, else ~/.cache/headhunt).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model id: smollm2-135m-instruct or gemma3-270m.
+    /// Model id: smollm2-135m-instruct, gemma3-270m or qwen2.5-coder-1.5b-instruct.
     pub id: String,
 }
 

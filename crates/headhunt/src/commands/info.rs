@@ -1,7 +1,7 @@
 //! `headhunt info`: the model card.
 
 use anyhow::Result;
-use headhunt_engine::config::PositionEncoding;
+use headhunt_engine::config::{PositionEncoding, RopeScaling};
 use headhunt_engine::Model;
 
 use super::ModelArg;
@@ -54,7 +54,15 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
         PositionEncoding::Rotary => {
             let mut bases: Vec<String> = Vec::new();
             for l in &c.layers {
-                let b = format!("{}", l.rope_base);
+                let scaling = match l.rope_scaling {
+                    None => String::new(),
+                    Some(RopeScaling::FreqFactors) => ", scaled by rope_freqs.weight".into(),
+                    Some(RopeScaling::Linear { factor }) => format!(", linear scaling x{factor}"),
+                    Some(RopeScaling::Llama3 {
+                        factor, original_context, ..
+                    }) => format!(", llama3 scaling x{factor} from {original_context}"),
+                };
+                let b = format!("{}{scaling}", l.rope_base);
                 if !bases.contains(&b) {
                     bases.push(b);
                 }
