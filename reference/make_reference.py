@@ -440,6 +440,16 @@ TINY = {
                                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
                                  rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen3-qknorm": lambda: transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
+                                 rope_theta=10000.0, tie_word_embeddings=False)),
+    # Soft-caps small enough that random weights reach them.
+    "gemma2-softcap": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
+                                  query_pre_attn_scalar=24, rope_theta=10000.0, attn_logit_softcapping=2.0,
+                                  final_logit_softcapping=3.0)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(
@@ -482,17 +492,19 @@ def llama3_rope_factors(cfg) -> np.ndarray:
 
 
 def write_llama_gguf(model, path: Path):
-    """A llama-family checkpoint as llama.cpp's converter writes it: its tensor names and metadata
-    keys, Q and K rows permuted to llama.cpp's interleaved rotary layout, F32 tensors, and
-    Llama 3 RoPE scaling only as the `rope_freqs.weight` tensor. A byte-level vocabulary with one
+    """A llama-family checkpoint (llama, qwen3) as llama.cpp's converter writes it: its tensor
+    names and metadata keys, Llama's Q and K rows permuted to llama.cpp's interleaved rotary
+    layout (Qwen's are not), F32 tensors, and Llama 3 RoPE scaling only as the
+    `rope_freqs.weight` tensor. A byte-level vocabulary with one
     merge stands in for a tokenizer (the tests feed token ids; gguf-py writes no empty merge
     list, so byte 255's entry becomes the merge's result)."""
     import gguf
 
     cfg = model.config
+    arch = cfg.model_type
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    dim = cfg.hidden_size // n_head
-    w = gguf.GGUFWriter(str(path), "llama")
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -502,6 +514,8 @@ def write_llama_gguf(model, path: Path):
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_rope_dimension_count(dim)
+    w.add_key_length(dim)
+    w.add_value_length(dim)
     w.add_vocab_size(cfg.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(byte_alphabet()[:255] + ["ab"])
@@ -520,12 +534,14 @@ def write_llama_gguf(model, path: Path):
     names = {"input_layernorm": "attn_norm", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v"}
+    if arch == "qwen3":
+        names |= {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
     for l in range(cfg.num_hidden_layers):
         for hf, ll in names.items():
             t = sd[f"model.layers.{l}.{hf}.weight"]
-            if ll == "attn_q":
+            if arch == "llama" and ll == "attn_q":
                 t = permute(t, n_head)
-            elif ll == "attn_k":
+            elif arch == "llama" and ll == "attn_k":
                 t = permute(t, n_kv)
             w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(t))
     w.write_header_to_file()
@@ -546,13 +562,16 @@ def check_llama_gguf(model, path: Path, ids, logits):
         theirs = model.model.rotary_emb.inv_freq.float().numpy()
         assert np.allclose(ours, theirs, rtol=1e-6, atol=0), (ours, theirs)
         return
-    back = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
+    # The checkpoint's config is passed: transformers' GGUF reader takes Qwen3's head size from
+    # its defaults, not from `attention.key_length`. The tensors and their layout are the file's.
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=model.config,
+                                                             dtype=torch.float32, attn_implementation="eager")
     diff = float((back(ids).logits - logits).abs().max())
     assert diff < 1e-5, f"{path}: transformers reads it back {diff} away from the checkpoint"
 
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
-AS_GGUF = {"llama-gqa", "llama3-rope"}
+AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm"}
 
 
 @torch.no_grad()

@@ -210,7 +210,7 @@ impl ModelConfig {
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -229,7 +229,7 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: false,
+                    qk_norm: arch == "qwen3",
                     sandwich_norms: false,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
@@ -303,7 +303,7 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "smollm" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm" => {
                 hf.refuse_unimplemented()?;
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
@@ -312,12 +312,12 @@ impl ModelConfig {
                 let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
                     "mistral" => hf.opt_usize("sliding_window"),
-                    "qwen2" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
+                    "qwen2" | "qwen3" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
                     _ => None,
                 };
                 // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
                 // (layers from `max_window_layers` on), else every layer.
-                let first_windowed = if model_type == "qwen2" {
+                let first_windowed = if model_type.starts_with("qwen") {
                     hf.opt_usize("max_window_layers").unwrap_or(0)
                 } else {
                     0
@@ -347,7 +347,8 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: false,
+                    // Qwen3: RMSNorm over each head's query and key before RoPE.
+                    qk_norm: model_type == "qwen3",
                     sandwich_norms: false,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
@@ -362,7 +363,10 @@ impl ModelConfig {
                         .collect(),
                 }
             }
-            "gemma3_text" | "gemma3" => {
+            "gemma2" | "gemma3_text" | "gemma3" => {
+                // Gemma 2 is Gemma 3 without the Q/K norms, with one RoPE base, soft-capped
+                // attention and final logits, and local layers alternating with global ones.
+                let gemma2 = model_type == "gemma2";
                 let hf = if model_type == "gemma3" {
                     HfConfig(
                         json.get("text_config")
@@ -381,6 +385,7 @@ impl ModelConfig {
                     .or(hf.opt_usize("_sliding_window_pattern"))
                     .unwrap_or(6)
                     .max(1);
+                let pattern = if gemma2 { 2 } else { pattern };
                 let layer_types: Vec<bool> = match json_array(hf.0, "layer_types") {
                     Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
                     None => (0..n_layers).map(|l| (l + 1) % pattern != 0).collect(),
@@ -388,10 +393,22 @@ impl ModelConfig {
                 if layer_types.len() != n_layers {
                     return Err(Error::Config("layer_types does not list every layer".into()));
                 }
-                let (global_base, global_scaling) = hf.rope(Some("full_attention"), 1_000_000.0)?;
-                let local_base = match hf.rope(Some("sliding_attention"), f32::NAN)? {
-                    (b, _) if !b.is_nan() => b,
-                    _ => hf.f32("rope_local_base_freq").unwrap_or(10_000.0),
+                let (global_base, global_scaling, local_base) = if gemma2 {
+                    let (base, scaling) = hf.rope(None, 10_000.0)?;
+                    (base, scaling, base)
+                } else {
+                    let (global_base, global_scaling) = hf.rope(Some("full_attention"), 1_000_000.0)?;
+                    let local_base = match hf.rope(Some("sliding_attention"), f32::NAN)? {
+                        (b, _) if !b.is_nan() => b,
+                        _ => hf.f32("rope_local_base_freq").unwrap_or(10_000.0),
+                    };
+                    (global_base, global_scaling, local_base)
+                };
+                // Gemma 2's soft-caps default on (transformers' Gemma2Config); an explicit null
+                // turns one off.
+                let softcap = |k: &str, default: f32| match hf.0.get(k) {
+                    None if gemma2 => Some(default),
+                    v => v.and_then(|v| v.as_f64()).map(|v| v as f32),
                 };
                 let layers = layer_types
                     .iter()
@@ -402,7 +419,7 @@ impl ModelConfig {
                     })
                     .collect();
                 ModelConfig {
-                    architecture: "gemma3".into(),
+                    architecture: if gemma2 { "gemma2" } else { "gemma3" }.into(),
                     n_layers,
                     d_model,
                     n_heads,
@@ -418,10 +435,10 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: hf.f32("query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
                     embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: true,
+                    qk_norm: !gemma2,
                     sandwich_norms: true,
-                    attn_logit_softcap: hf.f32("attn_logit_softcapping"),
-                    final_logit_softcap: hf.f32("final_logit_softcapping"),
+                    attn_logit_softcap: softcap("attn_logit_softcapping", 50.0),
+                    final_logit_softcap: softcap("final_logit_softcapping", 30.0),
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
                     layers,
                 }

@@ -480,7 +480,7 @@ impl Naming {
             rope_freqs: vec![],
         };
         match arch {
-            "gemma3" => llama_like(hf_gemma_block, 1.0),
+            "gemma2" | "gemma3" => llama_like(hf_gemma_block, 1.0),
             "gpt2" => Naming {
                 embed: names(&["transformer.", ""], "wte"),
                 pos_embed: names(&["transformer.", ""], "wpe"),
@@ -568,14 +568,6 @@ impl Loader<'_> {
         })
     }
 
-    fn optional_norm(&self, candidates: &[String], dim: usize) -> Result<Option<NormWeights>> {
-        if self.find(candidates, ".weight").is_some() {
-            self.norm(candidates, dim).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     /// A matrix that must exist with exactly this shape, in its stored type.
     fn matrix(&self, candidates: &[String], suffix: &str, rows: usize, cols: usize, transposed: bool) -> Result<Matrix> {
         let name = self.find(candidates, suffix).ok_or_else(|| self.missing(candidates, suffix))?;
@@ -650,11 +642,13 @@ impl Loader<'_> {
                 Ok(None)
             }
         };
+        // Read only where the family has them: a Q/K norm in a file whose family has none is
+        // left unread, and so refuses the file.
         let qk_norm = |p| {
             if c.qk_norm {
                 self.norm(&part(p), c.d_head).map(Some)
             } else {
-                self.optional_norm(&part(p), c.d_head)
+                Ok(None)
             }
         };
         Ok(BlockWeights {

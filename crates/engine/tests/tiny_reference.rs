@@ -91,6 +91,28 @@ fn llama3_rope_scaling_as_gguf_rope_freqs() {
 }
 
 #[test]
+fn qwen3_with_per_head_qk_norms() {
+    check("qwen3-qknorm");
+}
+
+#[test]
+fn qwen3_as_gguf() {
+    check_file("qwen3-qknorm", "model.gguf");
+}
+
+#[test]
+fn gemma2_with_soft_caps_and_alternating_windows() {
+    let model = Model::load(&reference_dir().join("tiny/gemma2-softcap")).unwrap();
+    let windows: Vec<Option<usize>> = model.config.layers.iter().map(|l| l.window).collect();
+    assert_eq!(windows, [Some(6), None, Some(6)]);
+    assert_eq!(
+        (model.config.attn_logit_softcap, model.config.final_logit_softcap),
+        (Some(2.0), Some(3.0))
+    );
+    check("gemma2-softcap");
+}
+
+#[test]
 fn qwen2_with_qkv_bias_and_tied_embeddings() {
     check("qwen2-bias");
 }
