@@ -450,6 +450,12 @@ TINY = {
                                   num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
                                   query_pre_attn_scalar=24, rope_theta=10000.0, attn_logit_softcapping=2.0,
                                   final_logit_softcapping=3.0)),
+    # Fused qkv_proj and gate_up_proj, a window shorter than the prompt.
+    "phi3-fused": lambda: transformers.Phi3ForCausalLM(
+        transformers.Phi3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=256,
+                                sliding_window=9, rms_norm_eps=1e-5, rope_theta=10000.0, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2, tie_word_embeddings=False)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(

@@ -2,9 +2,11 @@
 //! CPU runs, against the memory bandwidth (a plain read of 1 GiB on the same threads): how close
 //! decoding comes to its bound. Random weights (valid blocks), so this measures speed only.
 //!
-//!     cargo run --release -p headhunt-engine --example kernels -- [ROWS COLS [ITERATIONS]] [fast] [TYPE ...]
+//!     cargo run --release -p headhunt-engine --example kernels -- [ROWS COLS [ITERATIONS]] [fast] [tokens=M] [TYPE ...]
 //!
 //! `fast` measures the int8 products of `--precision fast` (the dense types stay exact).
+//! `tokens=M` times the product with `M` tokens at once (a prompt chunk: the GEMM path) and
+//! reports GFLOP/s (2 M ROWS COLS per product) instead of bandwidth.
 //!
 //! The default shape, 32768 x 4096, is larger than any CPU cache in every type, as a 7B model's
 //! matrices are; all of rayon's threads (`RAYON_NUM_THREADS`) take part, as in decoding.
@@ -95,10 +97,20 @@ fn main() {
     } else {
         Precision::Exact
     };
-    let only: Vec<&String> = words.iter().filter(|a| a.parse::<usize>().is_err() && *a != "fast").collect();
+    let tokens = words
+        .iter()
+        .find_map(|w| w.strip_prefix("tokens=").and_then(|m| m.parse::<usize>().ok()))
+        .unwrap_or(1);
+    let only: Vec<&String> = words
+        .iter()
+        .filter(|a| a.parse::<usize>().is_err() && *a != "fast" && !a.starts_with("tokens="))
+        .collect();
     let (rows, cols) = (args.first().copied().unwrap_or(32768), args.get(1).copied().unwrap_or(4096));
     let iterations = args.get(2).copied().unwrap_or(10);
     let levels = Isa::available();
+    if tokens > 1 {
+        return prefill(rows, cols, tokens, iterations, precision, &levels, &only);
+    }
     println!(
         "gemv [{rows} x {cols}], {precision} precision, {} threads, median of {iterations}; levels: {}",
         rayon::current_num_threads(),
@@ -129,6 +141,37 @@ fn main() {
             let s = time(iterations, || m.gemv(&x, &mut out));
             let gbs = n_bytes as f64 / s / 1e9;
             print!(" | {:>10.2} {:>11.1} {:>5.2}", s * 1e3, gbs, gbs / bandwidth);
+        }
+        println!();
+        black_box(&out);
+    }
+}
+
+/// GFLOP/s of `matmul` with `tokens` tokens: the prefill's products.
+fn prefill(rows: usize, cols: usize, tokens: usize, iterations: usize, precision: Precision, levels: &[Isa], only: &[&String]) {
+    println!(
+        "matmul [{tokens} tokens] x [{rows} x {cols}]^T, {precision} precision, {} threads, median of {iterations}",
+        rayon::current_num_threads()
+    );
+    let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut out = vec![0.0f32; tokens * rows];
+    for dtype in SUPPORTED {
+        if !only.is_empty() && !only.iter().any(|t| t.eq_ignore_ascii_case(&format!("{dtype:?}"))) {
+            continue;
+        }
+        let mut m = Matrix::new(dtype, rows, cols, Bytes::Owned(random_matrix(dtype, rows, cols)), levels[0]).expect("valid matrix");
+        m.set_precision(precision);
+        print!("{:>5}", format!("{dtype:?}"));
+        // The best level only: the GEMM is the `gemm` crate's whatever the level.
+        for &l in levels.iter().max().into_iter() {
+            m.set_isa(l);
+            let s = time(iterations, || m.matmul(&mut out, &x, tokens));
+            print!(
+                " | {:>7} {:>8.1} ms {:>6.1} GFLOP/s",
+                l.name(),
+                s * 1e3,
+                2.0 * (tokens * rows * cols) as f64 / s / 1e9
+            );
         }
         println!();
         black_box(&out);

@@ -303,7 +303,7 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "smollm" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "smollm" => {
                 hf.refuse_unimplemented()?;
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
@@ -311,7 +311,7 @@ impl ModelConfig {
                 let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
                 let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
-                    "mistral" => hf.opt_usize("sliding_window"),
+                    "mistral" | "phi3" => hf.opt_usize("sliding_window"),
                     "qwen2" | "qwen3" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
                     _ => None,
                 };
@@ -649,8 +649,10 @@ impl<'a> HfConfig<'a> {
             ("final_logit_softcapping", serde_json::Value::is_null, "final logit soft-capping"),
             ("attention_sink", serde_json::Value::is_null, "attention sinks"),
         ];
+        // transformers v5 moves some of them into `rope_parameters`.
+        let nested = |key: &str| self.0.get("rope_parameters").and_then(|p| p.get(key));
         for (key, default, why) in checks {
-            if let Some(v) = self.0.get(key).filter(|v| !default(v)) {
+            if let Some(v) = self.0.get(key).or_else(|| nested(key)).filter(|v| !default(v)) {
                 return Err(Error::UnsupportedKey {
                     source_name: "config.json".into(),
                     key: key.into(),

@@ -20,7 +20,7 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
-    #[error("unsupported architecture `{0}` (headhunt runs: llama, mistral, qwen2, qwen3, smollm, gemma2, gemma3, gpt2, opt)")]
+    #[error("unsupported architecture `{0}` (headhunt runs: llama, mistral, qwen2, qwen3, phi3, smollm, gemma2, gemma3, gpt2, opt)")]
     UnsupportedArchitecture(String),
 
     #[error("missing tensor `{name}` in {path}")]

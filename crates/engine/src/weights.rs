@@ -360,6 +360,8 @@ enum BlockPart {
     MlpNorm,
     Gate,
     Up,
+    /// Phi-3 fuses the gated MLP's input projections, `[gate | up]` as headhunt keeps them.
+    GateUp,
     Down,
     PostMlpNorm,
 }
@@ -383,6 +385,8 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         MlpNorm => "ffn_norm",
         Gate => "ffn_gate",
         Up => "ffn_up",
+        // llama.cpp's files keep gate and up apart (its Phi-3 files are not read).
+        GateUp => return vec![],
         Down => "ffn_down",
         PostMlpNorm => "post_ffw_norm",
     };
@@ -406,6 +410,7 @@ fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
         MlpNorm => "post_attention_layernorm",
         Gate => "mlp.gate_proj",
         Up => "mlp.up_proj",
+        GateUp => "mlp.gate_up_proj",
         Down => "mlp.down_proj",
         PostMlpNorm => "post_feedforward_layernorm",
     };
@@ -624,17 +629,14 @@ impl Loader<'_> {
             }
             concat_rows(vec![q, k, v])?
         };
-        let (mlp_in, gate) = if c.gated_mlp {
-            (2 * c.d_mlp, Some(self.linear(&part(BlockPart::Gate), c.d_mlp, d)?))
+        let up = if !c.gated_mlp {
+            self.linear(&part(BlockPart::Up), c.d_mlp, d)?
+        } else if self.find(&part(BlockPart::GateUp), ".weight").is_some() {
+            self.linear(&part(BlockPart::GateUp), 2 * c.d_mlp, d)?
         } else {
-            (c.d_mlp, None)
+            let gate = self.linear(&part(BlockPart::Gate), c.d_mlp, d)?;
+            concat_rows(vec![gate, self.linear(&part(BlockPart::Up), c.d_mlp, d)?])?
         };
-        let up = self.linear(&part(BlockPart::Up), c.d_mlp, d)?;
-        let up = match gate {
-            Some(g) => concat_rows(vec![g, up])?,
-            None => up,
-        };
-        debug_assert_eq!(up.n_out(), mlp_in);
         let sandwich = |p| {
             if c.sandwich_norms {
                 self.norm(&part(p), d).map(Some)

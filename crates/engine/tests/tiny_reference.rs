@@ -113,6 +113,11 @@ fn gemma2_with_soft_caps_and_alternating_windows() {
 }
 
 #[test]
+fn phi3_with_fused_projections_and_window() {
+    check("phi3-fused");
+}
+
+#[test]
 fn qwen2_with_qkv_bias_and_tied_embeddings() {
     check("qwen2-bias");
 }
