@@ -613,6 +613,9 @@ fn json_array<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a Vec<serd
     json.get(key).and_then(|v| v.as_array())
 }
 
+/// Whether a `config.json` value is the one that leaves the forward pass as headhunt computes it.
+type IsDefault = fn(&serde_json::Value) -> bool;
+
 /// Typed access to a `config.json`, with errors naming the missing key.
 #[derive(Clone, Copy)]
 struct HfConfig<'a>(&'a serde_json::Value);
@@ -641,7 +644,7 @@ impl<'a> HfConfig<'a> {
     /// reader above does not implement: present with a non-default value, they refuse the
     /// checkpoint by name (transformers reads them; skipping one computes another model).
     fn refuse_unimplemented(&self) -> Result<()> {
-        let checks: [(&str, fn(&serde_json::Value) -> bool, &str); 6] = [
+        let checks: [(&str, IsDefault, &str); 6] = [
             ("partial_rotary_factor", |v| v.as_f64() == Some(1.0), "partial rotary dimensions"),
             ("num_local_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
             ("num_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
