@@ -456,6 +456,11 @@ TINY = {
                                 num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=256,
                                 sliding_window=9, rms_norm_eps=1e-5, rope_theta=10000.0, pad_token_id=0, bos_token_id=1,
                                 eos_token_id=2, tie_word_embeddings=False)),
+    # Norms after attention and the MLP only, Q/K norms over the whole projections.
+    "olmo2-postnorm": lambda: transformers.Olmo2ForCausalLM(
+        transformers.Olmo2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(

@@ -65,6 +65,36 @@ pub enum RopeScaling {
     },
 }
 
+/// RMSNorm of the queries and keys, after the projection and before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QkNorm {
+    None,
+    /// Over each head's vector, one weight of `d_head` shared by the heads (Qwen3, Gemma 3).
+    PerHead,
+    /// Over the whole projection, all heads at once, one weight per value (OLMo 2).
+    Whole,
+}
+
+/// Where a block's norms sit around its attention and MLP sub-layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (Llama, GPT-2, ...).
+    Pre,
+    /// `x + post_norm(f(pre_norm(x)))` (Gemma 2/3).
+    Sandwich,
+    /// `x + post_norm(f(x))` (OLMo 2).
+    Post,
+}
+
+impl NormPlacement {
+    pub fn has_pre(self) -> bool {
+        self != NormPlacement::Post
+    }
+    pub fn has_post(self) -> bool {
+        self != NormPlacement::Pre
+    }
+}
+
 /// What differs between layers of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LayerSpec {
@@ -97,10 +127,10 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     /// Multiplies the token embedding (Gemma: `sqrt(d_model)`).
     pub embed_scale: f32,
-    /// RMSNorm over each head's query and key (Gemma 3).
-    pub qk_norm: bool,
-    /// Norms after attention and after the MLP, before the residual add (Gemma 2/3).
-    pub sandwich_norms: bool,
+    /// RMSNorm of the queries and keys before RoPE.
+    pub qk_norm: QkNorm,
+    /// Where the blocks' norms sit around attention and the MLP.
+    pub norms: NormPlacement,
     pub attn_logit_softcap: Option<f32>,
     pub final_logit_softcap: Option<f32>,
     pub tied_embeddings: bool,
@@ -229,8 +259,8 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: arch == "qwen3",
-                    sandwich_norms: false,
+                    qk_norm: if arch == "qwen3" { QkNorm::PerHead } else { QkNorm::None },
+                    norms: NormPlacement::Pre,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: tied,
@@ -285,8 +315,8 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: query_scalar.powf(-0.5),
                     embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: true,
-                    sandwich_norms: true,
+                    qk_norm: QkNorm::PerHead,
+                    norms: NormPlacement::Sandwich,
                     attn_logit_softcap: f32_of("attn_logit_softcapping"),
                     final_logit_softcap: f32_of("final_logit_softcapping"),
                     tied_embeddings: tied,
@@ -303,7 +333,7 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "smollm" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" => {
                 hf.refuse_unimplemented()?;
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
@@ -347,9 +377,16 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    // Qwen3: RMSNorm over each head's query and key before RoPE.
-                    qk_norm: model_type == "qwen3",
-                    sandwich_norms: false,
+                    qk_norm: match model_type {
+                        "qwen3" => QkNorm::PerHead,
+                        "olmo2" => QkNorm::Whole,
+                        _ => QkNorm::None,
+                    },
+                    norms: if model_type == "olmo2" {
+                        NormPlacement::Post
+                    } else {
+                        NormPlacement::Pre
+                    },
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
@@ -435,8 +472,8 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: hf.f32("query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
                     embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: !gemma2,
-                    sandwich_norms: true,
+                    qk_norm: if gemma2 { QkNorm::None } else { QkNorm::PerHead },
+                    norms: NormPlacement::Sandwich,
                     attn_logit_softcap: softcap("attn_logit_softcapping", 50.0),
                     final_logit_softcap: softcap("final_logit_softcapping", 30.0),
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
@@ -472,8 +509,8 @@ impl ModelConfig {
                         1.0
                     },
                     embed_scale: 1.0,
-                    qk_norm: false,
-                    sandwich_norms: false,
+                    qk_norm: QkNorm::None,
+                    norms: NormPlacement::Pre,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: true,
@@ -518,8 +555,8 @@ impl ModelConfig {
                     positions: PositionEncoding::Learned { offset: 2 },
                     attn_scale: ((d_model / n_heads.max(1)) as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: false,
-                    sandwich_norms: false,
+                    qk_norm: QkNorm::None,
+                    norms: NormPlacement::Pre,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
@@ -597,6 +634,26 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
+/// list and the match in step).
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+
+/// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
+pub const HF_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo2",
+    "smollm",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "gpt2",
+    "opt",
+];
 
 /// More layers than any model headhunt could hold in memory: refused before per-layer tables are
 /// allocated from a header's word.
@@ -709,5 +766,38 @@ impl<'a> HfConfig<'a> {
             }
         };
         Ok((base, scaling))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufWriter, Value};
+
+    fn unsupported(r: Result<ModelConfig>) -> bool {
+        matches!(r, Err(Error::UnsupportedArchitecture(_)))
+    }
+
+    /// The lists the error message and the docs print are the families the readers match.
+    #[test]
+    fn the_listed_families_are_the_ones_read() {
+        for &t in HF_MODEL_TYPES {
+            let json = serde_json::json!({"model_type": t, "text_config": {}});
+            assert!(!unsupported(ModelConfig::from_hf_json(&json)), "{t} is listed but not read");
+        }
+        assert!(unsupported(ModelConfig::from_hf_json(&serde_json::json!({"model_type": "mamba"}))));
+        for arch in GGUF_ARCHITECTURES.iter().copied().chain(["mamba"]) {
+            let bytes = GgufWriter::new()
+                .meta("general.architecture", Value::String(arch.into()))
+                .meta(&format!("{arch}.block_count"), Value::U32(1))
+                .meta(&format!("{arch}.embedding_length"), Value::U32(8))
+                .meta(&format!("{arch}.attention.head_count"), Value::U32(2))
+                .meta(&format!("{arch}.feed_forward_length"), Value::U32(8))
+                .meta(&format!("{arch}.context_length"), Value::U32(8))
+                .meta(&format!("{arch}.vocab_size"), Value::U32(8))
+                .to_bytes();
+            let header = GgufHeader::parse(&bytes).unwrap();
+            assert_eq!(unsupported(ModelConfig::from_gguf(&header)), arch == "mamba", "{arch}");
+        }
     }
 }

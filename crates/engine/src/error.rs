@@ -20,7 +20,11 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
-    #[error("unsupported architecture `{0}` (headhunt runs: llama, mistral, qwen2, qwen3, phi3, smollm, gemma2, gemma3, gpt2, opt)")]
+    #[error(
+        "unsupported architecture `{0}` (headhunt reads GGUF files of {gguf} and Hugging Face model types {hf})",
+        gguf = crate::config::GGUF_ARCHITECTURES.join(", "),
+        hf = crate::config::HF_MODEL_TYPES.join(", ")
+    )]
     UnsupportedArchitecture(String),
 
     #[error("missing tensor `{name}` in {path}")]
@@ -65,6 +69,11 @@ pub enum Error {
 
     #[error("hooks: {0}")]
     Hook(String),
+
+    /// A run asked to do what its state does not allow (truncate past its end, an empty
+    /// prefill, KV policies or kept positions of the wrong shape).
+    #[error("run: {0}")]
+    Run(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

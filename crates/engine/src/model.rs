@@ -224,7 +224,7 @@ impl Model {
         let c = &self.config;
         if let Some(r) = requested {
             if r.len() != c.n_layers || r.iter().any(|l| l.len() != c.n_kv_heads) {
-                return Err(Error::Hook(format!(
+                return Err(Error::Run(format!(
                     "a KV policy needs {} layers x {} KV heads",
                     c.n_layers, c.n_kv_heads
                 )));
@@ -298,7 +298,7 @@ impl Model {
         let (p0, plan) = (pass.step.p0, pass.plan);
 
         let mut x = vec![0.0f32; n * d];
-        profile::timed(Stage::Norms, || norm_rows(&mut x, resid, d, c.norm, c.norm_eps, &b.attn_norm));
+        profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.attn_norm.as_ref()));
         let qkv = profile::timed(Stage::QkvProjection, || b.qkv.forward(&x, n));
         let width = (nh + 2 * nkv) * dh;
         let (mut q, mut k) = profile::timed(Stage::Rope, || {
@@ -312,11 +312,12 @@ impl Model {
             (q, k)
         });
         profile::timed(Stage::Rope, || {
+            // Per head or over the whole projection: the weight's length is the normed width.
             if let Some(qn) = &b.q_norm {
-                norm_rows_in_place(&mut q, dh, c, qn);
+                norm_rows_in_place(&mut q, qn.w.len(), c, qn);
             }
             if let Some(kn) = &b.k_norm {
-                norm_rows_in_place(&mut k, dh, c, kn);
+                norm_rows_in_place(&mut k, kn.w.len(), c, kn);
             }
             if let Some(&t) = self.rope_of_layer.get(l) {
                 for r in 0..n {
@@ -407,7 +408,7 @@ impl Model {
         let b = &self.weights.blocks[l];
         let (n, d) = (pass.step.n, c.d_model);
         let mut x = vec![0.0f32; n * d];
-        profile::timed(Stage::Norms, || norm_rows(&mut x, resid, d, c.norm, c.norm_eps, &b.mlp_norm));
+        profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.mlp_norm.as_ref()));
         let h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
         let mut act = profile::timed(Stage::MlpActivation, || mlp_activation(h, n, c.d_mlp, c.gated_mlp, c.activation));
         pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
@@ -596,6 +597,15 @@ fn norm_rows_in_place(x: &mut [f32], dim: usize, c: &ModelConfig, w: &crate::wei
     crate::linalg::norm_rows_in_place(x, dim, c.norm, c.norm_eps, w);
 }
 
+/// A sub-layer's input: the residual stream through its pre-norm, or as it is where the family
+/// has none (post-norm blocks).
+fn pre_norm(x: &mut [f32], resid: &[f32], c: &ModelConfig, norm: Option<&crate::weights::NormWeights>) {
+    match norm {
+        Some(w) => norm_rows(x, resid, c.d_model, c.norm, c.norm_eps, w),
+        None => x.copy_from_slice(resid),
+    }
+}
+
 /// One sequence going through the model: its KV cache, hooks and recording.
 pub struct Run<'m> {
     model: &'m Model,
@@ -643,13 +653,13 @@ impl<'m> Run<'m> {
     /// [`RunOptions::keep_windows`]; else see [`Run::fork`]).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len > self.tokens.len() {
-            return Err(Error::Hook(format!(
+            return Err(Error::Run(format!(
                 "cannot truncate a run of {} tokens to {len}",
                 self.tokens.len()
             )));
         }
         if !self.cache.truncate(len) {
-            return Err(Error::Hook(format!(
+            return Err(Error::Run(format!(
                 "a sliding-window layer no longer holds the keys position {len} sees; fork the run there, or keep its windows"
             )));
         }
@@ -683,13 +693,13 @@ impl<'m> Run<'m> {
     fn check_keep(&self, keep: &[Vec<Vec<u32>>]) -> Result<()> {
         let c = &self.model.config;
         if keep.len() != c.n_layers || keep.iter().any(|l| l.len() != c.n_kv_heads) {
-            return Err(Error::Hook(format!(
+            return Err(Error::Run(format!(
                 "retain_kv needs positions for {} layers of {} key/value heads",
                 c.n_layers, c.n_kv_heads
             )));
         }
         if keep.iter().flatten().any(|k| k.windows(2).any(|w| w[0] >= w[1])) {
-            return Err(Error::Hook("retain_kv: positions must be ascending and distinct".into()));
+            return Err(Error::Run("retain_kv: positions must be ascending and distinct".into()));
         }
         Ok(())
     }
@@ -730,7 +740,7 @@ impl<'m> Run<'m> {
     /// Feed prompt tokens (in chunks); returns the logits at the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(Error::Hook("prefill needs at least one token".into()));
+            return Err(Error::Run("prefill needs at least one token".into()));
         }
         self.check_room(tokens.len())?;
         let end = self.tokens.len() + tokens.len();

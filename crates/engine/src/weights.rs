@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ModelConfig, PositionEncoding, RopeScaling};
+use crate::config::{ModelConfig, PositionEncoding, QkNorm, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
@@ -48,14 +48,15 @@ pub struct NormWeights {
 
 #[derive(Debug, Clone)]
 pub struct BlockWeights {
-    pub attn_norm: NormWeights,
+    /// `None` where the family has only post-norms (OLMo 2); so is `mlp_norm`.
+    pub attn_norm: Option<NormWeights>,
     /// Rows: all query heads, then key heads, then value heads.
     pub qkv: Linear,
     pub q_norm: Option<NormWeights>,
     pub k_norm: Option<NormWeights>,
     pub o: Linear,
     pub post_attn_norm: Option<NormWeights>,
-    pub mlp_norm: NormWeights,
+    pub mlp_norm: Option<NormWeights>,
     /// Gated MLPs: rows `[gate | up]` (2 x d_mlp); otherwise the single input projection.
     pub up: Linear,
     pub down: Linear,
@@ -129,8 +130,8 @@ impl Weights {
                     .map(|l| l.b.as_ref().map_or(0, Vec::len))
                     .sum::<usize>()
                     + [
-                        Some(&b.attn_norm),
-                        Some(&b.mlp_norm),
+                        b.attn_norm.as_ref(),
+                        b.mlp_norm.as_ref(),
                         b.q_norm.as_ref(),
                         b.k_norm.as_ref(),
                         b.post_attn_norm.as_ref(),
@@ -637,33 +638,26 @@ impl Loader<'_> {
             let gate = self.linear(&part(BlockPart::Gate), c.d_mlp, d)?;
             concat_rows(vec![gate, self.linear(&part(BlockPart::Up), c.d_mlp, d)?])?
         };
-        let sandwich = |p| {
-            if c.sandwich_norms {
-                self.norm(&part(p), d).map(Some)
-            } else {
-                Ok(None)
-            }
+        // Norms are read only where the family has them: one in a file whose family has none
+        // is left unread, and so refuses the file.
+        let norm_if = |has: bool, p, dim| if has { self.norm(&part(p), dim).map(Some) } else { Ok(None) };
+        let (pre, post) = (c.norms.has_pre(), c.norms.has_post());
+        let (q_norm_dim, k_norm_dim) = match c.qk_norm {
+            QkNorm::Whole => (q_out, kv_out),
+            QkNorm::PerHead | QkNorm::None => (c.d_head, c.d_head),
         };
-        // Read only where the family has them: a Q/K norm in a file whose family has none is
-        // left unread, and so refuses the file.
-        let qk_norm = |p| {
-            if c.qk_norm {
-                self.norm(&part(p), c.d_head).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
+        let qk = c.qk_norm != QkNorm::None;
         Ok(BlockWeights {
-            attn_norm: self.norm(&part(BlockPart::AttnNorm), d)?,
+            attn_norm: norm_if(pre, BlockPart::AttnNorm, d)?,
             qkv,
-            q_norm: qk_norm(BlockPart::QNorm)?,
-            k_norm: qk_norm(BlockPart::KNorm)?,
+            q_norm: norm_if(qk, BlockPart::QNorm, q_norm_dim)?,
+            k_norm: norm_if(qk, BlockPart::KNorm, k_norm_dim)?,
             o: self.linear(&part(BlockPart::O), d, q_out)?,
-            post_attn_norm: sandwich(BlockPart::PostAttnNorm)?,
-            mlp_norm: self.norm(&part(BlockPart::MlpNorm), d)?,
+            post_attn_norm: norm_if(post, BlockPart::PostAttnNorm, d)?,
+            mlp_norm: norm_if(pre, BlockPart::MlpNorm, d)?,
             up,
             down: self.linear(&part(BlockPart::Down), d, c.d_mlp)?,
-            post_mlp_norm: sandwich(BlockPart::PostMlpNorm)?,
+            post_mlp_norm: norm_if(post, BlockPart::PostMlpNorm, d)?,
         })
     }
 

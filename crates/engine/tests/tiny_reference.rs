@@ -118,6 +118,11 @@ fn phi3_with_fused_projections_and_window() {
 }
 
 #[test]
+fn olmo2_with_post_norms_and_whole_qk_norms() {
+    check("olmo2-postnorm");
+}
+
+#[test]
 fn qwen2_with_qkv_bias_and_tied_embeddings() {
     check("qwen2-bias");
 }

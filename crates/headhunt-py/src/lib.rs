@@ -35,6 +35,12 @@ create_exception!(
 );
 create_exception!(
     headhunt,
+    RunError,
+    HeadhuntError,
+    "A run asked to do what its state does not allow (truncating past its end, an empty prompt, KV settings of the wrong shape)."
+);
+create_exception!(
+    headhunt,
     UsageError,
     HeadhuntError,
     "Arguments an experiment cannot run with (the CLI's usage errors)."
@@ -49,6 +55,7 @@ fn py_err(e: anyhow::Error) -> PyErr {
     use headhunt_engine::Error as E;
     match e.chain().find_map(|c| c.downcast_ref::<E>()) {
         Some(E::Hook(_) | E::ContextOverflow { .. } | E::TokenOutOfRange { .. }) => HookError::new_err(message),
+        Some(E::Run(_)) => RunError::new_err(message),
         Some(E::Tokenizer(_) | E::ChatTemplate(_)) => TokenizerError::new_err(message),
         Some(_) => ModelLoadError::new_err(message),
         None => HeadhuntError::new_err(message),
@@ -373,6 +380,7 @@ fn _headhunt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("HeadhuntError", py.get_type::<HeadhuntError>())?;
     m.add("ModelLoadError", py.get_type::<ModelLoadError>())?;
     m.add("HookError", py.get_type::<HookError>())?;
+    m.add("RunError", py.get_type::<RunError>())?;
     m.add("TokenizerError", py.get_type::<TokenizerError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

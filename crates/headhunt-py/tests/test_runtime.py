@@ -20,6 +20,7 @@ LONG_TEXT = " ".join(f"Sentence {i} of a long haystack about harbours, anchors a
 def test_each_exception_class(smollm2, scratch):
     assert issubclass(headhunt.ModelLoadError, headhunt.HeadhuntError)
     assert issubclass(headhunt.HookError, headhunt.HeadhuntError)
+    assert issubclass(headhunt.RunError, headhunt.HeadhuntError)
     with pytest.raises(headhunt.ModelLoadError, match="no-such-model"):
         headhunt.HookedModel.from_pretrained("no-such-model.gguf")
     garbage = scratch / "garbage.gguf"

@@ -11,10 +11,10 @@ names, and the retrieval-head experiments as functions:
 
 Model work releases the GIL; Ctrl-C stops an experiment between trials (rerun with the same
 ``out`` to resume). Errors are ``HeadhuntError`` and its subclasses ``ModelLoadError``,
-``HookError``, ``TokenizerError`` and ``UsageError``, with the CLI's messages.
+``HookError``, ``RunError``, ``TokenizerError`` and ``UsageError``, with the CLI's messages.
 """
 
-from ._headhunt import HeadhuntError, HookError, ModelLoadError, TokenizerError, UsageError, __version__
+from ._headhunt import HeadhuntError, HookError, ModelLoadError, RunError, TokenizerError, UsageError, __version__
 from ._experiments import RunResult, detect, load_run, niah
 from ._model import ActivationCache, HookedModel
 
@@ -24,6 +24,7 @@ __all__ = [
     "HookError",
     "HookedModel",
     "ModelLoadError",
+    "RunError",
     "RunResult",
     "TokenizerError",
     "UsageError",

@@ -1,7 +1,7 @@
 //! `headhunt info`: the model card.
 
 use anyhow::Result;
-use headhunt_engine::config::{PositionEncoding, RopeScaling};
+use headhunt_engine::config::{NormPlacement, PositionEncoding, QkNorm, RopeScaling};
 use headhunt_engine::Model;
 
 use super::ModelArg;
@@ -44,10 +44,19 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
     row(
         "norm",
         format!(
-            "{:?} (eps {:e}){}",
+            "{:?} (eps {:e}){}{}",
             c.norm,
             c.norm_eps,
-            if c.sandwich_norms { ", sandwich" } else { "" }
+            match c.norms {
+                NormPlacement::Pre => "",
+                NormPlacement::Sandwich => ", before and after each sub-layer",
+                NormPlacement::Post => ", after each sub-layer only",
+            },
+            match c.qk_norm {
+                QkNorm::None => "",
+                QkNorm::PerHead => ", on each head's query and key",
+                QkNorm::Whole => ", on the whole query and key projections",
+            }
         ),
     );
     let positions = match c.positions {
