@@ -51,7 +51,179 @@ pub enum HookPoint {
     Logits,
 }
 
+/// One kind of hook point, defined once: its TransformerLens name, the shape of one position's
+/// row, and whether interventions may write it. [`HookPoint`]'s names, parsing, shapes and
+/// checks, the list of every point of a model, and the docs' table are all read from
+/// [`HOOK_KINDS`].
+pub struct HookKind {
+    /// TransformerLens's name, `{l}` standing for the layer in per-layer points.
+    pub name: &'static str,
+    /// One position's row, in TransformerLens's axis names (the position axis comes first).
+    pub dims: &'static str,
+    point: fn(usize) -> HookPoint,
+    shape: fn(&ModelConfig) -> Vec<usize>,
+    /// Whether a vector may be added here and an activation patched in.
+    pub writable: bool,
+    /// What the point holds, for docs and `--help`.
+    pub doc: &'static str,
+}
+
+impl HookKind {
+    pub fn per_layer(&self) -> bool {
+        self.name.contains("{l}")
+    }
+
+    /// This kind's point at layer `l` (ignored by model-wide points).
+    pub fn at(&self, l: usize) -> HookPoint {
+        (self.point)(l)
+    }
+
+    /// The shape of one position's row (patterns: keys vary, reported as 0).
+    pub fn row_shape(&self, c: &ModelConfig) -> Vec<usize> {
+        (self.shape)(c)
+    }
+
+    /// Whether a model has this kind of point (rotary models have no position table).
+    pub fn exists_in(&self, c: &ModelConfig) -> bool {
+        !(self.name == "hook_pos_embed" && c.positions == crate::config::PositionEncoding::Rotary)
+    }
+}
+
+fn d_model(c: &ModelConfig) -> Vec<usize> {
+    vec![c.d_model]
+}
+
+/// Every kind of hook point, in the order the forward pass reaches them.
+pub const HOOK_KINDS: &[HookKind] = &[
+    HookKind {
+        name: "hook_embed",
+        dims: "[d_model]",
+        point: |_| HookPoint::Embed,
+        shape: d_model,
+        writable: true,
+        doc: "the (scaled) token embedding",
+    },
+    HookKind {
+        name: "hook_pos_embed",
+        dims: "[d_model]",
+        point: |_| HookPoint::PosEmbed,
+        shape: d_model,
+        writable: true,
+        doc: "the learned position embedding (models with a position table)",
+    },
+    HookKind {
+        name: "blocks.{l}.hook_resid_pre",
+        dims: "[d_model]",
+        point: HookPoint::ResidPre,
+        shape: d_model,
+        writable: true,
+        doc: "the residual stream into block l",
+    },
+    HookKind {
+        name: "blocks.{l}.attn.hook_z",
+        dims: "[head, d_head]",
+        point: HookPoint::Z,
+        shape: |c| vec![c.n_heads, c.d_head],
+        writable: true,
+        doc: "each head's attention-weighted values",
+    },
+    HookKind {
+        name: "blocks.{l}.attn.hook_pattern",
+        dims: "[head, key]",
+        point: HookPoint::Pattern,
+        shape: |c| vec![c.n_heads, 0],
+        writable: false,
+        doc: "attention probabilities, per head over the keys (rows, argmax or mass per query)",
+    },
+    HookKind {
+        name: "blocks.{l}.attn.hook_result",
+        dims: "[head, d_model]",
+        point: HookPoint::Result,
+        shape: |c| vec![c.n_heads, c.d_model],
+        writable: false,
+        doc:
+            "each head's contribution to the residual stream (after a post-attention norm's scale, so that the heads sum to hook_attn_out)",
+    },
+    HookKind {
+        name: "blocks.{l}.hook_attn_out",
+        dims: "[d_model]",
+        point: HookPoint::AttnOut,
+        shape: d_model,
+        writable: true,
+        doc: "what attention adds to the residual stream",
+    },
+    HookKind {
+        name: "blocks.{l}.hook_resid_mid",
+        dims: "[d_model]",
+        point: HookPoint::ResidMid,
+        shape: d_model,
+        writable: true,
+        doc: "the residual stream between attention and the MLP",
+    },
+    HookKind {
+        name: "blocks.{l}.mlp.hook_post",
+        dims: "[d_mlp]",
+        point: HookPoint::MlpPost,
+        shape: |c| vec![c.d_mlp],
+        writable: true,
+        doc: "the MLP's hidden activation",
+    },
+    HookKind {
+        name: "blocks.{l}.hook_mlp_out",
+        dims: "[d_model]",
+        point: HookPoint::MlpOut,
+        shape: d_model,
+        writable: true,
+        doc: "what the MLP adds to the residual stream",
+    },
+    HookKind {
+        name: "blocks.{l}.hook_resid_post",
+        dims: "[d_model]",
+        point: HookPoint::ResidPost,
+        shape: d_model,
+        writable: true,
+        doc: "the residual stream out of block l",
+    },
+    HookKind {
+        name: "ln_final.hook_normalized",
+        dims: "[d_model]",
+        point: |_| HookPoint::FinalNormalized,
+        shape: d_model,
+        writable: false,
+        doc: "the final norm's output",
+    },
+    HookKind {
+        name: "logits",
+        dims: "[vocab]",
+        point: |_| HookPoint::Logits,
+        shape: |c| vec![c.vocab_size],
+        writable: false,
+        doc: "the logits",
+    },
+];
+
 impl HookPoint {
+    /// The point's kind in [`HOOK_KINDS`].
+    pub fn kind(&self) -> &'static HookKind {
+        use HookPoint::*;
+        let name = match self {
+            Embed => "hook_embed",
+            PosEmbed => "hook_pos_embed",
+            ResidPre(_) => "blocks.{l}.hook_resid_pre",
+            Z(_) => "blocks.{l}.attn.hook_z",
+            Pattern(_) => "blocks.{l}.attn.hook_pattern",
+            Result(_) => "blocks.{l}.attn.hook_result",
+            AttnOut(_) => "blocks.{l}.hook_attn_out",
+            ResidMid(_) => "blocks.{l}.hook_resid_mid",
+            MlpPost(_) => "blocks.{l}.mlp.hook_post",
+            MlpOut(_) => "blocks.{l}.hook_mlp_out",
+            ResidPost(_) => "blocks.{l}.hook_resid_post",
+            FinalNormalized => "ln_final.hook_normalized",
+            Logits => "logits",
+        };
+        HOOK_KINDS.iter().find(|k| k.name == name).expect("every point has a kind")
+    }
+
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;
         match *self {
@@ -60,17 +232,25 @@ impl HookPoint {
         }
     }
 
+    /// Every hook point of a model, in the order the forward pass reaches them (the table's
+    /// order, its per-layer kinds repeated for each layer where they stand).
+    pub fn all(c: &ModelConfig) -> Vec<HookPoint> {
+        let kinds: Vec<&HookKind> = HOOK_KINDS.iter().filter(|k| k.exists_in(c)).collect();
+        let layered: Vec<&HookKind> = kinds.iter().copied().filter(|k| k.per_layer()).collect();
+        let mut points = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            if !k.per_layer() {
+                points.push(k.at(0));
+            } else if i == 0 || !kinds[i - 1].per_layer() {
+                points.extend((0..c.n_layers).flat_map(|l| layered.iter().map(move |k| k.at(l))));
+            }
+        }
+        points
+    }
+
     /// The shape of one position's row (patterns: keys vary, reported as 0).
     pub fn row_shape(&self, c: &ModelConfig) -> Vec<usize> {
-        use HookPoint::*;
-        match self {
-            Z(_) => vec![c.n_heads, c.d_head],
-            Result(_) => vec![c.n_heads, c.d_model],
-            Pattern(_) => vec![c.n_heads, 0],
-            MlpPost(_) => vec![c.d_mlp],
-            Logits => vec![c.vocab_size],
-            _ => vec![c.d_model],
-        }
+        self.kind().row_shape(c)
     }
 
     pub fn row_len(&self, c: &ModelConfig) -> usize {
@@ -83,7 +263,7 @@ impl HookPoint {
                 return Err(Error::Hook(format!("{self}: the model has {} layers", c.n_layers)));
             }
         }
-        if *self == HookPoint::PosEmbed && c.positions == crate::config::PositionEncoding::Rotary {
+        if !self.kind().exists_in(c) {
             return Err(Error::Hook(
                 "hook_pos_embed: this model has rotary positions, no position table".into(),
             ));
@@ -94,21 +274,10 @@ impl HookPoint {
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use HookPoint::*;
-        match self {
-            Embed => write!(f, "hook_embed"),
-            PosEmbed => write!(f, "hook_pos_embed"),
-            ResidPre(l) => write!(f, "blocks.{l}.hook_resid_pre"),
-            Z(l) => write!(f, "blocks.{l}.attn.hook_z"),
-            Result(l) => write!(f, "blocks.{l}.attn.hook_result"),
-            Pattern(l) => write!(f, "blocks.{l}.attn.hook_pattern"),
-            AttnOut(l) => write!(f, "blocks.{l}.hook_attn_out"),
-            ResidMid(l) => write!(f, "blocks.{l}.hook_resid_mid"),
-            MlpPost(l) => write!(f, "blocks.{l}.mlp.hook_post"),
-            MlpOut(l) => write!(f, "blocks.{l}.hook_mlp_out"),
-            ResidPost(l) => write!(f, "blocks.{l}.hook_resid_post"),
-            FinalNormalized => write!(f, "ln_final.hook_normalized"),
-            Logits => write!(f, "logits"),
+        let name = self.kind().name;
+        match self.layer() {
+            Some(l) => f.write_str(&name.replace("{l}", &l.to_string())),
+            None => f.write_str(name),
         }
     }
 }
@@ -116,34 +285,21 @@ impl fmt::Display for HookPoint {
 impl FromStr for HookPoint {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        use HookPoint::*;
         let bad = || {
-            Error::Hook(format!(
-                "unknown hook point `{s}` (examples: blocks.0.hook_resid_pre, blocks.3.attn.hook_pattern, blocks.3.attn.hook_z, blocks.3.attn.hook_result, blocks.3.hook_mlp_out, ln_final.hook_normalized, logits)"
-            ))
+            let examples: Vec<String> = HOOK_KINDS.iter().map(|k| k.name.replace("{l}", "3")).collect();
+            Error::Hook(format!("unknown hook point `{s}` (the points: {})", examples.join(", ")))
         };
-        match s {
-            "hook_embed" => return Ok(Embed),
-            "hook_pos_embed" => return Ok(PosEmbed),
-            "ln_final.hook_normalized" => return Ok(FinalNormalized),
-            "logits" => return Ok(Logits),
-            _ => {}
+        if let Some(k) = HOOK_KINDS.iter().find(|k| !k.per_layer() && k.name == s) {
+            return Ok(k.at(0));
         }
         let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
         let (layer, name) = rest.split_once('.').ok_or_else(bad)?;
         let l: usize = layer.parse().map_err(|_| bad())?;
-        Ok(match name {
-            "hook_resid_pre" => ResidPre(l),
-            "attn.hook_z" => Z(l),
-            "attn.hook_result" => Result(l),
-            "attn.hook_pattern" => Pattern(l),
-            "hook_attn_out" => AttnOut(l),
-            "hook_resid_mid" => ResidMid(l),
-            "mlp.hook_post" => MlpPost(l),
-            "hook_mlp_out" => MlpOut(l),
-            "hook_resid_post" => ResidPost(l),
-            _ => return Err(bad()),
-        })
+        HOOK_KINDS
+            .iter()
+            .find(|k| k.name.strip_prefix("blocks.{l}.") == Some(name))
+            .map(|k| k.at(l))
+            .ok_or_else(bad)
     }
 }
 
@@ -375,10 +531,7 @@ impl Hooks {
                 Intervention::RestrictKeys { layer, head, .. } => head_ok(*layer, *head)?,
                 Intervention::Add { point, vector, .. } => {
                     point.check(c)?;
-                    if matches!(
-                        point,
-                        HookPoint::Pattern(_) | HookPoint::Result(_) | HookPoint::Logits | HookPoint::FinalNormalized
-                    ) {
+                    if !point.kind().writable {
                         return Err(Error::Hook(format!("cannot add to {point}")));
                     }
                     if vector.len() != point.row_len(c) {
@@ -391,10 +544,7 @@ impl Hooks {
                 }
                 Intervention::Set { point, head, rows } => {
                     point.check(c)?;
-                    if matches!(
-                        point,
-                        HookPoint::Pattern(_) | HookPoint::Result(_) | HookPoint::Logits | HookPoint::FinalNormalized
-                    ) {
+                    if !point.kind().writable {
                         return Err(Error::Hook(format!("cannot patch {point}")));
                     }
                     let want = match head {
@@ -715,8 +865,41 @@ mod tests {
         ] {
             assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
         }
+        for k in HOOK_KINDS {
+            let p = k.at(5);
+            assert_eq!(p.kind().name, k.name, "kind() and the table agree");
+            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+        }
         assert_eq!("blocks.7.attn.hook_pattern".parse::<HookPoint>().unwrap(), HookPoint::Pattern(7));
         assert!("blocks.x.hook_resid_pre".parse::<HookPoint>().is_err());
+        assert!("blocks.1.attn.hook_nothing".parse::<HookPoint>().is_err());
         assert!("blocks.1.hook_nothing".parse::<HookPoint>().is_err());
+    }
+
+    /// The README's table of hook points is this table.
+    #[test]
+    fn the_readme_lists_every_hook_point() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        for k in HOOK_KINDS {
+            let row = format!(
+                "| `{}` | `{}` | {} | {} |",
+                k.name,
+                k.dims,
+                if k.writable { "yes" } else { "no" },
+                k.doc
+            );
+            assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+            assert_eq!(
+                k.dims.split(',').count(),
+                (k.shape)(&tiny_config()).len(),
+                "{}: dims and shape",
+                k.name
+            );
+        }
+    }
+
+    fn tiny_config() -> ModelConfig {
+        let json = serde_json::json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1, "n_positions": 16, "vocab_size": 32});
+        ModelConfig::from_hf_json(&json).unwrap()
     }
 }

@@ -141,7 +141,7 @@ impl Engine {
 
     /// Every hook name, in TransformerLens's order.
     fn hook_names(&self) -> Vec<String> {
-        activations::all_hooks(&self.model.config)
+        headhunt_engine::HookPoint::all(&self.model.config)
             .iter()
             .map(HookPoint::to_string)
             .collect()

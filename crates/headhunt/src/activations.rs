@@ -28,30 +28,6 @@ pub fn expand_hooks(names: &[String], n_layers: usize) -> Result<Vec<HookPoint>>
     Ok(points)
 }
 
-/// Every hook point of a model, in the order TransformerLens lists them.
-pub fn all_hooks(c: &ModelConfig) -> Vec<HookPoint> {
-    use HookPoint::*;
-    let mut points = vec![Embed];
-    if c.positions != headhunt_engine::config::PositionEncoding::Rotary {
-        points.push(PosEmbed);
-    }
-    for l in 0..c.n_layers {
-        points.extend([
-            ResidPre(l),
-            Z(l),
-            Pattern(l),
-            Result(l),
-            AttnOut(l),
-            ResidMid(l),
-            MlpPost(l),
-            MlpOut(l),
-            ResidPost(l),
-        ]);
-    }
-    points.extend([FinalNormalized, Logits]);
-    points
-}
-
 /// `all`, `last`, or a comma list of positions (negative ones count from the end).
 pub fn parse_positions(spec: &str, len: usize) -> Result<Positions> {
     match spec {

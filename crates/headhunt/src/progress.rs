@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
 
 /// How often a log line is written when stderr is not a terminal.
 pub const LOG_EVERY: Duration = Duration::from_secs(30);
@@ -15,18 +15,31 @@ pub const LOG_EVERY: Duration = Duration::from_secs(30);
 pub fn bar(total: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
     let template = if std::io::stderr().is_terminal() {
-        "{msg:>10} [{bar:30}] {pos}/{len} ({elapsed} elapsed, ETA {eta})"
+        "{msg:>10} [{bar:30}] {pos}/{len} ({elapsed} elapsed, ETA {mean_eta})"
     } else {
         pb.set_draw_target(log_target());
-        "{pos}/{len} done ({msg}), {elapsed} elapsed, ETA {eta}"
+        "{pos}/{len} done ({msg}), {elapsed} elapsed, ETA {mean_eta}"
     };
-    pb.set_style(
-        ProgressStyle::with_template(template)
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let style = ProgressStyle::with_template(template).expect("valid template");
+    pb.set_style(style.with_key("mean_eta", write_mean_eta).progress_chars("=> "));
     pb.set_message(what.to_owned());
     pb
+}
+
+/// The time left at the mean pace so far. indicatif's own ETA follows the last few seconds'
+/// rate, which between steps of minutes (a long trial) decays towards zero and printed ETAs of
+/// centuries.
+fn write_mean_eta(state: &ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = match mean_eta(state.pos(), state.len(), state.elapsed()) {
+        Some(eta) => write!(w, "{:#}", HumanDuration(eta)),
+        None => write!(w, "-"),
+    };
+}
+
+/// `elapsed / done * left`; `None` before the first step.
+fn mean_eta(done: u64, total: Option<u64>, elapsed: Duration) -> Option<Duration> {
+    let left = total?.saturating_sub(done);
+    (done > 0).then(|| elapsed.mul_f64(left as f64 / done as f64))
 }
 
 /// A spinner for work of unknown length (on a terminal only: a log gains nothing from it).
@@ -108,6 +121,14 @@ impl TermLike for LogLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_follows_the_mean_pace() {
+        assert_eq!(mean_eta(0, Some(30), Duration::from_secs(100)), None);
+        assert_eq!(mean_eta(10, Some(30), Duration::from_secs(100)), Some(Duration::from_secs(200)));
+        assert_eq!(mean_eta(30, Some(30), Duration::from_secs(100)), Some(Duration::ZERO));
+        assert_eq!(mean_eta(3, None, Duration::from_secs(1)), None);
+    }
 
     #[test]
     fn log_lines_are_written_at_most_once_per_interval() {
