@@ -335,15 +335,20 @@ struct Naming {
     rope_freqs: Vec<String>,
 }
 
-/// Tensors that checkpoints carry and that cannot change the numbers: buffers the reference
-/// implementation recomputes (old Llama checkpoints' `rotary_emb.inv_freq`, GPT-2's causal-mask
-/// `attn.bias` / `attn.masked_bias`) and a tied unembedding's copy of the embedding, which
-/// transformers replaces by the embedding itself.
-fn derivable(name: &str, tied: bool) -> bool {
+/// Tensors that checkpoints carry and that cannot change the text model's numbers: buffers the
+/// reference implementation recomputes (old Llama checkpoints' `rotary_emb.inv_freq`, GPT-2's
+/// causal-mask `attn.bias` / `attn.masked_bias`), a tied unembedding's copy of the embedding,
+/// which transformers replaces by the embedding itself, and the image encoder of a multimodal
+/// checkpoint (Gemma 3's `vision_tower` and `multi_modal_projector`), which text never reaches.
+fn unread_is_harmless(name: &str, tied: bool) -> bool {
+    let vision = ["vision_tower.", "multi_modal_projector."];
     name.ends_with(".rotary_emb.inv_freq")
         || name.ends_with(".attn.bias")
         || name.ends_with(".attn.masked_bias")
         || tied && name == "lm_head.weight"
+        || vision
+            .iter()
+            .any(|v| name.starts_with(v) || name.strip_prefix("model.").is_some_and(|n| n.starts_with(v)))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -701,7 +706,12 @@ impl Loader<'_> {
     fn refuse_unread(&self) -> Result<()> {
         let used = self.used.borrow();
         let tied = self.config.tied_embeddings;
-        match self.src.names().into_iter().find(|n| !used.contains(n) && !derivable(n, tied)) {
+        match self
+            .src
+            .names()
+            .into_iter()
+            .find(|n| !used.contains(n) && !unread_is_harmless(n, tied))
+        {
             Some(name) => Err(Error::UnknownTensor {
                 name,
                 arch: self.config.architecture.clone(),
@@ -761,4 +771,32 @@ pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: 
         used: RefCell::default(),
     }
     .load()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unread_is_harmless;
+
+    #[test]
+    fn only_tensors_that_cannot_change_the_numbers_may_stay_unread() {
+        for name in [
+            "model.layers.0.self_attn.rotary_emb.inv_freq",
+            "h.3.attn.bias",
+            "h.3.attn.masked_bias",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "model.multi_modal_projector.mm_input_projection_weight",
+        ] {
+            assert!(unread_is_harmless(name, false), "{name}");
+        }
+        assert!(unread_is_harmless("lm_head.weight", true));
+        for name in [
+            "lm_head.weight",
+            "h.3.attn.c_attn.bias",
+            "model.layers.0.block_sparse_moe.gate.weight",
+            "rope_freqs.weight",
+            "model.layers.0.self_attn.q_norm.weight",
+        ] {
+            assert!(!unread_is_harmless(name, false), "{name}");
+        }
+    }
 }
