@@ -196,9 +196,11 @@ pub struct TensorInfo {
     /// Row-major shape (the reverse of GGML's `ne` order): a linear layer is `[out, in]`.
     pub shape: Vec<usize>,
     pub dtype: GgmlType,
-    /// Absolute byte offset of the tensor's data in the file.
+    /// Absolute byte offset of the tensor's data in its file.
     pub offset: usize,
     pub n_bytes: usize,
+    /// Which file of a split GGUF holds it (0 for a single file).
+    pub part: usize,
 }
 
 impl TensorInfo {
@@ -318,6 +320,7 @@ impl GgufHeader {
                 dtype,
                 offset: start as usize,
                 n_bytes: n_bytes as usize,
+                part: 0,
             };
             if tensors.insert(name.clone(), info).is_some() {
                 return Err(format!("duplicate tensor `{name}`"));
@@ -438,16 +441,64 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A GGUF file on disk: its header and a memory map of its tensor data, shared with the weight
-/// matrices that view it.
+/// A GGUF model on disk: its header and a memory map of each file's tensor data, shared with the
+/// weight matrices that view it. A split GGUF (llama.cpp's `gguf-split`: `NAME-00001-of-0000N.gguf`
+/// and its siblings, `split.count` in each header) is opened from its first part, and its parts'
+/// tensors are one table.
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    maps: Vec<Arc<memmap2::Mmap>>,
     pub header: GgufHeader,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
+        let (map, mut header) = Self::open_part(path)?;
+        let mut maps = vec![Arc::new(map)];
+        let count = header.meta("split.count").and_then(Value::as_u64).unwrap_or(1) as usize;
+        if count > 1 {
+            let bad = |reason: String| Error::Gguf {
+                path: path.to_owned(),
+                reason,
+            };
+            if header.meta("split.no").and_then(Value::as_u64) != Some(0) {
+                return Err(bad(
+                    "this is not the first part of a split GGUF: open the file named -00001-of-...".into()
+                ));
+            }
+            for (no, part_path) in split_siblings(path, count).map_err(bad)?.into_iter().enumerate().skip(1) {
+                let (map, part) = Self::open_part(&part_path)?;
+                if part.meta("split.no").and_then(Value::as_u64) != Some(no as u64) {
+                    return Err(bad(format!(
+                        "{} does not say it is part {} of {count}",
+                        part_path.display(),
+                        no + 1
+                    )));
+                }
+                for (name, mut info) in part.tensors {
+                    info.part = no;
+                    if header.tensors.insert(name.clone(), info).is_some() {
+                        return Err(bad(format!("tensor `{name}` is in two parts")));
+                    }
+                }
+                maps.push(Arc::new(map));
+            }
+            let expected = header.meta("split.tensors.count").and_then(Value::as_u64);
+            if let Some(n) = expected.filter(|&n| n as usize != header.tensors.len()) {
+                return Err(bad(format!(
+                    "the {count} parts hold {} tensors, the first part announces {n}",
+                    header.tensors.len()
+                )));
+            }
+        }
+        Ok(GgufFile {
+            path: path.to_owned(),
+            maps,
+            header,
+        })
+    }
+
+    fn open_part(path: &Path) -> Result<(memmap2::Mmap, GgufHeader)> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and private to this process; a file truncated underneath
         // us by another process is outside what headhunt can defend against. The pages are
@@ -462,16 +513,17 @@ impl GgufFile {
         // not stay in memory.
         let data_start = header.tensors.values().map(|t| t.offset).min().unwrap_or(map.len());
         crate::matrix::release_range(&map, 0, data_start);
-        Ok(GgufFile {
-            path: path.to_owned(),
-            map: Arc::new(map),
-            header,
-        })
+        Ok((map, header))
     }
 
-    /// The file's memory map.
-    pub fn map(&self) -> Arc<memmap2::Mmap> {
-        self.map.clone()
+    /// The memory map of the file that holds a tensor.
+    pub fn map(&self, info: &TensorInfo) -> Arc<memmap2::Mmap> {
+        self.maps[info.part].clone()
+    }
+
+    /// How many files the model is stored in.
+    pub fn parts(&self) -> usize {
+        self.maps.len()
     }
 
     pub fn path(&self) -> &Path {
@@ -492,12 +544,30 @@ impl GgufFile {
             name: name.to_owned(),
             path: self.path.clone(),
         })?;
-        let raw = &self.map[info.offset..info.offset + info.n_bytes];
+        let raw = &self.maps[info.part][info.offset..info.offset + info.n_bytes];
         let data = dequantize(info.dtype, raw, &info.shape).map_err(|reason| Error::Gguf {
             path: self.path.clone(),
             reason: format!("tensor `{name}`: {reason}"),
         })?;
         Ok((data, info.shape.clone()))
+    }
+}
+
+/// The `count` files of a split GGUF, from its first: `NAME-00001-of-0000N.gguf` and its siblings.
+pub fn split_siblings(first: &Path, count: usize) -> std::result::Result<Vec<PathBuf>, String> {
+    let name = first.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let Some(stem) = name.strip_suffix(&suffix) else {
+        return Err(format!(
+            "the header says it is one of {count} parts, but the name does not end in {suffix}"
+        ));
+    };
+    let paths: Vec<PathBuf> = (1..=count)
+        .map(|k| first.with_file_name(format!("{stem}-{k:05}-of-{count:05}.gguf")))
+        .collect();
+    match paths.iter().find(|p| !p.exists()) {
+        Some(missing) => Err(format!("part {} of the split GGUF is missing", missing.display())),
+        None => Ok(paths),
     }
 }
 

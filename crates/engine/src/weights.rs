@@ -179,7 +179,7 @@ impl TensorSource for GgufFile {
             path: self.path().to_owned(),
         })?;
         let bytes = Bytes::Mapped {
-            map: self.map(),
+            map: self.map(info),
             start: info.offset,
             len: info.n_bytes,
         };
@@ -187,7 +187,7 @@ impl TensorSource for GgufFile {
     }
     fn release(&self, name: &str) {
         if let Some(info) = self.tensor_info(name) {
-            crate::matrix::release_range(&self.map(), info.offset, info.n_bytes);
+            crate::matrix::release_range(&self.map(info), info.offset, info.n_bytes);
         }
     }
     fn names(&self) -> Vec<String> {

@@ -99,7 +99,8 @@ fn float_buffer<'py>(py: Python<'py>, len: usize, fill: impl FnOnce(&mut [f32]))
 
 #[pymethods]
 impl Engine {
-    /// Load a known model id (fetched on first use), a .gguf file or a Hugging Face directory.
+    /// Load a known model id (fetched on first use), a .gguf file, a Hugging Face directory or a
+    /// Hub id (downloaded into the Hub's cache).
     #[staticmethod]
     #[pyo3(signature = (name_or_path, precision = "exact"))]
     fn load(py: Python<'_>, name_or_path: String, precision: &str) -> PyResult<Engine> {

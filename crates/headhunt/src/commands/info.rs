@@ -23,6 +23,9 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
     let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
     row("name", model.source.name.clone().unwrap_or_else(|| "-".into()));
     row("source", format!("{} ({})", model.source.path.display(), model.source.format));
+    if let Some(hub) = crate::models::hub::provenance(&model.source.path) {
+        row("hub", hub);
+    }
     row("architecture", c.architecture.clone());
     row("parameters", format!("{:.1} M", c.approx_parameters() as f64 / 1e6));
     row("layers", c.n_layers.to_string());

