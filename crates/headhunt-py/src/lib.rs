@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use headhunt::{activations, ground};
+use headhunt::{experiments::grounding, output::activations};
 use headhunt_engine::{greedy, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, Precision, RunOptions};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
@@ -48,7 +48,7 @@ create_exception!(
 
 /// A Rust error as the Python exception of its kind, with the CLI's message (the whole chain).
 fn py_err(e: anyhow::Error) -> PyErr {
-    if e.chain().any(|c| c.is::<headhunt::interrupt::Interrupted>()) {
+    if e.chain().any(|c| c.is::<headhunt::runner::interrupt::Interrupted>()) {
         return PyKeyboardInterrupt::new_err("interrupted between trials; rerun with the same out= to resume");
     }
     let message = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
@@ -258,19 +258,19 @@ impl Engine {
     ) -> PyResult<(Vec<(u32, f32, f64, f64)>, (f64, f64, f64))> {
         let model = Arc::clone(&self.model);
         py.detach(|| {
-            let s = headhunt::retrieval::HeadScores::load(&scores)?;
-            headhunt::masking::check_scores_fit(&s, &model)?;
-            let g = ground::Grounder::from_scores(&s)?;
-            let mut run = ground::run(&model, tokens.len(), tokens.len() + max_new_tokens)?;
+            let s = headhunt::experiments::retrieval::HeadScores::load(&scores)?;
+            headhunt::experiments::retrieval::masking::check_scores_fit(&s, &model)?;
+            let g = grounding::Grounder::from_scores(&s)?;
+            let mut run = grounding::run(&model, tokens.len(), tokens.len() + max_new_tokens)?;
             let logits = run.prefill(&tokens)?;
-            let steps = ground::decode(&mut run, logits, max_new_tokens, headhunt_engine::argmax, |_| false)?;
+            let steps = grounding::decode(&mut run, logits, max_new_tokens, headhunt_engine::argmax, |_| false)?;
             let per_token = steps
                 .iter()
                 .enumerate()
                 .map(|(t, s)| (s.token, s.logprob, g.support(&tokens, s), g.lookback(s, t, tokens.len())))
                 .collect();
-            let kept = ground::answer_steps(model.tokenizer()?, &steps);
-            let span: Vec<ground::Step> = kept.iter().map(|k| k.1.clone()).collect();
+            let kept = grounding::answer_steps(model.tokenizer()?, &steps);
+            let span: Vec<grounding::Step> = kept.iter().map(|k| k.1.clone()).collect();
             let a = g.answer(&tokens, &span, kept.first().map_or(0, |k| k.0));
             Ok((per_token, (a.support, a.lookback, a.confidence)))
         })
@@ -369,7 +369,7 @@ fn python_interrupt() -> bool {
 fn run_command(py: Python<'_>, argv: Vec<String>) -> PyResult<()> {
     let cli = headhunt::cli::parse(std::iter::once("headhunt".to_owned()).chain(argv)).map_err(|e| UsageError::new_err(e.to_string()))?;
     INTERRUPTED.store(false, Ordering::SeqCst);
-    headhunt::interrupt::install(python_interrupt);
+    headhunt::runner::interrupt::install(python_interrupt);
     py.detach(|| headhunt::cli::run(cli)).map_err(py_err)
 }
 

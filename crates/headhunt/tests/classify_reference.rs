@@ -5,7 +5,7 @@
 #[path = "../../engine/tests/common.rs"]
 mod common;
 
-use headhunt::stats::{auroc, Logistic};
+use headhunt::metrics::stats::{auroc, Logistic};
 use serde_json::Value;
 
 fn reference() -> Value {

@@ -2,8 +2,8 @@
 //! prompt and its argmax, a few numbers per head per step) equals a plain recomputation from the
 //! whole attention rows captured in the same run, on both real models.
 
-use headhunt::ground::{self, lookback_ratio, Grounder};
-use headhunt::retrieval::HeadScores;
+use headhunt::experiments::grounding::{self, lookback_ratio, Grounder};
+use headhunt::experiments::retrieval::HeadScores;
 use headhunt_engine::{argmax, Capture, HookPoint, Hooks, Model, Positions, RunOptions};
 
 fn load(id: &str) -> Model {
@@ -19,7 +19,7 @@ fn check(id: &str, retrieval: &[(usize, usize, f64)]) {
     let prompt = tok.encode_prompt(text, true).unwrap();
     let p = prompt.len();
     let mut hooks = Hooks::default();
-    for cap in ground::captures(c.n_layers, p) {
+    for cap in grounding::captures(c.n_layers, p) {
         hooks = hooks.capture(cap);
     }
     for l in 0..c.n_layers {
@@ -35,7 +35,7 @@ fn check(id: &str, retrieval: &[(usize, usize, f64)]) {
         )
         .unwrap();
     let logits = run.prefill(&prompt).unwrap();
-    let steps = ground::decode(&mut run, logits, 12, argmax, |_| false).unwrap();
+    let steps = grounding::decode(&mut run, logits, 12, argmax, |_| false).unwrap();
     assert!(steps.len() >= 4, "{id}: the model stopped at once");
 
     let mut scores = HeadScores::new(c.n_layers, c.n_heads);

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use headhunt::activations;
-use headhunt::kvselect::{held_visible, select, votes, Choice, GroupPool, Snap};
+use headhunt::experiments::kv::select::{held_visible, select, votes, Choice, GroupPool, Snap};
+use headhunt::output::activations;
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
 
 fn scratch(name: &str) -> PathBuf {

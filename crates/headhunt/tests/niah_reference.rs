@@ -8,9 +8,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use headhunt::niah::haystack::Haystack;
-use headhunt::niah::needle::load_jsonl;
-use headhunt::niah::trial::{Condition, TrialRunner, TrialSpec};
+use headhunt::experiments::retrieval::niah::haystack::Haystack;
+use headhunt::experiments::retrieval::niah::needle::load_jsonl;
+use headhunt::experiments::retrieval::niah::trial::{Condition, TrialRunner, TrialSpec};
 use headhunt_engine::Model;
 
 fn texts() -> PathBuf {

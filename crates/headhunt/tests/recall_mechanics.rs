@@ -5,9 +5,9 @@
 #[path = "../../engine/tests/common.rs"]
 mod common;
 
-use headhunt::recall::analysis::analyse;
-use headhunt::recall::fit::fit;
-use headhunt::recall::{attend_to_self_in_final_layer, subtract_final_intercept};
+use headhunt::experiments::recall::analysis::analyse;
+use headhunt::experiments::recall::fit::fit;
+use headhunt::experiments::recall::{attend_to_self_in_final_layer, subtract_final_intercept};
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
 
 /// Components sum to the final residual (1e-4 relative), and their logit attributions plus the

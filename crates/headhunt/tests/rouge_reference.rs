@@ -3,7 +3,7 @@
 #[path = "../../engine/tests/common.rs"]
 mod common;
 
-use headhunt::rouge::{porter_stem, rouge1_recall};
+use headhunt::metrics::rouge::{porter_stem, rouge1_recall};
 
 fn reference() -> serde_json::Value {
     let path = common::reference_dir().join("rouge/pairs.json");

@@ -8,14 +8,14 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
 use super::ModelArg;
-use crate::masking::{check_scores_fit, random_heads, top_heads, Head, MaskHow};
-use crate::niah::grid::GridArgs;
-use crate::niah::trial::{Condition, TrialRunner};
-use crate::plot::{Figure, LinePlot, Series};
-use crate::retrieval::HeadScores;
-use crate::runs::{run_niah_conditions, ConditionRun};
-use crate::shard::run_folder;
-use crate::store::write_atomic;
+use crate::experiments::retrieval::masking::{check_scores_fit, random_heads, top_heads, Head, MaskHow};
+use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
+use crate::experiments::retrieval::HeadScores;
+use crate::output::plot::{Figure, LinePlot, Series};
+use crate::runner::shard::run_folder;
+use crate::runner::store::write_atomic;
+use crate::runner::trials::{run_niah_conditions, ConditionRun};
 
 /// The ablation grid is smaller than detection's: it runs once per condition.
 const ABLATE_LENGTHS: &str = "600:2400:4";

@@ -7,7 +7,7 @@ use headhunt_engine::npy::NpzWriter;
 use headhunt_engine::HookPoint;
 
 use super::ModelArg;
-use crate::activations;
+use crate::output::activations;
 
 /// Run one prompt and write the chosen hook activations and the logits to an .npz file.
 ///

@@ -7,11 +7,11 @@ use serde_json::json;
 
 use super::niah::model_stem;
 use super::ModelArg;
-use crate::claims::{dynamic, markdown, shell, table, Plan, COT_CHAINS};
-use crate::cot::Style;
-use crate::plot::Figure;
-use crate::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
-use crate::store::write_atomic;
+use crate::experiments::claims::{dynamic, markdown, shell, table, Plan, COT_CHAINS};
+use crate::experiments::cot::Style;
+use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
+use crate::output::plot::Figure;
+use crate::runner::store::write_atomic;
 
 /// The paper's properties of retrieval heads as a table: the claim, the paper's evidence, what
 /// this model shows, the command that measured it, and a verdict by a stated rule (holds, does

@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::plot::{Figure, Heatmap, Heatmaps};
-use crate::retrieval::{pearson, spearman, HeadScores};
+use crate::experiments::retrieval::compare::compare;
+use crate::experiments::retrieval::HeadScores;
+use crate::output::plot::{Figure, Heatmap, Heatmaps};
 
 /// Compare two score files: headhunt's head_scores.json (or a run folder holding one) or the
 /// retrieval-head paper's published JSON files, which load as they are. Prints the Pearson and
@@ -21,43 +22,6 @@ pub struct Args {
     /// Where to write compare.png/.svg. [default: the current folder]
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
-}
-
-/// Correlations and top-k overlaps of two score sets of the same shape.
-pub struct Comparison {
-    pub pearson: f64,
-    pub spearman: f64,
-    /// (k, heads in both top-k lists)
-    pub overlap: Vec<(usize, usize)>,
-}
-
-pub fn compare(a: &HeadScores, b: &HeadScores, top: usize) -> Result<Comparison> {
-    if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads) {
-        bail!(
-            "the score files describe different models ({} x {} heads against {} x {})",
-            a.n_layers,
-            a.n_heads,
-            b.n_layers,
-            b.n_heads
-        );
-    }
-    let (ma, mb) = (a.means(), b.means());
-    let (ra, rb) = (a.ranked(), b.ranked());
-    let mut ks: Vec<usize> = [5, 10, 20, 50, top].into_iter().filter(|&k| k <= top && k <= ma.len()).collect();
-    ks.sort_unstable();
-    ks.dedup();
-    let overlap = ks
-        .into_iter()
-        .map(|k| {
-            let ta: Vec<usize> = ra[..k].iter().map(|r| r.0).collect();
-            (k, rb[..k].iter().filter(|r| ta.contains(&r.0)).count())
-        })
-        .collect();
-    Ok(Comparison {
-        pearson: pearson(&ma, &mb),
-        spearman: spearman(&ma, &mb),
-        overlap,
-    })
 }
 
 /// The precisions a headhunt run folder (or the folder of a score file) was computed at, from

@@ -8,11 +8,11 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::cot::{is_correct, problems, prompt, restates_facts, Shape, Style};
-use crate::masking::MaskSweepArgs;
-use crate::niah::trial::{answer, Condition};
-use crate::runs::{run_pending, Status};
-use crate::store::{write_atomic, Keyed};
+use crate::experiments::cot::{is_correct, problems, prompt, restates_facts, Shape, Style};
+use crate::experiments::retrieval::masking::MaskSweepArgs;
+use crate::experiments::retrieval::niah::trial::{answer, Condition};
+use crate::runner::store::{write_atomic, Keyed};
+use crate::runner::trials::{run_pending, Status};
 
 /// Reasoning that must read the context back at every step: multi-hop look-ups ("Tom's coin is
 /// in the white bag. The white bag is in the cellar. In which room is Tom's coin?"), generated

@@ -7,14 +7,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::ModelArg;
-use crate::niah::grid::{GridArgs, GridShape};
-use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
-use crate::plot::{Figure, Heatmap};
-use crate::retrieval::{HeadScores, ScoreVariant, Summary};
-use crate::runs::run_niah;
-use crate::shard::run_folder;
-use crate::store::write_atomic;
-use crate::store::Keyed;
+use crate::experiments::retrieval::niah::grid::{GridArgs, GridShape};
+use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::experiments::retrieval::{HeadScores, ScoreVariant, Summary};
+use crate::output::plot::{Figure, Heatmap};
+use crate::runner::shard::run_folder;
+use crate::runner::store::write_atomic;
+use crate::runner::store::Keyed;
+use crate::runner::trials::run_niah;
 
 /// Find retrieval heads: hide needles in long contexts, let the model answer, and score every
 /// query head by how much of the answer it copied from the needle (Wu et al. 2024).

@@ -8,9 +8,9 @@ use headhunt_engine::{argmax, greedy, Hooks, RunOptions, Tokenizer};
 use serde_json::json;
 
 use super::ModelArg;
-use crate::ground::{self, Grounder, Step};
-use crate::masking::check_scores_fit;
-use crate::retrieval::HeadScores;
+use crate::experiments::grounding::{self, Grounder, Step};
+use crate::experiments::retrieval::masking::check_scores_fit;
+use crate::experiments::retrieval::HeadScores;
 
 /// Continue a prompt with greedy decoding, streaming the text as it is produced.
 ///
@@ -86,12 +86,12 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
     let scores = HeadScores::load(args.scores.as_ref().context("--ground needs --scores")?)?;
     check_scores_fit(&scores, model)?;
     let g = Grounder::from_scores(&scores)?;
-    let mut run = ground::run(model, prompt.len(), prompt.len() + args.max_new)?;
+    let mut run = grounding::run(model, prompt.len(), prompt.len() + args.max_new)?;
     let logits = run.prefill(prompt)?;
-    let steps = ground::decode(&mut run, logits, args.max_new, argmax, |_| false)?;
+    let steps = grounding::decode(&mut run, logits, args.max_new, argmax, |_| false)?;
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     println!("{}", marked(tok, prompt, &g, &steps, colour)?);
-    let kept = ground::answer_steps(tok, &steps);
+    let kept = grounding::answer_steps(tok, &steps);
     let (t0, answer): (usize, Vec<Step>) = (kept.first().map_or(0, |k| k.0), kept.iter().map(|k| k.1.clone()).collect());
     let signal = g.answer(prompt, &answer, t0);
     let tokens: Vec<serde_json::Value> = steps
@@ -101,7 +101,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
             let copied: Vec<String> = g
                 .heads
                 .iter()
-                .filter(|&&(h, _)| ground::copies(prompt, s, h))
+                .filter(|&&(h, _)| grounding::copies(prompt, s, h))
                 .map(|&(h, _)| scores.label(h))
                 .collect();
             json!({
@@ -120,7 +120,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
         "answer": signal,
         "tokens": tokens,
     });
-    crate::store::write_atomic(&args.ground_out, serde_json::to_string_pretty(&out)?)?;
+    crate::runner::store::write_atomic(&args.ground_out, serde_json::to_string_pretty(&out)?)?;
     eprintln!(
         "support {:.2}, retrieval heads' lookback ratio {:.2}, mean log-probability {:.2}; per token: {}",
         signal.support,

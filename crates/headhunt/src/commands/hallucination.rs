@@ -9,19 +9,21 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::failure::{Outcome, COMPLETE_ROUGE};
-use crate::ground::Grounder;
-use crate::hallucination::{detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C};
-use crate::masking::check_scores_fit;
-use crate::niah::grid::GridArgs;
-use crate::niah::prompt::Frame;
-use crate::niah::trial::TrialRunner;
-use crate::plot::{Figure, LinePlot, Series};
-use crate::qa::{best_f1, builtin, load_jsonl};
-use crate::retrieval::HeadScores;
-use crate::runs::{run_pending, Status};
-use crate::stats::bootstrap_mean;
-use crate::store::{write_atomic, Keyed};
+use crate::experiments::grounding::Grounder;
+use crate::experiments::hallucination::{
+    detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C,
+};
+use crate::experiments::qa::{best_f1, builtin, load_jsonl};
+use crate::experiments::retrieval::failure::{Outcome, COMPLETE_ROUGE};
+use crate::experiments::retrieval::masking::check_scores_fit;
+use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::niah::prompt::Frame;
+use crate::experiments::retrieval::niah::trial::TrialRunner;
+use crate::experiments::retrieval::HeadScores;
+use crate::metrics::stats::bootstrap_mean;
+use crate::output::plot::{Figure, LinePlot, Series};
+use crate::runner::store::{write_atomic, Keyed};
+use crate::runner::trials::{run_pending, Status};
 
 /// Answers labelled complete or hallucinated (NIAH trials of the grid, and extractive QA), each
 /// with three detectors' scores: (a) the retrieval heads' support for the answer's tokens (no

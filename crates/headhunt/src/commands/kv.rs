@@ -8,15 +8,15 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::kvpolicy::{eligible, full_count, matching_uniform_window, policy, KvChoice};
-use crate::masking::{check_scores_fit, MaskHow};
-use crate::niah::grid::GridArgs;
-use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
-use crate::plot::{Figure, LinePlot, Series};
-use crate::retrieval::HeadScores;
-use crate::runs::run_niah;
-use crate::shard::run_folder;
-use crate::store::write_atomic;
+use crate::experiments::kv::{eligible, full_count, matching_uniform_window, policy, KvChoice};
+use crate::experiments::retrieval::masking::{check_scores_fit, MaskHow};
+use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::experiments::retrieval::HeadScores;
+use crate::output::plot::{Figure, LinePlot, Series};
+use crate::runner::shard::run_folder;
+use crate::runner::store::write_atomic;
+use crate::runner::trials::run_niah;
 
 const KV_LENGTHS: &str = "4000,6000";
 const KV_DEPTHS: &str = "0:100:5";

@@ -11,16 +11,18 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::kvselect::{held_visible, kv_prior, policy_rows, row_bytes, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap};
-use crate::masking::check_scores_fit;
-use crate::niah::grid::GridArgs;
-use crate::niah::trial::{decode_from, TrialRunner, TrialSpec, MAX_NEW_TOKENS};
-use crate::plot::{Figure, LinePlot, Series};
-use crate::retrieval::HeadScores;
-use crate::runs::{run_pending, Status};
-use crate::shard::run_folder;
-use crate::stats::bootstrap_mean;
-use crate::store::{write_atomic, Keyed};
+use crate::experiments::kv::select::{
+    held_visible, kv_prior, policy_rows, row_bytes, select, votes, window_hooks, Choice, GroupPool, PolicyName, Snap,
+};
+use crate::experiments::retrieval::masking::check_scores_fit;
+use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::niah::trial::{decode_from, TrialRunner, TrialSpec, MAX_NEW_TOKENS};
+use crate::experiments::retrieval::HeadScores;
+use crate::metrics::stats::bootstrap_mean;
+use crate::output::plot::{Figure, LinePlot, Series};
+use crate::runner::shard::run_folder;
+use crate::runner::store::{write_atomic, Keyed};
+use crate::runner::trials::{run_pending, Status};
 
 /// Compress the KV cache by keeping, in every key/value head, a few sink positions, the prompt's
 /// last `--window` positions (the observation window, which holds the question) and the earlier

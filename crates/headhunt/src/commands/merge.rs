@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::detect;
-use crate::niah::trial::TrialRecord;
-use crate::retrieval::ScoreVariant;
-use crate::shard::{shard_folders, Shard};
-use crate::store::{check_settings, read_settings, Keyed, Plan, Progress, TrialStore};
+use crate::experiments::retrieval::niah::trial::TrialRecord;
+use crate::experiments::retrieval::ScoreVariant;
+use crate::runner::shard::{shard_folders, Shard};
+use crate::runner::store::{check_settings, read_settings, Keyed, Plan, Progress, TrialStore};
 
 /// Join the shards of a split run (`--shard`) into one run folder, without repeating a trial, and
 /// write the command's aggregate outputs (head scores, summary, heatmap, report).
@@ -44,12 +44,12 @@ pub fn run(args: Args) -> Result<()> {
                 bail!(
                     "{} holds no shards (no {}/*); name the shard folders, or run with --shard",
                     run.display(),
-                    crate::shard::SHARDS_DIR
+                    crate::runner::shard::SHARDS_DIR
                 );
             }
             (shards, run.clone())
         }
-        ([run], Some(out)) if run.join(crate::shard::SHARDS_DIR).is_dir() => (shard_folders(run)?, out.clone()),
+        ([run], Some(out)) if run.join(crate::runner::shard::SHARDS_DIR).is_dir() => (shard_folders(run)?, out.clone()),
         (folders, Some(out)) => (folders.to_vec(), out.clone()),
         (_, None) => bail!("name the merged run's folder with --out"),
     };
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
 fn done_of(p: &Progress) -> String {
     match p.plan {
         Some(plan) => format!("{} of {} trials", p.done, plan.trials),
-        None => format!("{} trials, no {}", p.done, crate::store::PLAN_FILE),
+        None => format!("{} trials, no {}", p.done, crate::runner::store::PLAN_FILE),
     }
 }
 
@@ -121,7 +121,7 @@ fn check_complete(shards: &[Progress], n: usize, run: &Path) -> Result<()> {
             None => problems.push(format!(
                 "{}: no {} (not a shard, or from an older headhunt)",
                 p.dir.display(),
-                crate::store::PLAN_FILE
+                crate::runner::store::PLAN_FILE
             )),
             Some(Plan { shard: Some(s), .. }) if s.count == n => {}
             Some(Plan { shard, .. }) => problems.push(format!(
@@ -169,7 +169,7 @@ fn carry_model_card(shards: &[PathBuf], out: &Path) -> Result<()> {
     match shards.iter().map(|s| s.join("model.json")).find(|c| c.exists()) {
         Some(card) if card != target => {
             let text = std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
-            crate::store::write_atomic(&target, text)
+            crate::runner::store::write_atomic(&target, text)
         }
         _ => Ok(()),
     }

@@ -49,7 +49,7 @@ impl ModelArg {
     /// Resolve (fetching if needed) and load the model.
     pub fn load(&self) -> Result<Model> {
         let path = models::resolve(&self.model)?;
-        let spinner = crate::progress::spinner(&format!("loading {}", path.display()));
+        let spinner = crate::runner::progress::spinner(&format!("loading {}", path.display()));
         let model = Model::load(&path).with_context(|| format!("loading {}", self.model));
         spinner.finish_and_clear();
         let mut model = model?;
@@ -70,7 +70,7 @@ impl ModelArg {
 pub fn record_provenance(out: &std::path::Path, model: &Model) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let card: serde_json::Map<String, serde_json::Value> = info::card(model).into_iter().map(|(k, v)| (k, v.into())).collect();
-    crate::store::write_atomic(&out.join("model.json"), serde_json::to_string_pretty(&card)?)?;
+    crate::runner::store::write_atomic(&out.join("model.json"), serde_json::to_string_pretty(&card)?)?;
     let path = out.join("provenance.json");
     let mut list: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
@@ -85,14 +85,16 @@ pub fn record_provenance(out: &std::path::Path, model: &Model) -> Result<()> {
         "unix_time": seconds,
         "threads": rayon::current_num_threads(),
         "precision": model.precision().name(),
+        "model": model.source.path.display().to_string(),
+        "hub": crate::models::hub::provenance(&model.source.path),
     }));
-    crate::store::write_atomic(&path, serde_json::to_string_pretty(&list)?)?;
+    crate::runner::store::write_atomic(&path, serde_json::to_string_pretty(&list)?)?;
     Ok(())
 }
 
 /// Write the run's HTML report and say where it is (the last line a command prints).
 pub fn finish_with_report(dir: &std::path::Path) -> Result<()> {
-    let path = crate::report::write(dir)?;
+    let path = crate::output::report::write(dir)?;
     println!("report: {}", path.display());
     Ok(())
 }

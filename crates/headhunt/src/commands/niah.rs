@@ -8,16 +8,16 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::ModelArg;
-use crate::failure::{classify, evidence, Evidence, Outcome};
-use crate::masking::{check_scores_fit, top_heads, Head, MaskArgs};
-use crate::niah::grid::{Grid, GridArgs};
-use crate::niah::needle::Needle;
-use crate::niah::trial::{Condition, TrialRecord, TrialRunner};
-use crate::plot::{Figure, Heatmap};
-use crate::retrieval::HeadScores;
-use crate::runs::run_niah;
-use crate::shard::run_folder;
-use crate::store::write_atomic;
+use crate::experiments::retrieval::failure::{classify, evidence, Evidence, Outcome};
+use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, Head, MaskArgs};
+use crate::experiments::retrieval::niah::grid::{Grid, GridArgs};
+use crate::experiments::retrieval::niah::needle::Needle;
+use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::experiments::retrieval::HeadScores;
+use crate::output::plot::{Figure, Heatmap};
+use crate::runner::shard::run_folder;
+use crate::runner::store::write_atomic;
+use crate::runner::trials::run_niah;
 
 /// Run the needle-in-a-haystack grid (context lengths x depths), optionally with heads masked,
 /// and see whether the model still retrieves.

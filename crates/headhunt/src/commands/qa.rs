@@ -9,15 +9,15 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::kvselect::{compressed_answer, kv_prior, PolicyName, Snap};
-use crate::masking::{Head, MaskSweepArgs};
-use crate::niah::prompt::Frame;
-use crate::niah::trial::{answer, Condition};
-use crate::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
-use crate::runs::{run_pending, Status};
-use crate::shard::{run_folder, ShardArgs};
-use crate::store::write_atomic;
-use crate::store::Keyed;
+use crate::experiments::kv::select::{compressed_answer, kv_prior, PolicyName, Snap};
+use crate::experiments::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
+use crate::experiments::retrieval::masking::{Head, MaskSweepArgs};
+use crate::experiments::retrieval::niah::prompt::Frame;
+use crate::experiments::retrieval::niah::trial::{answer, Condition};
+use crate::runner::shard::{run_folder, ShardArgs};
+use crate::runner::store::write_atomic;
+use crate::runner::store::Keyed;
+use crate::runner::trials::{run_pending, Status};
 
 /// Answer questions about long documents (token F1, SQuAD normalisation), unmasked and with the
 /// top-K retrieval heads or K random non-retrieval heads masked. The built-in set has 32

@@ -10,13 +10,13 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::masking::{head_label, MaskSweepArgs, PhaseArg};
-use crate::plot::{Figure, Heatmap, Heatmaps, Scatter};
-use crate::recall::analysis::{analyse, dla, Component, LastPosition};
-use crate::recall::tasks::{self, RecallPrompt, Task};
-use crate::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, par_map, prompts, subtract_final_intercept};
-use crate::retrieval::pearson;
-use crate::store::write_atomic;
+use crate::experiments::recall::analysis::{analyse, dla, Component, LastPosition};
+use crate::experiments::recall::tasks::{self, RecallPrompt, Task};
+use crate::experiments::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, par_map, prompts, subtract_final_intercept};
+use crate::experiments::retrieval::masking::{head_label, MaskSweepArgs, PhaseArg};
+use crate::experiments::retrieval::pearson;
+use crate::output::plot::{Figure, Heatmap, Heatmaps, Scatter};
+use crate::runner::store::write_atomic;
 
 /// Factual recall: how a model gets from "The capital of France is" to " Paris".
 ///
@@ -260,7 +260,7 @@ fn sample<T>(items: Vec<T>, n: Option<usize>) -> Vec<T> {
 
 /// Decompose every prompt (with a progress bar).
 fn decompose_all(model: &Model, ps: &[RecallPrompt], what: &str) -> Result<Vec<LastPosition>> {
-    let bar = crate::progress::bar(ps.len() as u64, what);
+    let bar = crate::runner::progress::bar(ps.len() as u64, what);
     let out = par_map(ps, |q| {
         let r = analyse(model, &q.ids, q.subject.clone(), &[]);
         bar.inc(1);
@@ -325,7 +325,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
             mean.iter_mut().zip(z).for_each(|(m, &v)| *m += v / corrupted_runs.len() as f32);
         }
     }
-    let bar = crate::progress::bar((picked.len() * n_heads) as u64, "ablations");
+    let bar = crate::runner::progress::bar((picked.len() * n_heads) as u64, "ablations");
     let runs: Vec<(usize, usize)> = (0..picked.len()).flat_map(|k| (0..n_heads).map(move |i| (k, i))).collect();
     let drops = par_map(&runs, |&(k, i)| {
         let (q, bad) = (&ps[picked[k]], corrupted[k].answer_token);

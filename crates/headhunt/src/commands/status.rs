@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Result};
 use indicatif::HumanDuration;
 
-use crate::niah::grid::GridShape;
-use crate::shard::{Shard, SHARDS_DIR};
-use crate::store::{read_settings, Progress, PLAN_FILE, TRIALS_FILE};
+use crate::experiments::retrieval::niah::grid::GridShape;
+use crate::runner::shard::{Shard, SHARDS_DIR};
+use crate::runner::store::{read_settings, Progress, PLAN_FILE, TRIALS_FILE};
 
 /// Show a run's progress: per shard (and per condition folder), trials done against planned,
 /// seconds per trial, time since the last record, and an ETA. Reads the folders only, so it is

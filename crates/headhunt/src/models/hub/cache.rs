@@ -53,7 +53,7 @@ impl RepoCache {
         }
         let path = self.root.join("refs").join(revision);
         std::fs::create_dir_all(path.parent().expect("refs/ is a parent")).with_context(|| format!("creating {}", path.display()))?;
-        crate::store::write_atomic(&path, commit)
+        crate::runner::store::write_atomic(&path, commit)
     }
 
     /// Put `file` of `commit` into the snapshot: a relative link to its blob.

@@ -144,7 +144,7 @@ impl Client {
         let part = cache.incomplete(&meta.etag);
         std::fs::create_dir_all(part.parent().expect("blobs/ is a parent")).with_context(|| format!("creating {}", part.display()))?;
         let url = meta.location.clone().unwrap_or_else(|| self.resolve_url(repo, commit, file));
-        let bar = crate::progress::bytes(meta.size, file);
+        let bar = crate::runner::progress::bytes(meta.size, file);
         let mut last_error = None;
         for attempt in 0..=RESUMES {
             let have = std::fs::metadata(&part).map_or(0, |m| m.len());

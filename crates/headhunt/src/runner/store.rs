@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::shard::Shard;
+use crate::runner::shard::Shard;
 
 /// A record with a stable identity, so a resumed or merged run never holds a trial twice.
 pub trait Keyed {

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::niah::haystack::Prose;
+use crate::experiments::retrieval::niah::haystack::Prose;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QaItem {

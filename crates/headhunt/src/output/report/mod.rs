@@ -12,7 +12,7 @@ use anyhow::Result;
 use plotters::style::colors::colormaps::ViridisRGB;
 use serde_json::Value;
 
-use crate::retrieval::HeadScores;
+use crate::experiments::retrieval::HeadScores;
 
 mod experiments;
 use experiments::{claims_section, cot_section, hallucination_section, kv_section, kv_select_section, qa_section, recall_section};
@@ -44,8 +44,8 @@ fn folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
         .collect();
     subs.sort();
     // A merged run stands for its shards.
-    let merged = dir.join(crate::store::SETTINGS_FILE).exists();
-    subs.retain(|s| !(merged && s.file_name().is_some_and(|n| n == crate::shard::SHARDS_DIR)));
+    let merged = dir.join(crate::runner::store::SETTINGS_FILE).exists();
+    subs.retain(|s| !(merged && s.file_name().is_some_and(|n| n == crate::runner::shard::SHARDS_DIR)));
     for s in subs {
         folders(&s, depth - 1, out);
     }
@@ -207,8 +207,9 @@ fn provenance(dir: &Path) -> String {
     let rows: Vec<String> = list
         .iter()
         .map(|p| {
+            let hub = p["hub"].as_str().map(|h| format!(", from the Hub: {}", esc(h))).unwrap_or_default();
             format!(
-                "<li><code>{}</code> (headhunt {}, precision {})</li>",
+                "<li><code>{}</code> (headhunt {}, precision {}{hub})</li>",
                 esc(p["command"].as_str().unwrap_or("")),
                 esc(p["headhunt"].as_str().unwrap_or("")),
                 esc(p["precision"].as_str().unwrap_or("exact"))
@@ -254,7 +255,7 @@ fn niah_cells(dir: &Path, settings: &Value) -> Option<(Vec<String>, Vec<String>,
 pub fn write(dir: &Path) -> Result<PathBuf> {
     let html = render(dir)?;
     let path = dir.join(REPORT_FILE);
-    crate::store::write_atomic(&path, html)?;
+    crate::runner::store::write_atomic(&path, html)?;
     Ok(path)
 }
 

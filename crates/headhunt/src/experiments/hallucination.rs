@@ -2,7 +2,7 @@
 //! scores; how well each detector separates the hallucinated ones; and decoding guided by the
 //! signal.
 //!
-//! Labels (the failure classes of [`crate::failure`]): an answer is **complete** when its
+//! Labels (the failure classes of [`crate::experiments::retrieval::failure`]): an answer is **complete** when its
 //! ROUGE-1 recall of the expected answer is at least 90, **hallucinated** when it contains no
 //! content word of the expected answer (for QA, of any accepted answer); the incomplete ones in
 //! between are left out of the detection study.
@@ -11,11 +11,11 @@ use anyhow::Result;
 use headhunt_engine::{argmax, Model, Run};
 use serde::{Deserialize, Serialize};
 
-use crate::failure::{classify, Outcome};
-use crate::ground::{self, answer_steps, Grounder, Signal, Step};
-use crate::niah::haystack::Rng;
-use crate::niah::trial::MAX_NEW_TOKENS;
-use crate::stats::{auroc, bootstrap, cross_validated, roc_curve, Logistic};
+use crate::experiments::grounding::{self, answer_steps, Grounder, Signal, Step};
+use crate::experiments::retrieval::failure::{classify, Outcome};
+use crate::experiments::retrieval::niah::haystack::Rng;
+use crate::experiments::retrieval::niah::trial::MAX_NEW_TOKENS;
+use crate::metrics::stats::{auroc, bootstrap, cross_validated, roc_curve, Logistic};
 
 /// How guided decoding runs: chunks of `chunk` tokens, `candidates` per chunk (the greedy
 /// chunk and `candidates - 1` sampled at `temperature`), the best-supported kept.
@@ -41,7 +41,7 @@ pub struct Decoded {
 /// A run holding the prompt but its last token, with the signal's captures: each answer forks
 /// it and feeds that token, so that every decoding step is recorded in the fork.
 pub fn prepared<'m>(model: &'m Model, prompt: &[u32]) -> Result<Run<'m>> {
-    let mut run = ground::run(model, prompt.len(), prompt.len() + MAX_NEW_TOKENS + 1)?;
+    let mut run = grounding::run(model, prompt.len(), prompt.len() + MAX_NEW_TOKENS + 1)?;
     if prompt.len() > 1 {
         run.prefill(&prompt[..prompt.len() - 1])?;
     }
@@ -68,7 +68,7 @@ fn continue_from<'m>(
     let model = base.model();
     let mut run = base.fork();
     let logits = run.decode(pending)?;
-    let steps = ground::decode(&mut run, logits, max_new, choose, |ids| line_done(model, &[before, ids].concat()))?;
+    let steps = grounding::decode(&mut run, logits, max_new, choose, |ids| line_done(model, &[before, ids].concat()))?;
     Ok((run, steps))
 }
 
@@ -163,7 +163,7 @@ fn decoded(model: &Model, prompt: &[u32], g: &Grounder, steps: &[Step]) -> Resul
             .map(|(_, s)| Ok((tok.decode(&[s.token], false)?, g.support(prompt, s))))
             .collect::<Result<_>>()?,
         signal: g.answer(prompt, &span, t0),
-        lookback: ground::lookback_features(&span, t0, prompt.len()),
+        lookback: grounding::lookback_features(&span, t0, prompt.len()),
     })
 }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, RunOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
+use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 
 /// A query head: (layer, head).
 pub type Head = (usize, usize);
@@ -59,7 +59,7 @@ pub fn random_heads(scores: &HeadScores, k: usize, seed: u64) -> Result<Vec<Head
         );
     }
     // Fisher-Yates with SplitMix64: the same draw for the same seed on every machine.
-    let mut rng = crate::niah::haystack::Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+    let mut rng = crate::experiments::retrieval::niah::haystack::Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
     for i in (1..pool.len()).rev() {
         let j = rng.below(i + 1);
         pool.swap(i, j);

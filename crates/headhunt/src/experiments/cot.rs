@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::niah::haystack::Rng;
+use crate::experiments::retrieval::niah::haystack::Rng;
 
 const OWNERS: &[&str] = &[
     "Tom", "Lena", "Omar", "Priya", "Jonas", "Mei", "Carlos", "Ines", "Hugo", "Anya", "Felix", "Nora", "Ravi", "Greta", "Sami", "Elsa",

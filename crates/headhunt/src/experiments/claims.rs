@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::commands::compare::compare;
-use crate::retrieval::{Activation, HeadScores, RETRIEVAL_THRESHOLD};
+use crate::experiments::retrieval::compare::compare;
+use crate::experiments::retrieval::{Activation, HeadScores, RETRIEVAL_THRESHOLD};
 
 /// Context lengths of the short-context detection run (the claim: heads exist at <= 1,000).
 pub const SHORT_LENGTHS: &str = "200:1000:5";

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::haystack::Haystack;
 use super::needle::Needle;
 use super::prompt::{assemble, sentence_ends, Frame, NeedleTokens, NiahPrompt};
-use crate::retrieval::{trial_scores, ScoreVariant};
-use crate::rouge::rouge1_recall;
+use crate::experiments::retrieval::{trial_scores, ScoreVariant};
+use crate::metrics::rouge::rouge1_recall;
 
 /// Most tokens an answer may take (the paper's decode length).
 pub const MAX_NEW_TOKENS: usize = 50;
@@ -67,7 +67,7 @@ pub struct TrialRecord {
 
 impl TrialRecord {
     pub fn answered(&self) -> bool {
-        self.rouge1 > crate::retrieval::SUCCESS_ROUGE
+        self.rouge1 > crate::experiments::retrieval::SUCCESS_ROUGE
     }
 
     pub fn scores(&self, variant: ScoreVariant) -> &[f64] {

@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::niah::grid::Grid;
-use crate::niah::trial::{Condition, PrefixCache, TrialRecord, TrialRunner, TrialSpec};
-use crate::shard::Shard;
-use crate::store::{check_settings, write_atomic, Keyed, Plan, TrialStore};
+use crate::experiments::retrieval::niah::grid::Grid;
+use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache, TrialRecord, TrialRunner, TrialSpec};
+use crate::runner::shard::Shard;
+use crate::runner::store::{check_settings, write_atomic, Keyed, Plan, TrialStore};
 
 /// Run the trials of `specs` (shard `shard`'s, or all) missing from the run folder `dir`;
 /// returns every record there.
@@ -34,10 +34,10 @@ where
     let mut store: TrialStore<R> = open_store(dir, settings, plan)?;
     let todo: Vec<&S> = specs.iter().filter(|s| !store.has(&s.key())).collect();
     if !todo.is_empty() {
-        let bar = crate::progress::bar(specs.len() as u64, label);
+        let bar = crate::runner::progress::bar(specs.len() as u64, label);
         bar.set_position((specs.len() - todo.len()) as u64);
         for spec in todo {
-            crate::interrupt::check()?;
+            crate::runner::interrupt::check()?;
             let record = run(spec).with_context(|| format!("trial {}", spec.key()))?;
             bar.set_message(record.status());
             store.append(record)?;
@@ -185,14 +185,14 @@ fn run_sharing_prefill(runner: &TrialRunner<'_>, grid: &Grid, runs: &[&Condition
     if missing > 0 {
         let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         eprintln!("conditions {} share each prompt's prefill", labels.join(", "));
-        let bar = crate::progress::bar(total as u64, "trials");
+        let bar = crate::runner::progress::bar(total as u64, "trials");
         bar.set_position((total - missing) as u64);
         for spec in &ordered {
             let which = todo(&stores, spec);
             if which.is_empty() {
                 continue;
             }
-            crate::interrupt::check()?;
+            crate::runner::interrupt::check()?;
             let conditions: Vec<&Condition> = which.iter().map(|&c| &runs[c].condition).collect();
             let records = runner
                 .run_each(spec, &conditions, &mut cache)

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::niah::haystack::Rng;
+use crate::experiments::retrieval::niah::haystack::Rng;
 
 /// A `level` (e.g. 0.95) percentile bootstrap interval of the mean of `values`.
 pub fn bootstrap_mean(values: &[f64], level: f64, resamples: usize, seed: u64) -> (f64, f64) {
@@ -47,7 +47,7 @@ pub fn bootstrap(n: usize, level: f64, resamples: usize, seed: u64, statistic: i
 /// Area under the ROC curve of `scores` (higher: more likely positive) against `labels`
 /// (true: positive): the Mann-Whitney statistic with ties counted half. NaN without both classes.
 pub fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
-    let ranks = crate::retrieval::ranks(scores);
+    let ranks = crate::experiments::retrieval::ranks(scores);
     let pos = labels.iter().filter(|&&l| l).count();
     let neg = labels.len() - pos;
     if pos == 0 || neg == 0 {

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::haystack::Haystack;
 use super::needle::{self, Needle};
 use super::trial::TrialSpec;
-use crate::shard::{Shard, ShardArgs};
+use crate::runner::shard::{Shard, ShardArgs};
 
 /// Default grid: sized so that `headhunt detect` on SmolLM2 finishes in minutes on 2 cores.
 pub const DEFAULT_LENGTHS: &str = "600:3300:6";

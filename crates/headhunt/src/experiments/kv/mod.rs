@@ -3,12 +3,16 @@
 //! RazorAttention do), against the same budget spent on random heads or on a uniform window.
 //! Layers with their own sliding window (Gemma's local layers) are already windowed and do not
 //! count.
+//!
+//! [`select`]: positions chosen per head (SnapKV, HeadKV) rather than whole heads kept.
+
+pub mod select;
 
 use anyhow::{bail, Result};
 use headhunt_engine::{KvPolicy, Model};
 use serde::{Deserialize, Serialize};
 
-use crate::retrieval::HeadScores;
+use crate::experiments::retrieval::HeadScores;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "policy")]
@@ -44,10 +48,10 @@ pub fn eligible(model: &Model) -> Vec<(usize, usize)> {
 }
 
 /// A KV head's retrieval score: the best mean score among the query heads that share it (the
-/// eligible heads' entries of [`crate::kvselect::kv_prior`]).
+/// eligible heads' entries of [`crate::experiments::kv::select::kv_prior`]).
 pub fn kv_head_scores(model: &Model, scores: &HeadScores) -> Vec<f64> {
     let c = &model.config;
-    let all = crate::kvselect::kv_prior(c, &scores.means());
+    let all = crate::experiments::kv::select::kv_prior(c, &scores.means());
     eligible(model).iter().map(|&(l, g)| all[l * c.n_kv_heads + g]).collect()
 }
 

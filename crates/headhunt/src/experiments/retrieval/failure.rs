@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::niah::trial::TrialRecord;
-use crate::rouge::{rouge1_recall, tokenize};
+use crate::experiments::retrieval::niah::trial::TrialRecord;
+use crate::metrics::rouge::{rouge1_recall, tokenize};
 
 /// ROUGE-1 recall (0-100) at which an answer counts as complete.
 pub const COMPLETE_ROUGE: f64 = 90.0;
@@ -99,7 +99,7 @@ pub fn evidence(record: &TrialRecord, heads: &[usize]) -> Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::niah::trial::TrialSpec;
+    use crate::experiments::retrieval::niah::trial::TrialSpec;
 
     #[test]
     fn answers_are_classified() {

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use headhunt_engine::{generate_from, Capture, Hooks, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
+use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 
 /// What the engine records at one decoding step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ use std::ops::Range;
 use anyhow::{bail, Result};
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, ModelConfig, Positions, Recording, Run, RunOptions};
 
-use crate::niah::haystack::Rng;
-use crate::niah::trial::{decode_from, Answer, MAX_NEW_TOKENS};
+use crate::experiments::retrieval::niah::haystack::Rng;
+use crate::experiments::retrieval::niah::trial::{decode_from, Answer, MAX_NEW_TOKENS};
 use serde::{Deserialize, Serialize};
 
 /// How a head's query heads' votes are combined.

@@ -6,6 +6,14 @@
 //! span length (at most 1); the paper's released code instead adds `1 / span` at every copying
 //! step (`per-step`, which can exceed 1). A head's retrieval score is its mean over trials the
 //! model answered (ROUGE-1 recall above 50); a *retrieval head* scores above 0.1.
+//!
+//! Beside the scores: the NIAH trials they come from ([`niah`]), masking heads to test that they
+//! are causal ([`masking`]), and how an answer fails ([`failure`]).
+
+pub mod compare;
+pub mod failure;
+pub mod masking;
+pub mod niah;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -284,9 +292,9 @@ impl Activation {
     }
 
     /// Frequency against mean score, the heads of either kind labelled.
-    pub fn plot(&self, title: &str) -> crate::plot::Scatter {
+    pub fn plot(&self, title: &str) -> crate::output::plot::Scatter {
         let named: Vec<String> = self.always_on().into_iter().chain(self.sometimes()).collect();
-        crate::plot::Scatter {
+        crate::output::plot::Scatter {
             title: title.to_owned(),
             x_label: "mean retrieval score".into(),
             y_label: "share of answered trials with score > 0.1".into(),
