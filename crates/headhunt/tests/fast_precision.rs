@@ -3,7 +3,7 @@
 //! prompt (the int8 tiles of many tokens, where the CPU has them), and at every position the
 //! next-token distributions of the two precisions are compared.
 //!
-//! Measured here (README, "Precision"): mean KL 2.7e-3 (SmolLM2) and 2.3e-3 (Gemma), the same
+//! Measured here (docs/performance.md, "Precision"): mean KL 2.7e-3 (SmolLM2) and 2.3e-3 (Gemma), the same
 //! top token at ~96% of positions, about what llama.cpp's own int8 products give against the
 //! exact numbers on the same files (2.8e-3 and 4.9e-3, `bench/llama_agreement.py`). The bounds below hold that level with a
 //! margin; a fault in the fast products (for instance offsets taken against the unquantised
