@@ -4,9 +4,11 @@
 //! Layers with their own sliding window (Gemma's local layers) are already windowed and do not
 //! count.
 //!
-//! [`select`]: positions chosen per head (SnapKV, HeadKV) rather than whole heads kept.
+//! [`select`]: positions chosen per head (SnapKV, HeadKV) rather than whole heads kept;
+//! [`select_study`]: the kv-select study's trials and summary.
 
 pub mod select;
+pub mod select_study;
 
 use anyhow::{bail, Result};
 use headhunt_engine::{KvPolicy, Model};
