@@ -586,6 +586,48 @@ AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm"}
 
 
 @torch.no_grad()
+def internals(model, ids) -> dict:
+    """Per layer, as transformers computes them: each head's query and each key/value head's key
+    after their norms and RoPE (what `apply_rotary_pos_emb` returns), the values, and the MLP's
+    pre-activation (the activation function's input: a gated MLP's gate projection), each
+    [layer, position, ...]. Rotary families only for q/k/v."""
+    mod = sys.modules[type(model).__module__]
+    layers = model.model.layers if hasattr(model, "model") and hasattr(model.model, "layers") else None
+    rec = {"q": [], "k": [], "v": [], "mlp_pre": []}
+    handles, orig = [], getattr(mod, "apply_rotary_pos_emb", None)
+    if layers is None:
+        return {}
+    if orig is not None:
+        def patched(q, k, *a, **kw):
+            q2, k2 = orig(q, k, *a, **kw)
+            rec["q"].append(q2[0].transpose(0, 1).float().numpy())
+            rec["k"].append(k2[0].transpose(0, 1).float().numpy())
+            return q2, k2
+        mod.apply_rotary_pos_emb = patched
+    for layer in layers:
+        attn, cfg = layer.self_attn, model.config
+        d_head = getattr(attn, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+        n_kv = cfg.num_key_value_heads
+        if hasattr(attn, "v_proj"):
+            handles.append(attn.v_proj.register_forward_hook(
+                lambda m, i, o: rec["v"].append(o[0].reshape(o.shape[1], n_kv, d_head).float().numpy())))
+        elif hasattr(attn, "qkv_proj"):
+            n_q = cfg.num_attention_heads * d_head
+            handles.append(attn.qkv_proj.register_forward_hook(
+                lambda m, i, o: rec["v"].append(o[0, :, n_q + n_kv * d_head:].reshape(o.shape[1], n_kv, d_head).float().numpy())))
+        act = getattr(layer.mlp, "act_fn", None) or getattr(layer.mlp, "activation_fn", None)
+        handles.append(act.register_forward_pre_hook(lambda m, i: rec["mlp_pre"].append(i[0][0].float().numpy())))
+    try:
+        model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+        if orig is not None:
+            mod.apply_rotary_pos_emb = orig
+    n = len(layers)
+    return {k: np.stack(v) for k, v in rec.items() if len(v) == n}
+
+
 def tiny_models(out_dir: Path):
     for name in [*TINY, *STORED]:
         base, dtype = STORED.get(name, (name, None))
@@ -607,7 +649,7 @@ def tiny_models(out_dir: Path):
             write_llama_gguf(model, d / "model.gguf")
             check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
-                 attn=np.stack([a[0].float().numpy() for a in out.attentions]))
+                 attn=np.stack([a[0].float().numpy() for a in out.attentions]), **internals(model, ids))
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
 
 

@@ -27,6 +27,14 @@ pub enum HookPoint {
     PosEmbed,
     /// `blocks.{l}.hook_resid_pre`, `[pos, d_model]`.
     ResidPre(usize),
+    /// `blocks.{l}.attn.hook_q`: each head's query, after the Q norm (where the family has one)
+    /// and RoPE, `[pos, head, d_head]`.
+    Q(usize),
+    /// `blocks.{l}.attn.hook_k`: each key/value head's key, after the K norm and RoPE,
+    /// `[pos, kv_head, d_head]` (what the KV cache holds).
+    K(usize),
+    /// `blocks.{l}.attn.hook_v`: each key/value head's value, `[pos, kv_head, d_head]`.
+    V(usize),
     /// `blocks.{l}.attn.hook_z`: each head's attention-weighted values, `[pos, head, d_head]`.
     Z(usize),
     /// `blocks.{l}.attn.hook_result`: each head's contribution to the residual stream,
@@ -39,6 +47,9 @@ pub enum HookPoint {
     AttnOut(usize),
     /// `blocks.{l}.hook_resid_mid`, `[pos, d_model]`.
     ResidMid(usize),
+    /// `blocks.{l}.mlp.hook_pre`: the MLP's pre-activation (a gated MLP's gate projection),
+    /// `[pos, d_mlp]`.
+    MlpPre(usize),
     /// `blocks.{l}.mlp.hook_post`: the MLP's hidden activation, `[pos, d_mlp]`.
     MlpPost(usize),
     /// `blocks.{l}.hook_mlp_out`, `[pos, d_model]`.
@@ -120,6 +131,30 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "the residual stream into block l",
     },
     HookKind {
+        name: "blocks.{l}.attn.hook_q",
+        dims: "[head, d_head]",
+        point: HookPoint::Q,
+        shape: |c| vec![c.n_heads, c.d_head],
+        writable: false,
+        doc: "each head's query, after the Q norm where the family has one and after RoPE",
+    },
+    HookKind {
+        name: "blocks.{l}.attn.hook_k",
+        dims: "[kv_head, d_head]",
+        point: HookPoint::K,
+        shape: |c| vec![c.n_kv_heads, c.d_head],
+        writable: false,
+        doc: "each key/value head's key, after the K norm and RoPE (what the KV cache holds)",
+    },
+    HookKind {
+        name: "blocks.{l}.attn.hook_v",
+        dims: "[kv_head, d_head]",
+        point: HookPoint::V,
+        shape: |c| vec![c.n_kv_heads, c.d_head],
+        writable: false,
+        doc: "each key/value head's value",
+    },
+    HookKind {
         name: "blocks.{l}.attn.hook_z",
         dims: "[head, d_head]",
         point: HookPoint::Z,
@@ -159,6 +194,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         shape: d_model,
         writable: true,
         doc: "the residual stream between attention and the MLP",
+    },
+    HookKind {
+        name: "blocks.{l}.mlp.hook_pre",
+        dims: "[d_mlp]",
+        point: HookPoint::MlpPre,
+        shape: |c| vec![c.d_mlp],
+        writable: false,
+        doc: "the MLP's pre-activation (in a gated MLP, the gate projection)",
     },
     HookKind {
         name: "blocks.{l}.mlp.hook_post",
@@ -215,7 +258,8 @@ impl HookPoint {
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;
         match *self {
-            ResidPre(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            ResidPre(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPost(l)
+            | MlpOut(l) | ResidPost(l) => Some(l),
             Embed | PosEmbed | FinalNormalized | Logits => None,
         }
     }

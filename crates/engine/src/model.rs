@@ -330,6 +330,12 @@ impl Model {
                 }
             }
         });
+        pass.hook(HookPoint::Q(l), &mut q, nh * dh);
+        pass.hook(HookPoint::K(l), &mut k, nkv * dh);
+        if plan.touches(HookPoint::V(l)) {
+            let mut v: Vec<f32> = qkv.chunks_exact(width).flat_map(|row| row[(nh + nkv) * dh..].to_vec()).collect();
+            pass.hook(HookPoint::V(l), &mut v, nkv * dh);
+        }
         profile::timed(Stage::KvCache, || {
             for r in 0..n {
                 let row = &qkv[r * width..(r + 1) * width];
@@ -410,6 +416,11 @@ impl Model {
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.mlp_norm.as_ref()));
         let h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
+        if pass.plan.touches(HookPoint::MlpPre(l)) {
+            let width = if c.gated_mlp { 2 * c.d_mlp } else { c.d_mlp };
+            let mut pre: Vec<f32> = h.chunks_exact(width).flat_map(|row| row[..c.d_mlp].to_vec()).collect();
+            pass.hook(HookPoint::MlpPre(l), &mut pre, c.d_mlp);
+        }
         let mut act = profile::timed(Stage::MlpActivation, || mlp_activation(h, n, c.d_mlp, c.gated_mlp, c.activation));
         pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
         let mut out = profile::timed(Stage::MlpDown, || b.down.forward(&act, n));

@@ -28,6 +28,9 @@ fn check_file(name: &str, file: &str) {
         let mut hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All));
         for l in 0..c.n_layers {
             hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::All));
+            for point in internals(l) {
+                hooks = hooks.capture(Capture::new(point, Positions::All));
+            }
         }
         let mut run = model
             .run(
@@ -42,6 +45,28 @@ fn check_file(name: &str, file: &str) {
         let logits = &run.recording.get(HookPoint::Logits).unwrap().data;
         let d = max_abs_diff(logits, &want_logits);
         assert!(d < 1e-4, "{name} (chunk {chunk}): logits differ by {d}");
+        // Queries and keys after their norms and RoPE, values, the MLP's pre-activation: the
+        // reference holds them for the rotary families, [layer, position, ...].
+        let rotary = c.positions == headhunt_engine::config::PositionEncoding::Rotary;
+        for (key, point) in [
+            ("q", HookPoint::Q as fn(usize) -> HookPoint),
+            ("k", HookPoint::K),
+            ("v", HookPoint::V),
+            ("mlp_pre", HookPoint::MlpPre),
+        ] {
+            let Some(want) = exp.get(key) else {
+                assert!(!rotary, "{name}: the reference lacks {key}: regenerate it (scripts/test.sh)");
+                continue;
+            };
+            let want = want.as_f32();
+            let per_layer = want.len() / c.n_layers;
+            for l in 0..c.n_layers {
+                let rows = run.recording.get(point(l)).unwrap();
+                assert_eq!(rows.positions, (0..t).collect::<Vec<_>>());
+                let d = max_abs_diff(&rows.data, &want[l * per_layer..(l + 1) * per_layer]);
+                assert!(d < 1e-4, "{name} (chunk {chunk}): {} differs by {d}", point(l));
+            }
+        }
         for l in 0..c.n_layers {
             let rows = &run.recording.patterns[&l];
             assert_eq!(rows.len(), t);
@@ -169,4 +194,9 @@ fn llama_stored_as_bf16() {
 #[test]
 fn gpt2_stored_as_f16() {
     check_stored("gpt2-f16", headhunt_engine::gguf::GgmlType::F16);
+}
+
+/// The hook points inside attention and the MLP that the reference records per layer.
+fn internals(l: usize) -> [HookPoint; 4] {
+    [HookPoint::Q(l), HookPoint::K(l), HookPoint::V(l), HookPoint::MlpPre(l)]
 }

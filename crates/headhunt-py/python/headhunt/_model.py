@@ -7,9 +7,10 @@ hook                                   shape
 =====================================  ===========================
 ``hook_embed``, ``blocks.L.hook_resid_pre/mid/post``, ``blocks.L.hook_attn_out``,
 ``blocks.L.hook_mlp_out``, ``ln_final.hook_normalized``  ``[pos, d_model]``
-``blocks.L.attn.hook_z``               ``[pos, head, d_head]``
+``blocks.L.attn.hook_q``, ``hook_z``   ``[pos, head, d_head]``
+``blocks.L.attn.hook_k``, ``hook_v``   ``[pos, kv_head, d_head]``
 ``blocks.L.attn.hook_result``          ``[pos, head, d_model]``
-``blocks.L.mlp.hook_post``             ``[pos, d_mlp]``
+``blocks.L.mlp.hook_pre/post``         ``[pos, d_mlp]``
 ``blocks.L.attn.hook_pattern``         ``[head, query_pos, key_pos]``
 ``logits``                             ``[pos, d_vocab]``
 =====================================  ===========================
@@ -39,9 +40,13 @@ _SHORTHAND = {
     "resid_post": "blocks.{}.hook_resid_post",
     "attn_out": "blocks.{}.hook_attn_out",
     "mlp_out": "blocks.{}.hook_mlp_out",
+    "q": "blocks.{}.attn.hook_q",
+    "k": "blocks.{}.attn.hook_k",
+    "v": "blocks.{}.attn.hook_v",
     "z": "blocks.{}.attn.hook_z",
     "result": "blocks.{}.attn.hook_result",
     "pattern": "blocks.{}.attn.hook_pattern",
+    "pre": "blocks.{}.mlp.hook_pre",
     "post": "blocks.{}.mlp.hook_post",
     "normalized": "ln_final.hook_normalized",
     "ln_final": "ln_final.hook_normalized",
