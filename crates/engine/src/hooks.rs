@@ -629,7 +629,7 @@ impl Rows {
     }
 }
 
-/// The pattern captures of one layer in one step (see [`Plan::pattern_requests`]).
+/// The pattern captures of one layer in one step (see [`CompiledHooks::pattern_requests`]).
 #[derive(Debug, Clone, Default)]
 pub struct PatternRequests {
     pub full: Vec<usize>,
@@ -690,7 +690,7 @@ impl Step {
 
 /// Hooks compiled for fast lookup during a forward pass.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Plan {
+pub(crate) struct CompiledHooks {
     pub hooks: Hooks,
     /// Points touched by any capture or intervention: a forward pass skips all others at once.
     touched: std::collections::BTreeSet<HookPoint>,
@@ -705,7 +705,7 @@ pub(crate) struct HeadHooks {
     pub keys: Option<KeySet>,
 }
 
-impl Plan {
+impl CompiledHooks {
     pub fn new(hooks: Hooks, config: &ModelConfig) -> Result<Self> {
         hooks.validate(config)?;
         let mut touched = std::collections::BTreeSet::new();
@@ -727,7 +727,7 @@ impl Plan {
                 }
             }
         }
-        Ok(Plan {
+        Ok(CompiledHooks {
             hooks,
             touched,
             layers_with_attention_hooks: attn,

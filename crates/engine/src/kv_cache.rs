@@ -37,7 +37,7 @@ pub(crate) struct Segment<'a> {
 }
 
 #[derive(Debug)]
-struct Rows {
+struct HeadRows {
     pos: Vec<u32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -45,7 +45,7 @@ struct Rows {
 
 /// A copy with the same room as the original (a plain `Vec` clone keeps only the rows): a forked
 /// run allocates what the run it came from did, and grows as it would have.
-impl Clone for Rows {
+impl Clone for HeadRows {
     fn clone(&self) -> Self {
         let copy = |v: &Vec<f32>| {
             let mut c = Vec::with_capacity(v.capacity());
@@ -54,7 +54,7 @@ impl Clone for Rows {
         };
         let mut pos = Vec::with_capacity(self.pos.capacity());
         pos.extend_from_slice(&self.pos);
-        Rows {
+        HeadRows {
             pos,
             k: copy(&self.k),
             v: copy(&self.v),
@@ -62,9 +62,9 @@ impl Clone for Rows {
     }
 }
 
-impl Rows {
+impl HeadRows {
     fn with_capacity(rows: usize, d: usize) -> Self {
-        Rows {
+        HeadRows {
             pos: Vec::with_capacity(rows),
             k: Vec::with_capacity(rows * d),
             v: Vec::with_capacity(rows * d),
@@ -101,9 +101,9 @@ impl Rows {
 pub(crate) struct HeadCache {
     pub policy: KvPolicy,
     d: usize,
-    sink: Rows,
+    sink: HeadRows,
     /// Full: every row in order. SinkWindow: a ring of `ring_cap` rows starting at `start`.
-    main: Rows,
+    main: HeadRows,
     ring_cap: usize,
     start: usize,
 }
@@ -115,8 +115,8 @@ impl HeadCache {
             KvPolicy::Full => HeadCache {
                 policy,
                 d,
-                sink: Rows::with_capacity(0, d),
-                main: Rows::with_capacity(capacity, d),
+                sink: HeadRows::with_capacity(0, d),
+                main: HeadRows::with_capacity(capacity, d),
                 ring_cap: usize::MAX,
                 start: 0,
             },
@@ -128,8 +128,8 @@ impl HeadCache {
                 HeadCache {
                     policy,
                     d,
-                    sink: Rows::with_capacity(reserve(sink), d),
-                    main: Rows::with_capacity(reserve(ring_cap), d),
+                    sink: HeadRows::with_capacity(reserve(sink), d),
+                    main: HeadRows::with_capacity(reserve(ring_cap), d),
                     ring_cap,
                     start: 0,
                 }
@@ -143,8 +143,8 @@ impl HeadCache {
         HeadCache {
             policy,
             d,
-            sink: Rows::with_capacity(0, d),
-            main: Rows::with_capacity(capacity, d),
+            sink: HeadRows::with_capacity(0, d),
+            main: HeadRows::with_capacity(capacity, d),
             ring_cap: usize::MAX,
             start: 0,
         }
@@ -227,7 +227,7 @@ impl HeadCache {
         let d = self.d;
         if let (KvPolicy::SinkWindow { .. }, false) = (self.policy, self.ring_cap == usize::MAX) {
             // The ring's rows below `len`, oldest first, become an unwrapped ring.
-            let mut main = Rows::with_capacity(self.ring_cap.min(self.main.pos.len()), d);
+            let mut main = HeadRows::with_capacity(self.ring_cap.min(self.main.pos.len()), d);
             for s in self.segments().into_iter().skip(usize::from(!self.sink.pos.is_empty())) {
                 for i in 0..s.pos.len() {
                     if (s.pos[i] as usize) < len {
@@ -238,7 +238,7 @@ impl HeadCache {
             self.main = main;
             self.start = 0;
         }
-        // Rows in position order: keep those below `len`.
+        // HeadRows in position order: keep those below `len`.
         for rows in [&mut self.sink, &mut self.main] {
             let keep = rows.pos.partition_point(|&p| (p as usize) < len);
             rows.truncate(keep, d);
@@ -257,7 +257,7 @@ impl HeadCache {
             .iter()
             .map(|s| s.pos.iter().filter(|p| keep.binary_search(p).is_ok()).count())
             .sum();
-        let mut main = Rows::with_capacity(kept + extra, d);
+        let mut main = HeadRows::with_capacity(kept + extra, d);
         for s in self.segments() {
             for (i, &p) in s.pos.iter().enumerate() {
                 if keep.binary_search(&p).is_ok() {
@@ -268,7 +268,7 @@ impl HeadCache {
         HeadCache {
             policy: self.policy,
             d,
-            sink: Rows::with_capacity(0, d),
+            sink: HeadRows::with_capacity(0, d),
             main,
             ring_cap: usize::MAX,
             start: 0,
@@ -301,7 +301,7 @@ impl HeadCache {
             .flat_map(|s| (0..s.pos.len()).map(move |i| (s.pos[i], &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d])))
             .collect();
         let keep = &rows[rows.len().saturating_sub(want)..];
-        let mut main = Rows::with_capacity(want, d);
+        let mut main = HeadRows::with_capacity(want, d);
         for &(p, k, v) in keep {
             main.push(p as usize, k, v);
         }
@@ -347,7 +347,7 @@ impl KvCache {
         self.layers.iter().flatten().map(HeadCache::bytes).sum()
     }
 
-    /// Rows currently held by each layer's heads.
+    /// HeadRows currently held by each layer's heads.
     pub fn rows(&self) -> Vec<Vec<usize>> {
         self.layers.iter().map(|l| l.iter().map(HeadCache::len).collect()).collect()
     }

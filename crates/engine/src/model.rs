@@ -8,7 +8,7 @@ use crate::config::{ModelConfig, PositionEncoding, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::hooks::{HookPoint, Hooks, Phase, Plan, Recording, Step};
+use crate::hooks::{CompiledHooks, HookPoint, Hooks, Phase, Recording, Step};
 use crate::kernels::Precision;
 use crate::kv_cache::{HeadCache, KvCache, KvPolicy};
 use crate::linalg::{mlp_activation, norm_rows, rms_scale};
@@ -201,7 +201,7 @@ impl Model {
 
     /// Start a run: an empty KV cache, hooks compiled against this model.
     pub fn run(&self, hooks: Hooks, options: RunOptions) -> Result<Run<'_>> {
-        let plan = Plan::new(hooks, &self.config)?;
+        let plan = CompiledHooks::new(hooks, &self.config)?;
         let policies = self.kv_policies(options.kv_policy.as_deref())?;
         let chunk = options.prefill_chunk.max(1);
         Ok(Run {
@@ -244,7 +244,14 @@ impl Model {
 
     /// Run `tokens` (at the step's positions) through the network, appending to `cache`.
     /// Returns the logits at the step's last position when it has one.
-    fn forward(&self, tokens: &[u32], step: Step, cache: &mut KvCache, plan: &Plan, rec: &mut Recording) -> Result<Option<Vec<f32>>> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        step: Step,
+        cache: &mut KvCache,
+        plan: &CompiledHooks,
+        rec: &mut Recording,
+    ) -> Result<Option<Vec<f32>>> {
         let mut pass = Pass { step, plan, rec };
         let d = self.config.d_model;
         let mut resid = self.embed(tokens, &mut pass)?;
@@ -585,7 +592,7 @@ fn release_free_heap() {
 /// One forward call's hook context.
 struct Pass<'a> {
     step: Step,
-    plan: &'a Plan,
+    plan: &'a CompiledHooks,
     rec: &'a mut Recording,
 }
 
@@ -620,7 +627,7 @@ fn pre_norm(x: &mut [f32], resid: &[f32], c: &ModelConfig, norm: Option<&crate::
 /// One sequence going through the model: its KV cache, hooks and recording.
 pub struct Run<'m> {
     model: &'m Model,
-    plan: Plan,
+    plan: CompiledHooks,
     cache: KvCache,
     pub recording: Recording,
     tokens: Vec<u32>,
@@ -718,7 +725,7 @@ impl<'m> Run<'m> {
     /// Hooks for what the run does from now on (the cache is kept: a condition can decode from a
     /// prefix another prefilled).
     pub fn set_hooks(&mut self, hooks: Hooks) -> Result<()> {
-        self.plan = Plan::new(hooks, &self.model.config)?;
+        self.plan = CompiledHooks::new(hooks, &self.model.config)?;
         Ok(())
     }
 

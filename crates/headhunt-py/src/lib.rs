@@ -270,7 +270,7 @@ impl Engine {
                 .map(|(t, s)| (s.token, s.logprob, g.support(&tokens, s), g.lookback(s, t, tokens.len())))
                 .collect();
             let kept = grounding::answer_steps(model.tokenizer()?, &steps);
-            let span: Vec<grounding::Step> = kept.iter().map(|k| k.1.clone()).collect();
+            let span: Vec<grounding::GroundedStep> = kept.iter().map(|k| k.1.clone()).collect();
             let a = g.answer(&tokens, &span, kept.first().map_or(0, |k| k.0));
             Ok((per_token, (a.support, a.lookback, a.confidence)))
         })

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use headhunt::experiments::claims::{cot_masked, dynamic, recall_masked, table, Plan, Verdict};
+use headhunt::experiments::claims::{cot_masked, dynamic, recall_masked, table, ClaimsPlan, Verdict};
 use serde_json::{json, Value};
 
 fn scratch(name: &str) -> PathBuf {
@@ -37,8 +37,8 @@ fn detection(dir: &Path, trials: &[[f64; 6]]) {
     );
 }
 
-fn plan(out: &Path, k: usize) -> Plan {
-    Plan {
+fn plan(out: &Path, k: usize) -> ClaimsPlan {
+    ClaimsPlan {
         out: out.to_owned(),
         model_args: vec!["--model".into(), "fixture".into()],
         haystacks: vec![PathBuf::from("/nowhere/licences")],

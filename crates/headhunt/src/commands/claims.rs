@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::niah::model_stem;
 use super::ModelArg;
-use crate::experiments::claims::{dynamic, markdown, shell, table, Plan, COT_CHAINS};
+use crate::experiments::claims::{dynamic, markdown, shell, table, ClaimsPlan, COT_CHAINS};
 use crate::experiments::cot::Style;
 use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 use crate::output::plot::Figure;
@@ -75,9 +75,9 @@ fn step(n: &mut usize, argv: &[String], done: bool, table_only: bool) -> Result<
 
 /// The hardest chain count at which the unmasked model solves at least half the problems with
 /// written steps (the easiest if none), running each unmasked calibration as needed.
-fn calibrate_cot(plan: &Plan, n: &mut usize, table_only: bool) -> Result<usize> {
+fn calibrate_cot(plan: &ClaimsPlan, n: &mut usize, table_only: bool) -> Result<usize> {
     for &chains in &COT_CHAINS {
-        let dir = plan.dir(&Plan::cot_dir_name(chains));
+        let dir = plan.dir(&ClaimsPlan::cot_dir_name(chains));
         step(n, &plan.cot(chains, false), dir.join("cot.json").exists(), table_only)?;
         let Ok(text) = std::fs::read_to_string(dir.join("cot.json")) else {
             continue;
@@ -114,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.haystack.clone()
     };
-    let mut plan = Plan {
+    let mut plan = ClaimsPlan {
         out: out.clone(),
         model_args: vec![
             "--model".into(),
@@ -153,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
     step(n, &plan.recall(), masked(plan.dir("recall").join("eval.json")), args.table_only)?;
     plan.cot_chains = calibrate_cot(&plan, n, args.table_only)?;
     // The calibration ran the unmasked condition; the masked run resumes from it.
-    let cot_json = plan.dir(&Plan::cot_dir_name(plan.cot_chains)).join("cot.json");
+    let cot_json = plan.dir(&ClaimsPlan::cot_dir_name(plan.cot_chains)).join("cot.json");
     step(n, &plan.cot(plan.cot_chains, true), masked(cot_json), args.table_only)?;
 
     let claims = table(&plan);

@@ -8,7 +8,7 @@ use headhunt_engine::{argmax, greedy, Hooks, RunOptions, Tokenizer};
 use serde_json::json;
 
 use super::ModelArg;
-use crate::experiments::grounding::{self, Grounder, Step};
+use crate::experiments::grounding::{self, GroundedStep, Grounder};
 use crate::experiments::retrieval::masking::check_scores_fit;
 use crate::experiments::retrieval::HeadScores;
 
@@ -92,7 +92,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     println!("{}", marked(tok, prompt, &g, &steps, colour)?);
     let kept = grounding::answer_steps(tok, &steps);
-    let (t0, answer): (usize, Vec<Step>) = (kept.first().map_or(0, |k| k.0), kept.iter().map(|k| k.1.clone()).collect());
+    let (t0, answer): (usize, Vec<GroundedStep>) = (kept.first().map_or(0, |k| k.0), kept.iter().map(|k| k.1.clone()).collect());
     let signal = g.answer(prompt, &answer, t0);
     let tokens: Vec<serde_json::Value> = steps
         .iter()
@@ -133,7 +133,7 @@ fn grounded(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Resu
 
 /// The generated text with each token's support shown: ANSI colours, or `[[ ]]` around runs of
 /// unsupported tokens.
-fn marked(tok: &Tokenizer, prompt: &[u32], g: &Grounder, steps: &[Step], colour: bool) -> Result<String> {
+fn marked(tok: &Tokenizer, prompt: &[u32], g: &Grounder, steps: &[GroundedStep], colour: bool) -> Result<String> {
     let mut out = String::new();
     let mut open = false;
     for s in steps {

@@ -14,7 +14,7 @@ use crate::experiments::hallucination::{
     detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C,
 };
 use crate::experiments::qa::{best_f1, builtin, load_jsonl};
-use crate::experiments::retrieval::failure::{Outcome, COMPLETE_ROUGE};
+use crate::experiments::retrieval::failure::{AnswerClass, COMPLETE_ROUGE};
 use crate::experiments::retrieval::masking::check_scores_fit;
 use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::prompt::Frame;
@@ -89,7 +89,7 @@ pub struct AnswerRecord {
     pub greedy: Decoded,
     /// ROUGE-1 recall (NIAH) or token F1 (QA), 0-100.
     pub score: f64,
-    pub outcome: Outcome,
+    pub outcome: AnswerClass,
     pub guided: Option<Decoded>,
     pub guided_score: Option<f64>,
     pub seconds: f64,
@@ -207,9 +207,9 @@ pub fn run(args: Args) -> Result<()> {
     let cases: Vec<Case<'_>> = [("niah", &niah), ("qa", &qa)]
         .into_iter()
         .flat_map(|(task, records)| {
-            records.iter().filter(|r| r.outcome != Outcome::Incomplete).map(move |r| Case {
+            records.iter().filter(|r| r.outcome != AnswerClass::Incomplete).map(move |r| Case {
                 task,
-                hallucinated: r.outcome == Outcome::Hallucination,
+                hallucinated: r.outcome == AnswerClass::Hallucination,
                 decoded: &r.greedy,
             })
         })
@@ -266,9 +266,9 @@ fn counts(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
     let of = |rs: &[AnswerRecord]| {
         json!({
             "answers": rs.len(),
-            "complete": rs.iter().filter(|r| r.outcome == Outcome::Complete).count(),
-            "incomplete": rs.iter().filter(|r| r.outcome == Outcome::Incomplete).count(),
-            "hallucinated": rs.iter().filter(|r| r.outcome == Outcome::Hallucination).count(),
+            "complete": rs.iter().filter(|r| r.outcome == AnswerClass::Complete).count(),
+            "incomplete": rs.iter().filter(|r| r.outcome == AnswerClass::Incomplete).count(),
+            "hallucinated": rs.iter().filter(|r| r.outcome == AnswerClass::Hallucination).count(),
         })
     };
     json!({"niah": of(niah), "qa": of(qa)})

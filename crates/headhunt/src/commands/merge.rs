@@ -8,7 +8,7 @@ use super::detect;
 use crate::experiments::retrieval::niah::trial::TrialRecord;
 use crate::experiments::retrieval::ScoreVariant;
 use crate::runner::shard::{shard_folders, Shard};
-use crate::runner::store::{check_settings, read_settings, Keyed, Plan, Progress, TrialStore};
+use crate::runner::store::{check_settings, read_settings, Keyed, Progress, ResumePlan, TrialStore};
 
 /// Join the shards of a split run (`--shard`) into one run folder, without repeating a trial, and
 /// write the command's aggregate outputs (head scores, summary, heatmap, report).
@@ -123,8 +123,8 @@ fn check_complete(shards: &[Progress], n: usize, run: &Path) -> Result<()> {
                 p.dir.display(),
                 crate::runner::store::PLAN_FILE
             )),
-            Some(Plan { shard: Some(s), .. }) if s.count == n => {}
-            Some(Plan { shard, .. }) => problems.push(format!(
+            Some(ResumePlan { shard: Some(s), .. }) if s.count == n => {}
+            Some(ResumePlan { shard, .. }) => problems.push(format!(
                 "{} is {}, not one of {n}",
                 p.dir.display(),
                 shard.map_or("a whole run".to_owned(), |s| format!("shard {s}"))
@@ -148,8 +148,8 @@ fn check_complete(shards: &[Progress], n: usize, run: &Path) -> Result<()> {
 }
 
 /// The merged folder's plan, when the shards are every shard of one split (the sum of theirs).
-fn whole_plan(shards: &[Progress]) -> Option<Plan> {
-    let plans: Vec<Plan> = shards.iter().map(|p| p.plan).collect::<Option<_>>()?;
+fn whole_plan(shards: &[Progress]) -> Option<ResumePlan> {
+    let plans: Vec<ResumePlan> = shards.iter().map(|p| p.plan).collect::<Option<_>>()?;
     let count = plans.first()?.shard?.count;
     let mut indices: Vec<usize> = plans
         .iter()
@@ -157,7 +157,7 @@ fn whole_plan(shards: &[Progress]) -> Option<Plan> {
         .collect::<Option<_>>()?;
     indices.sort_unstable();
     indices.dedup();
-    (indices.len() == count).then(|| Plan {
+    (indices.len() == count).then(|| ResumePlan {
         shard: None,
         trials: plans.iter().map(|p| p.trials).sum(),
     })

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::ModelArg;
-use crate::experiments::retrieval::failure::{classify, evidence, Evidence, Outcome};
+use crate::experiments::retrieval::failure::{classify, evidence, AnswerClass, Evidence};
 use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, Head, MaskArgs};
 use crate::experiments::retrieval::niah::grid::{Grid, GridArgs};
 use crate::experiments::retrieval::niah::needle::Needle;
@@ -112,15 +112,15 @@ pub struct NiahSummary {
     pub trials: usize,
     /// Mean ROUGE-1 recall, 0 to 100.
     pub mean_rouge: f64,
-    pub outcomes: BTreeMap<Outcome, usize>,
+    pub outcomes: BTreeMap<AnswerClass, usize>,
     /// Where the five strongest unmasked retrieval heads looked, averaged per outcome (when
     /// scores were given).
-    pub evidence: BTreeMap<Outcome, Evidence>,
+    pub evidence: BTreeMap<AnswerClass, Evidence>,
 }
 
 impl NiahSummary {
     pub fn line(&self, label: &str) -> String {
-        let counts: Vec<String> = Outcome::ALL
+        let counts: Vec<String> = AnswerClass::ALL
             .iter()
             .map(|o| format!("{} {}", o.name(), self.outcomes.get(o).unwrap_or(&0)))
             .collect();
@@ -148,8 +148,8 @@ struct Example<'a> {
 pub fn write_outputs(dir: &Path, title: &str, grid: &Grid, records: &[TrialRecord], evidence_heads: &[usize]) -> Result<NiahSummary> {
     let needle = |r: &TrialRecord| -> &Needle { &grid.needles[r.spec.needle] };
     let mut outcomes = BTreeMap::new();
-    let mut evidence_sum: BTreeMap<Outcome, (Evidence, usize)> = BTreeMap::new();
-    let mut examples: BTreeMap<Outcome, Vec<Example<'_>>> = BTreeMap::new();
+    let mut evidence_sum: BTreeMap<AnswerClass, (Evidence, usize)> = BTreeMap::new();
+    let mut examples: BTreeMap<AnswerClass, Vec<Example<'_>>> = BTreeMap::new();
     for r in records {
         let outcome = classify(&needle(r).real_needle, &r.answer);
         *outcomes.entry(outcome).or_insert(0) += 1;

@@ -2,7 +2,7 @@
 //! paper showed, what headhunt measured, the command that measured it, and a verdict by a rule
 //! stated beside it.
 //!
-//! A claims folder holds one run folder per experiment (see [`Plan`]); the table reads their
+//! A claims folder holds one run folder per experiment (see [`ClaimsPlan`]); the table reads their
 //! JSON outputs, so it can be rebuilt from the folders alone, and a missing experiment leaves its
 //! row "not measurable" with the reason.
 
@@ -22,7 +22,7 @@ pub const COT_CHAINS: [usize; 3] = [3, 2, 1];
 
 /// The experiments of a claims folder and the command line of each.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct ClaimsPlan {
     pub out: PathBuf,
     /// `--model M --precision P`, passed to every command.
     pub model_args: Vec<String>,
@@ -39,7 +39,7 @@ pub struct Plan {
     pub checkpoints: Option<(PathBuf, PathBuf)>,
 }
 
-impl Plan {
+impl ClaimsPlan {
     pub fn dir(&self, name: &str) -> PathBuf {
         self.out.join(name)
     }
@@ -391,7 +391,7 @@ fn detection(dir: &Path) -> Result<(HeadScores, serde_json::Value)> {
 }
 
 /// The claims table from the folders of a plan.
-pub fn table(plan: &Plan) -> Vec<Claim> {
+pub fn table(plan: &ClaimsPlan) -> Vec<Claim> {
     vec![
         universal(plan),
         sparse(plan),
@@ -404,7 +404,7 @@ pub fn table(plan: &Plan) -> Vec<Claim> {
     ]
 }
 
-fn universal(plan: &Plan) -> Claim {
+fn universal(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "universal",
         paper: "all 4 families and 6 scales studied (Llama-2, Yi, Qwen, Mistral; base, chat, MoE) have retrieval heads",
@@ -421,7 +421,7 @@ fn universal(plan: &Plan) -> Claim {
     row.measured(vec![shell(&plan.detect(0))], outcome)
 }
 
-fn sparse(plan: &Plan) -> Claim {
+fn sparse(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "sparse",
         paper: "less than 5% of attention heads score above 0.1",
@@ -437,7 +437,7 @@ fn sparse(plan: &Plan) -> Claim {
 }
 
 /// The dynamic-activation row, and the pooled activation (for the plot) unless a run is missing.
-pub fn dynamic(plan: &Plan) -> (Claim, Option<Activation>) {
+pub fn dynamic(plan: &ClaimsPlan) -> (Claim, Option<Activation>) {
     let row = Row {
         claim: "dynamically activated",
         paper: "some heads retrieve whatever the context (12 of them in Llama-2-7B-80K), the rest only in some contexts",
@@ -478,7 +478,7 @@ fn overlap(a: &HeadScores, b: &HeadScores, k: usize) -> Result<(String, bool)> {
     Ok((format!("top-{k} overlap {n}/{k}, Pearson r = {:.3}", c.pearson), 2 * n >= k))
 }
 
-fn intrinsic_length(plan: &Plan) -> Claim {
+fn intrinsic_length(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "intrinsic: short contexts",
         paper: "the retrieval heads of long-context models already exist with short contexts (4K-pretrained Llama-2-7B against its 80K extension)",
@@ -500,7 +500,7 @@ fn intrinsic_length(plan: &Plan) -> Claim {
     row.measured(commands, outcome)
 }
 
-fn intrinsic_checkpoints(plan: &Plan) -> Claim {
+fn intrinsic_checkpoints(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "intrinsic: checkpoints of a family",
         paper: "continued pre-training, chat tuning and sparse upcycling keep the heads (published scores: Qwen1.5-14B against -Chat)",
@@ -517,7 +517,7 @@ fn intrinsic_checkpoints(plan: &Plan) -> Claim {
     row.measured(vec![shell(&plan.compare(a, b))], outcome)
 }
 
-fn causal(plan: &Plan) -> Claim {
+fn causal(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "causal",
         paper: "masking the top-K retrieval heads breaks needle retrieval; masking K random heads does not",
@@ -528,7 +528,7 @@ fn causal(plan: &Plan) -> Claim {
     row.measured(vec![shell(&plan.niah())], outcome)
 }
 
-fn knowledge(plan: &Plan) -> Claim {
+fn knowledge(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "knowledge against retrieval",
         paper: "masking retrieval heads hurts answers from the context (NIAH, QA) far more than answers from the model's own knowledge",
@@ -551,13 +551,13 @@ fn knowledge(plan: &Plan) -> Claim {
     row.measured(commands, outcome)
 }
 
-fn chain_of_thought(plan: &Plan) -> Claim {
+fn chain_of_thought(plan: &ClaimsPlan) -> Claim {
     let row = Row {
         claim: "chain-of-thought",
         paper: "masking retrieval heads hurts reasoning that must refer back to the question and context (GSM8K CoT) more than answering directly (MMLU)",
         rule: "holds if the top-K mask scores below every random-K draw in accuracy with written steps",
     };
-    let outcome = cot_masked(&plan.dir(&Plan::cot_dir_name(plan.cot_chains)), plan.k).map(|(hops, [steps, direct, restated])| {
+    let outcome = cot_masked(&plan.dir(&ClaimsPlan::cot_dir_name(plan.cot_chains)), plan.k).map(|(hops, [steps, direct, restated])| {
         let text = format!(
             "{hops}-hop look-ups among {} chains, K = {}: {}; {}; {}",
             plan.cot_chains,

@@ -26,7 +26,7 @@ use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 
 /// What the engine records at one decoding step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
+pub struct GroundedStep {
     pub token: u32,
     /// Log-probability of the token under the model's distribution at this step.
     pub logprob: f32,
@@ -81,7 +81,7 @@ pub fn decode(
     max_new: usize,
     mut choose: impl FnMut(&[f32]) -> u32,
     stop: impl FnMut(&[u32]) -> bool,
-) -> Result<Vec<Step>> {
+) -> Result<Vec<GroundedStep>> {
     let first = run.tokens().len().checked_sub(1).context("decode after a prompt")?;
     let mut logprobs = Vec::new();
     let tokens = generate_from(
@@ -99,13 +99,13 @@ pub fn decode(
 }
 
 /// The steps of `tokens` emitted from query positions `first`, `first + 1`, ... of `run`.
-fn steps_of(run: &Run<'_>, first: usize, tokens: &[u32], logprobs: &[f32]) -> Result<Vec<Step>> {
+fn steps_of(run: &Run<'_>, first: usize, tokens: &[u32], logprobs: &[f32]) -> Result<Vec<GroundedStep>> {
     let c = &run.model().config;
     let heads = c.n_layers * c.n_heads;
-    let mut steps: Vec<Step> = tokens
+    let mut steps: Vec<GroundedStep> = tokens
         .iter()
         .zip(logprobs)
-        .map(|(&token, &logprob)| Step {
+        .map(|(&token, &logprob)| GroundedStep {
             token,
             logprob,
             mass: vec![f32::NAN; heads],
@@ -153,7 +153,7 @@ pub fn lookback_ratio(mass: f32, t: usize, prompt_len: usize) -> f64 {
 
 /// Lookback Lens's features of a span of steps (the first at t = `t0`): every head's lookback
 /// ratio averaged over the span.
-pub fn lookback_features(steps: &[Step], t0: usize, prompt_len: usize) -> Vec<f64> {
+pub fn lookback_features(steps: &[GroundedStep], t0: usize, prompt_len: usize) -> Vec<f64> {
     let heads = steps.first().map_or(0, |s| s.mass.len());
     let n = steps.len().max(1) as f64;
     (0..heads)
@@ -169,7 +169,7 @@ pub fn lookback_features(steps: &[Step], t0: usize, prompt_len: usize) -> Vec<f6
 }
 
 /// Whether head `h` copies the step's token from the prompt.
-pub fn copies(prompt: &[u32], step: &Step, h: usize) -> bool {
+pub fn copies(prompt: &[u32], step: &GroundedStep, h: usize) -> bool {
     let j = step.argmax[h] as usize;
     j < prompt.len() && prompt[j] == step.token
 }
@@ -212,7 +212,7 @@ impl Grounder {
     }
 
     /// The weighted share of retrieval heads that copy the step's token from the prompt.
-    pub fn support(&self, prompt: &[u32], step: &Step) -> f64 {
+    pub fn support(&self, prompt: &[u32], step: &GroundedStep) -> f64 {
         self.heads
             .iter()
             .filter(|&&(h, _)| copies(prompt, step, h))
@@ -222,7 +222,7 @@ impl Grounder {
     }
 
     /// The retrieval heads' weighted lookback ratio at step `t`.
-    pub fn lookback(&self, step: &Step, t: usize, prompt_len: usize) -> f64 {
+    pub fn lookback(&self, step: &GroundedStep, t: usize, prompt_len: usize) -> f64 {
         self.heads
             .iter()
             .map(|&(h, w)| w * lookback_ratio(step.mass[h], t, prompt_len))
@@ -231,7 +231,7 @@ impl Grounder {
     }
 
     /// The signals of an answer: `steps` from step `t0` on.
-    pub fn answer(&self, prompt: &[u32], steps: &[Step], t0: usize) -> Signal {
+    pub fn answer(&self, prompt: &[u32], steps: &[GroundedStep], t0: usize) -> Signal {
         let n = steps.len().max(1) as f64;
         Signal {
             support: steps.iter().map(|s| self.support(prompt, s)).sum::<f64>() / n,
@@ -248,7 +248,7 @@ impl Grounder {
 
 /// The steps that make up an answer's text: special tokens (end of turn) and whitespace-only
 /// tokens (the line break that ends it) are left out, with their index kept.
-pub fn answer_steps<'s>(tok: &Tokenizer, steps: &'s [Step]) -> Vec<(usize, &'s Step)> {
+pub fn answer_steps<'s>(tok: &Tokenizer, steps: &'s [GroundedStep]) -> Vec<(usize, &'s GroundedStep)> {
     steps
         .iter()
         .enumerate()
@@ -278,7 +278,7 @@ mod tests {
         let prompt = [5, 9, 7, 9];
         // Head 0 looks at a 9 and the token is 9; head 2 at a 7; head 1 (not a retrieval head)
         // at a 9 too.
-        let step = Step {
+        let step = GroundedStep {
             token: 9,
             logprob: -0.5,
             mass: vec![0.9, 0.5, 0.3],
@@ -286,7 +286,7 @@ mod tests {
         };
         assert!((g.support(&prompt, &step) - 0.75).abs() < 1e-12);
         // An argmax past the prompt (on a generated token) does not copy.
-        let later = Step {
+        let later = GroundedStep {
             argmax: vec![4, 4, 4],
             ..step.clone()
         };

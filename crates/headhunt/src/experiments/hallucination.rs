@@ -11,8 +11,8 @@ use anyhow::Result;
 use headhunt_engine::{argmax, Model, Run};
 use serde::{Deserialize, Serialize};
 
-use crate::experiments::grounding::{self, answer_steps, Grounder, Signal, Step};
-use crate::experiments::retrieval::failure::{classify, Outcome};
+use crate::experiments::grounding::{self, answer_steps, GroundedStep, Grounder, Signal};
+use crate::experiments::retrieval::failure::{classify, AnswerClass};
 use crate::experiments::retrieval::niah::haystack::Rng;
 use crate::experiments::retrieval::niah::trial::MAX_NEW_TOKENS;
 use crate::metrics::stats::{auroc, bootstrap, cross_validated, roc_curve, Logistic};
@@ -64,7 +64,7 @@ fn continue_from<'m>(
     before: &[u32],
     max_new: usize,
     choose: impl FnMut(&[f32]) -> u32,
-) -> Result<(Run<'m>, Vec<Step>)> {
+) -> Result<(Run<'m>, Vec<GroundedStep>)> {
     let model = base.model();
     let mut run = base.fork();
     let logits = run.decode(pending)?;
@@ -102,12 +102,12 @@ pub fn guided(base: &Run<'_>, prompt: &[u32], g: &Grounder, guide: Guide) -> Res
     let mut rng = Rng(guide.seed ^ prompt.iter().fold(0u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64)));
     let mut base = base.fork();
     let mut pending = *prompt.last().expect("a prompt");
-    let mut steps: Vec<Step> = Vec::new();
+    let mut steps: Vec<GroundedStep> = Vec::new();
     loop {
         let before: Vec<u32> = steps.iter().map(|s| s.token).collect();
         let room = MAX_NEW_TOKENS - steps.len();
         let so_far = answer_support(tok, prompt, g, &steps);
-        let mut best: Option<(f64, Run<'_>, Vec<Step>)> = None;
+        let mut best: Option<(f64, Run<'_>, Vec<GroundedStep>)> = None;
         for c in 0..guide.candidates.max(1) {
             let (run, chunk) = continue_from(&base, pending, &before, guide.chunk.min(room), |l| {
                 if c == 0 {
@@ -139,7 +139,7 @@ pub fn guided(base: &Run<'_>, prompt: &[u32], g: &Grounder, guide: Guide) -> Res
     }
 }
 
-fn answer_support(tok: &headhunt_engine::Tokenizer, prompt: &[u32], g: &Grounder, steps: &[Step]) -> f64 {
+fn answer_support(tok: &headhunt_engine::Tokenizer, prompt: &[u32], g: &Grounder, steps: &[GroundedStep]) -> f64 {
     let kept = answer_steps(tok, steps);
     if kept.is_empty() {
         return 0.0;
@@ -148,14 +148,14 @@ fn answer_support(tok: &headhunt_engine::Tokenizer, prompt: &[u32], g: &Grounder
 }
 
 /// The answer (first non-empty line) and its signals from decoded steps.
-fn decoded(model: &Model, prompt: &[u32], g: &Grounder, steps: &[Step]) -> Result<Decoded> {
+fn decoded(model: &Model, prompt: &[u32], g: &Grounder, steps: &[GroundedStep]) -> Result<Decoded> {
     let tok = model.tokenizer()?;
     let ids: Vec<u32> = steps.iter().map(|s| s.token).collect();
     let text = tok.decode(&ids, true)?;
     let answer = text.trim_start().lines().next().unwrap_or("").trim().to_owned();
     let kept = answer_steps(tok, steps);
     let t0 = kept.first().map_or(0, |k| k.0);
-    let span: Vec<Step> = kept.iter().map(|k| k.1.clone()).collect();
+    let span: Vec<GroundedStep> = kept.iter().map(|k| k.1.clone()).collect();
     Ok(Decoded {
         answer,
         tokens: kept
@@ -168,8 +168,12 @@ fn decoded(model: &Model, prompt: &[u32], g: &Grounder, steps: &[Step]) -> Resul
 }
 
 /// The label of an answer against its accepted answers: the best outcome over them.
-pub fn outcome(expected: &[String], answer: &str) -> Outcome {
-    expected.iter().map(|e| classify(e, answer)).min().unwrap_or(Outcome::Hallucination)
+pub fn outcome(expected: &[String], answer: &str) -> AnswerClass {
+    expected
+        .iter()
+        .map(|e| classify(e, answer))
+        .min()
+        .unwrap_or(AnswerClass::Hallucination)
 }
 
 /// One labelled answer, as the detectors see it.
@@ -297,9 +301,9 @@ mod tests {
     #[test]
     fn labels_take_the_best_accepted_answer() {
         let e = vec!["Osgood Finch".to_owned(), "a retired sea captain".to_owned()];
-        assert_eq!(outcome(&e, "It is guarded by Osgood Finch."), Outcome::Complete);
-        assert_eq!(outcome(&e, "A captain guards it."), Outcome::Incomplete);
-        assert_eq!(outcome(&e, "Nobody knows."), Outcome::Hallucination);
+        assert_eq!(outcome(&e, "It is guarded by Osgood Finch."), AnswerClass::Complete);
+        assert_eq!(outcome(&e, "A captain guards it."), AnswerClass::Incomplete);
+        assert_eq!(outcome(&e, "Nobody knows."), AnswerClass::Hallucination);
     }
 
     #[test]

@@ -54,19 +54,19 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
 
 /// What a run folder is to hold: `trials` records, as shard `shard` of a split run or whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct ResumePlan {
     pub shard: Option<Shard>,
     pub trials: usize,
 }
 
-impl Plan {
+impl ResumePlan {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = serde_json::json!({"shard": self.shard.map(|s| s.to_string()), "trials": self.trials});
         write_atomic(&dir.join(PLAN_FILE), serde_json::to_string_pretty(&json)?)
     }
 
     /// The plan of a run folder; `None` when it has none (not a run, or one from before plans).
-    pub fn read(dir: &Path) -> Result<Option<Plan>> {
+    pub fn read(dir: &Path) -> Result<Option<ResumePlan>> {
         let path = dir.join(PLAN_FILE);
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(None);
@@ -78,7 +78,7 @@ impl Plan {
             serde_json::Value::Null => None,
             v => Some(v.as_str().and_then(|s| s.parse().ok()).with_context(bad)?),
         };
-        Ok(Some(Plan { shard, trials }))
+        Ok(Some(ResumePlan { shard, trials }))
     }
 }
 
@@ -86,7 +86,7 @@ impl Plan {
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub dir: PathBuf,
-    pub plan: Option<Plan>,
+    pub plan: Option<ResumePlan>,
     /// Complete records in `trials.jsonl`.
     pub done: usize,
     /// Mean of the records' `seconds`, where they have it.
@@ -116,7 +116,7 @@ impl Progress {
         let timed: Vec<f64> = seconds.iter().flatten().copied().collect();
         Ok(Progress {
             dir: dir.to_path_buf(),
-            plan: Plan::read(dir)?,
+            plan: ResumePlan::read(dir)?,
             done: seconds.len(),
             seconds_per_trial: (!timed.is_empty()).then(|| timed.iter().sum::<f64>() / timed.len() as f64),
             last_write: std::fs::metadata(&path).and_then(|m| m.modified()).ok(),

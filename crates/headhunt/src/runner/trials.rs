@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::experiments::retrieval::niah::grid::Grid;
 use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache, TrialRecord, TrialRunner, TrialSpec};
 use crate::runner::shard::Shard;
-use crate::runner::store::{check_settings, write_atomic, Keyed, Plan, TrialStore};
+use crate::runner::store::{check_settings, write_atomic, Keyed, ResumePlan, TrialStore};
 
 /// Run the trials of `specs` (shard `shard`'s, or all) missing from the run folder `dir`;
 /// returns every record there.
@@ -27,7 +27,7 @@ where
     S: Keyed,
     R: Serialize + DeserializeOwned + Keyed + Status,
 {
-    let plan = Plan {
+    let plan = ResumePlan {
         shard,
         trials: specs.len(),
     };
@@ -50,7 +50,11 @@ where
 
 /// The store of the run folder `dir`, its settings checked against `settings`, locked for this
 /// process, its plan written.
-fn open_store<R: Serialize + DeserializeOwned + Keyed>(dir: &Path, settings: &serde_json::Value, plan: Plan) -> Result<TrialStore<R>> {
+fn open_store<R: Serialize + DeserializeOwned + Keyed>(
+    dir: &Path,
+    settings: &serde_json::Value,
+    plan: ResumePlan,
+) -> Result<TrialStore<R>> {
     check_settings(dir, settings)?;
     let mut store = TrialStore::open(dir)?;
     store.lock()?;
@@ -168,7 +172,7 @@ pub fn run_niah_conditions(runner: &TrialRunner<'_>, grid: &Grid, runs: &[Condit
 /// all of them, resuming what each folder already holds.
 fn run_sharing_prefill(runner: &TrialRunner<'_>, grid: &Grid, runs: &[&ConditionRun]) -> Result<Vec<Vec<TrialRecord>>> {
     let specs = grid.shard_trials();
-    let plan = Plan {
+    let plan = ResumePlan {
         shard: grid.shard,
         trials: specs.len(),
     };

@@ -36,7 +36,7 @@ pub enum Mode {
 
 /// One compressed cache's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
+pub struct CacheAnswer {
     pub mode: Option<Mode>,
     pub policy: String,
     pub budget: f64,
@@ -58,8 +58,8 @@ pub struct KvTrial {
     #[serde(flatten)]
     pub spec: TrialSpec,
     pub prompt_tokens: usize,
-    pub full: Outcome,
-    pub compressed: Vec<Outcome>,
+    pub full: CacheAnswer,
+    pub compressed: Vec<CacheAnswer>,
     pub seconds: f64,
 }
 
@@ -203,12 +203,12 @@ fn outcome(
     mode: Option<Mode>,
     (policy, budget): (String, f64),
     (rows, reserved): (Option<Vec<Vec<usize>>>, usize),
-) -> Result<Outcome> {
+) -> Result<CacheAnswer> {
     let start = Instant::now();
     let answer = decode_from(run, ids, logits)?;
     let decode_seconds = start.elapsed().as_secs_f64();
     let rows = rows.unwrap_or_else(|| run.cache().rows());
-    Ok(Outcome {
+    Ok(CacheAnswer {
         mode,
         policy,
         budget,

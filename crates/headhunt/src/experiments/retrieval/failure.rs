@@ -20,20 +20,20 @@ pub const FIRST_TOKENS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum AnswerClass {
     Complete,
     Incomplete,
     Hallucination,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Complete, Outcome::Incomplete, Outcome::Hallucination];
+impl AnswerClass {
+    pub const ALL: [AnswerClass; 3] = [AnswerClass::Complete, AnswerClass::Incomplete, AnswerClass::Hallucination];
 
     pub fn name(self) -> &'static str {
         match self {
-            Outcome::Complete => "complete",
-            Outcome::Incomplete => "incomplete",
-            Outcome::Hallucination => "hallucination",
+            AnswerClass::Complete => "complete",
+            AnswerClass::Incomplete => "incomplete",
+            AnswerClass::Hallucination => "hallucination",
         }
     }
 }
@@ -50,15 +50,15 @@ fn content_words(text: &str) -> Vec<String> {
 }
 
 /// Classify an answer against the needle's answer words.
-pub fn classify(real_needle: &str, answer: &str) -> Outcome {
+pub fn classify(real_needle: &str, answer: &str) -> AnswerClass {
     if 100.0 * rouge1_recall(real_needle, answer) >= COMPLETE_ROUGE {
-        return Outcome::Complete;
+        return AnswerClass::Complete;
     }
     let said = content_words(answer);
     if content_words(real_needle).iter().any(|w| said.contains(w)) {
-        Outcome::Incomplete
+        AnswerClass::Incomplete
     } else {
-        Outcome::Hallucination
+        AnswerClass::Hallucination
     }
 }
 
@@ -106,19 +106,22 @@ mod tests {
         let real = "the reed marsh behind the old salt mill at dawn";
         assert_eq!(
             classify(real, "The reed marsh behind the old salt mill at dawn."),
-            Outcome::Complete
+            AnswerClass::Complete
         );
         assert_eq!(
             classify(real, "the reed marshes behind the old salt mill at dawn"),
-            Outcome::Complete
+            AnswerClass::Complete
         );
-        assert_eq!(classify(real, "The reed marsh."), Outcome::Incomplete);
-        assert_eq!(classify(real, "behind the mill"), Outcome::Incomplete);
+        assert_eq!(classify(real, "The reed marsh."), AnswerClass::Incomplete);
+        assert_eq!(classify(real, "behind the mill"), AnswerClass::Incomplete);
         // Shares only stopwords with the needle: not retrieved from it.
-        assert_eq!(classify(real, "The best place is the sheep pens at Crale."), Outcome::Hallucination);
-        assert_eq!(classify("4721 9036", "The code is 4721."), Outcome::Incomplete);
-        assert_eq!(classify("4721 9036", "I do not know."), Outcome::Hallucination);
-        assert_eq!(classify("Elspeth Varley", ""), Outcome::Hallucination);
+        assert_eq!(
+            classify(real, "The best place is the sheep pens at Crale."),
+            AnswerClass::Hallucination
+        );
+        assert_eq!(classify("4721 9036", "The code is 4721."), AnswerClass::Incomplete);
+        assert_eq!(classify("4721 9036", "I do not know."), AnswerClass::Hallucination);
+        assert_eq!(classify("Elspeth Varley", ""), AnswerClass::Hallucination);
     }
 
     #[test]
