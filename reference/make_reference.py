@@ -461,6 +461,22 @@ TINY = {
         transformers.Olmo2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)),
+    # Mixture-of-Experts MLPs: Mixtral (top-2 of 4, renormalised), OLMoE (not renormalised, whole
+    # Q/K norms), Qwen3-MoE (renormalised, per-head Q/K norms, narrower experts).
+    "mixtral-moe": lambda: transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=256, num_local_experts=4, num_experts_per_tok=2,
+                                   sliding_window=None, rope_theta=10000.0, tie_word_embeddings=False)),
+    "olmoe-moe": lambda: transformers.OlmoeForCausalLM(
+        transformers.OlmoeConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256, num_experts=4, num_experts_per_tok=2,
+                                 norm_topk_prob=False, rope_theta=10000.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                 tie_word_embeddings=False)),
+    "qwen3moe-moe": lambda: transformers.Qwen3MoeForCausalLM(
+        transformers.Qwen3MoeConfig(vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=48,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                                    decoder_sparse_step=1, mlp_only_layers=[], rope_theta=10000.0, tie_word_embeddings=False)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(
@@ -615,8 +631,10 @@ def internals(model, ids) -> dict:
             n_q = cfg.num_attention_heads * d_head
             handles.append(attn.qkv_proj.register_forward_hook(
                 lambda m, i, o: rec["v"].append(o[0, :, n_q + n_kv * d_head:].reshape(o.shape[1], n_kv, d_head).float().numpy())))
-        act = getattr(layer.mlp, "act_fn", None) or getattr(layer.mlp, "activation_fn", None)
-        handles.append(act.register_forward_pre_hook(lambda m, i: rec["mlp_pre"].append(i[0][0].float().numpy())))
+        # A Mixture-of-Experts MLP has no single pre-activation.
+        act = getattr(getattr(layer, "mlp", None), "act_fn", None) or getattr(getattr(layer, "mlp", None), "activation_fn", None)
+        if act is not None:
+            handles.append(act.register_forward_pre_hook(lambda m, i: rec["mlp_pre"].append(i[0][0].float().numpy())))
     try:
         model(ids)
     finally:

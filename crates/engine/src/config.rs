@@ -134,7 +134,19 @@ pub struct ModelConfig {
     pub attn_logit_softcap: Option<f32>,
     pub final_logit_softcap: Option<f32>,
     pub tied_embeddings: bool,
+    /// A Mixture-of-Experts MLP in every block (`d_mlp` is then each expert's width).
+    pub moe: Option<Moe>,
     pub layers: Vec<LayerSpec>,
+}
+
+/// A sparse Mixture-of-Experts MLP: a router picks `per_token` of `experts` gated MLPs for each
+/// token by its softmax over their logits, and the MLP's output is their outputs weighted by
+/// those probabilities (renormalised over the chosen experts when `normalize`, as Mixtral does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Moe {
+    pub experts: usize,
+    pub per_token: usize,
+    pub normalize: bool,
 }
 
 impl ModelConfig {
@@ -145,7 +157,8 @@ impl ModelConfig {
     /// Total parameter count implied by the shapes (biases excluded), for the model card.
     pub fn approx_parameters(&self) -> usize {
         let attn = self.d_model * (self.n_heads + 2 * self.n_kv_heads) * self.d_head + self.n_heads * self.d_head * self.d_model;
-        let mlp = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        let one = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        let mlp = self.moe.map_or(one, |m| m.experts * one + m.experts * self.d_model);
         let embed = self.vocab_size * self.d_model * if self.tied_embeddings { 1 } else { 2 };
         let pos = match self.positions {
             PositionEncoding::Learned { offset } => (self.context_length + offset) * self.d_model,
@@ -264,6 +277,7 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: tied,
+                    moe: None,
                     layers: vec![
                         LayerSpec {
                             window,
@@ -320,6 +334,7 @@ impl ModelConfig {
                     attn_logit_softcap: f32_of("attn_logit_softcapping"),
                     final_logit_softcap: f32_of("final_logit_softcapping"),
                     tied_embeddings: tied,
+                    moe: None,
                     layers,
                 }
             }
@@ -333,16 +348,17 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" => {
-                hf.refuse_unimplemented()?;
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" => {
+                let moe = hf.moe(model_type)?;
+                hf.refuse_unimplemented(moe.is_some())?;
                 let d_model = hf.usize("hidden_size")?;
                 let n_heads = hf.usize("num_attention_heads")?;
                 let n_kv_heads = hf.opt_usize("num_key_value_heads").unwrap_or(n_heads);
                 let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
                 let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
-                    "mistral" | "phi3" => hf.opt_usize("sliding_window"),
-                    "qwen2" | "qwen3" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
+                    "mistral" | "phi3" | "mixtral" => hf.opt_usize("sliding_window"),
+                    "qwen2" | "qwen3" | "qwen3_moe" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
                     _ => None,
                 };
                 // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
@@ -367,7 +383,10 @@ impl ModelConfig {
                     n_heads,
                     n_kv_heads,
                     d_head,
-                    d_mlp: hf.usize("intermediate_size")?,
+                    d_mlp: match model_type {
+                        "qwen3_moe" => hf.usize("moe_intermediate_size")?,
+                        _ => hf.usize("intermediate_size")?,
+                    },
                     vocab_size: hf.usize("vocab_size")?,
                     context_length: hf.usize("max_position_embeddings")?,
                     norm: NormKind::RmsNorm,
@@ -378,8 +397,8 @@ impl ModelConfig {
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
                     qk_norm: match model_type {
-                        "qwen3" => QkNorm::PerHead,
-                        "olmo2" => QkNorm::Whole,
+                        "qwen3" | "qwen3_moe" => QkNorm::PerHead,
+                        "olmo2" | "olmoe" => QkNorm::Whole,
                         _ => QkNorm::None,
                     },
                     norms: if model_type == "olmo2" {
@@ -390,6 +409,7 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
+                    moe,
                     layers: windowed
                         .iter()
                         .map(|&w| LayerSpec {
@@ -477,6 +497,7 @@ impl ModelConfig {
                     attn_logit_softcap: softcap("attn_logit_softcapping", 50.0),
                     final_logit_softcap: softcap("final_logit_softcapping", 30.0),
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+                    moe: None,
                     layers,
                 }
             }
@@ -514,6 +535,7 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: true,
+                    moe: None,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -560,6 +582,7 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+                    moe: None,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -648,6 +671,9 @@ pub const HF_MODEL_TYPES: &[&str] = &[
     "phi3",
     "olmo2",
     "smollm",
+    "mixtral",
+    "olmoe",
+    "qwen3_moe",
     "gemma2",
     "gemma3_text",
     "gemma3",
@@ -700,11 +726,56 @@ impl<'a> HfConfig<'a> {
     /// Keys of the llama family's config that would change the forward pass and that the
     /// reader above does not implement: present with a non-default value, they refuse the
     /// checkpoint by name (transformers reads them; skipping one computes another model).
-    fn refuse_unimplemented(&self) -> Result<()> {
+    /// The Mixture-of-Experts MLP of a family that has one, `None` for the others.
+    fn moe(&self, model_type: &str) -> Result<Option<Moe>> {
+        let experts = self.opt_usize("num_local_experts").or_else(|| self.opt_usize("num_experts"));
+        let normalize = match model_type {
+            "mixtral" => true,
+            "olmoe" | "qwen3_moe" => self.bool("norm_topk_prob").unwrap_or(false),
+            _ => return Ok(None),
+        };
+        let unsupported = |key: &str, value: String, why: &str| Error::UnsupportedKey {
+            source_name: "config.json".into(),
+            key: key.into(),
+            value,
+            why: why.into(),
+        };
+        // Qwen3-MoE can keep dense MLPs in some layers; headhunt reads the all-sparse layout.
+        if let Some(v) = json_array(self.0, "mlp_only_layers").filter(|l| !l.is_empty()) {
+            return Err(unsupported(
+                "mlp_only_layers",
+                format!("{v:?}"),
+                "dense MLPs in some layers of a Mixture-of-Experts model",
+            ));
+        }
+        if let Some(step) = self.opt_usize("decoder_sparse_step").filter(|&s| s != 1) {
+            return Err(unsupported(
+                "decoder_sparse_step",
+                step.to_string(),
+                "Mixture-of-Experts MLPs in only some layers",
+            ));
+        }
+        if let Some(v) = self.0.get("clip_qkv").filter(|v| !v.is_null()) {
+            return Err(unsupported("clip_qkv", v.to_string(), "clipped query, key and value projections"));
+        }
+        let experts = experts.ok_or_else(|| Error::Config(format!("{model_type} config names no expert count")))?;
+        let per_token = self.usize("num_experts_per_tok")?;
+        if per_token == 0 || per_token > experts {
+            return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
+        }
+        Ok(Some(Moe {
+            experts,
+            per_token,
+            normalize,
+        }))
+    }
+
+    fn refuse_unimplemented(&self, moe: bool) -> Result<()> {
+        let no_experts: IsDefault = if moe { |_| true } else { |v| v.as_u64() == Some(0) };
         let checks: [(&str, IsDefault, &str); 6] = [
             ("partial_rotary_factor", |v| v.as_f64() == Some(1.0), "partial rotary dimensions"),
-            ("num_local_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
-            ("num_experts", |v| v.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
+            ("num_local_experts", no_experts, "Mixture-of-Experts MLPs"),
+            ("num_experts", no_experts, "Mixture-of-Experts MLPs"),
             ("attn_logit_softcapping", serde_json::Value::is_null, "attention logit soft-capping"),
             ("final_logit_softcapping", serde_json::Value::is_null, "final logit soft-capping"),
             ("attention_sink", serde_json::Value::is_null, "attention sinks"),

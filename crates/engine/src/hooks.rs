@@ -96,7 +96,12 @@ impl HookKind {
 
     /// Whether a model has this kind of point (rotary models have no position table).
     pub fn exists_in(&self, c: &ModelConfig) -> bool {
-        self.at(0) != HookPoint::PosEmbed || c.positions != crate::config::PositionEncoding::Rotary
+        match self.at(0) {
+            HookPoint::PosEmbed => c.positions != crate::config::PositionEncoding::Rotary,
+            // A Mixture-of-Experts MLP has no single hidden activation.
+            HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => c.moe.is_none(),
+            _ => true,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::linalg::{mlp_activation, norm_rows, rms_scale};
 use crate::profile::{self, Stage};
 use crate::rope::{RopeAngles, RopeTable};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{self, SafetensorsDir, Weights};
+use crate::weights::{self, Expert, Linear, Mlp, SafetensorsDir, Weights};
 
 /// Where a model came from, for its card.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -422,19 +422,64 @@ impl Model {
         let (n, d) = (pass.step.n, c.d_model);
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.mlp_norm.as_ref()));
-        let h = profile::timed(Stage::MlpUp, || b.up.forward(&x, n));
-        if pass.plan.touches(HookPoint::MlpPre(l)) {
-            let width = if c.gated_mlp { 2 * c.d_mlp } else { c.d_mlp };
-            let mut pre: Vec<f32> = h.chunks_exact(width).flat_map(|row| row[..c.d_mlp].to_vec()).collect();
-            pass.hook(HookPoint::MlpPre(l), &mut pre, c.d_mlp);
-        }
-        let mut act = profile::timed(Stage::MlpActivation, || mlp_activation(h, n, c.d_mlp, c.gated_mlp, c.activation));
-        pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
-        let mut out = profile::timed(Stage::MlpDown, || b.down.forward(&act, n));
+        let mut out = match &b.mlp {
+            Mlp::Dense(mlp) => {
+                let h = profile::timed(Stage::MlpUp, || mlp.up.forward(&x, n));
+                if pass.plan.touches(HookPoint::MlpPre(l)) {
+                    let width = if c.gated_mlp { 2 * c.d_mlp } else { c.d_mlp };
+                    let mut pre: Vec<f32> = h.chunks_exact(width).flat_map(|row| row[..c.d_mlp].to_vec()).collect();
+                    pass.hook(HookPoint::MlpPre(l), &mut pre, c.d_mlp);
+                }
+                let mut act = profile::timed(Stage::MlpActivation, || mlp_activation(h, n, c.d_mlp, c.gated_mlp, c.activation));
+                pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
+                profile::timed(Stage::MlpDown, || mlp.down.forward(&act, n))
+            }
+            Mlp::Experts { router, experts } => profile::timed(Stage::MlpUp, || self.experts(router, experts, &x, n)),
+        };
         if let Some(norm) = &b.post_mlp_norm {
             profile::timed(Stage::Norms, || norm_rows_in_place(&mut out, d, c, norm));
         }
         pass.hook(HookPoint::MlpOut(l), &mut out, d);
+        out
+    }
+
+    /// A Mixture-of-Experts MLP on the rows `x` (`n` of them): each row's `per_token` experts of
+    /// highest router probability, their outputs summed with those probabilities as weights
+    /// (renormalised over the chosen where the family does), expert by expert in index order as
+    /// transformers adds them. Each expert multiplies only the rows routed to it.
+    fn experts(&self, router: &Linear, experts: &[Expert], x: &[f32], n: usize) -> Vec<f32> {
+        let c = &self.config;
+        let (d, moe) = (c.d_model, c.moe.expect("an experts MLP has its config"));
+        let logits = router.forward(x, n);
+        let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); moe.experts];
+        for (r, row) in logits.chunks_exact(moe.experts).enumerate() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|&z| (z - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            let mut order: Vec<usize> = (0..moe.experts).collect();
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            let chosen = &order[..moe.per_token];
+            let kept: f32 = chosen.iter().map(|&e| exp[e] / sum).sum();
+            for &e in chosen {
+                let p = exp[e] / sum;
+                routed[e].0.push(r);
+                routed[e].1.push(if moe.normalize { p / kept } else { p });
+            }
+        }
+        let mut out = vec![0.0f32; n * d];
+        for (expert, (rows, weights)) in experts.iter().zip(&routed) {
+            if rows.is_empty() {
+                continue;
+            }
+            let m = rows.len();
+            let xe: Vec<f32> = rows.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().copied()).collect();
+            let h = expert.up.forward(&xe, m);
+            let act = mlp_activation(h, m, c.d_mlp, c.gated_mlp, c.activation);
+            let y = expert.down.forward(&act, m);
+            for ((&r, &w), yr) in rows.iter().zip(weights).zip(y.chunks_exact(d)) {
+                out[r * d..(r + 1) * d].iter_mut().zip(yr).for_each(|(o, &v)| *o += w * v);
+            }
+        }
         out
     }
 

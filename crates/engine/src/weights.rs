@@ -57,10 +57,49 @@ pub struct BlockWeights {
     pub o: Linear,
     pub post_attn_norm: Option<NormWeights>,
     pub mlp_norm: Option<NormWeights>,
+    pub mlp: Mlp,
+    pub post_mlp_norm: Option<NormWeights>,
+}
+
+/// A block's MLP: one MLP, or a router over experts (Mixture-of-Experts).
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    Dense(Expert),
+    Experts {
+        /// `[experts, d_model]`: each expert's logit.
+        router: Linear,
+        experts: Vec<Expert>,
+    },
+}
+
+/// One MLP: `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` where the family's MLP is not
+/// gated.
+#[derive(Debug, Clone)]
+pub struct Expert {
     /// Gated MLPs: rows `[gate | up]` (2 x d_mlp); otherwise the single input projection.
     pub up: Linear,
     pub down: Linear,
-    pub post_mlp_norm: Option<NormWeights>,
+}
+
+impl Mlp {
+    /// Every projection, router first.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::Dense(e) => vec![&e.up, &e.down],
+            Mlp::Experts { router, experts } => std::iter::once(router)
+                .chain(experts.iter().flat_map(|e| [&e.up, &e.down]))
+                .collect(),
+        }
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Mlp::Dense(e) => vec![&mut e.up, &mut e.down],
+            Mlp::Experts { router, experts } => std::iter::once(router)
+                .chain(experts.iter_mut().flat_map(|e| [&mut e.up, &mut e.down]))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +131,10 @@ impl Weights {
 
     /// Every weight matrix, each once.
     pub fn matrices(&self) -> impl Iterator<Item = &Matrix> {
-        let blocks = self.blocks.iter().flat_map(|b| [&b.qkv.w, &b.o.w, &b.up.w, &b.down.w]);
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o].into_iter().chain(b.mlp.linears()).map(|l| &l.w));
         [Some(&self.embed), self.pos_embed.as_ref(), self.unembed.as_ref().map(|l| &l.w)]
             .into_iter()
             .flatten()
@@ -104,7 +146,7 @@ impl Weights {
         let blocks = self
             .blocks
             .iter_mut()
-            .flat_map(|b| [&mut b.qkv.w, &mut b.o.w, &mut b.up.w, &mut b.down.w]);
+            .flat_map(|b| [&mut b.qkv, &mut b.o].into_iter().chain(b.mlp.linears_mut()).map(|l| &mut l.w));
         [
             Some(&mut self.embed),
             self.pos_embed.as_mut(),
@@ -125,8 +167,9 @@ impl Weights {
             .blocks
             .iter()
             .map(|b| {
-                [&b.qkv, &b.o, &b.up, &b.down]
-                    .iter()
+                [&b.qkv, &b.o]
+                    .into_iter()
+                    .chain(b.mlp.linears())
                     .map(|l| l.b.as_ref().map_or(0, Vec::len))
                     .sum::<usize>()
                     + [
@@ -370,6 +413,11 @@ enum BlockPart {
     GateUp,
     Down,
     PostMlpNorm,
+    /// A Mixture-of-Experts MLP's router, and its experts' projections.
+    Router,
+    ExpertGate(usize),
+    ExpertUp(usize),
+    ExpertDown(usize),
 }
 
 fn names(prefixes: &[&str], name: &str) -> Vec<String> {
@@ -395,12 +443,22 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         GateUp => return vec![],
         Down => "ffn_down",
         PostMlpNorm => "post_ffw_norm",
+        // Mixture-of-Experts GGUFs keep their experts in 3-D tensors, which are not read (the
+        // config reader refuses them first).
+        Router | ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
     };
     vec![format!("blk.{l}.{n}")]
 }
 
 fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
     use BlockPart::*;
+    // Mixtral's names, then OLMoE's and Qwen3-MoE's.
+    let moe = |mixtral: String, others: String| {
+        [mixtral, others]
+            .iter()
+            .flat_map(|n| names(&["model.", "model.language_model.", ""], &format!("layers.{l}.{n}")))
+            .collect()
+    };
     let n = match part {
         AttnNorm => "input_layernorm",
         Q => "self_attn.q_proj",
@@ -419,6 +477,10 @@ fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
         GateUp => "mlp.gate_up_proj",
         Down => "mlp.down_proj",
         PostMlpNorm => "post_feedforward_layernorm",
+        Router => return moe("block_sparse_moe.gate".into(), "mlp.gate".into()),
+        ExpertGate(e) => return moe(format!("block_sparse_moe.experts.{e}.w1"), format!("mlp.experts.{e}.gate_proj")),
+        ExpertUp(e) => return moe(format!("block_sparse_moe.experts.{e}.w3"), format!("mlp.experts.{e}.up_proj")),
+        ExpertDown(e) => return moe(format!("block_sparse_moe.experts.{e}.w2"), format!("mlp.experts.{e}.down_proj")),
     };
     names(&["model.", "model.language_model.", ""], &format!("layers.{l}.{n}"))
 }
@@ -635,13 +697,18 @@ impl Loader<'_> {
             }
             concat_rows(vec![q, k, v])?
         };
-        let up = if !c.gated_mlp {
-            self.linear(&part(BlockPart::Up), c.d_mlp, d)?
-        } else if self.find(&part(BlockPart::GateUp), ".weight").is_some() {
-            self.linear(&part(BlockPart::GateUp), 2 * c.d_mlp, d)?
-        } else {
-            let gate = self.linear(&part(BlockPart::Gate), c.d_mlp, d)?;
-            concat_rows(vec![gate, self.linear(&part(BlockPart::Up), c.d_mlp, d)?])?
+        let mlp = match c.moe {
+            None => Mlp::Dense(self.expert(l, [BlockPart::Gate, BlockPart::Up, BlockPart::GateUp, BlockPart::Down])?),
+            Some(moe) => Mlp::Experts {
+                router: self.linear(&part(BlockPart::Router), moe.experts, d)?,
+                experts: (0..moe.experts)
+                    .map(|e| {
+                        use BlockPart::*;
+                        // No fused gate/up in any MoE family read: GateUp names nothing here.
+                        self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)])
+                    })
+                    .collect::<Result<_>>()?,
+            },
         };
         // Norms are read only where the family has them: one in a file whose family has none
         // is left unread, and so refuses the file.
@@ -660,9 +727,27 @@ impl Loader<'_> {
             o: self.linear(&part(BlockPart::O), d, q_out)?,
             post_attn_norm: norm_if(post, BlockPart::PostAttnNorm, d)?,
             mlp_norm: norm_if(pre, BlockPart::MlpNorm, d)?,
-            up,
-            down: self.linear(&part(BlockPart::Down), d, c.d_mlp)?,
+            mlp,
             post_mlp_norm: norm_if(post, BlockPart::PostMlpNorm, d)?,
+        })
+    }
+
+    /// One MLP from its parts `[gate, up, fused gate/up, down]` (a fused one where the file has
+    /// it).
+    fn expert(&self, l: usize, [gate, up, fused, down]: [BlockPart; 4]) -> Result<Expert> {
+        let c = self.config;
+        let (d, part) = (c.d_model, |p| (self.naming.block)(l, p));
+        let up = if !c.gated_mlp {
+            self.linear(&part(up), c.d_mlp, d)?
+        } else if !matches!(fused, BlockPart::ExpertGate(_)) && self.find(&part(fused), ".weight").is_some() {
+            self.linear(&part(fused), 2 * c.d_mlp, d)?
+        } else {
+            let gate = self.linear(&part(gate), c.d_mlp, d)?;
+            concat_rows(vec![gate, self.linear(&part(up), c.d_mlp, d)?])?
+        };
+        Ok(Expert {
+            up,
+            down: self.linear(&part(down), d, c.d_mlp)?,
         })
     }
 

@@ -40,9 +40,22 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
             c.d_head
         ),
     );
+    let experts = c.moe.map_or(String::new(), |m| {
+        format!(
+            "; Mixture of Experts: {} of {} experts per token{}",
+            m.per_token,
+            m.experts,
+            if m.normalize { ", weights renormalised" } else { "" }
+        )
+    });
     row(
         "MLP",
-        format!("{} wide, {:?}{}", c.d_mlp, c.activation, if c.gated_mlp { ", gated" } else { "" }),
+        format!(
+            "{} wide, {:?}{}{experts}",
+            c.d_mlp,
+            c.activation,
+            if c.gated_mlp { ", gated" } else { "" }
+        ),
     );
     row(
         "norm",
