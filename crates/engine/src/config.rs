@@ -250,6 +250,22 @@ impl ModelConfig {
             }
         };
         let tied = file.tensor_info("output.weight").is_none();
+        // llama.cpp writes Mixtral as `llama` with experts (its router's weights renormalised
+        // over the chosen, as Mixtral's are).
+        let moe = match usize_of("expert_count").filter(|&n| n > 0) {
+            Some(experts) if arch == "llama" => {
+                let per_token = require("expert_used_count")?;
+                if per_token == 0 || per_token > experts {
+                    return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
+                }
+                Some(Moe {
+                    experts,
+                    per_token,
+                    normalize: true,
+                })
+            }
+            _ => None,
+        };
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
@@ -277,7 +293,7 @@ impl ModelConfig {
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: tied,
-                    moe: None,
+                    moe,
                     layers: vec![
                         LayerSpec {
                             window,
@@ -642,7 +658,8 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
                 value.as_u64() == Some(d_head as u64),
                 "value heads wider or narrower than key heads",
             ),
-            "expert_count" | "expert_used_count" => (value.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
+            // Read for `llama` (Mixtral); other families' experts are not.
+            "expert_count" | "expert_used_count" => (value.as_u64() == Some(0) || arch == "llama", "Mixture-of-Experts MLPs"),
             "rope.scaling.attn_factor" => (as_f64 == Some(1.0), "a RoPE attention factor"),
             _ => (false, "a key this family's reader does not know"),
         };

@@ -418,6 +418,10 @@ enum BlockPart {
     ExpertGate(usize),
     ExpertUp(usize),
     ExpertDown(usize),
+    /// Every expert's projection in one 3-D tensor `[experts, rows, cols]` (llama.cpp's files).
+    ExpertsGate,
+    ExpertsUp,
+    ExpertsDown,
 }
 
 fn names(prefixes: &[&str], name: &str) -> Vec<String> {
@@ -443,9 +447,11 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         GateUp => return vec![],
         Down => "ffn_down",
         PostMlpNorm => "post_ffw_norm",
-        // Mixture-of-Experts GGUFs keep their experts in 3-D tensors, which are not read (the
-        // config reader refuses them first).
-        Router | ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
+        Router => "ffn_gate_inp",
+        ExpertsGate => "ffn_gate_exps",
+        ExpertsUp => "ffn_up_exps",
+        ExpertsDown => "ffn_down_exps",
+        ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
     };
     vec![format!("blk.{l}.{n}")]
 }
@@ -481,6 +487,7 @@ fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
         ExpertGate(e) => return moe(format!("block_sparse_moe.experts.{e}.w1"), format!("mlp.experts.{e}.gate_proj")),
         ExpertUp(e) => return moe(format!("block_sparse_moe.experts.{e}.w3"), format!("mlp.experts.{e}.up_proj")),
         ExpertDown(e) => return moe(format!("block_sparse_moe.experts.{e}.w2"), format!("mlp.experts.{e}.down_proj")),
+        ExpertsGate | ExpertsUp | ExpertsDown => return vec![],
     };
     names(&["model.", "model.language_model.", ""], &format!("layers.{l}.{n}"))
 }
@@ -701,13 +708,17 @@ impl Loader<'_> {
             None => Mlp::Dense(self.expert(l, [BlockPart::Gate, BlockPart::Up, BlockPart::GateUp, BlockPart::Down])?),
             Some(moe) => Mlp::Experts {
                 router: self.linear(&part(BlockPart::Router), moe.experts, d)?,
-                experts: (0..moe.experts)
-                    .map(|e| {
-                        use BlockPart::*;
-                        // No fused gate/up in any MoE family read: GateUp names nothing here.
-                        self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)])
-                    })
-                    .collect::<Result<_>>()?,
+                experts: if self.find(&part(BlockPart::ExpertsGate), ".weight").is_some() {
+                    self.stacked_experts(l, moe.experts)?
+                } else {
+                    (0..moe.experts)
+                        .map(|e| {
+                            use BlockPart::*;
+                            // No fused gate/up in any MoE family read: GateUp names nothing here.
+                            self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)])
+                        })
+                        .collect::<Result<_>>()?
+                },
             },
         };
         // Norms are read only where the family has them: one in a file whose family has none
@@ -749,6 +760,61 @@ impl Loader<'_> {
             up,
             down: self.linear(&part(down), d, c.d_mlp)?,
         })
+    }
+
+    /// The experts of a block whose projections are stacked in 3-D tensors: each expert's
+    /// matrices view their slice of the file.
+    fn stacked_experts(&self, l: usize, n: usize) -> Result<Vec<Expert>> {
+        let c = self.config;
+        let (d, ff, part) = (c.d_model, c.d_mlp, |p| (self.naming.block)(l, p));
+        let gate = self.stacked(&part(BlockPart::ExpertsGate), n, ff, d)?;
+        let up = self.stacked(&part(BlockPart::ExpertsUp), n, ff, d)?;
+        let down = self.stacked(&part(BlockPart::ExpertsDown), n, d, ff)?;
+        let linear = |w| Linear { w, b: None };
+        gate.into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((g, u), dn)| {
+                Ok(Expert {
+                    up: concat_rows(vec![linear(g), linear(u)])?,
+                    down: linear(dn),
+                })
+            })
+            .collect()
+    }
+
+    /// `n` matrices of `rows x cols` stored one after another in a `[n, rows, cols]` tensor.
+    fn stacked(&self, candidates: &[String], n: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>> {
+        let name = self
+            .find(candidates, ".weight")
+            .ok_or_else(|| self.missing(candidates, ".weight"))?;
+        self.used.borrow_mut().insert(name.clone());
+        let (dtype, found, bytes) = self.src.stored(&name)?;
+        if found != [n, rows, cols] {
+            return Err(Error::TensorShape {
+                name,
+                found,
+                expected: vec![n, rows, cols],
+            });
+        }
+        let bad = |reason: String| Error::Checkpoint {
+            path: self.src.path().to_owned(),
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let Bytes::Mapped { map, start, len } = bytes else {
+            return Err(bad("stacked experts are read from a mapped file".into()));
+        };
+        let per = len / n;
+        (0..n)
+            .map(|e| {
+                let slice = Bytes::Mapped {
+                    map: map.clone(),
+                    start: start + e * per,
+                    len: per,
+                };
+                Matrix::new(dtype, rows, cols, slice, self.isa).map_err(bad)
+            })
+            .collect()
     }
 
     fn load(&self) -> Result<Weights> {

@@ -214,6 +214,13 @@ fn mixtral_with_experts_renormalised() {
     check("mixtral-moe");
 }
 
+/// llama.cpp writes Mixtral as `llama` with `expert_count` and its experts stacked in 3-D
+/// tensors (`ffn_gate_exps`, ...), each expert's matrices a slice of the file.
+#[test]
+fn mixtral_as_gguf() {
+    check_file("mixtral-moe", "model.gguf");
+}
+
 #[test]
 fn olmoe_with_experts_not_renormalised() {
     let model = Model::load(&reference_dir().join("tiny/olmoe-moe")).unwrap();

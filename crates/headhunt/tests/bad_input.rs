@@ -173,7 +173,8 @@ fn keys_that_change_the_numbers() {
             Value::String("yarn".into()),
             "RoPE scaling `yarn` is not supported",
         ),
-        ("llama.expert_count", Value::U32(8), "`llama.expert_count` = 8 is not supported"),
+        // A llama file with experts is a Mixtral, which needs how many are used per token.
+        ("llama.expert_count", Value::U32(8), "missing llama.expert_used_count"),
         ("llama.rope.dimension_count", Value::U32(8), "partial rotary"),
         (
             "llama.attn_logit_softcapping",
@@ -185,6 +186,12 @@ fn keys_that_change_the_numbers() {
         tiny_llama("llama", 64, None).meta(key, value).write(&path).unwrap();
         fails_with(&["info", "--model", path_str(&path)], needle);
     }
+    // Experts in a family whose GGUF reader has none.
+    tiny_llama("qwen2", 64, None)
+        .meta("qwen2.expert_count", Value::U32(8))
+        .write(&path)
+        .unwrap();
+    fails_with(&["info", "--model", path_str(&path)], "`qwen2.expert_count` = 8 is not supported");
 }
 
 #[test]
