@@ -444,6 +444,13 @@ TINY = {
         transformers.Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
                                  rope_theta=10000.0, tie_word_embeddings=False)),
+    # YaRN, from an original context of 16 tokens so that it shows within the prompt (Qwen3's
+    # long-context setting).
+    "qwen3-yarn": lambda: transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+                                 rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                  "original_max_position_embeddings": 16}, tie_word_embeddings=False)),
     # Soft-caps small enough that random weights reach them.
     "gemma2-softcap": lambda: transformers.Gemma2ForCausalLM(
         transformers.Gemma2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,

@@ -63,6 +63,18 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_context: f32,
     },
+    /// YaRN (Peng et al. 2023, as transformers computes it): frequencies that turn fewer than
+    /// `beta_slow` times over the original context interpolated by `factor`, those turning more
+    /// than `beta_fast` times kept, a linear ramp between; cosines and sines multiplied by
+    /// `attention_factor`.
+    Yarn {
+        factor: f32,
+        original_context: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        attention_factor: f32,
+        truncate: bool,
+    },
 }
 
 /// RMSNorm of the queries and keys, after the projection and before RoPE.
@@ -849,6 +861,33 @@ impl<'a> HfConfig<'a> {
                         high_freq_factor: num("high_freq_factor", 4.0),
                         original_context: num("original_max_position_embeddings", 8192.0),
                     }),
+                    "yarn" => {
+                        // transformers' defaults: the original context is the model's unless given
+                        // (beside the scaling or at the top level), the factor their ratio.
+                        let context = self.f32("max_position_embeddings").unwrap_or(0.0);
+                        let original = obj
+                            .get("original_max_position_embeddings")
+                            .and_then(|v| v.as_f64())
+                            .map(|v| v as f32)
+                            .or(self.f32("original_max_position_embeddings"))
+                            .unwrap_or(context);
+                        let factor = obj.get("factor").and_then(|v| v.as_f64()).unwrap_or((context / original) as f64);
+                        let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+                        let opt = |k: &str| obj.get(k).and_then(|v| v.as_f64()).filter(|&v| v != 0.0);
+                        let attention_factor = match (opt("attention_factor"), opt("mscale"), opt("mscale_all_dim")) {
+                            (Some(a), _, _) => a,
+                            (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                            _ => mscale(1.0),
+                        };
+                        Some(RopeScaling::Yarn {
+                            factor: factor as f32,
+                            original_context: original,
+                            beta_fast: opt("beta_fast").unwrap_or(32.0) as f32,
+                            beta_slow: opt("beta_slow").unwrap_or(1.0) as f32,
+                            attention_factor: attention_factor as f32,
+                            truncate: obj.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
+                        })
+                    }
                     other => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
                 }
             }

@@ -8,11 +8,16 @@ use crate::config::RopeScaling;
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     inv_freq: Vec<f32>,
+    /// Multiplies every cosine and sine (YaRN's attention factor; 1 otherwise).
+    attention_factor: f32,
 }
 
 impl RopeTable {
     pub fn new(d_head: usize, base: f32, scaling: Option<RopeScaling>) -> Self {
         let half = d_head / 2;
+        if let Some(RopeScaling::Yarn { .. }) = scaling {
+            return Self::yarn(d_head, base, scaling.expect("matched"));
+        }
         let inv_freq = (0..half)
             .map(|i| {
                 // torch: 1.0 / base ** (arange(0, d, 2).float() / d), all in f32.
@@ -23,6 +28,7 @@ impl RopeTable {
             .map(|f| match scaling {
                 // The factors are the checkpoint's: applied by `with_freq_factors`.
                 None | Some(RopeScaling::FreqFactors) => f,
+                Some(RopeScaling::Yarn { .. }) => unreachable!("handled above"),
                 Some(RopeScaling::Linear { factor }) => f / factor,
                 Some(RopeScaling::Llama3 {
                     factor,
@@ -44,7 +50,51 @@ impl RopeTable {
                 }
             })
             .collect();
-        RopeTable { inv_freq }
+        RopeTable {
+            inv_freq,
+            attention_factor: 1.0,
+        }
+    }
+
+    /// YaRN's frequencies, step by step as transformers' `_compute_yarn_parameters` computes
+    /// them (the correction range in f64, the ramp and the blend in f32).
+    fn yarn(d_head: usize, base: f32, scaling: RopeScaling) -> Self {
+        let RopeScaling::Yarn {
+            factor,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        } = scaling
+        else {
+            unreachable!("called for YaRN")
+        };
+        let (dim, half) = (d_head as f64, d_head / 2);
+        let correction_dim =
+            |rotations: f64| dim * (original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (base as f64).ln());
+        let (mut low, mut high) = (correction_dim(beta_fast as f64), correction_dim(beta_slow as f64));
+        if truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        let inv_freq = (0..half)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / d_head as f32;
+                let pos_freq = (base as f64).powf(exponent as f64) as f32;
+                let (extrapolation, interpolation) = (1.0 / pos_freq, 1.0 / (factor * pos_freq));
+                let ramp = ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                interpolation * (1.0 - keep) + extrapolation * keep
+            })
+            .collect();
+        RopeTable {
+            inv_freq,
+            attention_factor,
+        }
     }
 
     /// Divide each inverse frequency by its factor (llama.cpp's `rope_freqs.weight`, one per
@@ -64,8 +114,8 @@ impl RopeTable {
         for p in p0..p0 + n {
             for &f in &self.inv_freq {
                 let angle = (p as f32 * f) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push(angle.cos() as f32 * self.attention_factor);
+                sin.push(angle.sin() as f32 * self.attention_factor);
             }
         }
         RopeAngles { half, cos, sin }

@@ -126,6 +126,16 @@ fn qwen3_with_per_head_qk_norms() {
 }
 
 #[test]
+fn qwen3_with_yarn() {
+    let model = Model::load(&reference_dir().join("tiny/qwen3-yarn")).unwrap();
+    assert!(matches!(
+        model.config.layers[0].rope_scaling,
+        Some(headhunt_engine::RopeScaling::Yarn { factor: 4.0, .. })
+    ));
+    check("qwen3-yarn");
+}
+
+#[test]
 fn qwen3_as_gguf() {
     check_file("qwen3-qknorm", "model.gguf");
 }

@@ -83,6 +83,9 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
                     None => String::new(),
                     Some(RopeScaling::FreqFactors) => ", scaled by rope_freqs.weight".into(),
                     Some(RopeScaling::Linear { factor }) => format!(", linear scaling x{factor}"),
+                    Some(RopeScaling::Yarn {
+                        factor, original_context, ..
+                    }) => format!(", YaRN x{factor} from {original_context}"),
                     Some(RopeScaling::Llama3 {
                         factor, original_context, ..
                     }) => format!(", llama3 scaling x{factor} from {original_context}"),
