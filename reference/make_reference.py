@@ -629,12 +629,13 @@ MOE_GGUF = {"mixtral-moe"}
 @torch.no_grad()
 def internals(model, ids) -> dict:
     """Per layer, as transformers computes them: each head's query and each key/value head's key
-    after their norms and RoPE (what `apply_rotary_pos_emb` returns), the values, and the MLP's
-    pre-activation (the activation function's input: a gated MLP's gate projection), each
-    [layer, position, ...]. Rotary families only for q/k/v."""
+    after their norms and RoPE (what `apply_rotary_pos_emb` returns), the values, the MLP's
+    pre-activation (the activation function's input: a gated MLP's gate projection), and what
+    the attention's and the MLP's input norms divide each row by, each [layer, position, ...];
+    and the final norm's divisor [position]. Llama-like families only."""
     mod = sys.modules[type(model).__module__]
     layers = model.model.layers if hasattr(model, "model") and hasattr(model.model, "layers") else None
-    rec = {"q": [], "k": [], "v": [], "mlp_pre": []}
+    rec = {"q": [], "k": [], "v": [], "mlp_pre": [], "ln1_scale": [], "ln2_scale": [], "final_scale": []}
     handles, orig = [], getattr(mod, "apply_rotary_pos_emb", None)
     if layers is None:
         return {}
@@ -645,8 +646,21 @@ def internals(model, ids) -> dict:
             rec["k"].append(k2[0].transpose(0, 1).float().numpy())
             return q2, k2
         mod.apply_rotary_pos_emb = patched
+    eps = model.config.rms_norm_eps
+
+    def scale_of(key):
+        # What an RMSNorm divides its input by, computed here from the input transformers feeds it.
+        return lambda m, i: rec[key].append(np.sqrt((i[0][0].double().numpy() ** 2).mean(-1) + eps).astype(np.float32))
+
+    handles.append(model.model.norm.register_forward_pre_hook(scale_of("final_scale")))
     for layer in layers:
         attn, cfg = layer.self_attn, model.config
+        # The sub-layers' input norms, where the family has them (OLMo 2 has none): Gemma's MLP
+        # input norm is `pre_feedforward_layernorm`, its `post_attention_layernorm` a post-norm.
+        if hasattr(layer, "input_layernorm"):
+            handles.append(layer.input_layernorm.register_forward_pre_hook(scale_of("ln1_scale")))
+            ln2 = getattr(layer, "pre_feedforward_layernorm", None) or layer.post_attention_layernorm
+            handles.append(ln2.register_forward_pre_hook(scale_of("ln2_scale")))
         d_head = getattr(attn, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
         n_kv = cfg.num_key_value_heads
         if hasattr(attn, "v_proj"):
@@ -668,7 +682,9 @@ def internals(model, ids) -> dict:
         if orig is not None:
             mod.apply_rotary_pos_emb = orig
     n = len(layers)
-    return {k: np.stack(v) for k, v in rec.items() if len(v) == n}
+    out = {k: np.stack(v) for k, v in rec.items() if len(v) == n and k != "final_scale"}
+    out["final_scale"] = rec["final_scale"][0]
+    return out
 
 
 def tiny_models(out_dir: Path):

@@ -27,6 +27,9 @@ pub enum HookPoint {
     PosEmbed,
     /// `blocks.{l}.hook_resid_pre`, `[pos, d_model]`.
     ResidPre(usize),
+    /// `blocks.{l}.ln1.hook_scale`: what the attention's input norm divides each row by,
+    /// `[pos, 1]`.
+    Ln1Scale(usize),
     /// `blocks.{l}.attn.hook_q`: each head's query, after the Q norm (where the family has one)
     /// and RoPE, `[pos, head, d_head]`.
     Q(usize),
@@ -47,6 +50,8 @@ pub enum HookPoint {
     AttnOut(usize),
     /// `blocks.{l}.hook_resid_mid`, `[pos, d_model]`.
     ResidMid(usize),
+    /// `blocks.{l}.ln2.hook_scale`: what the MLP's input norm divides each row by, `[pos, 1]`.
+    Ln2Scale(usize),
     /// `blocks.{l}.mlp.hook_pre`: the MLP's pre-activation (a gated MLP's gate projection),
     /// `[pos, d_mlp]`.
     MlpPre(usize),
@@ -56,6 +61,8 @@ pub enum HookPoint {
     MlpOut(usize),
     /// `blocks.{l}.hook_resid_post`, `[pos, d_model]`.
     ResidPost(usize),
+    /// `ln_final.hook_scale`: what the final norm divides each row by, `[pos, 1]`.
+    FinalScale,
     /// `ln_final.hook_normalized`: the final norm's output, `[pos, d_model]`.
     FinalNormalized,
     /// `logits`, `[pos, vocab]`.
@@ -100,6 +107,8 @@ impl HookKind {
             HookPoint::PosEmbed => c.positions != crate::config::PositionEncoding::Rotary,
             // A Mixture-of-Experts MLP has no single hidden activation.
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => c.moe.is_none(),
+            // Only where the family normalises a sub-layer's input (not OLMo 2).
+            HookPoint::Ln1Scale(_) | HookPoint::Ln2Scale(_) => c.norms.has_pre(),
             _ => true,
         }
     }
@@ -134,6 +143,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         shape: d_model,
         writable: true,
         doc: "the residual stream into block l",
+    },
+    HookKind {
+        name: "blocks.{l}.ln1.hook_scale",
+        dims: "[1]",
+        point: HookPoint::Ln1Scale,
+        shape: |_| vec![1],
+        writable: false,
+        doc: "what the attention's input norm divides each row by (sqrt of mean square, or of variance, plus eps)",
     },
     HookKind {
         name: "blocks.{l}.attn.hook_q",
@@ -201,6 +218,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "the residual stream between attention and the MLP",
     },
     HookKind {
+        name: "blocks.{l}.ln2.hook_scale",
+        dims: "[1]",
+        point: HookPoint::Ln2Scale,
+        shape: |_| vec![1],
+        writable: false,
+        doc: "what the MLP's input norm divides each row by",
+    },
+    HookKind {
         name: "blocks.{l}.mlp.hook_pre",
         dims: "[d_mlp]",
         point: HookPoint::MlpPre,
@@ -233,6 +258,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "the residual stream out of block l",
     },
     HookKind {
+        name: "ln_final.hook_scale",
+        dims: "[1]",
+        point: |_| HookPoint::FinalScale,
+        shape: |_| vec![1],
+        writable: false,
+        doc: "what the final norm divides each row by",
+    },
+    HookKind {
         name: "ln_final.hook_normalized",
         dims: "[d_model]",
         point: |_| HookPoint::FinalNormalized,
@@ -263,9 +296,9 @@ impl HookPoint {
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;
         match *self {
-            ResidPre(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | MlpPre(l) | MlpPost(l)
-            | MlpOut(l) | ResidPost(l) => Some(l),
-            Embed | PosEmbed | FinalNormalized | Logits => None,
+            ResidPre(l) | Ln1Scale(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l)
+            | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
 

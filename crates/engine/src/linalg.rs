@@ -149,6 +149,18 @@ pub fn norm_rows_in_place(x: &mut [f32], dim: usize, kind: NormKind, eps: f32, w
     }
 }
 
+/// What a norm divides a row by (TransformerLens's `hook_scale`): `sqrt(mean(x^2) + eps)` for
+/// RMSNorm, `sqrt(var(x) + eps)` for LayerNorm, accumulated in f64.
+pub fn norm_scale(row: &[f32], kind: NormKind, eps: f32) -> f32 {
+    let n = row.len() as f64;
+    let centre = match kind {
+        NormKind::RmsNorm => 0.0,
+        NormKind::LayerNorm => row.iter().map(|&v| v as f64).sum::<f64>() / n,
+    };
+    let ms = row.iter().map(|&v| (v as f64 - centre).powi(2)).sum::<f64>() / n;
+    (ms + eps as f64).sqrt() as f32
+}
+
 /// `1 / sqrt(mean(x^2) + eps)`, accumulated in f64.
 pub fn rms_scale(row: &[f32], eps: f32) -> f32 {
     let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;

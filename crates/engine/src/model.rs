@@ -11,7 +11,7 @@ use crate::gguf::GgufFile;
 use crate::hooks::{CompiledHooks, HookPoint, Hooks, Phase, Recording, Step};
 use crate::kernels::Precision;
 use crate::kv_cache::{HeadCache, KvCache, KvPolicy};
-use crate::linalg::{mlp_activation, norm_rows, rms_scale};
+use crate::linalg::{mlp_activation, norm_rows, norm_scale, rms_scale};
 use crate::profile::{self, Stage};
 use crate::rope::{RopeAngles, RopeTable};
 use crate::tokenizer::Tokenizer;
@@ -306,6 +306,7 @@ impl Model {
 
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.attn_norm.as_ref()));
+        pass.norm_scale(HookPoint::Ln1Scale(l), resid, c);
         let qkv = profile::timed(Stage::QkvProjection, || b.qkv.forward(&x, n));
         let width = (nh + 2 * nkv) * dh;
         let (mut q, mut k) = profile::timed(Stage::Rope, || {
@@ -422,6 +423,7 @@ impl Model {
         let (n, d) = (pass.step.n, c.d_model);
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.mlp_norm.as_ref()));
+        pass.norm_scale(HookPoint::Ln2Scale(l), resid, c);
         let mut out = match &b.mlp {
             Mlp::Dense(mlp) => {
                 let h = profile::timed(Stage::MlpUp, || mlp.up.forward(&x, n));
@@ -495,6 +497,11 @@ impl Model {
         wanted.extend(step.last);
         wanted.sort_unstable();
         wanted.dedup();
+        for pos in pass.plan.capture_positions(HookPoint::FinalScale, &step) {
+            let r = pos - step.p0;
+            let scale = norm_scale(&resid[r * d..(r + 1) * d], c.norm, c.norm_eps);
+            pass.rec.push_row(HookPoint::FinalScale, pos, &[scale]);
+        }
         let mut last_logits = None;
         for pos in wanted {
             let r = pos - step.p0;
@@ -643,6 +650,14 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     #[inline]
+    /// Capture what a norm divides each row of `resid` by, where someone asked.
+    fn norm_scale(&mut self, point: HookPoint, resid: &[f32], c: &ModelConfig) {
+        if self.plan.touches(point) {
+            let mut scales: Vec<f32> = resid.chunks_exact(c.d_model).map(|r| norm_scale(r, c.norm, c.norm_eps)).collect();
+            self.hook(point, &mut scales, 1);
+        }
+    }
+
     fn hook(&mut self, point: HookPoint, buf: &mut [f32], row_len: usize) {
         if self.plan.touches(point) {
             let _t = profile::span(Stage::Hooks);

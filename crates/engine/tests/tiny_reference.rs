@@ -53,6 +53,8 @@ fn check_file(name: &str, file: &str) {
             ("k", HookPoint::K),
             ("v", HookPoint::V),
             ("mlp_pre", HookPoint::MlpPre),
+            ("ln1_scale", HookPoint::Ln1Scale),
+            ("ln2_scale", HookPoint::Ln2Scale),
         ] {
             let exists = point(0).kind().exists_in(c);
             let Some(want) = exp.get(key) else {
@@ -71,6 +73,13 @@ fn check_file(name: &str, file: &str) {
                 let d = max_abs_diff(&rows.data, &want[l * per_layer..(l + 1) * per_layer]);
                 assert!(d < 1e-4, "{name} (chunk {chunk}): {} differs by {d}", point(l));
             }
+        }
+        if let Some(want) = exp.get("final_scale") {
+            let rows = run.recording.get(HookPoint::FinalScale).unwrap();
+            let d = max_abs_diff(&rows.data, &want.as_f32());
+            assert!(d < 1e-4, "{name} (chunk {chunk}): ln_final.hook_scale differs by {d}");
+        } else {
+            assert!(!rotary, "{name}: the reference lacks final_scale: regenerate it (scripts/test.sh)");
         }
         for l in 0..c.n_layers {
             let rows = &run.recording.patterns[&l];
@@ -211,9 +220,11 @@ fn gpt2_stored_as_f16() {
     check_stored("gpt2-f16", headhunt_engine::gguf::GgmlType::F16);
 }
 
-/// The hook points inside attention and the MLP that the reference records per layer.
-fn internals(l: usize) -> [HookPoint; 4] {
-    [HookPoint::Q(l), HookPoint::K(l), HookPoint::V(l), HookPoint::MlpPre(l)]
+/// The hook points inside attention and the MLP that the reference records per layer, and the
+/// final norm's scale.
+fn internals(l: usize) -> [HookPoint; 7] {
+    use HookPoint::*;
+    [Q(l), K(l), V(l), MlpPre(l), Ln1Scale(l), Ln2Scale(l), FinalScale]
 }
 
 #[test]

@@ -11,6 +11,8 @@ hook                                   shape
 ``blocks.L.attn.hook_k``, ``hook_v``   ``[pos, kv_head, d_head]``
 ``blocks.L.attn.hook_result``          ``[pos, head, d_model]``
 ``blocks.L.mlp.hook_pre/post``         ``[pos, d_mlp]``
+``blocks.L.ln1/ln2.hook_scale``,
+``ln_final.hook_scale``                ``[pos, 1]``
 ``blocks.L.attn.hook_pattern``         ``[head, query_pos, key_pos]``
 ``logits``                             ``[pos, d_vocab]``
 =====================================  ===========================

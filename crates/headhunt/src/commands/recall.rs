@@ -10,9 +10,12 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::experiments::recall::analysis::{analyse, dla, Component, LastPosition};
+use crate::experiments::recall::analysis::{dla, Component};
+use crate::experiments::recall::movers::{mover_heads, MoverHeads};
 use crate::experiments::recall::tasks::{self, RecallPrompt, Task};
-use crate::experiments::recall::{attend_to_self_in_final_layer, evaluate, fit_mlp, par_map, prompts, subtract_final_intercept};
+use crate::experiments::recall::{
+    attend_to_self_in_final_layer, decompose_all, evaluate, fit_mlp, mean_of, prompts, sample, subtract_final_intercept, top_tokens, usable,
+};
 use crate::experiments::retrieval::masking::{head_label, MaskSweepArgs, PhaseArg};
 use crate::experiments::retrieval::pearson;
 use crate::output::plot::{Figure, Heatmap, Heatmaps, Scatter};
@@ -162,19 +165,6 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// The facts a task can be scored on with this tokenizer.
-fn usable(task: &Task, model: &Model) -> Result<Vec<usize>> {
-    let facts = task.unambiguous(model.tokenizer()?)?;
-    if facts.len() < 4 {
-        bail!(
-            "task `{}`: only {} facts have an unambiguous first answer token with this tokenizer",
-            task.name,
-            facts.len()
-        );
-    }
-    Ok(facts)
-}
-
 /// Write one result file, then the folder's report.
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -241,113 +231,20 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// At most `n` of `items`, evenly spaced (all without `n`).
-fn sample<T>(items: Vec<T>, n: Option<usize>) -> Vec<T> {
-    match n {
-        Some(n) if n < items.len() => {
-            let len = items.len();
-            let keep: Vec<usize> = (0..n).map(|i| i * len / n).collect();
-            items
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep.binary_search(i).is_ok())
-                .map(|(_, x)| x)
-                .collect()
-        }
-        _ => items,
-    }
-}
-
-/// Decompose every prompt (with a progress bar).
-fn decompose_all(model: &Model, ps: &[RecallPrompt], what: &str) -> Result<Vec<LastPosition>> {
-    let bar = crate::runner::progress::bar(ps.len() as u64, what);
-    let out = par_map(ps, |q| {
-        let r = analyse(model, &q.ids, q.subject.clone(), &[]);
-        bar.inc(1);
-        r
-    });
-    bar.finish_and_clear();
-    out
-}
-
 fn heads(args: HeadsArgs) -> Result<()> {
     let model = args.task.load()?;
-    let tok = model.tokenizer()?;
     let c = &model.config;
     let task = args.task.tasks(&["capital"])?.remove(0);
     let facts = usable(&task, &model)?;
-    let ps = prompts(&task, tok, &facts, &facts, args.shots)?;
-    let decomposed = decompose_all(&model, &ps, "prompts")?;
+    let MoverHeads {
+        prompts: n_prompts,
+        ablation_prompts,
+        attn,
+        dla_answer,
+        dla_subject,
+        effect,
+    } = mover_heads(&model, &task, &facts, args.shots, args.ablation_prompts)?;
     let n_heads = c.n_layers * c.n_heads;
-    let (mut attn, mut dla_answer, mut dla_subject) = (vec![0.0; n_heads], vec![0.0; n_heads], vec![0.0; n_heads]);
-    for (q, d) in ps.iter().zip(&decomposed) {
-        let per = dla(&model, d, &[q.answer_token, q.subject_token]);
-        for l in 0..c.n_layers {
-            for h in 0..c.n_heads {
-                let i = l * c.n_heads + h;
-                attn[i] += d.attention_to_subject[i];
-                dla_answer[i] += per[&Component::Head(l, h)][0] as f64;
-                dla_subject[i] += per[&Component::Head(l, h)][1] as f64;
-            }
-        }
-    }
-    let n = ps.len() as f64;
-    [&mut attn, &mut dla_answer, &mut dla_subject]
-        .into_iter()
-        .for_each(|v| v.iter_mut().for_each(|x| *x /= n));
-
-    // Mean ablation: each head's output at the last position replaced by its mean over
-    // corrupted prompts (the same template about another subject with another answer); the
-    // effect is the drop in logit(answer) - logit(corrupted answer).
-    let picked: Vec<usize> = (0..ps.len())
-        .step_by((ps.len() / args.ablation_prompts.max(1)).max(1))
-        .take(args.ablation_prompts)
-        .collect();
-    let corrupted: Vec<RecallPrompt> = picked
-        .iter()
-        .map(|&k| {
-            let q = &ps[k];
-            let other = facts
-                .iter()
-                .copied()
-                .cycle()
-                .skip_while(|&f| f != q.fact)
-                .skip(1)
-                .find(|&f| task.facts[f].answer != task.facts[q.fact].answer)
-                .context("no other answer to corrupt with")?;
-            task.prompt(tok, other, q.template, args.shots, &facts)
-        })
-        .collect::<Result<_>>()?;
-    let corrupted_runs = decompose_all(&model, &corrupted, "corrupted")?;
-    let mut mean_z = vec![vec![0.0f32; c.n_heads * c.d_head]; c.n_layers];
-    for d in &corrupted_runs {
-        for (mean, z) in mean_z.iter_mut().zip(&d.z) {
-            mean.iter_mut().zip(z).for_each(|(m, &v)| *m += v / corrupted_runs.len() as f32);
-        }
-    }
-    let bar = crate::runner::progress::bar((picked.len() * n_heads) as u64, "ablations");
-    let runs: Vec<(usize, usize)> = (0..picked.len()).flat_map(|k| (0..n_heads).map(move |i| (k, i))).collect();
-    let drops = par_map(&runs, |&(k, i)| {
-        let (q, bad) = (&ps[picked[k]], corrupted[k].answer_token);
-        let ld = |l: &[f32]| (l[q.answer_token as usize] - l[bad as usize]) as f64;
-        let (l, h) = (i / c.n_heads, i % c.n_heads);
-        let patch = Intervention::Set {
-            point: HookPoint::Z(l),
-            head: Some(h),
-            rows: BTreeMap::from([(q.ids.len() - 1, mean_z[l][h * c.d_head..(h + 1) * c.d_head].to_vec())]),
-        };
-        let logits = model
-            .run(headhunt_engine::Hooks::default().intervene(patch), Default::default())?
-            .prefill(&q.ids)?;
-        bar.inc(1);
-        Ok(ld(&decomposed[picked[k]].logits) - ld(&logits))
-    })?;
-    let mut effect = vec![0.0f64; n_heads];
-    for (&(_, i), drop) in runs.iter().zip(drops) {
-        effect[i] += drop / picked.len() as f64;
-    }
-    bar.finish_and_clear();
-
     let label = |i: usize| format!("{}-{}", i / c.n_heads, i % c.n_heads);
     let mut order: Vec<usize> = (0..n_heads).collect();
     order.sort_by(|&a, &b| effect[b].total_cmp(&effect[a]));
@@ -355,9 +252,9 @@ fn heads(args: HeadsArgs) -> Result<()> {
         "{} on `{}` ({} prompts, {}-shot; ablation on {}):",
         model_name(&model, &args.task.model.model),
         task.name,
-        ps.len(),
+        n_prompts,
         args.shots,
-        picked.len()
+        ablation_prompts
     );
     println!(" rank  head   ablation effect  attention to subject  DLA answer  DLA subject");
     for (r, &i) in order.iter().take(args.top).enumerate() {
@@ -404,35 +301,8 @@ fn heads(args: HeadsArgs) -> Result<()> {
     write_json(
         &out,
         "heads.json",
-        &json!({"model": name, "task": task.name, "shots": args.shots, "prompts": ps.len(), "ablation_prompts": picked.len(), "pearson_attention_dla": r, "heads": per_head}),
+        &json!({"model": name, "task": task.name, "shots": args.shots, "prompts": n_prompts, "ablation_prompts": ablation_prompts, "pearson_attention_dla": r, "heads": per_head}),
     )
-}
-
-/// The tokens a vector in the residual stream favours most (the final norm frozen at
-/// `reference`), as (token text, logit).
-fn top_tokens(model: &Model, v: &[f32], reference: &[f32], k: usize) -> Result<Vec<(String, f32)>> {
-    let logits = model.direct_logit_attribution(v, reference);
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let tok = model.tokenizer()?;
-    order
-        .into_iter()
-        .take(k)
-        .map(|t| Ok((tok.decode(&[t as u32], false)?, logits[t])))
-        .collect()
-}
-
-fn mean_of(vs: impl Iterator<Item = Vec<f32>>) -> Vec<f32> {
-    let mut n = 0usize;
-    let mut acc: Vec<f64> = Vec::new();
-    for v in vs {
-        if acc.is_empty() {
-            acc = vec![0.0; v.len()];
-        }
-        acc.iter_mut().zip(&v).for_each(|(a, &b)| *a += b as f64);
-        n += 1;
-    }
-    acc.into_iter().map(|a| (a / n.max(1) as f64) as f32).collect()
 }
 
 fn mlp(args: MlpArgs) -> Result<()> {

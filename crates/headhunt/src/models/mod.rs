@@ -62,11 +62,19 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
+    hash_file::<Sha256>(path, None)
+}
+
+/// A file's digest in hex, `prefix` hashed first (git's `blob <len>\0` header).
+pub fn hash_file<D: Digest>(path: &Path, prefix: Option<&[u8]>) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
+    if let Some(p) = prefix {
+        h.update(p);
+    }
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }

@@ -4,12 +4,13 @@
 
 pub mod analysis;
 pub mod fit;
+pub mod movers;
 pub mod tasks;
 
 use anyhow::{bail, Result};
 use headhunt_engine::{Hooks, Intervention, Model, RunOptions, Tokenizer};
 
-use analysis::{probability, LastPosition};
+use analysis::{analyse, probability, LastPosition};
 use fit::Fit;
 use tasks::{RecallPrompt, Task};
 
@@ -108,4 +109,73 @@ pub fn fit_mlp(model: &Model, decomposed: &[LastPosition], layer: usize, with_ml
         .collect::<Option<_>>()
         .ok_or_else(|| anyhow::anyhow!("the MLP output of layer {layer} was not captured"))?;
     Ok((names, fit::fit(&components, &targets)?))
+}
+
+/// The facts a task can be scored on with this tokenizer.
+pub fn usable(task: &Task, model: &Model) -> Result<Vec<usize>> {
+    let facts = task.unambiguous(model.tokenizer()?)?;
+    if facts.len() < 4 {
+        bail!(
+            "task `{}`: only {} facts have an unambiguous first answer token with this tokenizer",
+            task.name,
+            facts.len()
+        );
+    }
+    Ok(facts)
+}
+
+/// At most `n` of `items`, evenly spaced (all without `n`).
+pub fn sample<T>(items: Vec<T>, n: Option<usize>) -> Vec<T> {
+    match n {
+        Some(n) if n < items.len() => {
+            let len = items.len();
+            let keep: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+            items
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep.binary_search(i).is_ok())
+                .map(|(_, x)| x)
+                .collect()
+        }
+        _ => items,
+    }
+}
+
+/// Decompose every prompt (with a progress bar).
+pub fn decompose_all(model: &Model, ps: &[RecallPrompt], what: &str) -> Result<Vec<LastPosition>> {
+    let bar = crate::runner::progress::bar(ps.len() as u64, what);
+    let out = par_map(ps, |q| {
+        let r = analyse(model, &q.ids, q.subject.clone(), &[]);
+        bar.inc(1);
+        r
+    });
+    bar.finish_and_clear();
+    out
+}
+
+/// The tokens a vector in the residual stream favours most (the final norm frozen at
+/// `reference`), as (token text, logit).
+pub fn top_tokens(model: &Model, v: &[f32], reference: &[f32], k: usize) -> Result<Vec<(String, f32)>> {
+    let logits = model.direct_logit_attribution(v, reference);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let tok = model.tokenizer()?;
+    order
+        .into_iter()
+        .take(k)
+        .map(|t| Ok((tok.decode(&[t as u32], false)?, logits[t])))
+        .collect()
+}
+
+pub fn mean_of(vs: impl Iterator<Item = Vec<f32>>) -> Vec<f32> {
+    let mut n = 0usize;
+    let mut acc: Vec<f64> = Vec::new();
+    for v in vs {
+        if acc.is_empty() {
+            acc = vec![0.0; v.len()];
+        }
+        acc.iter_mut().zip(&v).for_each(|(a, &b)| *a += b as f64);
+        n += 1;
+    }
+    acc.into_iter().map(|a| (a / n.max(1) as f64) as f32).collect()
 }

@@ -2,16 +2,17 @@
 //! with their metadata headers and CDN redirects, and resumable, checked downloads into the
 //! cache's blobs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::cache::RepoCache;
+use crate::models::hash_file;
 
 /// How many times a download that lost its connection is resumed before giving up.
 const RESUMES: usize = 5;
@@ -309,31 +310,14 @@ fn check(path: &Path, meta: &FileMeta) -> Result<()> {
         bail!("{len} bytes arrived, the Hub announced {size}");
     }
     let digest = match meta.etag.len() {
-        64 => hash::<Sha256>(path, None)?,
-        40 => hash::<Sha1>(path, Some(format!("blob {len}\0")))?,
+        64 => hash_file::<Sha256>(path, None)?,
+        40 => hash_file::<Sha1>(path, Some(format!("blob {len}\0").as_bytes()))?,
         _ => return Ok(()),
     };
     if !digest.eq_ignore_ascii_case(&meta.etag) {
         bail!("the bytes' checksum is {digest}, the Hub's is {}", meta.etag);
     }
     Ok(())
-}
-
-fn hash<D: Digest>(path: &Path, prefix: Option<String>) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = D::new();
-    if let Some(p) = prefix {
-        h.update(p.as_bytes());
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(super::super::hex(&h.finalize()))
 }
 
 /// `scheme://host[:port]` of a URL.

@@ -62,7 +62,11 @@ impl HubId {
                 && !s.contains("--")
                 && !s.contains("..")
         };
-        (ok(org) && ok(name)).then(|| HubId {
+        // `models/x.gguf` that does not exist is a mistyped path, not a repository.
+        let file_like = [".gguf", ".safetensors", ".bin", ".json"]
+            .iter()
+            .any(|e| name.to_ascii_lowercase().ends_with(e));
+        (ok(org) && ok(name) && !file_like).then(|| HubId {
             repo: repo.to_owned(),
             revision,
             gguf,
@@ -403,6 +407,7 @@ mod tests {
             "models/x.gguf/y",
             "a/../b",
             "a--b/c",
+            "models/x.gguf",
         ] {
             assert_eq!(HubId::parse(bad), None, "{bad}");
         }
