@@ -14,83 +14,58 @@ pub struct RopeTable {
 
 impl RopeTable {
     pub fn new(d_head: usize, base: f32, scaling: Option<RopeScaling>) -> Self {
-        let half = d_head / 2;
-        if let Some(RopeScaling::Yarn { .. }) = scaling {
-            return Self::yarn(d_head, base, scaling.expect("matched"));
-        }
-        let inv_freq = (0..half)
+        // torch: base ** (arange(0, d, 2).float() / d), all in f32.
+        let pos_freq = |i: usize| (base as f64).powf(((2 * i) as f32 / d_head as f32) as f64) as f32;
+        let ramp = match scaling {
+            Some(RopeScaling::Yarn {
+                original_context,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            }) => yarn_ramp(d_head, base, original_context, beta_fast, beta_slow, truncate),
+            _ => (0.0, 1.0),
+        };
+        let inv_freq = (0..d_head / 2)
             .map(|i| {
-                // torch: 1.0 / base ** (arange(0, d, 2).float() / d), all in f32.
-                let exponent = (2 * i) as f32 / d_head as f32;
-                let pow = (base as f64).powf(exponent as f64) as f32;
-                1.0f32 / pow
-            })
-            .map(|f| match scaling {
-                // The factors are the checkpoint's: applied by `with_freq_factors`.
-                None | Some(RopeScaling::FreqFactors) => f,
-                Some(RopeScaling::Yarn { .. }) => unreachable!("handled above"),
-                Some(RopeScaling::Linear { factor }) => f / factor,
-                Some(RopeScaling::Llama3 {
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_context,
-                }) => {
-                    let low_wavelen = original_context / low_freq_factor;
-                    let high_wavelen = original_context / high_freq_factor;
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    if wavelen < high_wavelen {
-                        f
-                    } else if wavelen > low_wavelen {
-                        f / factor
-                    } else {
-                        let smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
+                let f = 1.0f32 / pos_freq(i);
+                match scaling {
+                    // The factors are the checkpoint's: applied by `with_freq_factors`.
+                    None | Some(RopeScaling::FreqFactors) => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_context,
+                    }) => {
+                        let low_wavelen = original_context / low_freq_factor;
+                        let high_wavelen = original_context / high_freq_factor;
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                    // transformers' `_compute_yarn_parameters`: interpolated where the ramp is 1,
+                    // kept where it is 0, blended in f32 between.
+                    Some(RopeScaling::Yarn { factor, .. }) => {
+                        let (low, high) = ramp;
+                        let interpolated = ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0);
+                        let kept = 1.0 - interpolated;
+                        1.0 / (factor * pos_freq(i)) * (1.0 - kept) + f * kept
                     }
                 }
             })
             .collect();
-        RopeTable {
-            inv_freq,
-            attention_factor: 1.0,
-        }
-    }
-
-    /// YaRN's frequencies, step by step as transformers' `_compute_yarn_parameters` computes
-    /// them (the correction range in f64, the ramp and the blend in f32).
-    fn yarn(d_head: usize, base: f32, scaling: RopeScaling) -> Self {
-        let RopeScaling::Yarn {
-            factor,
-            original_context,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            truncate,
-        } = scaling
-        else {
-            unreachable!("called for YaRN")
+        let attention_factor = match scaling {
+            Some(RopeScaling::Yarn { attention_factor, .. }) => attention_factor,
+            _ => 1.0,
         };
-        let (dim, half) = (d_head as f64, d_head / 2);
-        let correction_dim =
-            |rotations: f64| dim * (original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (base as f64).ln());
-        let (mut low, mut high) = (correction_dim(beta_fast as f64), correction_dim(beta_slow as f64));
-        if truncate {
-            (low, high) = (low.floor(), high.ceil());
-        }
-        let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
-        if low == high {
-            high += 0.001;
-        }
-        let inv_freq = (0..half)
-            .map(|i| {
-                let exponent = (2 * i) as f32 / d_head as f32;
-                let pos_freq = (base as f64).powf(exponent as f64) as f32;
-                let (extrapolation, interpolation) = (1.0 / pos_freq, 1.0 / (factor * pos_freq));
-                let ramp = ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0);
-                let keep = 1.0 - ramp;
-                interpolation * (1.0 - keep) + extrapolation * keep
-            })
-            .collect();
         RopeTable {
             inv_freq,
             attention_factor,
@@ -120,6 +95,21 @@ impl RopeTable {
         }
         RopeAngles { half, cos, sin }
     }
+}
+
+/// YaRN's correction range: the rotary pairs below `low` keep their frequency, those above
+/// `high` are interpolated (f64, as transformers computes it).
+fn yarn_ramp(d_head: usize, base: f32, original_context: f32, beta_fast: f32, beta_slow: f32, truncate: bool) -> (f64, f64) {
+    let dim = d_head as f64;
+    let correction_dim = |rotations: f32| {
+        dim * (original_context as f64 / (rotations as f64 * 2.0 * std::f64::consts::PI)).ln() / (2.0 * (base as f64).ln())
+    };
+    let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, high) = (low.max(0.0), high.min(dim - 1.0));
+    (low, if low == high { high + 0.001 } else { high })
 }
 
 /// Rotations for a run of consecutive positions.

@@ -159,22 +159,11 @@ impl Hub {
             Err(e) => return Err(e),
         };
         let repo = RepoCache::new(&self.cache, &id.repo);
-        let mut wanted = choose(id, &info.files)?;
-        let mut done = Vec::new();
-        while let Some(file) = wanted.files.pop_front() {
-            self.fetch_file(&client, &repo, &id.repo, &info.commit, &file)?;
-            if file == "model.safetensors.index.json" {
-                wanted.files.extend(shards(&repo.snapshot(&info.commit).join(&file))?);
-            }
-            done.push(file);
-        }
+        let snapshot = gather(choose(id, &info.files)?, &repo, info.commit.clone(), |file| {
+            self.fetch_file(&client, &repo, &id.repo, &info.commit, file)
+        })?;
         repo.set_ref(&id.revision, &info.commit)?;
-        done.sort();
-        Ok(Snapshot {
-            model: repo.snapshot(&info.commit).join(&wanted.model),
-            commit: info.commit,
-            files: done,
-        })
+        Ok(snapshot)
     }
 
     /// Download one file unless its snapshot already has it.
@@ -198,29 +187,38 @@ impl Hub {
                 self.cache.display()
             )
         })?;
-        let have = repo.files(&commit);
-        let mut wanted = choose(id, &have).with_context(|| format!("in the cached snapshot {}", repo.snapshot(&commit).display()))?;
         let dir = repo.snapshot(&commit);
-        let mut files = Vec::new();
-        while let Some(file) = wanted.files.pop_front() {
-            if !dir.join(&file).exists() {
+        let wanted = choose(id, &repo.files(&commit)).with_context(|| format!("in the cached snapshot {}", dir.display()))?;
+        gather(wanted, &repo, commit, |file| {
+            if !dir.join(file).exists() {
                 bail!(
                     "{id}: the cached snapshot {} lacks {file}: fetch it again with network",
                     dir.display()
                 );
             }
-            if file == "model.safetensors.index.json" {
-                wanted.files.extend(shards(&dir.join(&file))?);
-            }
-            files.push(file);
-        }
-        files.sort();
-        Ok(Snapshot {
-            model: dir.join(&wanted.model),
-            commit,
-            files,
+            Ok(())
         })
     }
+}
+
+/// Bring every wanted file into the snapshot of `commit` with `get` (a safetensors index adds
+/// the shards it names), and say what the engine loads.
+fn gather(mut wanted: Wanted, repo: &RepoCache, commit: String, mut get: impl FnMut(&str) -> Result<()>) -> Result<Snapshot> {
+    let dir = repo.snapshot(&commit);
+    let mut files = Vec::new();
+    while let Some(file) = wanted.files.pop_front() {
+        get(&file)?;
+        if file == "model.safetensors.index.json" {
+            wanted.files.extend(shards(&dir.join(&file))?);
+        }
+        files.push(file);
+    }
+    files.sort();
+    Ok(Snapshot {
+        model: dir.join(&wanted.model),
+        commit,
+        files,
+    })
 }
 
 /// `REPO @ COMMIT: FILES` for a model loaded from the Hub's cache (what reproduces a run), `None`
