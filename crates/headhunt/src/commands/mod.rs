@@ -18,6 +18,7 @@ pub mod niah;
 pub mod qa;
 pub mod recall;
 pub mod report;
+pub mod ruler;
 pub mod status;
 
 use anyhow::{Context, Result};

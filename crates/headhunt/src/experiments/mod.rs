@@ -9,3 +9,4 @@ pub mod kv;
 pub mod qa;
 pub mod recall;
 pub mod retrieval;
+pub mod ruler;

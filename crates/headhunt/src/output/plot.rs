@@ -266,13 +266,20 @@ pub struct LinePlot {
     pub y_range: Option<(f64, f64)>,
 }
 
-const PALETTE: [RGBColor; 6] = [
+/// Matplotlib's tab10 and two more: distinct colours for up to twelve lines (RULER's tasks).
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(174, 199, 232),
 ];
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {

@@ -38,16 +38,17 @@ pub enum ScoreVariant {
 /// Per-head scores of one trial, flat `[layer * n_heads + head]`.
 ///
 /// `tokens[t]` is the token emitted at step t and `argmax[t]` every query head's argmax key
-/// position in the forward pass that produced it.
-pub fn trial_scores(prompt: &[u32], answer: &Range<usize>, tokens: &[u32], argmax: &[Vec<u32>], variant: ScoreVariant) -> Vec<f64> {
+/// position in the forward pass that produced it. `answer` is the span of the needle's answer,
+/// or several (a task with several values to copy), counted as one span of their total length.
+pub fn trial_scores(prompt: &[u32], answer: &[Range<usize>], tokens: &[u32], argmax: &[Vec<u32>], variant: ScoreVariant) -> Vec<f64> {
     let n = argmax.first().map_or(0, Vec::len);
-    let span = answer.len().max(1) as f64;
+    let span = answer.iter().map(Range::len).sum::<usize>().max(1) as f64;
     let mut copied: Vec<Vec<u32>> = vec![Vec::new(); n];
     for (t, &w) in tokens.iter().enumerate() {
         let Some(row) = argmax.get(t) else { break };
         for (h, &j) in row.iter().enumerate() {
             let j = j as usize;
-            if answer.contains(&j) && prompt.get(j) == Some(&w) {
+            if answer.iter().any(|a| a.contains(&j)) && prompt.get(j) == Some(&w) {
                 copied[h].push(j as u32);
             }
         }
@@ -366,8 +367,8 @@ mod tests {
         // right place but the emitted token differs, then copies 9.
         let tokens = [7, 8, 7, 9];
         let argmax = vec![vec![10, 11], vec![11, 3], vec![10, 12], vec![19, 12]];
-        let paper = trial_scores(&prompt, &answer, &tokens, &argmax, ScoreVariant::Paper);
-        let step = trial_scores(&prompt, &answer, &tokens, &argmax, ScoreVariant::PerStep);
+        let paper = trial_scores(&prompt, std::slice::from_ref(&answer), &tokens, &argmax, ScoreVariant::Paper);
+        let step = trial_scores(&prompt, std::slice::from_ref(&answer), &tokens, &argmax, ScoreVariant::PerStep);
         assert_eq!(paper, vec![2.0 / 4.0, 1.0 / 4.0]);
         assert_eq!(step, vec![3.0 / 4.0, 1.0 / 4.0]);
     }

@@ -32,6 +32,68 @@ pub(super) fn qa_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, Str
     );
 }
 
+/// `headhunt ruler`: each task's score against length, its effective length and retrieval heads.
+pub(super) fn ruler_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(r) = read_json(&d.join("ruler.json")) else { return };
+    let lengths: Vec<u64> = r["average"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["length"].as_u64()).collect())
+        .unwrap_or_default();
+    let cells = |ls: &Value| -> Vec<String> {
+        lengths
+            .iter()
+            .map(|l| {
+                ls.as_array()
+                    .and_then(|a| a.iter().find(|x| x["length"].as_u64() == Some(*l)))
+                    .map_or_else(|| "-".into(), |x| format!("{:.1}", f(&x["score"])))
+            })
+            .collect()
+    };
+    let effective = |v: &Value| v.as_u64().map_or_else(|| "below the shortest".into(), |e| e.to_string());
+    let mut rows = json_rows(&r["tasks"], |t| {
+        let top: Vec<String> = t["top"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .take(5)
+                    .map(|h| format!("{} ({:.2})", h[0].as_str().unwrap_or(""), f(&h[1])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut row = vec![t["task"].as_str().unwrap_or("").into(), t["group"].as_str().unwrap_or("").into()];
+        row.extend(cells(&t["lengths"]));
+        row.push(effective(&t["effective_length"]));
+        row.push(t["retrieval_heads"].as_u64().map_or_else(|| "-".into(), |n| n.to_string()));
+        row.push(top.join(", "));
+        row
+    });
+    let mut mean = vec!["mean".to_owned(), String::new()];
+    mean.extend(cells(&r["average"]));
+    mean.push(effective(&r["effective_length"]));
+    mean.extend([String::new(), String::new()]);
+    rows.push(mean);
+    let length_names: Vec<String> = lengths.iter().map(u64::to_string).collect();
+    let mut headers = vec!["task", "group"];
+    headers.extend(length_names.iter().map(String::as_str));
+    headers.extend(["effective length", "heads > 0.1", "top heads"]);
+    let shared: Vec<&str> = r["shared_heads"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let _ = write!(
+        sections.entry("5 ruler").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}<p>Effective length: the longest length before a score below {} (RULER's threshold). Heads above 0.1 in every task that copies its answer: {}.</p>{}{}</div>"#,
+        esc(r["model"].as_str().unwrap_or("")),
+        esc(here),
+        inline_svg(&d.join("ruler.svg")).unwrap_or_default(),
+        table(&headers, &rows),
+        r["threshold"],
+        esc(&if shared.is_empty() { "none".to_owned() } else { shared.join(", ") }),
+        inline_svg(&d.join("ruler_heads.svg")).unwrap_or_default(),
+        provenance(d)
+    );
+}
+
 /// `headhunt cot`: look-ups answered with written steps and directly, per condition.
 pub(super) fn cot_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     let Some(c) = read_json(&d.join("cot.json")) else { return };

@@ -15,7 +15,9 @@ use serde_json::Value;
 use crate::experiments::retrieval::HeadScores;
 
 mod experiments;
-use experiments::{claims_section, cot_section, hallucination_section, kv_section, kv_select_section, qa_section, recall_section};
+use experiments::{
+    claims_section, cot_section, hallucination_section, kv_section, kv_select_section, qa_section, recall_section, ruler_section,
+};
 
 pub const REPORT_FILE: &str = "report.html";
 
@@ -407,6 +409,7 @@ pub fn render(root: &Path) -> Result<String> {
             );
         }
         qa_section(d, &here, &mut sections);
+        ruler_section(d, &here, &mut sections);
         cot_section(d, &here, &mut sections);
         claims_section(d, &here, &mut sections);
         hallucination_section(d, &here, &mut sections);
@@ -433,6 +436,7 @@ pub fn render(root: &Path) -> Result<String> {
         ("3 ablation", "Masking retrieval heads against random heads"),
         ("4 failures", "How answers fail"),
         ("5 qa", "Extractive question answering"),
+        ("5 ruler", "RULER's synthetic tasks"),
         ("5 reasoning", "Chain-of-thought look-ups"),
         ("5 things", "Retrieval heads against hallucination"),
         ("6 recall", "Factual recall"),

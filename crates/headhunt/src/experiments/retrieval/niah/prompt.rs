@@ -39,13 +39,22 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The paper's NIAH prompt around a book.
     pub fn new(tok: &Tokenizer, question: &str, chat: bool) -> Result<Self> {
-        let content = format!("<book>{CONTEXT_MARK}</book>\nBased on the content of the book, Question: {question}\nAnswer:");
+        let after = format!("</book>\nBased on the content of the book, Question: {question}\nAnswer:");
+        Frame::around(tok, "<book>", &after, "", chat)
+    }
+
+    /// A user message `before {context} after`, and `answer_prefix` as the start of the
+    /// model's answer (after the chat template's assistant turn, or after the message in a
+    /// plain prompt).
+    pub fn around(tok: &Tokenizer, before: &str, after: &str, answer_prefix: &str, chat: bool) -> Result<Self> {
+        let content = format!("{before}{CONTEXT_MARK}{after}");
         let use_chat = chat && tok.chat_template.is_some();
         let rendered = if use_chat {
-            tok.render_chat(&[ChatMessage::user(content)])?
+            tok.render_chat(&[ChatMessage::user(content)])? + answer_prefix
         } else {
-            content
+            content + answer_prefix
         };
         let Some((before, after)) = rendered.split_once(CONTEXT_MARK) else {
             bail!("the chat template dropped the message content");
@@ -57,6 +66,12 @@ impl Frame {
         })
     }
 
+    /// The context's first position in the prompt.
+    pub fn context_start(&self) -> usize {
+        self.before.len()
+    }
+
+    /// Tokens before and after the context.
     pub fn overhead(&self) -> usize {
         self.before.len() + self.after.len()
     }

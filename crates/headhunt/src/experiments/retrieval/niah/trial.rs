@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use headhunt_engine::{greedy_from, Capture, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,23 @@ use crate::metrics::rouge::rouge1_recall;
 
 /// Most tokens an answer may take (the paper's decode length).
 pub const MAX_NEW_TOKENS: usize = 50;
+
+/// How long a greedy answer may run and where it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerRule {
+    pub max_new_tokens: usize,
+    /// End at the first non-empty line (the answer is that line); otherwise only at the end of
+    /// sequence or the budget (the answer is the whole text, trimmed).
+    pub first_line: bool,
+}
+
+impl AnswerRule {
+    /// The paper's: at most 50 tokens, the first non-empty line.
+    pub const NIAH: AnswerRule = AnswerRule {
+        max_new_tokens: MAX_NEW_TOKENS,
+        first_line: true,
+    };
+}
 
 /// Which trial: a needle, a context length in tokens, a depth in percent.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -202,8 +219,20 @@ impl<'m> TrialRunner<'m> {
 
     fn record(&self, spec: &TrialSpec, prompt: &NiahPrompt, out: Answer, seconds: f64) -> TrialRecord {
         let rouge1 = self.rouge1(spec, &out.answer);
-        let scores = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::Paper);
-        let scores_per_step = trial_scores(&prompt.ids, &prompt.answer, &out.generated, &out.argmax, ScoreVariant::PerStep);
+        let scores = trial_scores(
+            &prompt.ids,
+            std::slice::from_ref(&prompt.answer),
+            &out.generated,
+            &out.argmax,
+            ScoreVariant::Paper,
+        );
+        let scores_per_step = trial_scores(
+            &prompt.ids,
+            std::slice::from_ref(&prompt.answer),
+            &out.generated,
+            &out.argmax,
+            ScoreVariant::PerStep,
+        );
         TrialRecord {
             spec: *spec,
             actual_depth: prompt.actual_depth,
@@ -239,13 +268,13 @@ pub struct Answer {
 pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
     let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, false)?;
     let logits = run.prefill(prompt)?;
-    decode_answer(&mut run, prompt, logits, capture_argmax, false)
+    decode_answer(&mut run, prompt, logits, capture_argmax, false, AnswerRule::NIAH)
 }
 
 /// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed,
 /// without argmax capture; its KV bytes are what the run's cache allocated.
 pub fn decode_from(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>) -> Result<Answer> {
-    decode_answer(run, prompt, logits, false, false)
+    decode_answer(run, prompt, logits, false, false, AnswerRule::NIAH)
 }
 
 /// A run for a condition's trials: its interventions and KV policy, every head's argmax
@@ -279,15 +308,26 @@ fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Ho
 
 /// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed. A
 /// run kept across trials (`shared`) reports the KV bytes the trial would hold alone.
-fn decode_answer(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>, capture_argmax: bool, shared: bool) -> Result<Answer> {
+fn decode_answer(
+    run: &mut Run<'_>,
+    prompt: &[u32],
+    logits: Vec<f32>,
+    capture_argmax: bool,
+    shared: bool,
+    rule: AnswerRule,
+) -> Result<Answer> {
     let model = run.model();
     let c = &model.config;
     let tok = model.tokenizer()?;
-    let generated = greedy_from(run, logits, MAX_NEW_TOKENS, |ids| {
-        tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
+    let generated = greedy_from(run, logits, rule.max_new_tokens, |ids| {
+        rule.first_line && tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
     })?;
     let text = tok.decode(&generated, true)?;
-    let answer = text.trim_start().lines().next().unwrap_or("").trim().to_owned();
+    let answer = if rule.first_line {
+        text.trim_start().lines().next().unwrap_or("").trim().to_owned()
+    } else {
+        text.trim().to_owned()
+    };
     // Step t's argmax was recorded at query position (prompt length - 1 + t), per layer.
     let n_heads = c.n_heads;
     let first = prompt.len() - 1;
@@ -304,7 +344,7 @@ fn decode_answer(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>, capture_ar
         }
     }
     let kv_bytes = if shared {
-        run.kv_bytes_alone(prompt.len(), prompt.len() + MAX_NEW_TOKENS, generated.len().saturating_sub(1))
+        run.kv_bytes_alone(prompt.len(), prompt.len() + rule.max_new_tokens, generated.len().saturating_sub(1))
     } else {
         run.cache().bytes()
     };
@@ -324,20 +364,44 @@ fn decode_answer(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>, capture_ar
 pub struct PrefixCache<'m> {
     kept: Option<Run<'m>>,
     capacity: usize,
+    rule: AnswerRule,
     /// Prompt tokens that trials found in the cache, and all their prompt tokens.
     pub reused: usize,
     pub prompt_tokens: usize,
 }
 
 impl<'m> PrefixCache<'m> {
-    /// A cache for prompts of at most `max_prompt` tokens.
+    /// A cache for prompts of at most `max_prompt` tokens, answered as the paper answers.
     pub fn new(max_prompt: usize) -> Self {
+        PrefixCache::with_rule(max_prompt, AnswerRule::NIAH)
+    }
+
+    /// A cache for prompts of at most `max_prompt` tokens, answered by `rule`.
+    pub fn with_rule(max_prompt: usize, rule: AnswerRule) -> Self {
         PrefixCache {
             kept: None,
-            capacity: max_prompt + MAX_NEW_TOKENS,
+            capacity: max_prompt + rule.max_new_tokens,
+            rule,
             reused: 0,
             prompt_tokens: 0,
         }
+    }
+
+    /// The answer to `prompt` under `condition` by `rule` (every head's argmax captured at every
+    /// step), continuing from the kept prefix. The prompt and the rule's answer must fit the
+    /// cache's capacity.
+    pub fn answer(&mut self, model: &'m Model, prompt: &[u32], condition: &Condition, rule: AnswerRule) -> Result<Answer> {
+        if prompt.len() + rule.max_new_tokens > self.capacity {
+            bail!(
+                "a prompt of {} tokens and an answer of {} do not fit the prefix cache's {} positions",
+                prompt.len(),
+                rule.max_new_tokens,
+                self.capacity
+            );
+        }
+        self.rule = rule;
+        let (_, mut answers) = self.answer_each(model, prompt, condition, &[condition])?;
+        Ok(answers.pop().expect("one condition, one answer").0)
     }
 
     /// Tokens reused over tokens in prompts.
@@ -377,7 +441,7 @@ impl<'m> PrefixCache<'m> {
             let start = Instant::now();
             run.set_hooks(trial_hooks(model, condition, true))?;
             run.recording = at_prompt.clone();
-            let out = decode_answer(&mut run, prompt, logits.clone(), true, true)?;
+            let out = decode_answer(&mut run, prompt, logits.clone(), true, true, self.rule)?;
             run.truncate(prompt.len())?;
             answers.push((out, start.elapsed().as_secs_f64()));
         }

@@ -1,0 +1,249 @@
+//! `headhunt ruler`: RULER's synthetic long-context suite, and the retrieval heads of each task.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use super::detect::default_out;
+use super::niah::model_name;
+use super::ModelArg;
+use crate::experiments::qa;
+use crate::experiments::retrieval::niah::grid::parse_values;
+use crate::experiments::retrieval::niah::haystack::Haystack;
+use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache};
+use crate::experiments::retrieval::RETRIEVAL_THRESHOLD;
+use crate::experiments::ruler::summary::{head_scores, RulerSummary};
+use crate::experiments::ruler::trial::{RulerPrompt, RulerRecord, RulerRunner, TooShort};
+use crate::experiments::ruler::{Sources, Task, Trial};
+use crate::output::plot::{Figure, Heatmap, Heatmaps, LinePlot, Series};
+use crate::runner::shard::{run_folder, ShardArgs};
+use crate::runner::store::{write_atomic, Keyed};
+use crate::runner::trials::{run_pending, Status};
+
+/// RULER (Hsieh et al. 2024): needle retrieval with distractors, several values and several
+/// keys, multi-hop variable tracking, word aggregation and QA among distractor documents,
+/// generated at each length in the model's own tokens, with RULER's prompts and metrics. Every
+/// task that copies its answer from the context also scores every head as a retrieval head, so
+/// the heads can be compared across tasks.
+///
+/// A trial's length is the prompt plus the task's generation budget (RULER's). Tasks with a
+/// needle (and QA's gold document) run at each of --depths; the others once per length. Writes
+/// to --out: trials.jsonl (resumable; --shard splits it), ruler.json (score per task and
+/// length, effective lengths, retrieval heads per task), head_scores_<task>.json (the paper's
+/// {"L-H": [...]} format, for `headhunt compare` and `--scores`), ruler.png/.svg (score against
+/// length) and ruler_heads.png/.svg (each task's heads).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Tasks, comma-separated (default: all twelve): niah_single_1..3, niah_multikey_1..3,
+    /// niah_multivalue, niah_multiquery, vt, cwe, fwe, qa.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub tasks: Vec<Task>,
+    /// Lengths in tokens (prompt and answer budget): a list or MIN:MAX:COUNT.
+    #[arg(long, default_value = "1024,2048,4096")]
+    pub lengths: String,
+    /// Depths in percent for the tasks with a needle or gold document: a list or MIN:MAX:COUNT.
+    #[arg(long, default_value = "0:100:3")]
+    pub depths: String,
+    /// Samples per task, length and depth (each its own keys, values and words).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Seed of every draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Essay text for the essay haystacks: a file or a folder of .txt files (RULER uses Paul
+    /// Graham's essays; default: generated prose).
+    #[arg(long)]
+    pub haystack: Option<PathBuf>,
+    /// Send prompts as plain text even when the model has a chat template.
+    #[arg(long)]
+    pub no_chat: bool,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Output folder (resumable). [default: runs/ruler-<model>]
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+impl Keyed for Trial {
+    fn key(&self) -> String {
+        Trial::key(self)
+    }
+}
+
+impl Keyed for RulerRecord {
+    fn key(&self) -> String {
+        self.trial.key()
+    }
+}
+
+impl Status for RulerRecord {
+    fn status(&self) -> String {
+        format!("{} {:>3.0}", self.trial.task, self.score)
+    }
+}
+
+/// The suite's trials, in task, length, depth, sample order. A sample's draws are the same at
+/// every length and depth (its keys, values and words), so that only the length or the depth
+/// changes along a row.
+fn trials(tasks: &[Task], lengths: &[usize], depths: &[f64], samples: usize, seed: u64) -> Vec<Trial> {
+    let mut out = Vec::new();
+    for &task in tasks {
+        for &length in lengths {
+            let task_depths: &[f64] = if task.has_depth() { depths } else { &[0.0] };
+            for &depth in task_depths {
+                for sample in 0..samples {
+                    let seed = seed
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add((Task::ALL.iter().position(|t| *t == task).unwrap_or(0) as u64) << 32)
+                        .wrapping_add(sample as u64);
+                    out.push(Trial {
+                        task,
+                        length,
+                        depth,
+                        sample,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tasks = if args.tasks.is_empty() {
+        Task::ALL.to_vec()
+    } else {
+        args.tasks.clone()
+    };
+    let lengths: Vec<usize> = parse_values(&args.lengths, "--lengths")?.into_iter().map(|v| v as usize).collect();
+    let depths = parse_values(&args.depths, "--depths")?;
+    if depths.iter().any(|&d| d > 100.0) {
+        bail!("--depths: depths are percentages, 0 to 100");
+    }
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let shard = args.shard.resolve()?;
+    let haystack = match &args.haystack {
+        Some(p) => Haystack::from_path(p)?,
+        None => Haystack::Generated { seed: args.seed },
+    };
+    let model = args.model.load()?;
+    let c = &model.config;
+    let name = model_name(&model, &args.model.model);
+    let out = run_folder(&args.out.clone().unwrap_or_else(|| default_out("ruler", &args.model.model)), shard);
+    let settings = json!({
+        "command": "ruler",
+        "model": args.model.model,
+        "model_name": name,
+        "n_layers": c.n_layers,
+        "n_heads": c.n_heads,
+        "tasks": tasks,
+        "lengths": lengths,
+        "depths": depths,
+        "samples": args.samples,
+        "seed": args.seed,
+        "haystack": haystack.describe(),
+        "chat": !args.no_chat,
+    });
+    super::record_provenance(&out, &model)?;
+    // Enough essay for the longest context (a word is about 1.3 tokens; more is repeated).
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let sources = Sources::new(&haystack.text(longest * 6 + 4096)?, qa::builtin())?;
+    let runner = RulerRunner::new(&model, sources, !args.no_chat)?;
+    let all = trials(&tasks, &lengths, &depths, args.samples, args.seed);
+    let mine: Vec<Trial> = all
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| shard.is_none_or(|s| s.takes(*k)))
+        .map(|(_, t)| *t)
+        .collect();
+    // The prompts in lexicographic order, so that each trial continues from the prefix it shares
+    // with the one before (the preamble, the haystack before the first needle).
+    let spinner = crate::runner::progress::spinner(&format!("generating {} RULER prompts", mine.len()));
+    let mut prompts: HashMap<String, RulerPrompt> = HashMap::new();
+    let mut too_short: Vec<(Trial, usize)> = Vec::new();
+    for t in &mine {
+        match runner.prompt(t) {
+            Ok(p) => {
+                prompts.insert(t.key(), p);
+            }
+            Err(e) => match e.downcast_ref::<TooShort>() {
+                Some(s) => too_short.push((*t, s.smallest)),
+                None => return Err(e.context(format!("trial {}", t.key()))),
+            },
+        }
+    }
+    spinner.finish_and_clear();
+    for (t, smallest) in &too_short {
+        eprintln!(
+            "note: skipping {}: {} needs at least {smallest} tokens with its answer, more than {}",
+            t.key(),
+            t.task,
+            t.length
+        );
+    }
+    let mut ordered: Vec<Trial> = mine.iter().filter(|t| prompts.contains_key(&t.key())).copied().collect();
+    ordered.sort_by(|a, b| prompts[&a.key()].ids.cmp(&prompts[&b.key()].ids));
+    let mut cache = PrefixCache::new(longest);
+    let records = run_pending(&out, &settings, &ordered, shard, "trials", |t| {
+        runner.run(t, &prompts[&t.key()], &Condition::default(), &mut cache)
+    })?;
+    let summary = write_outputs(&out, &name, &records, c.n_layers, c.n_heads)?;
+    print!("{}", summary.table());
+    super::finish_with_report(&out)
+}
+
+/// ruler.json, each task's head scores, the score-against-length plot and the heads' maps.
+fn write_outputs(dir: &std::path::Path, model: &str, records: &[RulerRecord], n_layers: usize, n_heads: usize) -> Result<RulerSummary> {
+    let heads = head_scores(records, n_layers, n_heads);
+    for (task, scores) in &heads {
+        write_atomic(
+            &dir.join(format!("head_scores_{task}.json")),
+            serde_json::to_string(&scores.to_json())?,
+        )?;
+    }
+    let summary = RulerSummary::of(model, records, &heads);
+    write_atomic(&dir.join("ruler.json"), serde_json::to_string_pretty(&summary)?)?;
+    let series = summary
+        .tasks
+        .iter()
+        .map(|t| Series {
+            name: t.task.name().into(),
+            points: t.lengths.iter().map(|l| (l.length as f64, l.score)).collect(),
+            errors: None,
+        })
+        .collect();
+    LinePlot {
+        title: format!("{model}: RULER score against length"),
+        x_label: "length (tokens)".into(),
+        y_label: "score (0-100)".into(),
+        series,
+        y_range: Some((0.0, 105.0)),
+    }
+    .save(&dir.join("ruler"))?;
+    let maps: Vec<Heatmap> = heads
+        .iter()
+        .filter(|(_, s)| s.trials() > 0)
+        .map(|(task, s)| {
+            let mut map = Heatmap::heads(
+                &format!("{task} ({} answered)", s.trials()),
+                n_layers,
+                n_heads,
+                s.means(),
+                "retrieval score",
+            );
+            map.range.1 = map.range.1.max(RETRIEVAL_THRESHOLD);
+            map
+        })
+        .collect();
+    if !maps.is_empty() {
+        Heatmaps(maps).save(&dir.join("ruler_heads"))?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,165 @@
+//! One RULER trial on a model: the task's instance grown to the trial's length in the model's
+//! tokens, answered greedily after RULER's answer prefix (up to the task's generation budget or
+//! the end of sequence), scored as RULER scores it, and every head scored as a retrieval head
+//! on the values the answer copies.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use headhunt_engine::{Model, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use super::{score, Sample, Sources, Trial};
+use crate::experiments::retrieval::niah::prompt::Frame;
+use crate::experiments::retrieval::niah::trial::{AnswerRule, Condition, PrefixCache};
+use crate::experiments::retrieval::{trial_scores, ScoreVariant};
+
+/// A length too short for a task's smallest instance.
+#[derive(Debug, Clone, Copy)]
+pub struct TooShort {
+    pub smallest: usize,
+}
+
+impl std::fmt::Display for TooShort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the task's smallest prompt and answer take {} tokens", self.smallest)
+    }
+}
+
+impl std::error::Error for TooShort {}
+
+/// A RULER prompt in the model's tokens.
+pub struct RulerPrompt {
+    pub ids: Vec<u32>,
+    /// Token positions of the values a right answer copies.
+    pub copy: Vec<Range<usize>>,
+    pub outputs: Vec<String>,
+    /// Haystack units the context holds.
+    pub units: usize,
+}
+
+/// Everything a trial produced; one line of `trials.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RulerRecord {
+    #[serde(flatten)]
+    pub trial: Trial,
+    /// Prompt tokens; with the task's generation budget at most the trial's length.
+    pub prompt_tokens: usize,
+    pub units: usize,
+    pub outputs: Vec<String>,
+    pub answer: String,
+    pub generated: Vec<u32>,
+    /// RULER's score, 0 to 100.
+    pub score: f64,
+    /// Tokens of the values the answer copies (0 for the aggregation tasks).
+    pub copy_tokens: usize,
+    /// Per head (`layer * n_heads + head`), the retrieval score of this trial (empty for the
+    /// aggregation tasks).
+    pub scores: Vec<f64>,
+    pub seconds: f64,
+}
+
+impl RulerRecord {
+    /// Counted in retrieval scores, as NIAH counts trials with ROUGE-1 above 50.
+    pub fn answered(&self) -> bool {
+        self.score > 50.0
+    }
+}
+
+/// Builds and runs RULER trials for one model.
+pub struct RulerRunner<'m> {
+    pub model: &'m Model,
+    tok: &'m Tokenizer,
+    sources: Sources,
+    chat: bool,
+}
+
+impl<'m> RulerRunner<'m> {
+    pub fn new(model: &'m Model, sources: Sources, chat: bool) -> Result<Self> {
+        Ok(RulerRunner {
+            model,
+            tok: model.tokenizer()?,
+            sources,
+            chat,
+        })
+    }
+
+    /// The trial's prompt: the largest instance whose prompt and generation budget fit its
+    /// length; `Err(TooShort)` when not even the smallest does (QA's gold document alone is over
+    /// 1,000 tokens).
+    pub fn prompt(&self, trial: &Trial) -> Result<RulerPrompt> {
+        let budget_total = trial.length.saturating_sub(trial.task.tokens_to_generate());
+        // The text around the context does not depend on the haystack's size.
+        let frame = self.frame(&self.sources.sample(trial, 1))?;
+        let tokens = |u| -> Result<usize> { Ok(self.tok.encode(&self.sources.sample(trial, u).context, false)?.len()) };
+        let smallest = frame.overhead() + tokens(1)? + trial.task.tokens_to_generate();
+        if smallest > trial.length {
+            return Err(TooShort { smallest }.into());
+        }
+        let (units, _) = super::fit_units(budget_total - frame.overhead(), tokens)?;
+        let sample = self.sources.sample(trial, units);
+        let (context, offsets) = self.tok.encode_with_offsets(&sample.context, false)?;
+        let start = frame.context_start();
+        let copy = sample
+            .copy_spans
+            .iter()
+            .filter_map(|span| {
+                let inside: Vec<usize> = (0..context.len())
+                    .filter(|&i| offsets[i].0 < span.end && offsets[i].1 > span.start)
+                    .collect();
+                Some(start + *inside.first()?..start + inside.last()? + 1)
+            })
+            .collect();
+        let needed = frame.overhead() + context.len() + trial.task.tokens_to_generate();
+        if needed > self.model.config.context_length {
+            bail!(
+                "a length of {} tokens is longer than the model's context ({})",
+                trial.length,
+                self.model.config.context_length
+            );
+        }
+        Ok(RulerPrompt {
+            ids: frame.wrap(&context),
+            copy,
+            outputs: sample.outputs,
+            units,
+        })
+    }
+
+    fn frame(&self, sample: &Sample) -> Result<Frame> {
+        Frame::around(self.tok, &sample.before, &sample.after, &sample.answer_prefix, self.chat)
+    }
+
+    /// How the task's answers are decoded: RULER's budget, to the end of sequence.
+    pub fn rule(trial: &Trial) -> AnswerRule {
+        AnswerRule {
+            max_new_tokens: trial.task.tokens_to_generate(),
+            first_line: false,
+        }
+    }
+
+    /// Run one trial (its prompt made by [`RulerRunner::prompt`]) under a condition, continuing
+    /// from what `kept` holds of its prompt.
+    pub fn run(&self, trial: &Trial, prompt: &RulerPrompt, condition: &Condition, kept: &mut PrefixCache<'m>) -> Result<RulerRecord> {
+        let start = Instant::now();
+        let out = kept.answer(self.model, &prompt.ids, condition, Self::rule(trial))?;
+        let scores = if trial.task.copies() {
+            trial_scores(&prompt.ids, &prompt.copy, &out.generated, &out.argmax, ScoreVariant::Paper)
+        } else {
+            Vec::new()
+        };
+        Ok(RulerRecord {
+            trial: *trial,
+            prompt_tokens: prompt.ids.len(),
+            units: prompt.units,
+            score: score(trial.task.metric(), &out.answer, &prompt.outputs),
+            outputs: prompt.outputs.clone(),
+            answer: out.answer,
+            generated: out.generated,
+            copy_tokens: prompt.copy.iter().map(Range::len).sum(),
+            scores,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
