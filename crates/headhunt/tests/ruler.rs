@@ -102,3 +102,99 @@ fn a_short_run_scores_and_resumes() {
     assert_eq!(std::fs::read_to_string(out.join("trials.jsonl")).unwrap(), lines);
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// QRHead on RULER: the content-free prompt is the trial's prompt up to its query, the gold
+/// spans (the values a right answer copies) lie before it, and some head attends to them.
+#[test]
+fn qrhead_scores_the_copied_values_from_the_query() {
+    let path = headhunt::models::resolve("smollm2-135m-instruct").unwrap_or_else(|e| panic!("{e:#}"));
+    let model = Model::load(&path).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let essay = Haystack::Generated { seed: 0 }.text(20_000).unwrap();
+    let runner = RulerRunner::new(&model, Sources::new(&essay, qa::builtin()).unwrap(), true).unwrap();
+    for task in [Task::NiahSingle2, Task::Vt, Task::Qa] {
+        let trial = Trial {
+            task,
+            length: 2048,
+            depth: 50.0,
+            sample: 0,
+            seed: 5,
+        };
+        let p = runner.prompt(&trial).unwrap();
+        let null = runner.content_free_prompt(&trial, &p, "N/A").unwrap().expect("a query");
+        let (query, _) = headhunt::experiments::retrieval::qrhead::query_spans(&p.ids, &null);
+        assert!(
+            !p.gold.is_empty() && p.gold.iter().all(|g| g.end <= query.start),
+            "{task}: no gold span, or one after the query"
+        );
+        let asked = tok.decode(&p.ids[query.clone()], false).unwrap();
+        assert!(tok.decode(&null[query.start..], false).unwrap().contains("N/A"), "{task}");
+        let record = runner.qr(&trial, &p).unwrap().expect("a copying task");
+        assert_eq!(record.scores.len(), 30 * 9);
+        let best = record.scores.iter().copied().fold(f64::MIN, f64::max);
+        assert!(
+            best.is_finite() && best > 0.05,
+            "{task}: best calibrated score {best}; query {asked:?}"
+        );
+    }
+    let cwe = Trial {
+        task: Task::Cwe,
+        length: 2048,
+        depth: 0.0,
+        sample: 0,
+        seed: 5,
+    };
+    assert!(runner.qr(&cwe, &runner.prompt(&cwe).unwrap()).unwrap().is_none());
+}
+
+/// `ruler --mask-top K` runs the suite once per condition and tabulates each task under each.
+#[test]
+fn a_masked_run_writes_a_folder_per_condition() {
+    let out = std::env::temp_dir().join(format!("headhunt-ruler-masks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    // SmolLM2's strongest retrieval heads (docs/retrieval-heads.md), as a score file.
+    let scores = out.join("scores.json");
+    std::fs::write(
+        &scores,
+        r#"{"18-7": [0.72], "18-6": [0.71], "23-2": [0.69], "17-3": [0.59], "0-0": [0.0], "29-8": [0.0]}"#,
+    )
+    .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_headhunt"))
+        .args([
+            "ruler",
+            "--tasks",
+            "niah_single_1",
+            "--lengths",
+            "1024",
+            "--depths",
+            "50",
+            "--mask-top",
+            "4",
+            "--scores",
+        ])
+        .arg(&scores)
+        .arg("--out")
+        .arg(out.join("run"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run/ruler_masks.json")).unwrap()).unwrap();
+    let conditions = table["conditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 2, "{table}");
+    assert_eq!(
+        (conditions[0]["condition"].as_str(), conditions[1]["condition"].as_str()),
+        (Some("none"), Some("top-4"))
+    );
+    assert_eq!(conditions[1]["masked_heads"], 4);
+    for c in ["none", "top-4"] {
+        assert_eq!(
+            std::fs::read_to_string(out.join("run").join(c).join("trials.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
+    std::fs::remove_dir_all(&out).ok();
+}

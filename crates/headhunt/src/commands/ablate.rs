@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
 use super::ModelArg;
-use crate::experiments::retrieval::masking::{check_scores_fit, random_heads, top_heads, Head, MaskHow};
+use crate::experiments::retrieval::masking::{check_scores_fit, load_versus, random_heads, top_heads, Head, MaskHow};
 use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
 use crate::experiments::retrieval::HeadScores;
@@ -41,6 +41,10 @@ pub struct Args {
     /// Random draws per K.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// A second score file (QRHead's from `detect --detector qrhead`, say): its top-K heads are
+    /// masked too at every K (conditions `versus-top-K`, a third curve).
+    #[arg(long, value_name = "SCORES")]
+    pub versus: Option<PathBuf>,
     #[command(flatten)]
     pub mask: MaskHow,
     /// Output folder. [default: runs/ablate-<model>]
@@ -53,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
+    let versus = args.versus.as_deref().map(|p| load_versus(p, &scores)).transpose()?;
     let out = args
         .out
         .clone()
@@ -75,6 +80,9 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         conditions.push((format!("top-{k}"), k, None, top_heads(&scores, k)));
+        if let Some(v) = &versus {
+            conditions.push((format!("versus-top-{k}"), k, None, top_heads(v, k)));
+        }
         for seed in 0..args.seeds {
             let heads = random_heads(&scores, k, seed).with_context(|| format!("K = {k}"))?;
             conditions.push((format!("random-{k}-seed{seed}"), k, Some(seed), heads));
@@ -113,14 +121,18 @@ pub fn run(args: Args) -> Result<()> {
     // Score against K: top-K, and the random draws' mean with their standard deviation.
     let baseline = results.iter().find(|r| r.1 == 0).map(|r| r.3.mean_rouge);
     let mut top = Vec::new();
+    let mut versus_top = Vec::new();
     let mut random = Vec::new();
     let mut table = Vec::new();
     for &k in &ks {
-        let t = if k == 0 {
-            baseline
-        } else {
-            results.iter().find(|r| r.1 == k && r.2.is_none()).map(|r| r.3.mean_rouge)
+        let at = |label: String| {
+            if k == 0 {
+                baseline
+            } else {
+                results.iter().find(|r| r.0 == label).map(|r| r.3.mean_rouge)
+            }
         };
+        let (t, v) = (at(format!("top-{k}")), at(format!("versus-top-{k}")).filter(|_| versus.is_some()));
         let draws: Vec<f64> = if k == 0 {
             baseline.into_iter().collect()
         } else {
@@ -138,27 +150,38 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(t) = t {
             top.push((k as f64, t));
         }
+        if let Some(v) = v {
+            versus_top.push((k as f64, v));
+        }
         random.push((k as f64, mean, std));
         table.push(
-            json!({"k": k, "top": t, "random_mean": mean, "random_std": std, "random_min": lo, "random_max": hi, "random_draws": draws}),
+            json!({"k": k, "top": t, "versus_top": v, "random_mean": mean, "random_std": std, "random_min": lo, "random_max": hi, "random_draws": draws}),
         );
     }
     let plot = LinePlot {
         title: format!("{name}: masking retrieval heads vs random heads"),
         x_label: "K (heads masked)".into(),
         y_label: "NIAH score (mean ROUGE-1 recall)".into(),
-        series: vec![
-            Series {
+        series: [
+            Some(Series {
                 name: "top-K retrieval heads".into(),
                 points: top.clone(),
                 errors: None,
-            },
-            Series {
+            }),
+            args.versus.as_ref().map(|p| Series {
+                name: format!("top-K of {}", p.display()),
+                points: versus_top,
+                errors: None,
+            }),
+            Some(Series {
                 name: format!("K random non-retrieval heads ({} seeds, ±1 sd)", args.seeds),
                 points: random.iter().map(|r| (r.0, r.1)).collect(),
                 errors: Some(random.iter().map(|r| r.2).collect()),
-            },
-        ],
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         y_range: Some((0.0, 100.0)),
     };
     plot.save(&out.join("ablation"))?;
@@ -167,16 +190,22 @@ pub fn run(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "model": name,
             "scores": args.scores,
+            "versus": args.versus,
             "mask_mode": args.mask.mode,
             "mask_phase": args.mask.phase,
             "sweep": table,
             "conditions": results.iter().map(|r| json!({"label": r.0, "k": r.1, "seed": r.2, "summary": r.3})).collect::<Vec<_>>(),
         }))?,
     )?;
-    println!("\n    K   top-K   random-K (mean ± sd over {} seeds)", args.seeds);
+    let versus_column = if versus.is_some() { "  versus-top-K" } else { "" };
+    println!("\n    K   top-K{versus_column}   random-K (mean ± sd over {} seeds)", args.seeds);
     for row in &table {
+        let v = match row["versus_top"].as_f64() {
+            Some(v) => format!("  {v:>12.1}"),
+            None => String::new(),
+        };
         println!(
-            "{:>5}  {:>6.1}   {:>6.1} ± {:.1}",
+            "{:>5}  {:>6.1}{v}   {:>6.1} ± {:.1}",
             row["k"],
             row["top"].as_f64().unwrap_or(f64::NAN),
             row["random_mean"].as_f64().unwrap_or(f64::NAN),

@@ -9,12 +9,13 @@ use serde_json::json;
 use super::ModelArg;
 use crate::experiments::retrieval::niah::grid::{GridArgs, GridShape};
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::experiments::retrieval::qrhead::{qr_trial, QrRecord};
 use crate::experiments::retrieval::{HeadScores, ScoreVariant, Summary};
 use crate::output::plot::{Figure, Heatmap};
 use crate::runner::shard::run_folder;
 use crate::runner::store::write_atomic;
 use crate::runner::store::Keyed;
-use crate::runner::trials::run_niah;
+use crate::runner::trials::{run_niah, run_pending, Status};
 
 /// Find retrieval heads: hide needles in long contexts, let the model answer, and score every
 /// query head by how much of the answer it copied from the needle (Wu et al. 2024).
@@ -41,6 +42,31 @@ pub struct Args {
     /// Heads listed in the printed table.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// Which score finds the heads: `wu` (the heads that copy the needle into the answer, Wu et
+    /// al. 2024) or `qrhead` (query-focused retrieval heads, Zhang et al. 2025: the attention the
+    /// question and what follows it pay to the needle, less that with the content-free question
+    /// "N/A", summed over the needle's tokens; no decoding, every trial counted). [default
+    /// folder for qrhead: runs/qrhead-<model>]
+    #[arg(long, value_enum, default_value_t = Detector::Wu)]
+    pub detector: Detector,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Detector {
+    Wu,
+    Qrhead,
+}
+
+impl Keyed for QrRecord {
+    fn key(&self) -> String {
+        self.spec.key()
+    }
+}
+
+impl Status for QrRecord {
+    fn status(&self) -> String {
+        format!("{} tokens", self.prompt_tokens)
+    }
 }
 
 impl Keyed for TrialRecord {
@@ -59,18 +85,33 @@ pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve()?;
     let model = args.model.load()?;
     let c = &model.config;
+    let folder = match args.detector {
+        Detector::Wu => "detect",
+        Detector::Qrhead => "qrhead",
+    };
     let out = run_folder(
-        &args.out.clone().unwrap_or_else(|| default_out("detect", &args.model.model)),
+        &args.out.clone().unwrap_or_else(|| default_out(folder, &args.model.model)),
         grid.shard,
     );
     let mut settings = grid.settings();
     settings["command"] = json!("detect");
+    if args.detector == Detector::Qrhead {
+        settings["detector"] = json!("qrhead");
+    }
     settings["model"] = json!(args.model.model);
     settings["model_name"] = json!(model.source.name);
     settings["n_layers"] = json!(c.n_layers);
     settings["n_heads"] = json!(c.n_heads);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
+    if args.detector == Detector::Qrhead {
+        let records = run_pending(&out, &settings, &grid.shard_trials(), grid.shard, "trials", |s| {
+            qr_trial(&runner, s)
+        })?;
+        let scores = write_qr_outputs(&out, &settings, &records)?;
+        print!("{}", qr_table(&settings, &scores, args.top));
+        return super::finish_with_report(&out);
+    }
     let records = run_niah(&runner, &grid, &Condition::default(), &out, &settings, "trials")?;
     let report = write_outputs(&out, &settings, &records, args.score_variant)?;
     print!("{}", report.table(args.top));
@@ -184,4 +225,71 @@ pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialR
         scores,
         summary,
     })
+}
+
+fn model_label(settings: &serde_json::Value) -> String {
+    settings["model_name"]
+        .as_str()
+        .or(settings["model"].as_str())
+        .unwrap_or("model")
+        .to_owned()
+}
+
+/// A QRHead run's head_scores.json (every trial's calibrated QR scores), summary.json and
+/// heatmap.
+fn write_qr_outputs(dir: &Path, settings: &serde_json::Value, records: &[QrRecord]) -> Result<HeadScores> {
+    let n = |k: &str| {
+        settings[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("run.json lacks {k}"))
+    };
+    let (n_layers, n_heads) = (n("n_layers")?, n("n_heads")?);
+    let shape = GridShape::of_settings(settings)?;
+    let rank: HashMap<String, usize> = shape.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
+    let mut records: Vec<&QrRecord> = records.iter().collect();
+    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
+    let mut scores = HeadScores::new(n_layers, n_heads);
+    for r in &records {
+        if r.scores.len() != n_layers * n_heads {
+            bail!(
+                "a trial in {} has {} head scores, the run has {n_layers} x {n_heads} heads",
+                dir.display(),
+                r.scores.len()
+            );
+        }
+        scores.push_trial(&r.scores);
+    }
+    let model = model_label(settings);
+    write_atomic(&dir.join("head_scores.json"), serde_json::to_string(&scores.to_json())?)?;
+    let summary = json!({
+        "model": model,
+        "detector": "qrhead",
+        "trials": records.len(),
+        "summary": Summary::of(&scores),
+    });
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let mut map = Heatmap::heads(
+        &format!("QRHead scores: {model} ({} trials)", scores.trials()),
+        n_layers,
+        n_heads,
+        scores.means(),
+        "mean calibrated QR score",
+    );
+    // Calibrated scores go below zero where the content-free question drew more attention.
+    map.range.0 = scores.means().into_iter().fold(0.0, f64::min);
+    map.save(&dir.join("retrieval_heads"))?;
+    Ok(scores)
+}
+
+fn qr_table(settings: &serde_json::Value, scores: &HeadScores, top: usize) -> String {
+    let mut t = format!(
+        "{}: QRHead scores over {} trials (the query's attention on the needle, less that with \"N/A\" asked)\n rank  head    mean score\n",
+        model_label(settings),
+        scores.trials()
+    );
+    for (i, (h, m)) in scores.ranked().into_iter().take(top).enumerate() {
+        t.push_str(&format!("{:>5}  {:<6}  {:>10.4}\n", i + 1, scores.label(h), m));
+    }
+    t
 }

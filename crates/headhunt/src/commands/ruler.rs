@@ -3,19 +3,20 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::detect::default_out;
+use super::detect::{default_out, Detector};
 use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::qa;
+use crate::experiments::retrieval::masking::MaskSweepArgs;
 use crate::experiments::retrieval::niah::grid::parse_values;
 use crate::experiments::retrieval::niah::haystack::Haystack;
 use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache};
 use crate::experiments::retrieval::RETRIEVAL_THRESHOLD;
-use crate::experiments::ruler::summary::{head_scores, RulerSummary};
-use crate::experiments::ruler::trial::{RulerPrompt, RulerRecord, RulerRunner, TooShort};
+use crate::experiments::ruler::summary::{head_scores, qr_head_scores, RulerSummary, TaskSummary};
+use crate::experiments::ruler::trial::{RulerPrompt, RulerQrRecord, RulerRecord, RulerRunner, TooShort};
 use crate::experiments::ruler::{Sources, Task, Trial};
 use crate::output::plot::{Figure, Heatmap, Heatmaps, LinePlot, Series};
 use crate::runner::shard::{run_folder, ShardArgs};
@@ -33,7 +34,10 @@ use crate::runner::trials::{run_pending, Status};
 /// to --out: trials.jsonl (resumable; --shard splits it), ruler.json (score per task and
 /// length, effective lengths, retrieval heads per task), head_scores_<task>.json (the paper's
 /// {"L-H": [...]} format, for `headhunt compare` and `--scores`), ruler.png/.svg (score against
-/// length) and ruler_heads.png/.svg (each task's heads).
+/// length) and ruler_heads.png/.svg (each task's heads). With --mask-top / --mask-random /
+/// --versus the suite runs once per condition, each in its own folder under --out
+/// (`none`, `top-K`, `versus-top-K`, `random-K-seedS`), and ruler_masks.json holds every task's
+/// score per condition.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -62,6 +66,14 @@ pub struct Args {
     #[arg(long)]
     pub no_chat: bool,
     #[command(flatten)]
+    pub mask: MaskSweepArgs,
+    /// `wu` runs the suite (answers, RULER's scores, every copying task's retrieval heads);
+    /// `qrhead` only scores heads by QRHead's calibrated attention of the query on the passages
+    /// it is about (the asked needles, the chain's assignments, QA's gold document; no decoding;
+    /// not cwe, fwe), writing each task's head_scores_<task>.json. [default folder for qrhead: runs/ruler-qrhead-<model>]
+    #[arg(long, value_enum, default_value_t = Detector::Wu)]
+    pub detector: Detector,
+    #[command(flatten)]
     pub shard: ShardArgs,
     /// Output folder (resumable). [default: runs/ruler-<model>]
     #[arg(long, short = 'o')]
@@ -77,6 +89,18 @@ impl Keyed for Trial {
 impl Keyed for RulerRecord {
     fn key(&self) -> String {
         self.trial.key()
+    }
+}
+
+impl Keyed for RulerQrRecord {
+    fn key(&self) -> String {
+        self.trial.key()
+    }
+}
+
+impl Status for RulerQrRecord {
+    fn status(&self) -> String {
+        format!("{} {} tokens", self.trial.task, self.prompt_tokens)
     }
 }
 
@@ -136,7 +160,11 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let c = &model.config;
     let name = model_name(&model, &args.model.model);
-    let out = run_folder(&args.out.clone().unwrap_or_else(|| default_out("ruler", &args.model.model)), shard);
+    let folder = match args.detector {
+        Detector::Wu => "ruler",
+        Detector::Qrhead => "ruler-qrhead",
+    };
+    let out = run_folder(&args.out.clone().unwrap_or_else(|| default_out(folder, &args.model.model)), shard);
     let settings = json!({
         "command": "ruler",
         "model": args.model.model,
@@ -190,13 +218,127 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut ordered: Vec<Trial> = mine.iter().filter(|t| prompts.contains_key(&t.key())).copied().collect();
     ordered.sort_by(|a, b| prompts[&a.key()].ids.cmp(&prompts[&b.key()].ids));
-    let mut cache = PrefixCache::new(longest);
-    let records = run_pending(&out, &settings, &ordered, shard, "trials", |t| {
-        runner.run(t, &prompts[&t.key()], &Condition::default(), &mut cache)
-    })?;
-    let summary = write_outputs(&out, &name, &records, c.n_layers, c.n_heads)?;
-    print!("{}", summary.table());
+    if args.detector == Detector::Qrhead {
+        let mut settings = settings;
+        settings["detector"] = json!("qrhead");
+        ordered.retain(|t| t.task.copies());
+        let records = run_pending(&out, &settings, &ordered, shard, "trials", |t| {
+            runner
+                .qr(t, &prompts[&t.key()])?
+                .with_context(|| format!("{}: no gold passage to score", t.key()))
+        })?;
+        print!("{}", write_qr_outputs(&out, &name, &records, c.n_layers, c.n_heads)?);
+        return super::finish_with_report(&out);
+    }
+    let scores = args.mask.load_scores(&model)?;
+    let conditions = args.mask.conditions(scores.as_ref())?;
+    // The masks' mean-ablation reference, where the mode needs one: the first prompt's context.
+    let reference: Vec<u32> = ordered.first().map(|t| prompts[&t.key()].ids.clone()).unwrap_or_default();
+    let mut by_condition = Vec::new();
+    for (label, heads) in &conditions {
+        // Unmasked alone, the run is the folder itself; with masks, a folder per condition.
+        let dir = if conditions.len() == 1 { out.clone() } else { out.join(label) };
+        let mut settings = settings.clone();
+        if conditions.len() > 1 {
+            settings["condition"] = args.mask.how.settings(heads);
+        }
+        let condition = Condition {
+            interventions: args.mask.how.interventions(&model, heads, &reference)?,
+            kv_policy: None,
+        };
+        let mut cache = PrefixCache::new(longest);
+        let records = run_pending(&dir, &settings, &ordered, shard, label, |t| {
+            runner.run(t, &prompts[&t.key()], &condition, &mut cache)
+        })?;
+        let title = if conditions.len() == 1 {
+            name.clone()
+        } else {
+            format!("{name} ({label})")
+        };
+        let summary = write_outputs(&dir, &title, &records, c.n_layers, c.n_heads)?;
+        if conditions.len() == 1 {
+            print!("{}", summary.table());
+        }
+        by_condition.push((label.clone(), heads.len(), summary));
+    }
+    if conditions.len() > 1 {
+        let table = masks_table(&by_condition);
+        print!("{table}");
+        let json = json!({
+            "model": name,
+            "mask_mode": args.mask.how.mode,
+            "mask_phase": args.mask.how.phase,
+            "conditions": by_condition.iter().map(|(label, k, s)| json!({
+                "condition": label,
+                "masked_heads": k,
+                "tasks": s.tasks.iter().map(|t| json!({"task": t.task, "score": mean_score(t)})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        write_atomic(&out.join("ruler_masks.json"), serde_json::to_string_pretty(&json)?)?;
+    }
     super::finish_with_report(&out)
+}
+
+/// A QRHead run's head_scores_<task>.json and heads' maps; the table of each task's best heads.
+fn write_qr_outputs(dir: &std::path::Path, model: &str, records: &[RulerQrRecord], n_layers: usize, n_heads: usize) -> Result<String> {
+    let heads = qr_head_scores(records, n_layers, n_heads);
+    let mut table = format!(
+        "{model}: QRHead scores per RULER task\n{:<18} {:>6}  best heads (mean calibrated score)\n",
+        "task", "trials"
+    );
+    let mut maps = Vec::new();
+    for (task, scores) in &heads {
+        write_atomic(
+            &dir.join(format!("head_scores_{task}.json")),
+            serde_json::to_string(&scores.to_json())?,
+        )?;
+        let best: Vec<String> = scores
+            .ranked()
+            .into_iter()
+            .take(5)
+            .map(|(h, m)| format!("{} {m:.3}", scores.label(h)))
+            .collect();
+        table.push_str(&format!("{:<18} {:>6}  {}\n", task.name(), scores.trials(), best.join(", ")));
+        let mut map = Heatmap::heads(
+            &format!("{task}: QRHead"),
+            n_layers,
+            n_heads,
+            scores.means(),
+            "mean calibrated QR score",
+        );
+        map.range.0 = scores.means().into_iter().fold(0.0, f64::min);
+        maps.push(map);
+    }
+    if !maps.is_empty() {
+        Heatmaps(maps).save(&dir.join("ruler_heads"))?;
+    }
+    Ok(table)
+}
+
+/// A task's mean score over its lengths.
+fn mean_score(t: &TaskSummary) -> f64 {
+    t.lengths.iter().map(|l| l.score).sum::<f64>() / t.lengths.len().max(1) as f64
+}
+
+/// Each task's mean score (over lengths) under each condition: a row per task.
+fn masks_table(by_condition: &[(String, usize, RulerSummary)]) -> String {
+    let mut t = format!("{:<18}", "task");
+    for (label, _, _) in by_condition {
+        t.push_str(&format!(" {label:>16}"));
+    }
+    t.push('\n');
+    let Some((_, _, first)) = by_condition.first() else { return t };
+    for (i, task) in first.tasks.iter().enumerate() {
+        t.push_str(&format!("{:<18}", task.task.name()));
+        for (_, _, s) in by_condition {
+            match s.tasks.get(i) {
+                Some(ts) => t.push_str(&format!(" {:>16.1}", mean_score(ts))),
+                None => t.push_str(&format!(" {:>16}", "-")),
+            }
+        }
+        t.push('\n');
+    }
+    t
 }
 
 /// ruler.json, each task's head scores, the score-against-length plot and the heads' maps.

@@ -3,7 +3,7 @@
 //! (uniform attention), their output, or replacing it by its mean over reference text.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, RunOptions};
@@ -217,6 +217,11 @@ pub struct MaskSweepArgs {
     /// Random draws for --mask-random.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// A second score file (QRHead's from `detect --detector qrhead`, say): also run with its
+    /// top-K heads masked, K that of --mask-top (condition `versus-top-K`), to test two
+    /// detectors' heads at the same K.
+    #[arg(long, value_name = "SCORES", requires = "mask_top")]
+    pub versus: Option<PathBuf>,
     #[command(flatten)]
     pub how: MaskHow,
 }
@@ -231,12 +236,15 @@ impl MaskSweepArgs {
         Ok(scores)
     }
 
-    /// `(label, heads)` per condition: `none`, `top-K`, `random-K-seedS`.
+    /// `(label, heads)` per condition: `none`, `top-K`, `versus-top-K`, `random-K-seedS`.
     pub fn conditions(&self, scores: Option<&HeadScores>) -> Result<Vec<(String, Vec<Head>)>> {
         let need = || scores.context("--mask-top and --mask-random need --scores");
         let mut out = vec![("none".to_owned(), Vec::new())];
         if let Some(k) = self.mask_top {
             out.push((format!("top-{k}"), top_heads(need()?, k)));
+            if let Some(path) = &self.versus {
+                out.push((format!("versus-top-{k}"), top_heads(&load_versus(path, need()?)?, k)));
+            }
         }
         if let Some(k) = self.mask_random {
             for seed in 0..self.seeds {
@@ -245,6 +253,22 @@ impl MaskSweepArgs {
         }
         Ok(out)
     }
+}
+
+/// The second score file of `--versus`, checked against the first's shape.
+pub fn load_versus(path: &Path, scores: &HeadScores) -> Result<HeadScores> {
+    let versus = HeadScores::load(path)?;
+    if (versus.n_layers, versus.n_heads) != (scores.n_layers, scores.n_heads) {
+        bail!(
+            "--versus {}: {} layers x {} heads, --scores has {} x {}",
+            path.display(),
+            versus.n_layers,
+            versus.n_heads,
+            scores.n_layers,
+            scores.n_heads
+        );
+    }
+    Ok(versus)
 }
 
 /// Check a score file fits the model.

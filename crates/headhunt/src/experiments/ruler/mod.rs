@@ -298,6 +298,27 @@ pub struct Sample {
     pub copy_spans: Vec<Range<usize>>,
     /// The expected values.
     pub outputs: Vec<String>,
+    /// Byte ranges of `context` that the question is about, QRHead's gold passages: the asked
+    /// needles, the chain's assignments, QA's gold document (empty for cwe, fwe).
+    pub gold_spans: Vec<Range<usize>>,
+    /// What the question asks about, as it is written in `after` and `answer_prefix` (the key,
+    /// the value traced, QA's question); empty where the question is fixed (cwe, fwe).
+    pub query: String,
+}
+
+impl Sample {
+    /// The same sample asking the content-free question `null` (QRHead's calibration): the query
+    /// replaced wherever the question and the answer prefix name it. None where there is no query.
+    pub fn content_free(&self, null: &str) -> Option<Sample> {
+        if self.query.is_empty() {
+            return None;
+        }
+        Some(Sample {
+            after: self.after.replace(&self.query, null),
+            answer_prefix: self.answer_prefix.replace(&self.query, null),
+            ..self.clone()
+        })
+    }
 }
 
 /// Where the tasks' texts come from: the essay haystack and the QA set.
@@ -419,7 +440,14 @@ impl Sources {
             type_v.pop();
         }
         let filled = template.replace("{type_v}", &type_v).replace("{query}", &query);
-        split_template(&filled, context, spans, outputs)
+        let gold_spans = located(
+            &context,
+            texts.iter().zip(&needles).filter(|(_, (k, _))| asked.contains(k)).map(|(t, _)| t),
+        );
+        Sample {
+            gold_spans,
+            ..split_template(&filled, context, spans, outputs, query)
+        }
     }
 
     fn qa(&self, units: usize, depth: f64, item: usize, rng: &mut Rng) -> Sample {
@@ -442,12 +470,14 @@ impl Sources {
         docs.insert(at, gold.context.clone());
         let mut context = String::new();
         let mut spans = Vec::new();
+        let mut gold_span = 0..0;
         for (i, doc) in docs.iter().enumerate() {
             if i > 0 {
                 context.push_str("\n\n");
             }
             context.push_str(&format!("Document {}:\n", i + 1));
             if i == at {
+                gold_span = context.len()..context.len() + doc.len();
                 for answer in &gold.answers {
                     spans.extend(
                         doc.match_indices(answer.as_str())
@@ -463,12 +493,15 @@ impl Sources {
              the answer and do not output any other words.\n\nQuestion: {}{{prefix}} Answer:",
             gold.question
         );
-        split_template(&template, context, spans, gold.answers.clone())
+        Sample {
+            gold_spans: vec![gold_span],
+            ..split_template(&template, context, spans, gold.answers.clone(), gold.question.clone())
+        }
     }
 }
 
 /// A filled template, `... {context} ... {prefix} answer prefix`, cut into a sample.
-fn split_template(template: &str, context: String, copy_spans: Vec<Range<usize>>, outputs: Vec<String>) -> Sample {
+fn split_template(template: &str, context: String, copy_spans: Vec<Range<usize>>, outputs: Vec<String>, query: String) -> Sample {
     let (before, rest) = template.split_once("{context}").expect("templates hold {context}");
     let (after, prefix) = rest.split_once("{prefix}").expect("templates hold {prefix}");
     Sample {
@@ -477,8 +510,15 @@ fn split_template(template: &str, context: String, copy_spans: Vec<Range<usize>>
         answer_prefix: prefix.to_owned(),
         context,
         copy_spans,
+        gold_spans: Vec::new(),
         outputs,
+        query,
     }
+}
+
+/// Where each of `texts` first lies in `context`, in bytes.
+fn located<'a>(context: &str, texts: impl Iterator<Item = &'a String>) -> Vec<Range<usize>> {
+    texts.filter_map(|t| context.find(t.as_str()).map(|at| at..at + t.len())).collect()
 }
 
 /// A haystack in pieces between which needles may go: sentences joined by `sep` (essay words
@@ -564,10 +604,7 @@ impl Pieces {
 /// example (three-letter variables in 80 sentences), as RULER's default.
 fn vt(units: usize, rng: &mut Rng) -> Sample {
     let (example, example_vars) = chain_text(80, 3, rng);
-    let (context, vars, value, spans) = {
-        let (text, vars) = chain_text(units, 5, rng);
-        (text.context, vars, text.value, text.spans)
-    };
+    let (text, vars) = chain_text(units, 5, rng);
     let question = |value: &str| {
         (
             "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n".to_owned(),
@@ -579,14 +616,16 @@ fn vt(units: usize, rng: &mut Rng) -> Sample {
     };
     let (eb, ea, ep) = question(&example.value);
     let worked = format!("{eb}{}{ea}{ep}{}\n", example.context, example_vars.join(" "));
-    let (before, after, prefix) = question(&value);
+    let (before, after, prefix) = question(&text.value);
     Sample {
         before: format!("{worked}\n{before}"),
         after,
         answer_prefix: prefix,
-        context,
-        copy_spans: spans,
+        gold_spans: located(&text.context, text.lines.iter()),
+        context: text.context,
+        copy_spans: text.spans,
         outputs: vars,
+        query: text.value,
     }
 }
 
@@ -594,6 +633,8 @@ struct Chain {
     context: String,
     value: String,
     spans: Vec<Range<usize>>,
+    /// The assignments, as written.
+    lines: Vec<String>,
 }
 
 /// A chain `VAR v0 = value`, `VAR v1 = VAR v0 `, ... (four hops, `letters`-letter names) at
@@ -624,7 +665,15 @@ fn chain_text(units: usize, letters: usize, rng: &mut Rng) -> (Chain, Vec<String
             })
             .collect()
     });
-    (Chain { context, value, spans }, vars)
+    (
+        Chain {
+            context,
+            value,
+            spans,
+            lines,
+        },
+        vars,
+    )
 }
 
 /// Common words: `units` distinct words, ten of them repeated 30 times and the rest 3 (6 and 1
@@ -653,7 +702,7 @@ fn cwe(units: usize, rng: &mut Rng, long: bool) -> Sample {
     let worked = format!("{}{prefix} {}", template(&example), enumerate(&example_common));
     let (context, common) = word_list(sizes, rng);
     let full = format!("{worked}\n{}", template("{context}")) + "{prefix}" + prefix;
-    split_template(&full, context, Vec::new(), common)
+    split_template(&full, context, Vec::new(), common, String::new())
 }
 
 /// A numbered list of `n` distinct words, the first ten `common` times each and the others
@@ -700,7 +749,7 @@ fn fwe(units: usize, length: usize, rng: &mut Rng) -> Sample {
                     coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three \
                     most frequently appeared words in the above coded text?{prefix} Answer: According to the coded text above, the \
                     three most frequently appeared words are:";
-    split_template(template, text.join(" "), Vec::new(), vocab[1..4].to_vec())
+    split_template(template, text.join(" "), Vec::new(), vocab[1..4].to_vec(), String::new())
 }
 
 /// RULER's score of one answer, 0 to 100.

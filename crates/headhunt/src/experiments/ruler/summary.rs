@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::trial::RulerRecord;
+use super::trial::{RulerQrRecord, RulerRecord};
 use super::Task;
 use crate::experiments::retrieval::{pearson, HeadScores, RETRIEVAL_THRESHOLD};
 
@@ -62,6 +62,17 @@ fn effective(lengths: &[LengthScore]) -> Option<usize> {
 fn mean(values: impl Iterator<Item = f64>) -> (usize, f64) {
     let (n, sum) = values.fold((0, 0.0), |(n, s), v| (n + 1, s + v));
     (n, if n == 0 { 0.0 } else { sum / n as f64 })
+}
+
+/// Per task, the QRHead scores of every trial (QRHead counts every example: it needs no answer).
+pub fn qr_head_scores(records: &[RulerQrRecord], n_layers: usize, n_heads: usize) -> BTreeMap<Task, HeadScores> {
+    let mut out: BTreeMap<Task, HeadScores> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.scores.len() == n_layers * n_heads) {
+        out.entry(r.trial.task)
+            .or_insert_with(|| HeadScores::new(n_layers, n_heads))
+            .push_trial(&r.scores);
+    }
+    out
 }
 
 /// Per task, the scores of its answered trials that copy (the `{"L-H": [...]}` sets).

@@ -212,3 +212,33 @@ fn names_are_the_same_in_flags_and_records() {
         assert_eq!(serde_json::to_value(task).unwrap(), task.name());
     }
 }
+
+/// QRHead's content-free form of a sample asks "N/A" where the question named its query, in the
+/// question and in the answer prefix, and changes nothing else; the tasks with a fixed question
+/// have none.
+#[test]
+fn the_content_free_sample_replaces_only_the_query() {
+    let s = sources();
+    for task in Task::ALL {
+        let sample = s.sample(&trial(task, 50.0, 2), 300);
+        let Some(null) = sample.content_free("N/A") else {
+            assert!(!task.copies(), "{task} copies its answer but has no query");
+            continue;
+        };
+        assert!(
+            sample.after.contains(&sample.query),
+            "{task}: the question does not name {:?}",
+            sample.query
+        );
+        assert!(
+            !null.after.contains(&sample.query) && null.after.contains("N/A"),
+            "{task}: {:?}",
+            null.after
+        );
+        assert!(!null.answer_prefix.contains(&sample.query), "{task}: {:?}", null.answer_prefix);
+        assert_eq!(
+            (&null.before, &null.context, &null.copy_spans),
+            (&sample.before, &sample.context, &sample.copy_spans)
+        );
+    }
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{score, Sample, Sources, Trial};
 use crate::experiments::retrieval::niah::prompt::Frame;
 use crate::experiments::retrieval::niah::trial::{AnswerRule, Condition, PrefixCache};
+use crate::experiments::retrieval::qrhead::{qr_scores, NULL_QUESTION};
 use crate::experiments::retrieval::{trial_scores, ScoreVariant};
 
 /// A length too short for a task's smallest instance.
@@ -34,6 +35,8 @@ pub struct RulerPrompt {
     pub ids: Vec<u32>,
     /// Token positions of the values a right answer copies.
     pub copy: Vec<Range<usize>>,
+    /// Token positions of the passages the question is about (QRHead's gold).
+    pub gold: Vec<Range<usize>>,
     pub outputs: Vec<String>,
     /// Haystack units the context holds.
     pub units: usize,
@@ -65,6 +68,19 @@ impl RulerRecord {
     pub fn answered(&self) -> bool {
         self.score > 50.0
     }
+}
+
+/// A trial's QRHead scores; one line of a QRHead RULER run's `trials.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RulerQrRecord {
+    #[serde(flatten)]
+    pub trial: Trial,
+    pub prompt_tokens: usize,
+    /// Tokens of the gold passages.
+    pub gold_tokens: usize,
+    /// Per head (`layer * n_heads + head`), the calibrated QR score.
+    pub scores: Vec<f64>,
+    pub seconds: f64,
 }
 
 /// Builds and runs RULER trials for one model.
@@ -99,18 +115,27 @@ impl<'m> RulerRunner<'m> {
         }
         let (units, _) = super::fit_units(budget_total - frame.overhead(), tokens)?;
         let sample = self.sources.sample(trial, units);
+        self.tokenize(trial, &sample, units)
+    }
+
+    /// A sample in the model's tokens, its copied values' positions located.
+    fn tokenize(&self, trial: &Trial, sample: &Sample, units: usize) -> Result<RulerPrompt> {
+        let frame = self.frame(sample)?;
         let (context, offsets) = self.tok.encode_with_offsets(&sample.context, false)?;
         let start = frame.context_start();
-        let copy = sample
-            .copy_spans
-            .iter()
-            .filter_map(|span| {
-                let inside: Vec<usize> = (0..context.len())
-                    .filter(|&i| offsets[i].0 < span.end && offsets[i].1 > span.start)
-                    .collect();
-                Some(start + *inside.first()?..start + inside.last()? + 1)
-            })
-            .collect();
+        // The tokens that overlap each byte range, as positions in the prompt.
+        let in_tokens = |spans: &[Range<usize>]| -> Vec<Range<usize>> {
+            spans
+                .iter()
+                .filter_map(|span| {
+                    let inside: Vec<usize> = (0..context.len())
+                        .filter(|&i| offsets[i].0 < span.end && offsets[i].1 > span.start)
+                        .collect();
+                    Some(start + *inside.first()?..start + inside.last()? + 1)
+                })
+                .collect()
+        };
+        let (copy, gold) = (in_tokens(&sample.copy_spans), in_tokens(&sample.gold_spans));
         let needed = frame.overhead() + context.len() + trial.task.tokens_to_generate();
         if needed > self.model.config.context_length {
             bail!(
@@ -122,9 +147,40 @@ impl<'m> RulerRunner<'m> {
         Ok(RulerPrompt {
             ids: frame.wrap(&context),
             copy,
-            outputs: sample.outputs,
+            gold,
+            outputs: sample.outputs.clone(),
             units,
         })
+    }
+
+    /// The trial's prompt with the content-free question `null` asked in place of its query
+    /// (the same context); None for the tasks whose question asks about nothing in particular.
+    pub fn content_free_prompt(&self, trial: &Trial, prompt: &RulerPrompt, null: &str) -> Result<Option<Vec<u32>>> {
+        let Some(sample) = self.sources.sample(trial, prompt.units).content_free(null) else {
+            return Ok(None);
+        };
+        Ok(Some(self.tokenize(trial, &sample, prompt.units)?.ids))
+    }
+
+    /// The trial's QRHead scores: the query's calibrated attention on the passages it is about
+    /// (the asked needles, the chain's assignments, QA's gold document); None for the tasks
+    /// without such passages (cwe, fwe).
+    pub fn qr(&self, trial: &Trial, prompt: &RulerPrompt) -> Result<Option<RulerQrRecord>> {
+        let start = Instant::now();
+        if prompt.gold.is_empty() {
+            return Ok(None);
+        }
+        let Some(null) = self.content_free_prompt(trial, prompt, NULL_QUESTION)? else {
+            return Ok(None);
+        };
+        let scores = qr_scores(self.model, &prompt.ids, &null, &prompt.gold)?;
+        Ok(Some(RulerQrRecord {
+            trial: *trial,
+            prompt_tokens: prompt.ids.len(),
+            gold_tokens: prompt.gold.iter().map(Range::len).sum(),
+            scores,
+            seconds: start.elapsed().as_secs_f64(),
+        }))
     }
 
     fn frame(&self, sample: &Sample) -> Result<Frame> {

@@ -330,7 +330,8 @@ pub fn render(root: &Path) -> Result<String> {
             }
         }
         // NIAH conditions: heatmaps grouped by the folder that holds them.
-        if matches!(command.as_deref(), Some("niah" | "detect")) {
+        let qrhead = settings.as_ref().is_some_and(|s| s["detector"] == "qrhead");
+        if matches!(command.as_deref(), Some("niah" | "detect")) && !qrhead {
             if let (Some(summary), Some((xt, yt, vals))) =
                 (read_json(&d.join("summary.json")), settings.as_ref().and_then(|s| niah_cells(d, s)))
             {

@@ -108,6 +108,7 @@ pub struct TrialRunner<'m> {
     pub tok: &'m Tokenizer,
     pub needles: Vec<Needle>,
     prepared: Vec<Prepared>,
+    chat: bool,
 }
 
 impl<'m> TrialRunner<'m> {
@@ -156,6 +157,7 @@ impl<'m> TrialRunner<'m> {
             tok,
             needles,
             prepared,
+            chat,
         })
     }
 
@@ -168,6 +170,14 @@ impl<'m> TrialRunner<'m> {
     pub fn prompt(&self, spec: &TrialSpec) -> Result<NiahPrompt> {
         let p = self.prepared.get(spec.needle).context("needle index out of range")?;
         assemble(&p.frame, &p.haystack, &p.ends, &p.needle, spec.length, spec.depth)
+    }
+
+    /// The trial's prompt with `question` asked instead of its needle's (the same haystack and
+    /// needle, at the same place).
+    pub fn prompt_asking(&self, spec: &TrialSpec, question: &str) -> Result<NiahPrompt> {
+        let p = self.prepared.get(spec.needle).context("needle index out of range")?;
+        let frame = Frame::new(self.tok, question, self.chat)?;
+        assemble(&frame, &p.haystack, &p.ends, &p.needle, spec.length, spec.depth)
     }
 
     /// Run one trial under a condition.

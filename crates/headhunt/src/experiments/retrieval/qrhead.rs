@@ -1,0 +1,175 @@
+//! Query-focused retrieval heads (QRHead, Zhang et al., EMNLP 2025): a second detector beside
+//! Wu's copy score.
+//!
+//! A head's QR score on one example follows QRHead's detection (its `attn_retriever.py`):
+//!
+//! 1. the attention every key receives from the query's tokens, averaged over those tokens, with
+//!    the real question and again with a content-free one (`N/A`) in its place;
+//! 2. per key, the first minus the second: the calibration QRHead takes from ICR (Chen et al.,
+//!    ICLR 2025), which removes what a head pays a key whatever is asked;
+//! 3. over the gold span's keys, the sum of these calibrated values, leaving out the outliers
+//!    below the span's mean minus two (sample) standard deviations.
+//!
+//! The query's tokens are the question and everything after it (the answer cue, the chat
+//! template's closing tokens), as QRHead's query span runs to the prompt's end; they start where
+//! the two prompts first differ, so the score needs no knowledge of the prompt's format (QRHead's
+//! span also holds the fixed instruction before the question, whose rows are the same in both
+//! prompts). Scores average over examples and come in the `{"L-H": [...]}` format of Wu's, so
+//! `headhunt compare` and `--scores` take them.
+//!
+//! Both prompts share everything before the question: it is prefilled once, captured only at
+//! the query's positions, and the content-free question continues from the same prefix.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, Recording, RunOptions};
+use serde::{Deserialize, Serialize};
+
+use super::niah::trial::{TrialRunner, TrialSpec};
+
+/// ICR's and QRHead's content-free query.
+pub const NULL_QUESTION: &str = "N/A";
+
+/// The query positions of a prompt `a` and of its content-free form `b`: from their first
+/// differing token to the end of each.
+pub fn query_spans(a: &[u32], b: &[u32]) -> (Range<usize>, Range<usize>) {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    (prefix..a.len(), prefix..b.len())
+}
+
+/// Per head (`layer * n_heads + head`), the attention each gold key receives from the recorded
+/// query positions `queries`, averaged over them; the gold spans' keys one after another.
+pub fn mean_attention(recording: &Recording, queries: &Range<usize>, gold: &[Range<usize>], n_heads: usize) -> Vec<Vec<f64>> {
+    let keys: Vec<usize> = gold.iter().flat_map(Range::clone).collect();
+    let mut out = Vec::new();
+    for rows in recording.patterns.values() {
+        let mine: Vec<_> = rows.iter().filter(|r| queries.contains(&r.position)).collect();
+        for h in 0..n_heads {
+            let mut mean = vec![0.0f64; keys.len()];
+            for row in &mine {
+                let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+                for (m, &k) in mean.iter_mut().zip(&keys) {
+                    *m += probs.get(k).map_or(0.0, |&p| f64::from(p));
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= mine.len().max(1) as f64);
+            out.push(mean);
+        }
+    }
+    out
+}
+
+/// QRHead's sum over one span's calibrated values, without those below the mean minus two
+/// sample standard deviations (torch's `std`, divided by n - 1).
+pub fn sum_without_outliers(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    if values.len() < 2 {
+        return values.iter().sum();
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    values.iter().filter(|&&v| v > mean - 2.0 * std).sum()
+}
+
+fn capture_at(model: &Model, positions: Range<usize>) -> Hooks {
+    let mut hooks = Hooks::default();
+    for l in 0..model.config.n_layers {
+        hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::At(positions.clone().collect())));
+    }
+    hooks
+}
+
+/// One example's QR score per head: `prompt` asks the real question, `null` the content-free one
+/// in its place; `gold` are the spans the question is about (before the question).
+pub fn qr_scores(model: &Model, prompt: &[u32], null: &[u32], gold: &[Range<usize>]) -> Result<Vec<f64>> {
+    let (query, null_query) = query_spans(prompt, null);
+    if query.is_empty() || null_query.is_empty() || prompt[query.clone()] == null[null_query.clone()] {
+        bail!("the prompt and its content-free form do not differ in a question");
+    }
+    if gold.iter().any(|g| g.end > query.start) {
+        bail!("the gold span must come before the question (at {})", query.start);
+    }
+    let n_heads = model.config.n_heads;
+    let options = RunOptions {
+        capacity: prompt.len().max(null.len()),
+        keep_windows: true,
+        ..Default::default()
+    };
+    let mut run = model.run(capture_at(model, query.clone()), options)?;
+    run.prefill(prompt)?;
+    let real = mean_attention(&run.recording, &query, gold, n_heads);
+    run.truncate(query.start)?;
+    run.recording.clear();
+    run.set_hooks(capture_at(model, null_query.clone()))?;
+    run.prefill(&null[null_query.clone()])?;
+    let calibration = mean_attention(&run.recording, &null_query, gold, n_heads);
+    Ok(real
+        .iter()
+        .zip(&calibration)
+        .map(|(r, c)| {
+            let calibrated: Vec<f64> = r.iter().zip(c).map(|(r, c)| r - c).collect();
+            let mut at = 0;
+            gold.iter()
+                .map(|g| {
+                    let span = &calibrated[at..at + g.len()];
+                    at += g.len();
+                    sum_without_outliers(span)
+                })
+                .sum()
+        })
+        .collect())
+}
+
+/// One NIAH example scored for QRHead; one line of a QRHead run's `trials.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QrRecord {
+    #[serde(flatten)]
+    pub spec: TrialSpec,
+    pub prompt_tokens: usize,
+    /// The needle's positions (the gold span) and the query's (the question to the prompt's end).
+    pub needle_span: [usize; 2],
+    pub query_span: [usize; 2],
+    /// Per head, the calibrated QR score.
+    pub scores: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// QR scores of one NIAH trial: the needle is the gold span, its question the query.
+pub fn qr_trial(runner: &TrialRunner<'_>, spec: &TrialSpec) -> Result<QrRecord> {
+    let start = Instant::now();
+    let prompt = runner.prompt(spec)?;
+    let null = runner.prompt_asking(spec, NULL_QUESTION)?;
+    let (query, _) = query_spans(&prompt.ids, &null.ids);
+    let scores = qr_scores(runner.model, &prompt.ids, &null.ids, std::slice::from_ref(&prompt.needle))?;
+    Ok(QrRecord {
+        spec: *spec,
+        prompt_tokens: prompt.ids.len(),
+        needle_span: [prompt.needle.start, prompt.needle.end],
+        query_span: [query.start, query.end],
+        scores,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_runs_from_the_first_difference_to_the_end() {
+        let a = [1, 2, 3, 10, 11, 12, 7, 8];
+        let b = [1, 2, 3, 20, 7, 8];
+        assert_eq!(query_spans(&a, &b), (3..8, 3..6));
+    }
+
+    #[test]
+    fn outliers_below_two_deviations_are_left_out() {
+        // mean 0.125, sample sd 1.81 (n - 1 = 7): the threshold is -3.49, so -4 goes and -1
+        // stays.
+        let x = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -4.0];
+        assert_eq!(sum_without_outliers(&x), 5.0);
+        assert_eq!(sum_without_outliers(&[0.25]), 0.25);
+    }
+}
