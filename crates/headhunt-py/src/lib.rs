@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use headhunt::{experiments::grounding, output::activations};
+use headhunt::{experiments::grounding, experiments::rerank, output::activations};
 use headhunt_engine::{greedy, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, Precision, RunOptions};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
@@ -273,6 +273,46 @@ impl Engine {
             let span: Vec<grounding::GroundedStep> = kept.iter().map(|k| k.1.clone()).collect();
             let a = g.answer(&tokens, &span, kept.first().map_or(0, |k| k.0));
             Ok((per_token, (a.support, a.lookback, a.confidence)))
+        })
+        .map_err(py_err)
+    }
+
+    /// Each document's score for `question` from the calibrated attention of `heads` (all heads
+    /// when None): ICR / QRRetriever's rule, as `headhunt rerank` scores them.
+    fn rerank(
+        &self,
+        py: Python<'_>,
+        question: String,
+        docs: Vec<String>,
+        heads: Option<Vec<(usize, usize)>>,
+        chat: bool,
+    ) -> PyResult<Vec<f64>> {
+        let model = Arc::clone(&self.model);
+        py.detach(|| {
+            let c = &model.config;
+            let heads: Vec<usize> = match heads {
+                None => (0..c.n_layers * c.n_heads).collect(),
+                Some(list) => list
+                    .into_iter()
+                    .map(|(l, h)| {
+                        if l >= c.n_layers || h >= c.n_heads {
+                            anyhow::bail!("no head {l}-{h}: the model has {} layers x {} heads", c.n_layers, c.n_heads);
+                        }
+                        Ok(l * c.n_heads + h)
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let item = rerank::RerankItem {
+                question,
+                documents: docs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, text)| rerank::Doc { id: i.to_string(), text })
+                    .collect(),
+                gold: Vec::new(),
+            };
+            let prompt = rerank::prompt(model.tokenizer()?, &item, chat)?;
+            Ok(rerank::attention_scores(&model, &prompt, &[&heads])?.remove(0))
         })
         .map_err(py_err)
     }

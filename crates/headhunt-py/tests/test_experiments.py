@@ -41,6 +41,26 @@ def test_niah_masks_from_a_detect_run(smollm2, scratch):
     assert masked.trials["rouge1"].mean() < detect.trials["rouge1"].mean()
 
 
+def test_rerank_ranks_as_the_cli_does(smollm2, cli, scratch):
+    docs = [
+        "The lighthouse keeper of Port Avel logs the tides every morning at six.",
+        "Marta Quell invented the copper kettle whistle in 1871, in a workshop in Lisbon.",
+        "The orchard behind the mill grows pears, plums and a single old fig tree.",
+        "Trains to the coast leave the central station every forty minutes.",
+    ]
+    question = "Who invented the copper kettle whistle?"
+    item = {"question": question, "documents": [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)], "gold": ["d1"]}
+    (scratch / "q.jsonl").write_text(json.dumps(item) + "\n")
+    run_cli(cli, "rerank", "--model", "smollm2-135m-instruct", "--data", str(scratch / "q.jsonl"), "--heads", "3", "--out", str(scratch / "cli"))
+    record = json.loads((scratch / "cli" / "trials.jsonl").read_text().splitlines()[0])
+    ranked = headhunt.rerank(smollm2, question, docs)
+    assert [r["index"] for r in ranked] == record["rankings"]["icr (all heads)"]
+    assert ranked[0]["index"] == 1 and ranked[0]["text"] == docs[1]
+    # A head list: the same heads as the CLI's random draw give its ranking.
+    heads = [tuple(int(x) for x in h.split("-")) for h in json.loads((scratch / "cli" / "run.json").read_text())["methods"][-1]["heads"]]
+    assert [r["index"] for r in headhunt.rerank(smollm2, question, docs, heads=heads)] == record["rankings"]["random 3 heads"]
+
+
 def test_the_example_notebook_runs(scratch):
     import nbclient
     import nbformat

@@ -80,3 +80,35 @@ fn qr_scores_equal_a_recomputation_from_captured_patterns() {
     assert!(largest > 0.05, "largest calibrated score {largest}");
     assert!(cut > 0, "no outlier left out on any head");
 }
+
+/// ICR's document scores (every head) equal a recomputation from two whole-prompt captures: per
+/// key, the real question's mean attention less the content-free one's, summed over heads, then
+/// over each document's keys without those below the mean minus two sample deviations.
+#[test]
+fn rerank_scores_equal_a_recomputation_from_captured_patterns() {
+    use headhunt::experiments::rerank;
+    let path = headhunt::models::resolve("smollm2-135m-instruct").unwrap_or_else(|e| panic!("{e:#}"));
+    let model = Model::load(&path).unwrap();
+    let item = rerank::builtin_single(&headhunt::experiments::qa::builtin(), 6, 3).remove(0);
+    let prompt = rerank::prompt(model.tokenizer().unwrap(), &item, true).unwrap();
+    let all: Vec<usize> = (0..model.config.n_layers * model.config.n_heads).collect();
+    let scores = rerank::attention_scores(&model, &prompt, &[&all]).unwrap().remove(0);
+    let (query, null_query) = query_spans(&prompt.ids, &prompt.null);
+    let whole = 0..query.start;
+    let real = attention_on_gold(&model, &prompt.ids, query, whole.clone());
+    let calibration = attention_on_gold(&model, &prompt.null, null_query, whole.clone());
+    let summed: Vec<f64> = whole
+        .map(|k| (0..all.len()).map(|h| real[h][k] - calibration[h][k]).sum())
+        .collect();
+    for (d, span) in prompt.docs.iter().enumerate() {
+        let values = &summed[span.clone()];
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let sd = (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt();
+        let want: f64 = values.iter().filter(|&&v| v > mean - 2.0 * sd).sum();
+        assert!((scores[d] - want).abs() < 1e-4, "document {d}: {} against {want}", scores[d]);
+    }
+    // The gold passage is the best-scored document.
+    let gold = item.documents.iter().position(|d| d.id == item.gold[0]).unwrap();
+    assert_eq!(rerank::ranking(&scores)[0], gold, "{scores:?}");
+}

@@ -15,7 +15,7 @@ Model work releases the GIL; Ctrl-C stops an experiment between trials (rerun wi
 """
 
 from ._headhunt import HeadhuntError, HookError, ModelLoadError, RunError, TokenizerError, UsageError, __version__
-from ._experiments import RunResult, detect, load_run, niah
+from ._experiments import RunResult, detect, load_run, niah, rerank
 from ._model import ActivationCache, HookedModel
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "detect",
     "load_run",
     "niah",
+    "rerank",
 ]

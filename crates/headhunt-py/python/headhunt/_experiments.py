@@ -189,3 +189,32 @@ def niah(
     folder = _out(out, "niah")
     _run([*args, *_grid_args(needles, haystack, lengths, depths, options), "--out", str(folder)], verbose)
     return RunResult(folder)
+
+
+def rerank(
+    model,
+    question: str,
+    docs: Sequence[str],
+    heads: Union[None, PathLike, "RunResult", Sequence[Sequence[int]]] = None,
+    top: Optional[int] = None,
+    chat: bool = True,
+) -> List[Dict[str, Any]]:
+    """Rank ``docs`` for ``question`` by the attention the question pays them, less that of the
+    content-free question "N/A" (ICR; QRRetriever with query-focused heads), as ``headhunt
+    rerank`` does: two passes over the question, one over the documents, whatever their number.
+
+    ``heads``: None for every head (ICR), ``[(layer, head), ...]``, or a score file / detection
+    run (Wu's or QRHead's) whose ``top`` best heads are used (default 16). Returns one dict per
+    document, best first: ``{"index", "score", "text"}``."""
+    chosen: Optional[List[tuple]] = None
+    if isinstance(heads, RunResult) or isinstance(heads, (str, os.PathLike)):
+        run_path = heads.path if isinstance(heads, RunResult) else pathlib.Path(os.fspath(heads))
+        scores_file = run_path / "head_scores.json" if run_path.is_dir() else run_path
+        scores = json.loads(scores_file.read_text())
+        ranked = sorted(scores.items(), key=lambda kv: -sum(kv[1]) / max(len(kv[1]), 1))
+        chosen = [tuple(int(x) for x in label.split("-")) for label, _ in ranked[: top or 16]]
+    elif heads is not None:
+        chosen = [(int(layer), int(head)) for layer, head in heads]
+    values = model._engine.rerank(question, list(docs), chosen, chat)
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    return [{"index": i, "score": values[i], "text": docs[i]} for i in order]

@@ -18,6 +18,7 @@ pub mod niah;
 pub mod qa;
 pub mod recall;
 pub mod report;
+pub mod rerank;
 pub mod ruler;
 pub mod status;
 

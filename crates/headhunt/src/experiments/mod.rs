@@ -8,5 +8,6 @@ pub mod hallucination;
 pub mod kv;
 pub mod qa;
 pub mod recall;
+pub mod rerank;
 pub mod retrieval;
 pub mod ruler;

@@ -39,19 +39,19 @@ pub fn query_spans(a: &[u32], b: &[u32]) -> (Range<usize>, Range<usize>) {
     (prefix..a.len(), prefix..b.len())
 }
 
-/// Per head (`layer * n_heads + head`), the attention each gold key receives from the recorded
-/// query positions `queries`, averaged over them; the gold spans' keys one after another.
-pub fn mean_attention(recording: &Recording, queries: &Range<usize>, gold: &[Range<usize>], n_heads: usize) -> Vec<Vec<f64>> {
-    let keys: Vec<usize> = gold.iter().flat_map(Range::clone).collect();
+/// Per head (`layer * n_heads + head`), the attention each key before `queries.start` receives
+/// from the recorded query positions `queries`, averaged over them.
+pub fn mean_attention(recording: &Recording, queries: &Range<usize>, n_heads: usize) -> Vec<Vec<f64>> {
+    let keys = queries.start;
     let mut out = Vec::new();
     for rows in recording.patterns.values() {
         let mine: Vec<_> = rows.iter().filter(|r| queries.contains(&r.position)).collect();
         for h in 0..n_heads {
-            let mut mean = vec![0.0f64; keys.len()];
+            let mut mean = vec![0.0f64; keys];
             for row in &mine {
                 let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
-                for (m, &k) in mean.iter_mut().zip(&keys) {
-                    *m += probs.get(k).map_or(0.0, |&p| f64::from(p));
+                for (m, &p) in mean.iter_mut().zip(probs) {
+                    *m += f64::from(p);
                 }
             }
             mean.iter_mut().for_each(|m| *m /= mine.len().max(1) as f64);
@@ -81,15 +81,14 @@ fn capture_at(model: &Model, positions: Range<usize>) -> Hooks {
     hooks
 }
 
-/// One example's QR score per head: `prompt` asks the real question, `null` the content-free one
-/// in its place; `gold` are the spans the question is about (before the question).
-pub fn qr_scores(model: &Model, prompt: &[u32], null: &[u32], gold: &[Range<usize>]) -> Result<Vec<f64>> {
+/// The calibrated attention of a prompt's query: per head (`layer * n_heads + head`), per key
+/// before the query, the attention from the query's tokens averaged over them, less the same
+/// with the content-free question of `null` in its place; and the query's positions in `prompt`.
+/// The shared part is prefilled once; the content-free question continues from it.
+pub fn calibrated_attention(model: &Model, prompt: &[u32], null: &[u32]) -> Result<(Range<usize>, Vec<Vec<f64>>)> {
     let (query, null_query) = query_spans(prompt, null);
     if query.is_empty() || null_query.is_empty() || prompt[query.clone()] == null[null_query.clone()] {
         bail!("the prompt and its content-free form do not differ in a question");
-    }
-    if gold.iter().any(|g| g.end > query.start) {
-        bail!("the gold span must come before the question (at {})", query.start);
     }
     let n_heads = model.config.n_heads;
     let options = RunOptions {
@@ -99,26 +98,33 @@ pub fn qr_scores(model: &Model, prompt: &[u32], null: &[u32], gold: &[Range<usiz
     };
     let mut run = model.run(capture_at(model, query.clone()), options)?;
     run.prefill(prompt)?;
-    let real = mean_attention(&run.recording, &query, gold, n_heads);
+    let mut calibrated = mean_attention(&run.recording, &query, n_heads);
     run.truncate(query.start)?;
     run.recording.clear();
     run.set_hooks(capture_at(model, null_query.clone()))?;
     run.prefill(&null[null_query.clone()])?;
-    let calibration = mean_attention(&run.recording, &null_query, gold, n_heads);
-    Ok(real
+    for (c, n) in calibrated.iter_mut().zip(mean_attention(&run.recording, &null_query, n_heads)) {
+        c.iter_mut().zip(n).for_each(|(c, n)| *c -= n);
+    }
+    Ok((query, calibrated))
+}
+
+/// A span's score from per-key calibrated values: QRHead's sum without the low outliers.
+pub fn span_score(calibrated: &[f64], span: &Range<usize>) -> f64 {
+    sum_without_outliers(&calibrated[span.start.min(calibrated.len())..span.end.min(calibrated.len())])
+}
+
+/// One example's QR score per head: `prompt` asks the real question, `null` the content-free one
+/// in its place; `gold` are the spans the question is about (before the question).
+pub fn qr_scores(model: &Model, prompt: &[u32], null: &[u32], gold: &[Range<usize>]) -> Result<Vec<f64>> {
+    let (query, _) = query_spans(prompt, null);
+    if gold.iter().any(|g| g.end > query.start) {
+        bail!("the gold span must come before the question (at {})", query.start);
+    }
+    let (_, calibrated) = calibrated_attention(model, prompt, null)?;
+    Ok(calibrated
         .iter()
-        .zip(&calibration)
-        .map(|(r, c)| {
-            let calibrated: Vec<f64> = r.iter().zip(c).map(|(r, c)| r - c).collect();
-            let mut at = 0;
-            gold.iter()
-                .map(|g| {
-                    let span = &calibrated[at..at + g.len()];
-                    at += g.len();
-                    sum_without_outliers(span)
-                })
-                .sum()
-        })
+        .map(|head| gold.iter().map(|g| span_score(head, g)).sum())
         .collect())
 }
 
