@@ -34,6 +34,10 @@ pub(super) fn qa_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, Str
 
 /// `headhunt ruler`: each task's score against length, its effective length and retrieval heads.
 pub(super) fn ruler_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let masks = ruler_masks(d, here);
+    if !masks.is_empty() {
+        sections.entry("5 ruler").or_default().push_str(&masks);
+    }
     let Some(r) = read_json(&d.join("ruler.json")) else { return };
     let lengths: Vec<u64> = r["average"]
         .as_array()
@@ -90,6 +94,77 @@ pub(super) fn ruler_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, 
         r["threshold"],
         esc(&if shared.is_empty() { "none".to_owned() } else { shared.join(", ") }),
         inline_svg(&d.join("ruler_heads.svg")).unwrap_or_default(),
+        provenance(d)
+    );
+}
+
+/// `headhunt ruler --mask-top K`: every task's score under each condition.
+fn ruler_masks(d: &Path, here: &str) -> String {
+    let Some(m) = read_json(&d.join("ruler_masks.json")) else {
+        return String::new();
+    };
+    let conditions = m["conditions"].as_array().cloned().unwrap_or_default();
+    let labels: Vec<String> = conditions
+        .iter()
+        .map(|c| c["condition"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let tasks: Vec<String> = conditions
+        .first()
+        .and_then(|c| c["tasks"].as_array())
+        .map(|a| a.iter().map(|t| t["task"].as_str().unwrap_or("").to_owned()).collect())
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, task)| {
+            let mut row = vec![task.clone()];
+            row.extend(conditions.iter().map(|c| format!("{:.1}", f(&c["tasks"][i]["score"]))));
+            row
+        })
+        .collect();
+    let mut headers = vec!["task"];
+    headers.extend(labels.iter().map(String::as_str));
+    format!(
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Each task's RULER score (mean over lengths) with heads masked.</p>{}</div>"#,
+        esc(m["model"].as_str().unwrap_or("")),
+        esc(here),
+        table(&headers, &rows)
+    )
+}
+
+/// `headhunt rerank`: Recall@1, Recall@5 and nDCG@10 per method and number of documents.
+pub(super) fn rerank_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
+    let Some(r) = read_json(&d.join("rerank.json")) else { return };
+    let rows = json_rows(&r["results"], |x| {
+        vec![
+            x["docs"].to_string(),
+            x["method"].as_str().unwrap_or("").into(),
+            x["queries"].to_string(),
+            format!("{:.1}", f(&x["recall_at_1"])),
+            format!("{:.1}", f(&x["recall_at_5"])),
+            format!("{:.1}", f(&x["ndcg_at_10"])),
+            x["seconds"].as_f64().map_or("-".into(), |s| format!("{s:.2}")),
+        ]
+    });
+    let _ = write!(
+        sections.entry("5 rerank").or_default(),
+        r#"<div class="run"><h3>{} <small>{}</small></h3><p>Documents ranked by the attention the question pays them, less that of "N/A" (head sets of {}), against BM25.</p>{}{}{}</div>"#,
+        esc(r["model"].as_str().unwrap_or("")),
+        esc(here),
+        r["heads"],
+        inline_svg(&d.join("rerank.svg")).unwrap_or_default(),
+        table(
+            &[
+                "documents",
+                "method",
+                "queries",
+                "Recall@1",
+                "Recall@5",
+                "nDCG@10",
+                "seconds per query"
+            ],
+            &rows
+        ),
         provenance(d)
     );
 }

@@ -16,7 +16,8 @@ use crate::experiments::retrieval::HeadScores;
 
 mod experiments;
 use experiments::{
-    claims_section, cot_section, hallucination_section, kv_section, kv_select_section, qa_section, recall_section, ruler_section,
+    claims_section, cot_section, hallucination_section, kv_section, kv_select_section, qa_section, recall_section, rerank_section,
+    ruler_section,
 };
 
 pub const REPORT_FILE: &str = "report.html";
@@ -283,9 +284,14 @@ pub fn render(root: &Path) -> Result<String> {
                 let s = &summary["summary"];
                 let means = scores.means();
                 let hi = means.iter().copied().fold(0.1f64, f64::max);
+                let qr = summary["detector"] == "qrhead";
                 let map = heatmap(
                     &format!("retrieval-heatmap-{}", sections.len()),
-                    &format!("Retrieval scores ({} answered trials)", scores.trials()),
+                    &if qr {
+                        format!("QRHead scores ({} trials)", scores.trials())
+                    } else {
+                        format!("Retrieval scores ({} answered trials)", scores.trials())
+                    },
                     "head",
                     "layer",
                     &(0..scores.n_heads).map(|h| h.to_string()).collect::<Vec<_>>(),
@@ -312,18 +318,28 @@ pub fn render(root: &Path) -> Result<String> {
                     })
                     .unwrap_or_default();
                 let entry = sections.entry("1 retrieval").or_default();
+                let lede = if qr {
+                    format!(
+                        "QRHead (query-focused retrieval heads): the attention the question pays the needle, less that with \"N/A\" asked, over {} trials (every trial counts).",
+                        summary["trials"]
+                    )
+                } else {
+                    format!(
+                        "{} trials, {} answered (mean ROUGE-1 recall {:.1}); <b>{} of {} heads ({:.1}%)</b> score above {}.",
+                        summary["trials"],
+                        summary["answered"],
+                        f(&summary["mean_rouge1"]),
+                        s["retrieval_heads"],
+                        s["heads"],
+                        100.0 * f(&s["fraction_above_threshold"]),
+                        s["threshold"]
+                    )
+                };
                 let _ = write!(
                     entry,
-                    r#"<div class="run"><h3>{} <small>{}</small></h3><p>{} trials, {} answered (mean ROUGE-1 recall {:.1}); <b>{} of {} heads ({:.1}%)</b> score above {}.</p><div class="row">{map}<div>{}</div></div>{}</div>"#,
+                    r#"<div class="run"><h3>{} <small>{}</small></h3><p>{lede}</p><div class="row">{map}<div>{}</div></div>{}</div>"#,
                     esc(summary["model"].as_str().unwrap_or("")),
                     esc(&here),
-                    summary["trials"],
-                    summary["answered"],
-                    f(&summary["mean_rouge1"]),
-                    s["retrieval_heads"],
-                    s["heads"],
-                    100.0 * f(&s["fraction_above_threshold"]),
-                    s["threshold"],
                     table(&["rank", "head", "mean score", "active (>0.5)"], &rows),
                     provenance(d)
                 );
@@ -386,31 +402,40 @@ pub fn render(root: &Path) -> Result<String> {
             }
         }
         if let Some(a) = read_json(&d.join("ablation.json")) {
+            let versus = !a["versus"].is_null();
             let rows = json_rows(&a["sweep"], |r| {
-                vec![
-                    r["k"].to_string(),
-                    format!("{:.1}", f(&r["top"])),
-                    format!(
-                        "{:.1} ± {:.1} [{:.1}, {:.1}]",
-                        f(&r["random_mean"]),
-                        f(&r["random_std"]),
-                        f(&r["random_min"]),
-                        f(&r["random_max"])
-                    ),
-                ]
+                let mut row = vec![r["k"].to_string(), format!("{:.1}", f(&r["top"]))];
+                if versus {
+                    row.push(format!("{:.1}", f(&r["versus_top"])));
+                }
+                row.extend([format!(
+                    "{:.1} ± {:.1} [{:.1}, {:.1}]",
+                    f(&r["random_mean"]),
+                    f(&r["random_std"]),
+                    f(&r["random_min"]),
+                    f(&r["random_max"])
+                )]);
+                row
             });
+            let versus_header = format!("top-K of {} masked", a["versus"].as_str().unwrap_or(""));
+            let mut headers = vec!["K", "top-K masked"];
+            if versus {
+                headers.push(&versus_header);
+            }
+            headers.push("K random masked: mean ± sd [min, max]");
             let _ = write!(
                 sections.entry("3 ablation").or_default(),
                 r#"<div class="run"><h3>{} <small>{}</small></h3>{}{}{}</div>"#,
                 esc(a["model"].as_str().unwrap_or("")),
                 esc(&here),
                 inline_svg(&d.join("ablation.svg")).unwrap_or_default(),
-                table(&["K", "top-K masked", "K random masked: mean ± sd [min, max]"], &rows),
+                table(&headers, &rows),
                 provenance(d)
             );
         }
         qa_section(d, &here, &mut sections);
         ruler_section(d, &here, &mut sections);
+        rerank_section(d, &here, &mut sections);
         cot_section(d, &here, &mut sections);
         claims_section(d, &here, &mut sections);
         hallucination_section(d, &here, &mut sections);
@@ -438,6 +463,7 @@ pub fn render(root: &Path) -> Result<String> {
         ("4 failures", "How answers fail"),
         ("5 qa", "Extractive question answering"),
         ("5 ruler", "RULER's synthetic tasks"),
+        ("5 rerank", "Re-ranking documents by attention"),
         ("5 reasoning", "Chain-of-thought look-ups"),
         ("5 things", "Retrieval heads against hallucination"),
         ("6 recall", "Factual recall"),
