@@ -1,4 +1,4 @@
-//! `headhunt generate`: greedy text generation.
+//! `headhunt generate`: greedy or contrastive (DeCoRe) text generation.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,9 +8,10 @@ use headhunt_engine::{argmax, greedy, Hooks, RunOptions, Tokenizer};
 use serde_json::json;
 
 use super::ModelArg;
+use crate::experiments::decore::{self, Contrast};
 use crate::experiments::grounding::{self, GroundedStep, Grounder};
-use crate::experiments::retrieval::masking::check_scores_fit;
-use crate::experiments::retrieval::HeadScores;
+use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, MaskHow};
+use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 
 /// Continue a prompt with greedy decoding, streaming the text as it is produced.
 ///
@@ -35,12 +36,33 @@ pub struct Args {
     /// Mark the tokens the prompt does not support, by the retrieval heads of --scores.
     #[arg(long, requires = "scores")]
     pub ground: bool,
-    /// Retrieval scores (head_scores.json or its detection run folder), for --ground.
+    /// Retrieval scores (head_scores.json or its detection run folder), for --ground and for
+    /// --decode contrastive.
     #[arg(long)]
     pub scores: Option<PathBuf>,
+    /// `greedy`, or `contrastive`: DeCoRe, each token from the log-probabilities contrasted with
+    /// those of the model with its retrieval heads masked (the top --mask-top of --scores), the
+    /// contrast weighted by the entropy of the unmasked distribution.
+    #[arg(long, value_enum, default_value_t = Decode::Greedy, requires_if("contrastive", "scores"))]
+    pub decode: Decode,
+    /// Heads masked for --decode contrastive [default: those of --scores above 0.1].
+    #[arg(long, value_name = "K")]
+    pub mask_top: Option<usize>,
+    /// The contrast's largest weight (default: the entropy, uncapped).
+    #[arg(long)]
+    pub alpha_cap: Option<f64>,
+    /// Leave out tokens below this share of the most likely token's probability.
+    #[arg(long, default_value_t = 0.1)]
+    pub plausibility: f64,
     /// Where --ground writes every token's signals (JSON).
     #[arg(long, default_value = "ground.json")]
     pub ground_out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decode {
+    Greedy,
+    Contrastive,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -49,6 +71,9 @@ pub fn run(args: Args) -> Result<()> {
     let prompt = tok.encode_prompt(&args.prompt, args.chat)?;
     if args.ground {
         return grounded(&args, &model, &prompt);
+    }
+    if args.decode == Decode::Contrastive {
+        return contrastive(&args, &model, &prompt);
     }
     let mut run = model.run(
         Hooks::default(),
@@ -76,6 +101,32 @@ pub fn run(args: Args) -> Result<()> {
     println!();
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{} prompt tokens, {} generated in {secs:.2} s", prompt.len(), generated.len());
+    Ok(())
+}
+
+/// `--decode contrastive`: DeCoRe against the top retrieval heads, printed with its weights.
+fn contrastive(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> Result<()> {
+    let scores = HeadScores::load(args.scores.as_ref().context("--decode contrastive needs --scores")?)?;
+    check_scores_fit(&scores, model)?;
+    let k = args
+        .mask_top
+        .unwrap_or_else(|| scores.means().iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count());
+    let heads = top_heads(&scores, k);
+    let masks = MaskHow::default().interventions(model, &heads, &[])?;
+    let contrast = Contrast {
+        alpha_cap: args.alpha_cap,
+        plausibility: args.plausibility,
+    };
+    let start = std::time::Instant::now();
+    let (generated, alphas) = decore::generate(model, prompt, &masks, args.max_new, &contrast, |_| false)?;
+    println!("{}", model.tokenizer()?.decode(&generated, true)?);
+    eprintln!(
+        "{} prompt tokens, {} generated in {:.2} s, contrasted against {k} masked heads (mean weight {:.3})",
+        prompt.len(),
+        generated.len(),
+        start.elapsed().as_secs_f64(),
+        alphas.iter().sum::<f64>() / alphas.len().max(1) as f64
+    );
     Ok(())
 }
 

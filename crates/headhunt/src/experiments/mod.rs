@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod cot;
+pub mod decore;
 pub mod grounding;
 pub mod hallucination;
 pub mod kv;
