@@ -2,7 +2,7 @@
 //! retrieval heads masked, its first step equals the contrast computed from two separate runs
 //! (the whole prompt unmasked; the prompt with the mask acting from its last token on).
 
-use headhunt::experiments::decore::{self, Contrast};
+use headhunt::experiments::decore::{self, Contrast, Contrastive};
 use headhunt_engine::{greedy, Hooks, Intervention, MaskMode, Model, Phase, RunOptions};
 
 fn model() -> Model {
@@ -27,7 +27,11 @@ fn contrastive_decoding_is_greedy_with_nothing_masked_and_the_contrast_with_mask
             true,
         )
         .unwrap();
-    let (tokens, alphas) = decore::generate(&model, &prompt, &[], 12, &Contrast::default(), |_| false).unwrap();
+    let nothing = Contrastive {
+        masks: Vec::new(),
+        contrast: Contrast::default(),
+    };
+    let (tokens, alphas) = decore::generate(&model, &prompt, &nothing, 12, |_| false).unwrap();
     let mut run = model.run(Hooks::default(), options(prompt.len() + 12)).unwrap();
     assert_eq!(tokens, greedy(&mut run, &prompt, 12, |_| false).unwrap());
     assert!(alphas.iter().all(|a| a.is_finite() && *a >= 0.0));
@@ -42,8 +46,11 @@ fn contrastive_decoding_is_greedy_with_nothing_masked_and_the_contrast_with_mask
             phase: Phase::Decode,
         })
         .collect();
-    let contrast = Contrast::default();
-    let (tokens, alphas) = decore::generate(&model, &prompt, &masks, 1, &contrast, |_| false).unwrap();
+    let contrastive = Contrastive {
+        masks: masks.clone(),
+        contrast: Contrast::default(),
+    };
+    let (tokens, alphas) = decore::generate(&model, &prompt, &contrastive, 1, |_| false).unwrap();
     let base = model
         .run(Hooks::default(), options(prompt.len()))
         .unwrap()

@@ -98,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
             condition: Condition {
                 interventions: args.mask.interventions(&model, heads, &reference)?,
                 kv_policy: None,
+                contrastive: None,
             },
             dir: out.join(label),
             settings,

@@ -141,6 +141,7 @@ pub fn run(args: Args) -> Result<()> {
         let condition = Condition {
             interventions: args.mask.how.interventions(&model, heads, &prompts[0][0])?,
             kv_policy: None,
+            contrastive: None,
         };
         let settings = json!({
             "command": "cot",

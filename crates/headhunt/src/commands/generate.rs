@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use headhunt_engine::{argmax, greedy, Hooks, RunOptions, Tokenizer};
 use serde_json::json;
 
-use super::ModelArg;
-use crate::experiments::decore::{self, Contrast};
+use super::{Decode, DecodeArgs, ModelArg};
+use crate::experiments::decore;
 use crate::experiments::grounding::{self, GroundedStep, Grounder};
 use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, MaskHow};
 use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
@@ -40,29 +40,14 @@ pub struct Args {
     /// --decode contrastive.
     #[arg(long)]
     pub scores: Option<PathBuf>,
-    /// `greedy`, or `contrastive`: DeCoRe, each token from the log-probabilities contrasted with
-    /// those of the model with its retrieval heads masked (the top --mask-top of --scores), the
-    /// contrast weighted by the entropy of the unmasked distribution.
-    #[arg(long, value_enum, default_value_t = Decode::Greedy, requires_if("contrastive", "scores"))]
-    pub decode: Decode,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Heads masked for --decode contrastive [default: those of --scores above 0.1].
     #[arg(long, value_name = "K")]
     pub mask_top: Option<usize>,
-    /// The contrast's largest weight (default: the entropy, uncapped).
-    #[arg(long)]
-    pub alpha_cap: Option<f64>,
-    /// Leave out tokens below this share of the most likely token's probability.
-    #[arg(long, default_value_t = 0.1)]
-    pub plausibility: f64,
     /// Where --ground writes every token's signals (JSON).
     #[arg(long, default_value = "ground.json")]
     pub ground_out: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Decode {
-    Greedy,
-    Contrastive,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -72,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.ground {
         return grounded(&args, &model, &prompt);
     }
-    if args.decode == Decode::Contrastive {
+    if args.decode.decode == Decode::Contrastive {
         return contrastive(&args, &model, &prompt);
     }
     let mut run = model.run(
@@ -112,13 +97,12 @@ fn contrastive(args: &Args, model: &headhunt_engine::Model, prompt: &[u32]) -> R
         .mask_top
         .unwrap_or_else(|| scores.means().iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count());
     let heads = top_heads(&scores, k);
-    let masks = MaskHow::default().interventions(model, &heads, &[])?;
-    let contrast = Contrast {
-        alpha_cap: args.alpha_cap,
-        plausibility: args.plausibility,
-    };
+    let contrastive = args
+        .decode
+        .contrastive(MaskHow::default().interventions(model, &heads, &[])?)
+        .expect("--decode contrastive");
     let start = std::time::Instant::now();
-    let (generated, alphas) = decore::generate(model, prompt, &masks, args.max_new, &contrast, |_| false)?;
+    let (generated, alphas) = decore::generate(model, prompt, &contrastive, args.max_new, |_| false)?;
     println!("{}", model.tokenizer()?.decode(&generated, true)?);
     eprintln!(
         "{} prompt tokens, {} generated in {:.2} s, contrasted against {k} masked heads (mean weight {:.3})",

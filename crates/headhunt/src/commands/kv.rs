@@ -161,6 +161,7 @@ pub fn run(args: Args) -> Result<()> {
                 KvChoice::Full => None,
                 c => Some(policy(&model, *c, Some(&scores), args.sink, args.window)?),
             },
+            contrastive: None,
         };
         let mut settings = grid.settings();
         settings["command"] = json!("niah");

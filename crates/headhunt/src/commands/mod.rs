@@ -26,6 +26,8 @@ use anyhow::{Context, Result};
 use clap::builder::TypedValueParser;
 use headhunt_engine::{Model, Precision};
 
+use crate::experiments::decore::{Contrast, Contrastive};
+use crate::experiments::retrieval::niah::trial::Condition;
 use crate::models;
 
 /// `--model`, shared by every command that runs a model.
@@ -45,6 +47,70 @@ pub struct ModelArg {
     /// weights stay exact.
     #[arg(long, default_value = "exact", value_parser = clap::builder::PossibleValuesParser::new(["exact", "fast"]).map(|s| s.parse::<Precision>().expect("listed values parse")))]
     pub precision: Precision,
+}
+
+/// `--decode`, `--alpha-cap`, `--plausibility`: how answers are decoded, shared by the commands
+/// that answer under masks.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DecodeArgs {
+    /// `greedy`, or `contrastive`: DeCoRe (Gema et al. 2025), each token chosen from the
+    /// log-probabilities contrasted with those of the model with the masked heads masked (the
+    /// model itself runs unmasked), the contrast weighted by the entropy of the unmasked
+    /// distribution; the mask acts in decoding only and shares the prompt's cache.
+    #[arg(long, value_enum, default_value_t = Decode::Greedy)]
+    pub decode: Decode,
+    /// --decode contrastive: the contrast's largest weight (default: the entropy, uncapped).
+    #[arg(long)]
+    pub alpha_cap: Option<f64>,
+    /// --decode contrastive: leave out tokens below this share of the most likely token's
+    /// probability (contrastive decoding's plausibility floor).
+    #[arg(long, default_value_t = 0.1)]
+    pub plausibility: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decode {
+    Greedy,
+    Contrastive,
+}
+
+impl DecodeArgs {
+    /// The contrast of `--decode contrastive` against the model with `masks`; None for greedy.
+    pub fn contrastive(&self, masks: Vec<headhunt_engine::Intervention>) -> Option<Contrastive> {
+        (self.decode == Decode::Contrastive).then_some(Contrastive {
+            masks,
+            contrast: Contrast {
+                alpha_cap: self.alpha_cap,
+                plausibility: self.plausibility,
+            },
+        })
+    }
+
+    /// A trial condition with `masks`: the masks on the model (greedy), or the model unmasked
+    /// and contrasted with the masked one.
+    pub fn condition(&self, masks: Vec<headhunt_engine::Intervention>) -> Condition {
+        match self.contrastive(masks.clone()) {
+            Some(c) => Condition {
+                contrastive: Some(c),
+                ..Default::default()
+            },
+            None => Condition {
+                interventions: masks,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// What identifies the decoding in a run's settings.
+    pub fn settings(&self) -> serde_json::Value {
+        match self.decode {
+            Decode::Greedy => serde_json::json!("greedy"),
+            Decode::Contrastive => {
+                serde_json::json!({"contrastive": {"alpha_cap": self.alpha_cap, "plausibility": self.plausibility}})
+            }
+        }
+    }
 }
 
 impl ModelArg {

@@ -7,12 +7,12 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
-use super::ModelArg;
+use super::{Decode, DecodeArgs, ModelArg};
 use crate::experiments::retrieval::failure::{classify, evidence, AnswerClass, Evidence};
 use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, Head, MaskArgs};
 use crate::experiments::retrieval::niah::grid::{Grid, GridArgs};
 use crate::experiments::retrieval::niah::needle::Needle;
-use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
+use crate::experiments::retrieval::niah::trial::{TrialRecord, TrialRunner};
 use crate::experiments::retrieval::HeadScores;
 use crate::output::plot::{Figure, Heatmap};
 use crate::runner::shard::run_folder;
@@ -35,6 +35,8 @@ pub struct Args {
     pub grid: GridArgs,
     #[command(flatten)]
     pub mask: MaskArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Output folder (resumable). [default: runs/niah-<model>-<condition>]
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -58,7 +60,10 @@ pub fn run(args: Args) -> Result<()> {
         check_scores_fit(s, &model)?;
     }
     let heads = args.mask.heads(scores.as_ref())?;
-    let label = condition_label(&heads, &args.mask);
+    let label = match args.decode.decode {
+        Decode::Greedy => condition_label(&heads, &args.mask),
+        Decode::Contrastive => format!("decore-{}", condition_label(&heads, &args.mask)),
+    };
     let out = args
         .out
         .clone()
@@ -66,14 +71,16 @@ pub fn run(args: Args) -> Result<()> {
     let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
-    let condition = Condition {
-        interventions: args.mask.how.interventions(&model, &heads, runner.reference_tokens(2048))?,
-        kv_policy: None,
-    };
+    let condition = args
+        .decode
+        .condition(args.mask.how.interventions(&model, &heads, runner.reference_tokens(2048))?);
     let mut settings = grid.settings();
     settings["command"] = json!("niah");
     settings["model"] = json!(args.model.model);
     settings["condition"] = args.mask.how.settings(&heads);
+    if args.decode.decode == Decode::Contrastive {
+        settings["decode"] = args.decode.settings();
+    }
     let records = run_niah(&runner, &grid, &condition, &out, &settings, &label)?;
     let evidence_heads = scores.as_ref().map(|s| strongest_unmasked(s, &heads, 5)).unwrap_or_default();
     let summary = write_outputs(

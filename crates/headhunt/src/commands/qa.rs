@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
-use super::ModelArg;
+use super::{Decode, DecodeArgs, ModelArg};
 use crate::experiments::kv::select::{compressed_answer, kv_prior, PolicyName, Snap};
 use crate::experiments::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
 use crate::experiments::retrieval::masking::{Head, MaskSweepArgs};
@@ -33,6 +33,10 @@ pub struct Args {
     pub data: Option<PathBuf>,
     #[command(flatten)]
     pub mask: MaskSweepArgs,
+    /// With --decode contrastive, every masked condition is also run unmasked and contrasted
+    /// with its masked model (`decore-<condition>`), beside the greedy answers.
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Send prompts as plain text even when the model has a chat template.
     #[arg(long)]
     pub no_chat: bool,
@@ -75,9 +79,11 @@ impl Status for QaRecord {
     }
 }
 
-/// What a QA condition changes: heads masked, or the cache compressed by token selection.
+/// What a QA condition changes: heads masked, the answer contrasted with the model with heads
+/// masked (DeCoRe), or the cache compressed by token selection.
 enum QaCondition {
     Masked(Vec<Head>),
+    Contrastive(Vec<Head>),
     KvSelect { policy: PolicyName, budget: f64, prior: Vec<f64> },
 }
 
@@ -114,12 +120,14 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let tok = model.tokenizer()?;
     let scores = args.mask.load_scores(&model)?;
-    let mut conditions: Vec<(String, QaCondition)> = args
-        .mask
-        .conditions(scores.as_ref())?
-        .into_iter()
-        .map(|(label, heads)| (label, QaCondition::Masked(heads)))
-        .collect();
+    let masked = args.mask.conditions(scores.as_ref())?;
+    let mut conditions: Vec<(String, QaCondition)> = Vec::new();
+    if args.decode.decode == Decode::Contrastive {
+        for (label, heads) in masked.iter().filter(|(_, h)| !h.is_empty()) {
+            conditions.push((format!("decore-{label}"), QaCondition::Contrastive(heads.clone())));
+        }
+    }
+    conditions.splice(0..0, masked.into_iter().map(|(label, heads)| (label, QaCondition::Masked(heads))));
     for spec in &args.kv_select {
         let (policy, budget) = parse_kv_select(spec)?;
         let prior = kv_prior(&model.config, &scores.as_ref().context("--kv-select needs --scores")?.means());
@@ -153,15 +161,20 @@ pub fn run(args: Args) -> Result<()> {
     let snap = Snap::default();
     for (label, kind) in &conditions {
         let heads: &[Head] = match kind {
-            QaCondition::Masked(heads) => heads,
+            QaCondition::Masked(heads) | QaCondition::Contrastive(heads) => heads,
             QaCondition::KvSelect { .. } => &[],
         };
-        let condition = Condition {
-            interventions: args.mask.how.interventions(&model, heads, &reference)?,
-            kv_policy: None,
+        let masks = args.mask.how.interventions(&model, heads, &reference)?;
+        let condition = match kind {
+            QaCondition::Contrastive(_) => args.decode.condition(masks),
+            _ => Condition {
+                interventions: masks,
+                ..Default::default()
+            },
         };
         let described = match kind {
             QaCondition::Masked(heads) => args.mask.how.settings(heads),
+            QaCondition::Contrastive(heads) => json!({"contrasted_with": args.mask.how.settings(heads), "decode": args.decode.settings()}),
             QaCondition::KvSelect { policy, budget, .. } => json!({"kv_select": policy, "budget": budget, "snap": snap}),
         };
         let settings = json!({
@@ -175,7 +188,7 @@ pub fn run(args: Args) -> Result<()> {
             let start = Instant::now();
             let item = &items[q.0];
             let a = match kind {
-                QaCondition::Masked(_) => answer(&model, &prompts[q.0], &condition, false)?,
+                QaCondition::Masked(_) | QaCondition::Contrastive(_) => answer(&model, &prompts[q.0], &condition, false)?,
                 QaCondition::KvSelect { policy, budget, prior } => {
                     compressed_answer(&model, &prompts[q.0], (*policy, 0, *budget), prior, &snap)?
                 }

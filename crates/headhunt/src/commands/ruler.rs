@@ -245,6 +245,7 @@ pub fn run(args: Args) -> Result<()> {
         let condition = Condition {
             interventions: args.mask.how.interventions(&model, heads, &reference)?,
             kv_policy: None,
+            contrastive: None,
         };
         let mut cache = PrefixCache::new(longest);
         let records = run_pending(&dir, &settings, &ordered, shard, label, |t| {

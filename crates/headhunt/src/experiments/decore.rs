@@ -10,9 +10,9 @@
 //! constraint of contrastive decoding, Li et al. 2023), so the contrast cannot promote a token the
 //! model itself finds implausible.
 //!
-//! The mask acts in decoding only: both runs share the prompt's cache (one prefill of all but
-//! its last token, then a fork), and from the prompt's last token on each feeds the chosen token,
-//! the masked run with its heads masked.
+//! The mask acts in decoding only: both runs share the prompt's cache (one prefill, then a fork
+//! taken back one token), and from the prompt's last token on each feeds the chosen token, the
+//! masked run with its heads masked.
 
 use anyhow::{bail, Result};
 use headhunt_engine::{Hooks, Intervention, Model, Run, RunOptions};
@@ -64,44 +64,67 @@ pub fn choose(base: &[f32], masked: &[f32], contrast: &Contrast) -> (u32, f64) {
     (chosen.0, a)
 }
 
-/// Decode `prompt` contrastively against the model with `masks` (interventions masking heads;
-/// they act in decoding whatever phase they name): at most `max_new` tokens, stopping at
-/// end-of-sequence or when `stop(generated so far)` says so. Returns the tokens and each step's
-/// weight `a`.
+/// DeCoRe's decoding: the interventions that make the contrasted model (masked heads; they act
+/// in decoding whatever phase they name) and the contrast's settings.
+#[derive(Debug, Clone)]
+pub struct Contrastive {
+    pub masks: Vec<Intervention>,
+    pub contrast: Contrast,
+}
+
+/// Decode `prompt` contrastively: at most `max_new` tokens, stopping at end-of-sequence or when
+/// `stop(generated so far)` says so. Returns the tokens and each step's weight `a`.
 pub fn generate(
     model: &Model,
     prompt: &[u32],
-    masks: &[Intervention],
+    contrastive: &Contrastive,
     max_new: usize,
-    contrast: &Contrast,
-    mut stop: impl FnMut(&[u32]) -> bool,
+    stop: impl FnMut(&[u32]) -> bool,
 ) -> Result<(Vec<u32>, Vec<f64>)> {
-    let Some((&last, head)) = prompt.split_last() else {
+    if prompt.is_empty() {
         bail!("contrastive decoding needs a prompt");
-    };
+    }
     let options = RunOptions {
         capacity: prompt.len() + max_new,
+        keep_windows: true,
         ..Default::default()
     };
     let mut base = model.run(Hooks::default(), options)?;
-    if !head.is_empty() {
-        base.prefill(head)?;
-    }
+    let logits = base.prefill(prompt)?;
+    generate_from(&mut base, prompt, logits, contrastive, max_new, stop)
+}
+
+/// [`generate`] from a run that has just fed the whole `prompt` (its last position's `logits`;
+/// its windowed layers keeping every position, so that it can be forked one token back). The
+/// masked run forks its cache before the prompt's last token and feeds that token with the mask
+/// on.
+pub fn generate_from(
+    base: &mut Run<'_>,
+    prompt: &[u32],
+    mut logits: Vec<f32>,
+    contrastive: &Contrastive,
+    max_new: usize,
+    mut stop: impl FnMut(&[u32]) -> bool,
+) -> Result<(Vec<u32>, Vec<f64>)> {
+    let Some(&last) = prompt.last() else {
+        bail!("contrastive decoding needs a prompt");
+    };
     let mut masked: Run<'_> = base.fork();
+    masked.truncate(prompt.len() - 1)?;
     masked.set_hooks(Hooks {
-        interventions: masks.to_vec(),
+        interventions: contrastive.masks.clone(),
         ..Default::default()
     })?;
     let (mut out, mut alphas) = (Vec::new(), Vec::new());
     let mut token = last;
     while out.len() < max_new {
-        let (lb, lm) = (base.decode(token)?, masked.decode(token)?);
-        let (next, a) = choose(&lb, &lm, contrast);
+        let (next, a) = choose(&logits, &masked.decode(token)?, &contrastive.contrast);
         out.push(next);
         alphas.push(a);
-        if model.is_eos(next) || stop(&out) {
+        if base.model().is_eos(next) || stop(&out) {
             break;
         }
+        logits = base.decode(next)?;
         token = next;
     }
     Ok((out, alphas))

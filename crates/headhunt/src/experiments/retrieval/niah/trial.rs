@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::haystack::Haystack;
 use super::needle::Needle;
 use super::prompt::{assemble, sentence_ends, Frame, NeedleTokens, NiahPrompt};
+use crate::experiments::decore::{self, Contrastive};
 use crate::experiments::retrieval::{trial_scores, ScoreVariant};
 use crate::metrics::rouge::rouge1_recall;
 
@@ -50,11 +51,13 @@ impl TrialSpec {
     }
 }
 
-/// How the model is altered for a trial: head masks and other interventions, a KV-cache policy.
+/// How the model is altered for a trial: head masks and other interventions, a KV-cache policy,
+/// and how the answer is decoded (greedy, or contrasted with a masked model: DeCoRe).
 #[derive(Debug, Clone, Default)]
 pub struct Condition {
     pub interventions: Vec<Intervention>,
     pub kv_policy: Option<Vec<Vec<KvPolicy>>>,
+    pub contrastive: Option<Contrastive>,
 }
 
 /// Everything a trial produced; one line of `trials.jsonl`.
@@ -276,15 +279,25 @@ pub struct Answer {
 /// or at end-of-sequence) under a condition, optionally recording every query head's attention
 /// argmax at every step.
 pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
-    let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, false)?;
+    // A contrastive answer forks the run one token back: its windowed layers keep every position.
+    let keep_windows = condition.contrastive.is_some();
+    let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, keep_windows)?;
     let logits = run.prefill(prompt)?;
-    decode_answer(&mut run, prompt, logits, capture_argmax, false, AnswerRule::NIAH)
+    decode_answer(
+        &mut run,
+        prompt,
+        logits,
+        capture_argmax,
+        false,
+        AnswerRule::NIAH,
+        condition.contrastive.as_ref(),
+    )
 }
 
 /// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed,
 /// without argmax capture; its KV bytes are what the run's cache allocated.
 pub fn decode_from(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>) -> Result<Answer> {
-    decode_answer(run, prompt, logits, false, false, AnswerRule::NIAH)
+    decode_answer(run, prompt, logits, false, false, AnswerRule::NIAH, None)
 }
 
 /// A run for a condition's trials: its interventions and KV policy, every head's argmax
@@ -316,8 +329,9 @@ fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Ho
     hooks
 }
 
-/// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed. A
-/// run kept across trials (`shared`) reports the KV bytes the trial would hold alone.
+/// The answer from the logits at `prompt`'s last position, which `run` has just fed: greedy, or
+/// contrasted with a masked fork of the run. A run kept across trials (`shared`) reports the KV
+/// bytes the trial would hold alone.
 fn decode_answer(
     run: &mut Run<'_>,
     prompt: &[u32],
@@ -325,13 +339,16 @@ fn decode_answer(
     capture_argmax: bool,
     shared: bool,
     rule: AnswerRule,
+    contrastive: Option<&Contrastive>,
 ) -> Result<Answer> {
     let model = run.model();
     let c = &model.config;
     let tok = model.tokenizer()?;
-    let generated = greedy_from(run, logits, rule.max_new_tokens, |ids| {
-        rule.first_line && tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
-    })?;
+    let stop = |ids: &[u32]| rule.first_line && tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false);
+    let generated = match contrastive {
+        None => greedy_from(run, logits, rule.max_new_tokens, stop)?,
+        Some(contrastive) => decore::generate_from(run, prompt, logits, contrastive, rule.max_new_tokens, stop)?.0,
+    };
     let text = tok.decode(&generated, true)?;
     let answer = if rule.first_line {
         text.trim_start().lines().next().unwrap_or("").trim().to_owned()
@@ -451,7 +468,15 @@ impl<'m> PrefixCache<'m> {
             let start = Instant::now();
             run.set_hooks(trial_hooks(model, condition, true))?;
             run.recording = at_prompt.clone();
-            let out = decode_answer(&mut run, prompt, logits.clone(), true, true, self.rule)?;
+            let out = decode_answer(
+                &mut run,
+                prompt,
+                logits.clone(),
+                true,
+                true,
+                self.rule,
+                condition.contrastive.as_ref(),
+            )?;
             run.truncate(prompt.len())?;
             answers.push((out, start.elapsed().as_secs_f64()));
         }
