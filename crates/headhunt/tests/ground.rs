@@ -128,10 +128,11 @@ fn gemma_signal_equals_a_recomputation_from_patterns() {
 }
 
 /// `headhunt hallucination` on a few SmolLM2 answers: guided decoding with a single candidate
-/// per chunk is greedy decoding cut into chunks, so it must reproduce the greedy answers and
+/// per chunk is greedy decoding cut into chunks, and contrastive decoding with its weight capped
+/// at 0 is greedy decoding beside a masked run, so both must reproduce the greedy answers and
 /// their signals exactly; every answer is labelled and the detectors' table and ROC are written.
 #[test]
-fn guided_decoding_with_one_candidate_is_greedy() {
+fn guided_with_one_candidate_and_contrast_without_weight_are_greedy() {
     let dir = std::env::temp_dir().join(format!("headhunt-ground-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -173,6 +174,10 @@ fn guided_decoding_with_one_candidate_is_greedy() {
             "1",
             "--chunk",
             "3",
+            "--decode",
+            "contrastive",
+            "--alpha-cap",
+            "0",
         ])
         .arg("--scores")
         .arg(&scores)
@@ -188,6 +193,7 @@ fn guided_decoding_with_one_candidate_is_greedy() {
         for line in std::fs::read_to_string(out.join(task).join("trials.jsonl")).unwrap().lines() {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(r["guided"], r["greedy"], "{task}: guided with one candidate differs from greedy");
+            assert_eq!(r["contrastive"], r["greedy"], "{task}: contrast without weight differs from greedy");
             assert!(["complete", "incomplete", "hallucination"].contains(&r["outcome"].as_str().unwrap()));
             assert_eq!(r["greedy"]["lookback"].as_array().unwrap().len(), 270);
             n += 1;
@@ -196,6 +202,7 @@ fn guided_decoding_with_one_candidate_is_greedy() {
     assert_eq!(n, 3);
     let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("hallucination.json")).unwrap()).unwrap();
     assert_eq!(h["guided"][0]["difference"], 0.0);
+    assert_eq!(h["contrastive"][1]["difference"], 0.0);
     assert!(out.join("roc.png").exists());
     std::fs::remove_dir_all(dir).ok();
 }

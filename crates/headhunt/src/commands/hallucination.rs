@@ -1,5 +1,6 @@
 //! `headhunt hallucination`: do retrieval heads tell a grounded answer from a made-up one?
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,18 +9,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
-use super::ModelArg;
+use super::{DecodeArgs, ModelArg};
 use crate::experiments::grounding::Grounder;
 use crate::experiments::hallucination::{
-    detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C,
+    contrastive, detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C,
 };
 use crate::experiments::qa::{best_f1, builtin, load_jsonl};
 use crate::experiments::retrieval::failure::{AnswerClass, COMPLETE_ROUGE};
-use crate::experiments::retrieval::masking::check_scores_fit;
+use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, MaskHow};
 use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::prompt::Frame;
 use crate::experiments::retrieval::niah::trial::TrialRunner;
-use crate::experiments::retrieval::HeadScores;
+use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
 use crate::metrics::stats::bootstrap_mean;
 use crate::output::plot::{Figure, LinePlot, Series};
 use crate::runner::store::{write_atomic, Keyed};
@@ -39,7 +40,9 @@ use crate::runner::trials::{run_pending, Status};
 /// With --guided, each item is also answered by decoding guided by the signal (chunks of
 /// --chunk tokens; per chunk the greedy one and --candidates - 1 sampled at --temperature; the
 /// best-supported kept), and NIAH ROUGE-1 and QA F1 are compared with greedy decoding, with a
-/// bootstrap interval on the difference. Resumable.
+/// bootstrap interval on the difference. With --decode contrastive, each item is also answered
+/// by DeCoRe against the retrieval heads of --scores (those above 0.1, or --contrast-heads K),
+/// compared the same way. Resumable.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -71,6 +74,12 @@ pub struct Args {
     /// Seed of the sampled candidates.
     #[arg(long, default_value_t = 0)]
     pub guide_seed: u64,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    /// Heads masked in the model --decode contrastive contrasts with: the top K of --scores
+    /// [default: those above 0.1].
+    #[arg(long, value_name = "K")]
+    pub contrast_heads: Option<usize>,
     /// Pool the answers of another hallucination run of the same model (e.g. on a grid of
     /// longer contexts) into the study. Repeatable.
     #[arg(long = "with", value_name = "RUN")]
@@ -92,6 +101,13 @@ pub struct AnswerRecord {
     pub outcome: AnswerClass,
     pub guided: Option<Decoded>,
     pub guided_score: Option<f64>,
+    #[serde(default)]
+    pub contrastive: Option<Decoded>,
+    #[serde(default)]
+    pub contrastive_score: Option<f64>,
+    /// Seconds of each decoding (greedy, guided, contrastive), where measured.
+    #[serde(default)]
+    pub decode_seconds: BTreeMap<String, f64>,
     pub seconds: f64,
 }
 
@@ -131,6 +147,12 @@ pub fn run(args: Args) -> Result<()> {
         temperature: args.temperature,
         seed: args.guide_seed,
     });
+    let k = args
+        .contrast_heads
+        .unwrap_or_else(|| scores.means().iter().filter(|&&m| m > RETRIEVAL_THRESHOLD).count());
+    let contrast = args
+        .decode
+        .contrastive(MaskHow::default().interventions(&model, &top_heads(&scores, k), &[])?);
     let out = args
         .out
         .clone()
@@ -142,12 +164,27 @@ pub fn run(args: Args) -> Result<()> {
         "scores": args.scores,
         "guide": guide,
     });
-    // Answer one prompt greedily (and guided), scored by `score`.
+    let mut common = common;
+    if contrast.is_some() {
+        common["decode"] = json!({"contrastive": args.decode.settings(), "masked_heads": k});
+    }
+    // Answer one prompt greedily (and guided, and contrastively), scored by `score`.
     let answer = |key: String, question: &str, expected: Vec<String>, prompt: &[u32], score: &dyn Fn(&str) -> f64| {
         let start = Instant::now();
         let base = prepared(&model, prompt)?;
-        let greedy = greedy(&base, prompt, &g)?;
-        let guided = guide.map(|gd| guided(&base, prompt, &g, gd)).transpose()?;
+        let mut decode_seconds = BTreeMap::new();
+        let mut timed = |name: &str, decode: &dyn Fn() -> Result<Decoded>| {
+            let t = Instant::now();
+            let d = decode();
+            decode_seconds.insert(name.to_owned(), t.elapsed().as_secs_f64());
+            d
+        };
+        let greedy = timed("greedy", &|| greedy(&base, prompt, &g))?;
+        let guided = guide.map(|gd| timed("guided", &|| guided(&base, prompt, &g, gd))).transpose()?;
+        let contrastive = contrast
+            .as_ref()
+            .map(|c| timed("contrastive", &|| contrastive(&base, prompt, &g, c)))
+            .transpose()?;
         Ok(AnswerRecord {
             key,
             question: question.to_owned(),
@@ -156,8 +193,11 @@ pub fn run(args: Args) -> Result<()> {
             prompt_tokens: prompt.len(),
             score: score(&greedy.answer),
             guided_score: guided.as_ref().map(|d| score(&d.answer)),
+            contrastive_score: contrastive.as_ref().map(|d| score(&d.answer)),
             greedy,
             guided,
+            contrastive,
+            decode_seconds,
             seconds: start.elapsed().as_secs_f64(),
         })
     };
@@ -217,7 +257,10 @@ pub fn run(args: Args) -> Result<()> {
     let found = detections(&cases)?;
     print_detections(&name, &niah, &qa, &found);
     roc_plot(&name, &found).save(&out.join("roc"))?;
-    let guided_rows = guide.map(|_| compare_guided(&niah, &qa));
+    let guided_rows = guide.map(|_| compare_decoding(&niah, &qa, "guided", |r| Some((r.guided_score?, r.guided.as_ref()?))));
+    let contrastive_rows = contrast
+        .as_ref()
+        .map(|_| compare_decoding(&niah, &qa, "contrastive", |r| Some((r.contrastive_score?, r.contrastive.as_ref()?))));
     write_atomic(
         &out.join("hallucination.json"),
         serde_json::to_string_pretty(&json!({
@@ -233,6 +276,7 @@ pub fn run(args: Args) -> Result<()> {
             "detections": found,
             "guide": guide,
             "guided": guided_rows,
+            "contrastive": contrastive_rows,
         }))?,
     )?;
     super::finish_with_report(&out)
@@ -314,27 +358,36 @@ fn roc_plot(name: &str, found: &[Detection]) -> LinePlot {
     }
 }
 
-/// Guided against greedy decoding, per task: means and the mean difference with its interval.
-fn compare_guided(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
+/// Another decoding (`name`: guided, contrastive) against greedy decoding, per task: means, the
+/// mean difference with its interval, answers changed, and the decoding's seconds against
+/// greedy's.
+fn compare_decoding(
+    niah: &[AnswerRecord],
+    qa: &[AnswerRecord],
+    name: &str,
+    other: impl Fn(&AnswerRecord) -> Option<(f64, &Decoded)>,
+) -> serde_json::Value {
     let row = |task: &str, metric: &str, rs: &[AnswerRecord]| {
-        let pairs: Vec<(f64, f64)> = rs.iter().filter_map(|r| Some((r.score, r.guided_score?))).collect();
+        let pairs: Vec<(f64, f64)> = rs.iter().filter_map(|r| Some((r.score, other(r)?.0))).collect();
         let n = pairs.len().max(1) as f64;
         let diffs: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
         let (lo, hi) = bootstrap_mean(&diffs, 0.95, 2000, 11);
+        let seconds = |d: &str| rs.iter().filter_map(|r| r.decode_seconds.get(d)).sum::<f64>();
         let row = json!({
             "task": task,
             "metric": metric,
             "items": pairs.len(),
             "greedy": pairs.iter().map(|p| p.0).sum::<f64>() / n,
-            "guided": pairs.iter().map(|p| p.1).sum::<f64>() / n,
+            name: pairs.iter().map(|p| p.1).sum::<f64>() / n,
             "difference": diffs.iter().sum::<f64>() / n,
             "ci95": [lo, hi],
-            "changed": rs.iter().filter(|r| r.guided.as_ref().is_some_and(|g| g.answer != r.greedy.answer)).count(),
+            "changed": rs.iter().filter(|r| other(r).is_some_and(|(_, d)| d.answer != r.greedy.answer)).count(),
+            "seconds_over_greedy": if seconds("greedy") > 0.0 { Some(seconds(name) / seconds("greedy")) } else { None },
         });
         println!(
-            "guided against greedy, {task}: {metric} {:.1} -> {:.1} ({:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; {} of {} answers changed)",
+            "{name} against greedy, {task}: {metric} {:.1} -> {:.1} ({:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; {} of {} answers changed)",
             row["greedy"].as_f64().unwrap_or(0.0),
-            row["guided"].as_f64().unwrap_or(0.0),
+            row[name].as_f64().unwrap_or(0.0),
             row["difference"].as_f64().unwrap_or(0.0),
             row["changed"],
             pairs.len()

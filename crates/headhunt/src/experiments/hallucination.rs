@@ -1,6 +1,6 @@
 //! Retrieval heads against hallucination: answers with their grounding signal, labelled by their
-//! scores; how well each detector separates the hallucinated ones; and decoding guided by the
-//! signal.
+//! scores; how well each detector separates the hallucinated ones; decoding guided by the
+//! signal, and decoding contrasted with the retrieval heads masked (DeCoRe).
 //!
 //! Labels (the failure classes of [`crate::experiments::retrieval::failure`]): an answer is **complete** when its
 //! ROUGE-1 recall of the expected answer is at least 90, **hallucinated** when it contains no
@@ -8,9 +8,10 @@
 //! between are left out of the detection study.
 
 use anyhow::Result;
-use headhunt_engine::{argmax, Model, Run};
+use headhunt_engine::{argmax, Hooks, Model, Run};
 use serde::{Deserialize, Serialize};
 
+use crate::experiments::decore::{self, Contrastive};
 use crate::experiments::grounding::{self, answer_steps, GroundedStep, Grounder, Signal};
 use crate::experiments::retrieval::failure::{classify, AnswerClass};
 use crate::experiments::retrieval::niah::haystack::Rng;
@@ -76,6 +77,35 @@ fn continue_from<'m>(
 pub fn greedy(base: &Run<'_>, prompt: &[u32], g: &Grounder) -> Result<Decoded> {
     let (_, steps) = continue_from(base, *prompt.last().expect("a prompt"), &[], MAX_NEW_TOKENS, argmax)?;
     decoded(base.model(), prompt, g, &steps)
+}
+
+/// DeCoRe's contrastive decoding from a [`prepared`] run: the base fork records the signal; a
+/// second fork with the retrieval heads masked feeds the same tokens, and each token is chosen
+/// from the contrast of the two ([`decore::choose`]).
+pub fn contrastive(base: &Run<'_>, prompt: &[u32], g: &Grounder, contrastive: &Contrastive) -> Result<Decoded> {
+    let model = base.model();
+    let pending = *prompt.last().expect("a prompt");
+    let mut masked = base.fork();
+    masked.set_hooks(Hooks {
+        interventions: contrastive.masks.clone(),
+        ..Default::default()
+    })?;
+    let mut next_masked = Some(masked.decode(pending)?);
+    let mut failed: Option<headhunt_engine::Error> = None;
+    let (_, steps) = continue_from(base, pending, &[], MAX_NEW_TOKENS, |logits| {
+        // The masked run's logits for this step: fed the previous step's token, if any.
+        let Some(lm) = next_masked.take() else { return 0 };
+        let (token, _) = decore::choose(logits, &lm, &contrastive.contrast);
+        match masked.decode(token) {
+            Ok(l) => next_masked = Some(l),
+            Err(e) => failed = Some(e),
+        }
+        token
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    decoded(model, prompt, g, &steps)
 }
 
 /// A token drawn from softmax(`logits` / `temperature`).

@@ -233,7 +233,8 @@ pub(super) fn claims_section(d: &Path, here: &str, sections: &mut BTreeMap<&str,
     );
 }
 
-/// `headhunt hallucination`: the detectors' AUROCs, their ROC curves, guided decoding, and
+/// `headhunt hallucination`: the detectors' AUROCs, their ROC curves, guided and contrastive
+/// decoding, and
 /// answers with each token shaded by how far the retrieval heads support it.
 pub(super) fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMap<&str, String>) {
     let Some(h) = read_json(&d.join("hallucination.json")) else {
@@ -248,24 +249,39 @@ pub(super) fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMa
             format!("{:.3} [{:.3}, {:.3}]", f(&r["auroc"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
         ]
     });
-    let guided = json_rows(&h["guided"], |r| {
-        vec![
-            r["task"].as_str().unwrap_or("").into(),
-            r["metric"].as_str().unwrap_or("").into(),
-            r["items"].to_string(),
-            format!("{:.1}", f(&r["greedy"])),
-            format!("{:.1}", f(&r["guided"])),
-            format!("{:+.1} [{:+.1}, {:+.1}]", f(&r["difference"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
-        ]
-    });
-    let guided = if guided.is_empty() {
-        String::new()
-    } else {
+    let decoding = |name: &str, title: &str| {
+        let rows = json_rows(&h[name], |r| {
+            vec![
+                r["task"].as_str().unwrap_or("").into(),
+                r["metric"].as_str().unwrap_or("").into(),
+                r["items"].to_string(),
+                format!("{:.1}", f(&r["greedy"])),
+                format!("{:.1}", f(&r[name])),
+                format!("{:+.1} [{:+.1}, {:+.1}]", f(&r["difference"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+                r["seconds_over_greedy"].as_f64().map_or("-".into(), |x| format!("{x:.1}x")),
+            ]
+        });
+        if rows.is_empty() {
+            return String::new();
+        }
         format!(
-            "<h4>Decoding guided by the signal</h4>{}",
-            table(&["task", "metric", "items", "greedy", "guided", "difference [95% CI]"], &guided)
+            "<h4>{title}</h4>{}",
+            table(
+                &[
+                    "task",
+                    "metric",
+                    "items",
+                    "greedy",
+                    name,
+                    "difference [95% CI]",
+                    "time against greedy"
+                ],
+                &rows
+            )
         )
     };
+    let guided = decoding("guided", "Decoding guided by the signal")
+        + &decoding("contrastive", "Decoding contrasted with the retrieval heads masked (DeCoRe)");
     let _ = write!(
         sections.entry("5 things").or_default(),
         r#"<div class="run"><h3>{} <small>{}</small></h3><p>Complete: {}; hallucinated: {}.</p>{}{}{}<h4>Answers, each token shaded by its support</h4>{}{}</div>"#,
