@@ -9,7 +9,7 @@ use serde_json::json;
 use super::ModelArg;
 use crate::experiments::retrieval::niah::grid::{GridArgs, GridShape};
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
-use crate::experiments::retrieval::qrhead::{qr_trial, QrRecord};
+use crate::experiments::retrieval::qrhead::{qr_heatmap, qr_trial, QrRecord};
 use crate::experiments::retrieval::{HeadScores, ScoreVariant, Summary};
 use crate::output::plot::{Figure, Heatmap};
 use crate::runner::shard::run_folder;
@@ -158,19 +158,25 @@ impl DetectReport {
 
 /// Aggregate every trial of a run folder into head_scores.json, summary.json, the heads' heatmap
 /// and the depth x length map.
-pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialRecord], variant: ScoreVariant) -> Result<DetectReport> {
+/// A run's heads (layers, heads per layer) from its settings, and its records in the grid's
+/// order, however the trials were run (in prompt order, or by shards).
+fn in_grid_order<'r, R: Keyed>(settings: &serde_json::Value, records: &'r [R]) -> Result<(usize, usize, Vec<&'r R>)> {
     let dims = |k: &str| {
         settings[k]
             .as_u64()
             .map(|v| v as usize)
             .with_context(|| format!("run.json lacks {k}"))
     };
-    let (n_layers, n_heads) = (dims("n_layers")?, dims("n_heads")?);
-    // In the grid's order, however the trials were run (in prompt order, or by shards).
     let shape = GridShape::of_settings(settings)?;
     let rank: HashMap<String, usize> = shape.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
-    let mut records: Vec<&TrialRecord> = records.iter().collect();
-    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
+    let mut records: Vec<&R> = records.iter().collect();
+    records.sort_by_key(|r| rank.get(&r.key()).copied().unwrap_or(usize::MAX));
+    Ok((dims("n_layers")?, dims("n_heads")?, records))
+}
+
+pub fn write_outputs(dir: &Path, settings: &serde_json::Value, records: &[TrialRecord], variant: ScoreVariant) -> Result<DetectReport> {
+    let (n_layers, n_heads, records) = in_grid_order(settings, records)?;
+    let shape = GridShape::of_settings(settings)?;
     let mut scores = HeadScores::new(n_layers, n_heads);
     for r in records.iter().filter(|r| r.answered()) {
         let s = r.scores(variant);
@@ -238,17 +244,7 @@ fn model_label(settings: &serde_json::Value) -> String {
 /// A QRHead run's head_scores.json (every trial's calibrated QR scores), summary.json and
 /// heatmap.
 fn write_qr_outputs(dir: &Path, settings: &serde_json::Value, records: &[QrRecord]) -> Result<HeadScores> {
-    let n = |k: &str| {
-        settings[k]
-            .as_u64()
-            .map(|v| v as usize)
-            .with_context(|| format!("run.json lacks {k}"))
-    };
-    let (n_layers, n_heads) = (n("n_layers")?, n("n_heads")?);
-    let shape = GridShape::of_settings(settings)?;
-    let rank: HashMap<String, usize> = shape.trials().iter().enumerate().map(|(i, s)| (s.key(), i)).collect();
-    let mut records: Vec<&QrRecord> = records.iter().collect();
-    records.sort_by_key(|r| rank.get(&r.spec.key()).copied().unwrap_or(usize::MAX));
+    let (n_layers, n_heads, records) = in_grid_order(settings, records)?;
     let mut scores = HeadScores::new(n_layers, n_heads);
     for r in &records {
         if r.scores.len() != n_layers * n_heads {
@@ -269,16 +265,7 @@ fn write_qr_outputs(dir: &Path, settings: &serde_json::Value, records: &[QrRecor
         "summary": Summary::of(&scores),
     });
     write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    let mut map = Heatmap::heads(
-        &format!("QRHead scores: {model} ({} trials)", scores.trials()),
-        n_layers,
-        n_heads,
-        scores.means(),
-        "mean calibrated QR score",
-    );
-    // Calibrated scores go below zero where the content-free question drew more attention.
-    map.range.0 = scores.means().into_iter().fold(0.0, f64::min);
-    map.save(&dir.join("retrieval_heads"))?;
+    qr_heatmap(&format!("QRHead scores: {model} ({} trials)", scores.trials()), &scores).save(&dir.join("retrieval_heads"))?;
     Ok(scores)
 }
 

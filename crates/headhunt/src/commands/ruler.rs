@@ -14,6 +14,7 @@ use crate::experiments::retrieval::masking::MaskSweepArgs;
 use crate::experiments::retrieval::niah::grid::parse_values;
 use crate::experiments::retrieval::niah::haystack::Haystack;
 use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache};
+use crate::experiments::retrieval::qrhead::qr_heatmap;
 use crate::experiments::retrieval::RETRIEVAL_THRESHOLD;
 use crate::experiments::ruler::summary::{head_scores, qr_head_scores, RulerSummary, TaskSummary};
 use crate::experiments::ruler::trial::{RulerPrompt, RulerQrRecord, RulerRecord, RulerRunner, TooShort};
@@ -300,15 +301,7 @@ fn write_qr_outputs(dir: &std::path::Path, model: &str, records: &[RulerQrRecord
             .map(|(h, m)| format!("{} {m:.3}", scores.label(h)))
             .collect();
         table.push_str(&format!("{:<18} {:>6}  {}\n", task.name(), scores.trials(), best.join(", ")));
-        let mut map = Heatmap::heads(
-            &format!("{task}: QRHead"),
-            n_layers,
-            n_heads,
-            scores.means(),
-            "mean calibrated QR score",
-        );
-        map.range.0 = scores.means().into_iter().fold(0.0, f64::min);
-        maps.push(map);
+        maps.push(qr_heatmap(&format!("{task}: QRHead"), scores));
     }
     if !maps.is_empty() {
         Heatmaps(maps).save(&dir.join("ruler_heads"))?;

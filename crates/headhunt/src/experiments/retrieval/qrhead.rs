@@ -28,6 +28,8 @@ use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, Recording, Ru
 use serde::{Deserialize, Serialize};
 
 use super::niah::trial::{TrialRunner, TrialSpec};
+use super::HeadScores;
+use crate::output::plot::Heatmap;
 
 /// ICR's and QRHead's content-free query.
 pub const NULL_QUESTION: &str = "N/A";
@@ -126,6 +128,15 @@ pub fn qr_scores(model: &Model, prompt: &[u32], null: &[u32], gold: &[Range<usiz
         .iter()
         .map(|head| gold.iter().map(|g| span_score(head, g)).sum())
         .collect())
+}
+
+/// The heads' map of QR scores: its scale starts below zero where the content-free question drew
+/// more attention than the real one.
+pub fn qr_heatmap(title: &str, scores: &HeadScores) -> Heatmap {
+    let means = scores.means();
+    let mut map = Heatmap::heads(title, scores.n_layers, scores.n_heads, means.clone(), "mean calibrated QR score");
+    map.range.0 = means.into_iter().fold(0.0, f64::min);
+    map
 }
 
 /// One NIAH example scored for QRHead; one line of a QRHead run's `trials.jsonl`.
