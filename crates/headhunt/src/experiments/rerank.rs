@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::experiments::cot;
 use crate::experiments::qa::QaItem;
 use crate::experiments::retrieval::niah::haystack::{Prose, Rng};
-use crate::experiments::retrieval::niah::prompt::Frame;
+use crate::experiments::retrieval::niah::prompt::{tokens_covering, Frame};
 use crate::experiments::retrieval::qrhead::{calibrated_attention, span_score, NULL_QUESTION};
 use crate::metrics::rouge;
 
@@ -70,14 +70,9 @@ pub fn prompt(tok: &Tokenizer, item: &RerankItem, chat: bool) -> Result<RerankPr
     let at = real.context_start();
     let docs = spans
         .iter()
-        .map(|s| {
-            let inside: Vec<usize> = (0..tokens.len())
-                .filter(|&i| offsets[i].0 < s.end && offsets[i].1 > s.start)
-                .collect();
-            match (inside.first(), inside.last()) {
-                (Some(&a), Some(&b)) => Ok(at + a..at + b + 1),
-                _ => bail!("a document of {:?} has no tokens", item.question),
-            }
+        .map(|s| match tokens_covering(&offsets, s) {
+            Some(t) => Ok(at + t.start..at + t.end),
+            None => bail!("a document of {:?} has no tokens", item.question),
         })
         .collect::<Result<_>>()?;
     Ok(RerankPrompt {

@@ -11,7 +11,7 @@ use headhunt_engine::{Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::{score, Sample, Sources, Trial};
-use crate::experiments::retrieval::niah::prompt::Frame;
+use crate::experiments::retrieval::niah::prompt::{tokens_covering, Frame};
 use crate::experiments::retrieval::niah::trial::{AnswerRule, Condition, PrefixCache};
 use crate::experiments::retrieval::qrhead::{qr_scores, NULL_QUESTION};
 use crate::experiments::retrieval::{trial_scores, ScoreVariant};
@@ -127,12 +127,7 @@ impl<'m> RulerRunner<'m> {
         let in_tokens = |spans: &[Range<usize>]| -> Vec<Range<usize>> {
             spans
                 .iter()
-                .filter_map(|span| {
-                    let inside: Vec<usize> = (0..context.len())
-                        .filter(|&i| offsets[i].0 < span.end && offsets[i].1 > span.start)
-                        .collect();
-                    Some(start + *inside.first()?..start + inside.last()? + 1)
-                })
+                .filter_map(|span| tokens_covering(&offsets, span).map(|t| start + t.start..start + t.end))
                 .collect()
         };
         let (copy, gold) = (in_tokens(&sample.copy_spans), in_tokens(&sample.gold_spans));

@@ -96,15 +96,19 @@ impl NeedleTokens {
         };
         let (lo, hi) = (range.start + 1, range.end + 1);
         let (ids, offsets) = tok.encode_with_offsets(&text, false)?;
-        let inside: Vec<usize> = (0..ids.len()).filter(|&i| offsets[i].0 < hi && offsets[i].1 > lo).collect();
-        let (Some(&first), Some(&last)) = (inside.first(), inside.last()) else {
+        let Some(answer) = tokens_covering(&offsets, &(lo..hi)) else {
             bail!("the tokens of real_needle {:?} cannot be found in the needle", needle.real_needle);
         };
-        Ok(NeedleTokens {
-            ids,
-            answer: first..last + 1,
-        })
+        Ok(NeedleTokens { ids, answer })
     }
+}
+
+/// The tokens (by their byte `offsets` in the text) that overlap the byte range `span`, as a
+/// range of token indices; None when no token does.
+pub fn tokens_covering(offsets: &[(usize, usize)], span: &Range<usize>) -> Option<Range<usize>> {
+    let first = offsets.iter().position(|o| o.0 < span.end && o.1 > span.start)?;
+    let last = offsets.iter().rposition(|o| o.0 < span.end && o.1 > span.start)?;
+    Some(first..last + 1)
 }
 
 /// Whether a token ends a sentence (its text, trailing whitespace aside, ends in . ! or ?).
