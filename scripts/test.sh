@@ -74,3 +74,6 @@ rm -rf "$run"
 ./target/release/headhunt niah --lengths 160,240 --depths 0,100 --scores "$run/detect" --mask-top 5 --out "$run/niah-top5" >/dev/null
 ./target/release/headhunt report "$run" >/dev/null
 node tests/browser/report.test.mjs "$run/report.html" 30 9 "$run/report.png"
+# `headhunt serve` over the same runs: a trial opened, its copying heads and a head's attention
+# shown, its top 5 heads masked and rerun (screenshots in $run/serve).
+node tests/browser/serve.test.mjs ./target/release/headhunt "$run" "$run/serve"

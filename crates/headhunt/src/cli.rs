@@ -47,6 +47,7 @@ enum Command {
     Kv(commands::kv::Args),
     KvSelect(commands::kvselect::Args),
     Report(commands::report::Args),
+    Serve(commands::serve::Args),
 }
 
 /// Parse a command line (the program name first).
@@ -82,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(a) => commands::kv::run(a),
         Command::KvSelect(a) => commands::kvselect::run(a),
         Command::Report(a) => commands::report::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     }
 }
 
@@ -125,6 +127,8 @@ mod tests {
             &["kv", "--scores", "s", "--seed", "3", "--kv-seed", "4"],
             &["kv-select", "--scores", "s", "--seed", "3"],
             &["report"],
+            &["serve"],
+            &["serve", "runs", "--host", "0.0.0.0", "--port", "0"],
             &["claims"],
             &["hallucination", "--scores", "s", "--guided"],
             &["generate", "--prompt", "Hi", "--ground", "--scores", "s"],

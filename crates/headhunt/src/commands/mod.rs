@@ -20,6 +20,7 @@ pub mod recall;
 pub mod report;
 pub mod rerank;
 pub mod ruler;
+pub mod serve;
 pub mod status;
 
 use anyhow::{Context, Result};

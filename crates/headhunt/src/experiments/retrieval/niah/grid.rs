@@ -213,6 +213,23 @@ impl Grid {
         self.lengths.iter().copied().max().unwrap_or(0)
     }
 
+    /// The grid a run folder's settings describe, the reverse of [`Grid::settings`]: what
+    /// rebuilds its trials' prompts.
+    pub fn of_settings(settings: &serde_json::Value) -> Result<Grid> {
+        let shape = GridShape::of_settings(settings)?;
+        let haystack = settings["haystack"].as_str().context("run.json lacks haystack")?;
+        Ok(Grid {
+            lengths: shape.lengths,
+            depths: shape.depths,
+            per_cell: shape.per_cell,
+            needles: serde_json::from_value(settings["needles"].clone()).context("run.json's needles")?,
+            haystack: Haystack::from_description(haystack)?,
+            chat: settings["chat"].as_bool().context("run.json lacks chat")?,
+            shard: None,
+            prefix_cache: true,
+        })
+    }
+
     /// What must match for two runs to share an output folder.
     pub fn settings(&self) -> serde_json::Value {
         json!({
@@ -244,5 +261,26 @@ mod tests {
         assert!(parse_values("a,b", "l").is_err());
         assert!(parse_values("0:10:0", "l").is_err());
         assert!(parse_values("-5", "l").is_err());
+    }
+
+    #[test]
+    fn settings_give_back_their_grid() {
+        let args = GridArgs {
+            lengths: Some("100,200".into()),
+            depths: Some("0:100:3".into()),
+            per_cell: 2,
+            quick: false,
+            needles: None,
+            haystack: None,
+            seed: 7,
+            no_chat: true,
+            shard: ShardArgs::default(),
+            no_prefix_cache: false,
+        };
+        let grid = args.resolve().unwrap();
+        let again = Grid::of_settings(&grid.settings()).unwrap();
+        assert_eq!(again.settings(), grid.settings());
+        assert_eq!(again.haystack, Haystack::Generated { seed: 7 });
+        assert_eq!(again.trials(), grid.trials());
     }
 }

@@ -49,6 +49,17 @@ impl Haystack {
         }
     }
 
+    /// The haystack a [`Haystack::describe`] line names (paths as the run saw them).
+    pub fn from_description(d: &str) -> Result<Self> {
+        if let Some(seed) = d.strip_prefix("generated prose (seed ").and_then(|r| r.strip_suffix(')')) {
+            return Ok(Haystack::Generated {
+                seed: seed.parse().with_context(|| format!("bad haystack seed in `{d}`"))?,
+            });
+        }
+        let folder = d.split_once(" files from ").filter(|(n, _)| n.parse::<usize>().is_ok());
+        Haystack::from_path(Path::new(folder.map_or(d, |(_, dir)| dir)))
+    }
+
     /// At least `min_chars` characters of haystack text.
     pub fn text(&self, min_chars: usize) -> Result<String> {
         match self {

@@ -191,13 +191,19 @@ impl<'m> TrialRunner<'m> {
     /// Run one trial, continuing from what `kept` holds of its prompt when it is given.
     pub fn run_from(&self, spec: &TrialSpec, condition: &Condition, kept: Option<&mut PrefixCache<'m>>) -> Result<TrialRecord> {
         let Some(kept) = kept else {
-            let start = Instant::now();
-            let prompt = self.prompt(spec)?;
-            let out = answer(self.model, &prompt.ids, condition, true)?;
-            return Ok(self.record(spec, &prompt, out, start.elapsed().as_secs_f64()));
+            return self.run_watching(spec, condition, &mut |_| {});
         };
         let record = self.run_each_from(spec, condition, &[condition], kept)?.pop();
         Ok(record.expect("one condition, one record"))
+    }
+
+    /// Run one trial from an empty cache, calling `watch` with the answer's tokens so far after
+    /// each decoding step (to show an answer while it is written).
+    pub fn run_watching(&self, spec: &TrialSpec, condition: &Condition, watch: &mut dyn FnMut(&[u32])) -> Result<TrialRecord> {
+        let start = Instant::now();
+        let prompt = self.prompt(spec)?;
+        let out = answer_watching(self.model, &prompt.ids, condition, true, watch)?;
+        Ok(self.record(spec, &prompt, out, start.elapsed().as_secs_f64()))
     }
 
     /// Run one trial under several conditions whose interventions act in decoding only: its
@@ -279,6 +285,17 @@ pub struct Answer {
 /// or at end-of-sequence) under a condition, optionally recording every query head's attention
 /// argmax at every step.
 pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argmax: bool) -> Result<Answer> {
+    answer_watching(model, prompt, condition, capture_argmax, &mut |_| {})
+}
+
+/// [`answer`], calling `watch` with the tokens so far after each decoding step.
+fn answer_watching(
+    model: &Model,
+    prompt: &[u32],
+    condition: &Condition,
+    capture_argmax: bool,
+    watch: &mut dyn FnMut(&[u32]),
+) -> Result<Answer> {
     // A contrastive answer forks the run one token back: its windowed layers keep every position.
     let keep_windows = condition.contrastive.is_some();
     let mut run = start_run(model, condition, capture_argmax, prompt.len() + MAX_NEW_TOKENS, keep_windows)?;
@@ -291,13 +308,14 @@ pub fn answer(model: &Model, prompt: &[u32], condition: &Condition, capture_argm
         false,
         AnswerRule::NIAH,
         condition.contrastive.as_ref(),
+        watch,
     )
 }
 
 /// The greedy answer from the logits at `prompt`'s last position, which `run` has just fed,
 /// without argmax capture; its KV bytes are what the run's cache allocated.
 pub fn decode_from(run: &mut Run<'_>, prompt: &[u32], logits: Vec<f32>) -> Result<Answer> {
-    decode_answer(run, prompt, logits, false, false, AnswerRule::NIAH, None)
+    decode_answer(run, prompt, logits, false, false, AnswerRule::NIAH, None, &mut |_| {})
 }
 
 /// A run for a condition's trials: its interventions and KV policy, every head's argmax
@@ -330,8 +348,9 @@ fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Ho
 }
 
 /// The answer from the logits at `prompt`'s last position, which `run` has just fed: greedy, or
-/// contrasted with a masked fork of the run. A run kept across trials (`shared`) reports the KV
-/// bytes the trial would hold alone.
+/// contrasted with a masked fork of the run, `watch` called with the tokens so far after each
+/// step. A run kept across trials (`shared`) reports the KV bytes the trial would hold alone.
+#[allow(clippy::too_many_arguments)]
 fn decode_answer(
     run: &mut Run<'_>,
     prompt: &[u32],
@@ -340,11 +359,15 @@ fn decode_answer(
     shared: bool,
     rule: AnswerRule,
     contrastive: Option<&Contrastive>,
+    watch: &mut dyn FnMut(&[u32]),
 ) -> Result<Answer> {
     let model = run.model();
     let c = &model.config;
     let tok = model.tokenizer()?;
-    let stop = |ids: &[u32]| rule.first_line && tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false);
+    let stop = |ids: &[u32]| {
+        watch(ids);
+        rule.first_line && tok.decode(ids, true).map(|t| t.trim_start().contains('\n')).unwrap_or(false)
+    };
     let generated = match contrastive {
         None => greedy_from(run, logits, rule.max_new_tokens, stop)?,
         Some(contrastive) => decore::generate_from(run, prompt, logits, contrastive, rule.max_new_tokens, stop)?.0,
@@ -476,6 +499,7 @@ impl<'m> PrefixCache<'m> {
                 true,
                 self.rule,
                 condition.contrastive.as_ref(),
+                &mut |_| {},
             )?;
             run.truncate(prompt.len())?;
             answers.push((out, start.elapsed().as_secs_f64()));
