@@ -55,6 +55,10 @@ pub struct RunOptions {
     /// Hold every position in windowed heads too (their attention still sees only the window),
     /// so that [`Run::truncate`] can go back to any position; costs those heads a full cache.
     pub keep_windows: bool,
+    /// Run only the layers below this one (TransformerLens's `stop_at_layer`): what reads one
+    /// layer's activations needs none above it. Such a run computes no logits: `prefill` and
+    /// `decode` return an empty vector.
+    pub stop_at_layer: Option<usize>,
 }
 
 impl Default for RunOptions {
@@ -64,6 +68,7 @@ impl Default for RunOptions {
             kv_policy: None,
             prefill_chunk: 1024,
             keep_windows: false,
+            stop_at_layer: None,
         }
     }
 }
@@ -215,6 +220,7 @@ impl Model {
             recording: Recording::default(),
             tokens: Vec::new(),
             chunk,
+            layers: options.stop_at_layer.map_or(self.config.n_layers, |l| l.min(self.config.n_layers)),
         })
     }
 
@@ -251,12 +257,13 @@ impl Model {
         cache: &mut KvCache,
         plan: &CompiledHooks,
         rec: &mut Recording,
+        stop_at_layer: usize,
     ) -> Result<Option<Vec<f32>>> {
         let mut pass = Pass { step, plan, rec };
         let d = self.config.d_model;
         let mut resid = self.embed(tokens, &mut pass)?;
         let rope: Vec<_> = self.rope_tables.iter().map(|t| t.at_positions(step.p0, step.n)).collect();
-        for (l, layer_cache) in cache.layers.iter_mut().enumerate() {
+        for (l, layer_cache) in cache.layers.iter_mut().enumerate().take(stop_at_layer) {
             pass.hook(HookPoint::ResidPre(l), &mut resid, d);
             let attn_out = self.attention(l, &resid, &rope, layer_cache, &mut pass);
             add_into(&mut resid, &attn_out);
@@ -264,6 +271,9 @@ impl Model {
             let mlp_out = self.mlp(l, &resid, &mut pass);
             add_into(&mut resid, &mlp_out);
             pass.hook(HookPoint::ResidPost(l), &mut resid, d);
+        }
+        if stop_at_layer < self.config.n_layers {
+            return Ok(step.last.map(|_| Vec::new()));
         }
         Ok(self.logits(&resid, &mut pass))
     }
@@ -692,6 +702,8 @@ pub struct Run<'m> {
     pub recording: Recording,
     tokens: Vec<u32>,
     chunk: usize,
+    /// Layers run: all, or those below `RunOptions::stop_at_layer`.
+    layers: usize,
 }
 
 impl<'m> Run<'m> {
@@ -765,6 +777,7 @@ impl<'m> Run<'m> {
             recording: Recording::default(),
             tokens: self.tokens.clone(),
             chunk: self.chunk,
+            layers: self.layers,
         })
     }
 
@@ -799,6 +812,7 @@ impl<'m> Run<'m> {
             recording: Recording::default(),
             tokens: self.tokens.clone(),
             chunk: self.chunk,
+            layers: self.layers,
         }
     }
 
@@ -833,7 +847,9 @@ impl<'m> Run<'m> {
                 phase: Phase::Prefill,
             };
             self.cache.fit_rings(chunk.len());
-            logits = self.model.forward(chunk, step, &mut self.cache, &self.plan, &mut self.recording)?;
+            logits = self
+                .model
+                .forward(chunk, step, &mut self.cache, &self.plan, &mut self.recording, self.layers)?;
             self.tokens.extend_from_slice(chunk);
         }
         Ok(logits.expect("the last chunk yields logits"))
@@ -852,7 +868,7 @@ impl<'m> Run<'m> {
         self.cache.fit_rings(1);
         let logits = self
             .model
-            .forward(&[token], step, &mut self.cache, &self.plan, &mut self.recording)?;
+            .forward(&[token], step, &mut self.cache, &self.plan, &mut self.recording, self.layers)?;
         self.tokens.push(token);
         Ok(logits.expect("decode yields logits"))
     }

@@ -192,3 +192,30 @@ fn patching_a_whole_residual_reproduces_the_source_run() {
     );
     assert_eq!(patched, source_logits);
 }
+
+#[test]
+fn a_run_stopped_at_a_layer_captures_what_the_whole_run_does_below_it() {
+    let m = common::tiny_model();
+    let hooks = || all_patterns(1).capture(Capture::new(HookPoint::ResidPost(0), Positions::All));
+    let (logits, whole) = run(&m, hooks(), PROMPT);
+    let mut r = m
+        .run(
+            hooks(),
+            RunOptions {
+                stop_at_layer: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(r.prefill(PROMPT).unwrap().is_empty(), "a stopped run computes no logits");
+    assert!(!logits.is_empty());
+    assert_eq!(r.recording.patterns[&0].len(), whole.patterns[&0].len());
+    for (a, b) in r.recording.patterns[&0].iter().zip(&whole.patterns[&0]) {
+        assert_eq!(a.probs, b.probs);
+    }
+    assert_eq!(
+        r.recording.get(HookPoint::ResidPost(0)).unwrap().data,
+        whole.get(HookPoint::ResidPost(0)).unwrap().data
+    );
+    assert!(r.decode(5).unwrap().is_empty());
+}

@@ -437,8 +437,9 @@ pub fn copying_heads(prompt: &[u32], record: &TrialRecord) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The trial's prompt and answer run again in one pass under the run's own masks, with the
-/// layer's full attention captured at each query that chose an answer token.
+/// The trial's prompt and answer run again in one pass under the run's own masks, through the
+/// layers up to `layer` only, with its full attention captured at each query that chose an
+/// answer token.
 fn recompute_attention(model: &Model, view: &RunView, trial: &str, layer: usize) -> Result<LayerPatterns> {
     if layer >= model.config.n_layers {
         bail!("layer {layer} does not exist ({} layers)", model.config.n_layers);
@@ -461,6 +462,7 @@ fn recompute_attention(model: &Model, view: &RunView, trial: &str, layer: usize)
         hooks,
         RunOptions {
             capacity: tokens.len(),
+            stop_at_layer: Some(layer + 1),
             ..Default::default()
         },
     )?;
