@@ -1,6 +1,5 @@
 //! `headhunt ruler`: RULER's synthetic long-context suite, and the retrieval heads of each task.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -14,15 +13,12 @@ use crate::experiments::retrieval::masking::MaskSweepArgs;
 use crate::experiments::retrieval::niah::grid::parse_values;
 use crate::experiments::retrieval::niah::haystack::Haystack;
 use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache};
-use crate::experiments::retrieval::qrhead::qr_heatmap;
-use crate::experiments::retrieval::RETRIEVAL_THRESHOLD;
-use crate::experiments::ruler::summary::{head_scores, qr_head_scores, RulerSummary, TaskSummary};
-use crate::experiments::ruler::trial::{RulerPrompt, RulerQrRecord, RulerRecord, RulerRunner, TooShort};
-use crate::experiments::ruler::{Sources, Task, Trial};
-use crate::output::plot::{Figure, Heatmap, Heatmaps, LinePlot, Series};
+use crate::experiments::ruler::outputs::{masks_table, mean_score, write_outputs, write_qr_outputs};
+use crate::experiments::ruler::trial::RulerRunner;
+use crate::experiments::ruler::{suite, Sources, Task, Trial};
 use crate::runner::shard::{run_folder, ShardArgs};
-use crate::runner::store::{write_atomic, Keyed};
-use crate::runner::trials::{run_pending, Status};
+use crate::runner::store::write_atomic;
+use crate::runner::trials::run_pending;
 
 /// RULER (Hsieh et al. 2024): needle retrieval with distractors, several values and several
 /// keys, multi-hop variable tracking, word aggregation and QA among distractor documents,
@@ -81,64 +77,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-impl Keyed for Trial {
-    fn key(&self) -> String {
-        Trial::key(self)
-    }
-}
-
-impl Keyed for RulerRecord {
-    fn key(&self) -> String {
-        self.trial.key()
-    }
-}
-
-impl Keyed for RulerQrRecord {
-    fn key(&self) -> String {
-        self.trial.key()
-    }
-}
-
-impl Status for RulerQrRecord {
-    fn status(&self) -> String {
-        format!("{} {} tokens", self.trial.task, self.prompt_tokens)
-    }
-}
-
-impl Status for RulerRecord {
-    fn status(&self) -> String {
-        format!("{} {:>3.0}", self.trial.task, self.score)
-    }
-}
-
-/// The suite's trials, in task, length, depth, sample order. A sample's draws are the same at
-/// every length and depth (its keys, values and words), so that only the length or the depth
-/// changes along a row.
-fn trials(tasks: &[Task], lengths: &[usize], depths: &[f64], samples: usize, seed: u64) -> Vec<Trial> {
-    let mut out = Vec::new();
-    for &task in tasks {
-        for &length in lengths {
-            let task_depths: &[f64] = if task.has_depth() { depths } else { &[0.0] };
-            for &depth in task_depths {
-                for sample in 0..samples {
-                    let seed = seed
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        .wrapping_add((Task::ALL.iter().position(|t| *t == task).unwrap_or(0) as u64) << 32)
-                        .wrapping_add(sample as u64);
-                    out.push(Trial {
-                        task,
-                        length,
-                        depth,
-                        sample,
-                        seed,
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
 pub fn run(args: Args) -> Result<()> {
     let tasks = if args.tasks.is_empty() {
         Task::ALL.to_vec()
@@ -185,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let sources = Sources::new(&haystack.text(longest * 6 + 4096)?, qa::builtin())?;
     let runner = RulerRunner::new(&model, sources, !args.no_chat)?;
-    let all = trials(&tasks, &lengths, &depths, args.samples, args.seed);
+    let all = suite(&tasks, &lengths, &depths, args.samples, args.seed);
     let mine: Vec<Trial> = all
         .iter()
         .enumerate()
@@ -195,19 +133,7 @@ pub fn run(args: Args) -> Result<()> {
     // The prompts in lexicographic order, so that each trial continues from the prefix it shares
     // with the one before (the preamble, the haystack before the first needle).
     let spinner = crate::runner::progress::spinner(&format!("generating {} RULER prompts", mine.len()));
-    let mut prompts: HashMap<String, RulerPrompt> = HashMap::new();
-    let mut too_short: Vec<(Trial, usize)> = Vec::new();
-    for t in &mine {
-        match runner.prompt(t) {
-            Ok(p) => {
-                prompts.insert(t.key(), p);
-            }
-            Err(e) => match e.downcast_ref::<TooShort>() {
-                Some(s) => too_short.push((*t, s.smallest)),
-                None => return Err(e.context(format!("trial {}", t.key()))),
-            },
-        }
-    }
+    let (prompts, too_short) = runner.prompts(&mine)?;
     spinner.finish_and_clear();
     for (t, smallest) in &too_short {
         eprintln!(
@@ -279,107 +205,4 @@ pub fn run(args: Args) -> Result<()> {
         write_atomic(&out.join("ruler_masks.json"), serde_json::to_string_pretty(&json)?)?;
     }
     super::finish_with_report(&out)
-}
-
-/// A QRHead run's head_scores_<task>.json and heads' maps; the table of each task's best heads.
-fn write_qr_outputs(dir: &std::path::Path, model: &str, records: &[RulerQrRecord], n_layers: usize, n_heads: usize) -> Result<String> {
-    let heads = qr_head_scores(records, n_layers, n_heads);
-    let mut table = format!(
-        "{model}: QRHead scores per RULER task\n{:<18} {:>6}  best heads (mean calibrated score)\n",
-        "task", "trials"
-    );
-    let mut maps = Vec::new();
-    for (task, scores) in &heads {
-        write_atomic(
-            &dir.join(format!("head_scores_{task}.json")),
-            serde_json::to_string(&scores.to_json())?,
-        )?;
-        let best: Vec<String> = scores
-            .ranked()
-            .into_iter()
-            .take(5)
-            .map(|(h, m)| format!("{} {m:.3}", scores.label(h)))
-            .collect();
-        table.push_str(&format!("{:<18} {:>6}  {}\n", task.name(), scores.trials(), best.join(", ")));
-        maps.push(qr_heatmap(&format!("{task}: QRHead"), scores));
-    }
-    if !maps.is_empty() {
-        Heatmaps(maps).save(&dir.join("ruler_heads"))?;
-    }
-    Ok(table)
-}
-
-/// A task's mean score over its lengths.
-fn mean_score(t: &TaskSummary) -> f64 {
-    t.lengths.iter().map(|l| l.score).sum::<f64>() / t.lengths.len().max(1) as f64
-}
-
-/// Each task's mean score (over lengths) under each condition: a row per task.
-fn masks_table(by_condition: &[(String, usize, RulerSummary)]) -> String {
-    let mut t = format!("{:<18}", "task");
-    for (label, _, _) in by_condition {
-        t.push_str(&format!(" {label:>16}"));
-    }
-    t.push('\n');
-    let Some((_, _, first)) = by_condition.first() else { return t };
-    for (i, task) in first.tasks.iter().enumerate() {
-        t.push_str(&format!("{:<18}", task.task.name()));
-        for (_, _, s) in by_condition {
-            match s.tasks.get(i) {
-                Some(ts) => t.push_str(&format!(" {:>16.1}", mean_score(ts))),
-                None => t.push_str(&format!(" {:>16}", "-")),
-            }
-        }
-        t.push('\n');
-    }
-    t
-}
-
-/// ruler.json, each task's head scores, the score-against-length plot and the heads' maps.
-fn write_outputs(dir: &std::path::Path, model: &str, records: &[RulerRecord], n_layers: usize, n_heads: usize) -> Result<RulerSummary> {
-    let heads = head_scores(records, n_layers, n_heads);
-    for (task, scores) in &heads {
-        write_atomic(
-            &dir.join(format!("head_scores_{task}.json")),
-            serde_json::to_string(&scores.to_json())?,
-        )?;
-    }
-    let summary = RulerSummary::of(model, records, &heads);
-    write_atomic(&dir.join("ruler.json"), serde_json::to_string_pretty(&summary)?)?;
-    let series = summary
-        .tasks
-        .iter()
-        .map(|t| Series {
-            name: t.task.name().into(),
-            points: t.lengths.iter().map(|l| (l.length as f64, l.score)).collect(),
-            errors: None,
-        })
-        .collect();
-    LinePlot {
-        title: format!("{model}: RULER score against length"),
-        x_label: "length (tokens)".into(),
-        y_label: "score (0-100)".into(),
-        series,
-        y_range: Some((0.0, 105.0)),
-    }
-    .save(&dir.join("ruler"))?;
-    let maps: Vec<Heatmap> = heads
-        .iter()
-        .filter(|(_, s)| s.trials() > 0)
-        .map(|(task, s)| {
-            let mut map = Heatmap::heads(
-                &format!("{task} ({} answered)", s.trials()),
-                n_layers,
-                n_heads,
-                s.means(),
-                "retrieval score",
-            );
-            map.range.1 = map.range.1.max(RETRIEVAL_THRESHOLD);
-            map
-        })
-        .collect();
-    if !maps.is_empty() {
-        Heatmaps(maps).save(&dir.join("ruler_heads"))?;
-    }
-    Ok(summary)
 }

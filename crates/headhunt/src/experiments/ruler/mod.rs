@@ -26,6 +26,7 @@
 //! Scored as RULER scores: `string_match_all` (the share of expected values that appear in the
 //! answer, case-insensitive) for all but QA, `string_match_part` (any expected answer) for QA.
 
+pub mod outputs;
 pub mod summary;
 pub mod trial;
 mod words;
@@ -795,6 +796,34 @@ pub fn fit_units(budget: usize, mut tokens: impl FnMut(usize) -> Result<usize>) 
         }
     }
     Ok((lo, lo_tokens))
+}
+
+/// The suite's trials, in task, length, depth, sample order. A sample's draws are the same at
+/// every length and depth (its keys, values and words), so that only the length or the depth
+/// changes along a row.
+pub fn suite(tasks: &[Task], lengths: &[usize], depths: &[f64], samples: usize, seed: u64) -> Vec<Trial> {
+    let mut out = Vec::new();
+    for &task in tasks {
+        for &length in lengths {
+            let task_depths: &[f64] = if task.has_depth() { depths } else { &[0.0] };
+            for &depth in task_depths {
+                for sample in 0..samples {
+                    let seed = seed
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add((Task::ALL.iter().position(|t| *t == task).unwrap_or(0) as u64) << 32)
+                        .wrapping_add(sample as u64);
+                    out.push(Trial {
+                        task,
+                        length,
+                        depth,
+                        sample,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

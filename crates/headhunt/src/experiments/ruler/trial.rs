@@ -3,6 +3,7 @@
 //! the end of sequence), scored as RULER scores it, and every head scored as a retrieval head
 //! on the values the answer copies.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -15,6 +16,8 @@ use crate::experiments::retrieval::niah::prompt::{tokens_covering, Frame};
 use crate::experiments::retrieval::niah::trial::{AnswerRule, Condition, PrefixCache};
 use crate::experiments::retrieval::qrhead::{qr_scores, NULL_QUESTION};
 use crate::experiments::retrieval::{trial_scores, ScoreVariant};
+use crate::runner::store::Keyed;
+use crate::runner::trials::Status;
 
 /// A length too short for a task's smallest instance.
 #[derive(Debug, Clone, Copy)]
@@ -212,5 +215,60 @@ impl<'m> RulerRunner<'m> {
             scores,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+impl Keyed for Trial {
+    fn key(&self) -> String {
+        Trial::key(self)
+    }
+}
+
+impl Keyed for RulerRecord {
+    fn key(&self) -> String {
+        self.trial.key()
+    }
+}
+
+impl Keyed for RulerQrRecord {
+    fn key(&self) -> String {
+        self.trial.key()
+    }
+}
+
+impl Status for RulerQrRecord {
+    fn status(&self) -> String {
+        format!("{} {} tokens", self.trial.task, self.prompt_tokens)
+    }
+}
+
+impl Status for RulerRecord {
+    fn status(&self) -> String {
+        format!("{} {:>3.0}", self.trial.task, self.score)
+    }
+}
+
+/// The prompts of `trials` by key, and the trials too short for their task (with the length
+/// they would need), which are left out.
+pub type Prompts = (HashMap<String, RulerPrompt>, Vec<(Trial, usize)>);
+
+impl RulerRunner<'_> {
+    /// Every trial's prompt; a trial too short for its task is set aside, any other failure is
+    /// the caller's.
+    pub fn prompts(&self, trials: &[Trial]) -> Result<Prompts> {
+        let mut prompts = HashMap::new();
+        let mut too_short = Vec::new();
+        for t in trials {
+            match self.prompt(t) {
+                Ok(p) => {
+                    prompts.insert(t.key(), p);
+                }
+                Err(e) => match e.downcast_ref::<TooShort>() {
+                    Some(s) => too_short.push((*t, s.smallest)),
+                    None => return Err(e.context(format!("trial {}", t.key()))),
+                },
+            }
+        }
+        Ok((prompts, too_short))
     }
 }

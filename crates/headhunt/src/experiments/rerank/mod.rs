@@ -9,6 +9,8 @@
 //! over the documents), summed over the chosen heads, then over the document's tokens without the
 //! low outliers (QRRetriever's rule, [`span_score`]).
 
+pub mod study;
+
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
