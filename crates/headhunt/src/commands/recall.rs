@@ -1,24 +1,20 @@
 //! `headhunt recall`: factual-recall mechanisms (Lv et al. 2024).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use headhunt_engine::{HookPoint, Intervention, Model};
+use headhunt_engine::Model;
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::experiments::recall::analysis::{dla, Component};
-use crate::experiments::recall::movers::{mover_heads, MoverHeads};
-use crate::experiments::recall::tasks::{self, RecallPrompt, Task};
-use crate::experiments::recall::{
-    attend_to_self_in_final_layer, decompose_all, evaluate, fit_mlp, mean_of, prompts, sample, subtract_final_intercept, top_tokens, usable,
-};
+use crate::experiments::recall::movers::mover_heads;
+use crate::experiments::recall::study::{final_layer_study, mitigation, mlp_study, MlpStudy};
+use crate::experiments::recall::tasks::{self, Task};
+use crate::experiments::recall::{evaluate, prompts, sample, usable};
 use crate::experiments::retrieval::masking::{head_label, MaskSweepArgs, PhaseArg};
 use crate::experiments::retrieval::pearson;
-use crate::output::plot::{Figure, Heatmap, Heatmaps, Scatter};
 use crate::runner::store::write_atomic;
 
 /// Factual recall: how a model gets from "The capital of France is" to " Paris".
@@ -236,25 +232,13 @@ fn heads(args: HeadsArgs) -> Result<()> {
     let c = &model.config;
     let task = args.task.tasks(&["capital"])?.remove(0);
     let facts = usable(&task, &model)?;
-    let MoverHeads {
-        prompts: n_prompts,
-        ablation_prompts,
-        attn,
-        dla_answer,
-        dla_subject,
-        effect,
-    } = mover_heads(&model, &task, &facts, args.shots, args.ablation_prompts)?;
-    let n_heads = c.n_layers * c.n_heads;
+    let movers = mover_heads(&model, &task, &facts, args.shots, args.ablation_prompts)?;
+    let name = model_name(&model, &args.task.model.model);
     let label = |i: usize| format!("{}-{}", i / c.n_heads, i % c.n_heads);
-    let mut order: Vec<usize> = (0..n_heads).collect();
-    order.sort_by(|&a, &b| effect[b].total_cmp(&effect[a]));
+    let order = movers.by_effect();
     println!(
-        "{} on `{}` ({} prompts, {}-shot; ablation on {}):",
-        model_name(&model, &args.task.model.model),
-        task.name,
-        n_prompts,
-        args.shots,
-        ablation_prompts
+        "{name} on `{}` ({} prompts, {}-shot; ablation on {}):",
+        task.name, movers.prompts, args.shots, movers.ablation_prompts
     );
     println!(" rank  head   ablation effect  attention to subject  DLA answer  DLA subject");
     for (r, &i) in order.iter().take(args.top).enumerate() {
@@ -262,178 +246,107 @@ fn heads(args: HeadsArgs) -> Result<()> {
             "{:>5}  {:<6} {:>15.3}  {:>20.3}  {:>10.3}  {:>11.3}",
             r + 1,
             label(i),
-            effect[i],
-            attn[i],
-            dla_answer[i],
-            dla_subject[i]
+            movers.effect[i],
+            movers.attn[i],
+            movers.dla_answer[i],
+            movers.dla_subject[i]
         );
     }
-    let r = pearson(&attn, &dla_answer);
+    let r = pearson(&movers.attn, &movers.dla_answer);
     println!("Pearson r (attention to subject, DLA to answer) = {r:.3}");
-
     let out = args.task.out();
-    let name = model_name(&model, &args.task.model.model);
-    let map = |title: &str, v: &[f64], unit: &str| {
-        let mut m = Heatmap::heads(title, c.n_layers, c.n_heads, v.to_vec(), unit);
-        let lo = v.iter().copied().fold(0.0f64, f64::min);
-        m.range = (lo, m.range.1.max(lo + 1e-9));
-        m
-    };
-    Heatmaps(vec![
-        map("attention from the last position to the subject", &attn, "attention"),
-        map("direct logit attribution to the answer", &dla_answer, "logit"),
-        map("effect of mean ablation on the logit difference", &effect, "logit difference"),
-    ])
-    .save(&out.join("heads"))?;
-    let labels = order.iter().take(5).map(|&i| (i, label(i))).collect();
-    Scatter {
-        title: format!("{name}, {}: attention to subject vs DLA (Pearson r = {r:.2})", task.name),
-        x_label: "attention from the last position to the subject".into(),
-        y_label: "direct logit attribution to the answer".into(),
-        points: attn.iter().zip(&dla_answer).map(|(&a, &d)| (a, d)).collect(),
-        labels,
-    }
-    .save(&out.join("heads_scatter"))?;
+    movers.save_figures(&out, &format!("{name}, {}", task.name), c.n_layers, c.n_heads)?;
     let per_head: Vec<serde_json::Value> = order
         .iter()
-        .map(|&i| json!({"head": label(i), "ablation_effect": effect[i], "attention_to_subject": attn[i], "dla_answer": dla_answer[i], "dla_subject": dla_subject[i]}))
+        .map(|&i| json!({"head": label(i), "ablation_effect": movers.effect[i], "attention_to_subject": movers.attn[i], "dla_answer": movers.dla_answer[i], "dla_subject": movers.dla_subject[i]}))
         .collect();
     write_json(
         &out,
         "heads.json",
-        &json!({"model": name, "task": task.name, "shots": args.shots, "prompts": n_prompts, "ablation_prompts": ablation_prompts, "pearson_attention_dla": r, "heads": per_head}),
+        &json!({"model": name, "task": task.name, "shots": args.shots, "prompts": movers.prompts, "ablation_prompts": movers.ablation_prompts, "pearson_attention_dla": r, "heads": per_head}),
     )
 }
 
 fn mlp(args: MlpArgs) -> Result<()> {
     let model = args.task.load()?;
-    let tok = model.tokenizer()?;
     let layer = args.layer.unwrap_or(model.config.n_layers - 1);
     let task = args.task.tasks(&["capital"])?.remove(0);
-    let facts = usable(&task, &model)?;
-    let ps = prompts(&task, tok, &facts, &facts, args.shots)?;
-    let decomposed = decompose_all(&model, &ps, "prompts")?;
-    let (names, f) = fit_mlp(&model, &decomposed, layer, args.with_mlps)?;
-    let reference = mean_of(decomposed.iter().map(|d| d.final_resid.clone()));
-    let intercept: Vec<f32> = f.intercept.iter().map(|&x| x as f32).collect();
-    let favoured = top_tokens(&model, &intercept, &reference, 15)?;
+    let MlpStudy {
+        prompts,
+        components: names,
+        fit: f,
+        favoured,
+    } = mlp_study(&model, &task, args.shots, layer, args.with_mlps)?;
     let mut order: Vec<usize> = (0..names.len()).collect();
     order.sort_by(|&a, &b| f.betas[b].total_cmp(&f.betas[a]));
     let name = model_name(&model, &args.task.model.model);
     println!(
-        "MLP {layer} of {name} on `{}` ({} prompts, {} components): R² = {:.4}",
+        "MLP {layer} of {name} on `{}` ({prompts} prompts, {} components): R² = {:.4}",
         task.name,
-        ps.len(),
         names.len(),
         f.r2
     );
-    println!(
-        "amplified (largest β):  {}",
-        order
-            .iter()
+    let betas = |idx: &[usize]| {
+        idx.iter()
             .take(8)
             .map(|&i| format!("{} {:.2}", names[i], f.betas[i]))
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    println!("erased (β nearest 0 or below): {}", {
-        let mut by_abs = order.clone();
-        by_abs.sort_by(|&a, &b| f.betas[a].total_cmp(&f.betas[b]));
-        by_abs
-            .iter()
-            .take(8)
-            .map(|&i| format!("{} {:.2}", names[i], f.betas[i]))
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
+    };
+    println!("amplified (largest β):  {}", betas(&order));
+    let mut by_value = order.clone();
+    by_value.sort_by(|&a, &b| f.betas[a].total_cmp(&f.betas[b]));
+    println!("erased (β nearest 0 or below): {}", betas(&by_value));
     println!(
         "the intercept b favours: {}",
         favoured.iter().map(|(t, _)| format!("{t:?}")).collect::<Vec<_>>().join(" ")
     );
-    let out = args.task.out();
     write_json(
-        &out,
+        &args.task.out(),
         &format!("mlp_{layer}.json"),
         &json!({
-            "model": name, "task": task.name, "layer": layer, "shots": args.shots, "prompts": ps.len(), "r2": f.r2,
+            "model": name, "task": task.name, "layer": layer, "shots": args.shots, "prompts": prompts, "r2": f.r2,
             "betas": order.iter().map(|&i| json!({"component": names[i].to_string(), "beta": f.betas[i]})).collect::<Vec<_>>(),
             "intercept_top_tokens": favoured.iter().map(|(t, l)| json!({"token": t, "logit": l})).collect::<Vec<_>>(),
             "intercept_norm": f.intercept.iter().map(|x| x * x).sum::<f64>().sqrt(),
         }),
-    )?;
-    Ok(())
-}
-
-/// Zero a point at a prompt's last position.
-fn zero_last(point: HookPoint, q: &RecallPrompt, d: usize) -> Intervention {
-    Intervention::Set {
-        point,
-        head: None,
-        rows: BTreeMap::from([(q.ids.len() - 1, vec![0.0; d])]),
-    }
+    )
 }
 
 fn final_layer(args: FinalArgs) -> Result<()> {
     let model = args.task.load()?;
-    let tok = model.tokenizer()?;
-    let c = &model.config;
-    let last_layer = c.n_layers - 1;
     let name = model_name(&model, &args.task.model.model);
     let mut report = Vec::new();
     for task in args.task.tasks(&["capital"])? {
-        let facts = usable(&task, &model)?;
-        let ps = prompts(&task, tok, &facts, &facts, args.shots)?;
-        let d = c.d_model;
-        let conditions: [(&str, Vec<HookPoint>); 4] = [
-            ("full model", vec![]),
-            ("without final attention", vec![HookPoint::AttnOut(last_layer)]),
-            ("without final MLP", vec![HookPoint::MlpOut(last_layer)]),
-            ("without both", vec![HookPoint::AttnOut(last_layer), HookPoint::MlpOut(last_layer)]),
-        ];
-        println!("{name}, `{}` ({} prompts, {}-shot):", task.name, ps.len(), args.shots);
-        let mut rows = Vec::new();
-        for (label, points) in &conditions {
-            let (p, acc) = evaluate(&model, &ps, |q| points.iter().map(|&pt| zero_last(pt, q, d)).collect())?;
-            println!("  {label:<26} p(answer) {:>6.2}%  accuracy {:>5.1}%", 100.0 * p, 100.0 * acc);
-            rows.push(json!({"condition": label, "p_correct": p, "accuracy": acc}));
-        }
-        // Direct effects of the final layer's heads and MLP on the answer, and what they push.
-        let decomposed = decompose_all(&model, &ps, "prompts")?;
-        let mut parts: Vec<Component> = (0..c.n_heads).map(|h| Component::Head(last_layer, h)).collect();
-        parts.push(Component::Mlp(last_layer));
-        let reference = mean_of(decomposed.iter().map(|d| d.final_resid.clone()));
-        let to_answer: Vec<_> = ps
-            .iter()
-            .zip(&decomposed)
-            .map(|(q, dd)| dla(&model, dd, &[q.answer_token]))
-            .collect();
-        let mut effects = Vec::new();
-        for &part in &parts {
-            let on_answer: f64 = to_answer.iter().map(|per| per[&part][0] as f64).sum::<f64>() / ps.len() as f64;
-            let mean_vec = mean_of(decomposed.iter().filter_map(|dd| dd.component(part).map(<[f32]>::to_vec)));
-            let pushes = top_tokens(&model, &mean_vec, &reference, 8)?;
+        let study = final_layer_study(&model, &task, args.shots)?;
+        println!("{name}, `{}` ({} prompts, {}-shot):", task.name, study.prompts, args.shots);
+        for r in &study.conditions {
             println!(
-                "  {part:<10} DLA to the answer {on_answer:>7.3}; pushes up {}",
-                pushes.iter().map(|(t, _)| format!("{t:?}")).collect::<Vec<_>>().join(" ")
+                "  {:<26} p(answer) {:>6.2}%  accuracy {:>5.1}%",
+                r.condition,
+                100.0 * r.p_correct,
+                100.0 * r.accuracy
             );
-            effects.push(json!({"component": part.to_string(), "dla_answer": on_answer, "pushes": pushes.iter().map(|(t, l)| json!({"token": t, "logit": l})).collect::<Vec<_>>()}));
         }
-        report.push(json!({"task": task.name, "prompts": ps.len(), "conditions": rows, "components": effects}));
+        for e in &study.components {
+            println!(
+                "  {:<10} DLA to the answer {:>7.3}; pushes up {}",
+                e.component,
+                e.dla_answer,
+                e.pushes.iter().map(|p| format!("{:?}", p.token)).collect::<Vec<_>>().join(" ")
+            );
+        }
+        report.push(study);
     }
-    let out = args.task.out();
     write_json(
-        &out,
+        &args.task.out(),
         "final_layer.json",
         &json!({"model": name, "shots": args.shots, "tasks": report}),
-    )?;
-    Ok(())
+    )
 }
 
 fn mitigate(args: MitigateArgs) -> Result<()> {
     let model = args.task.load()?;
-    let tok = model.tokenizer()?;
-    let c = &model.config;
-    let last_layer = c.n_layers - 1;
     let name = model_name(&model, &args.task.model.model);
     let mut rows = Vec::new();
     println!(
@@ -441,42 +354,18 @@ fn mitigate(args: MitigateArgs) -> Result<()> {
         "task", "shots", "condition", "p(answer)", "accuracy"
     );
     for task in args.task.tasks(tasks::BUILTIN)? {
-        let facts = usable(&task, &model)?;
-        // The intercept is fitted on half the subjects and evaluated on the other half.
-        let fit_facts: Vec<usize> = facts.iter().copied().step_by(2).collect();
-        let eval_facts: Vec<usize> = facts.iter().copied().skip(1).step_by(2).collect();
         for &shots in &args.shots {
-            let fit_prompts = prompts(&task, tok, &fit_facts, &facts, shots)?;
-            let decomposed = decompose_all(&model, &fit_prompts, "fitting")?;
-            let (_, f) = fit_mlp(&model, &decomposed, last_layer, false)?;
-            let eval_prompts = prompts(&task, tok, &eval_facts, &facts, shots)?;
-            let (a, b) = (
-                attend_to_self_in_final_layer(&model),
-                subtract_final_intercept(&model, &f.intercept),
-            );
-            let both = [a.clone(), b.clone()].concat();
-            let conditions = [
-                ("baseline", Vec::new()),
-                ("(a) final heads attend to the last token", a),
-                ("(b) minus the final MLP's intercept", b),
-                ("(a) + (b)", both),
-            ];
-            for (label, interventions) in &conditions {
-                let (p, acc) = evaluate(&model, &eval_prompts, |_| interventions.clone())?;
+            for row in mitigation(&model, &task, shots)? {
                 println!(
-                    "{:<10} {shots:>5}  {label:<32} {:>9.2}% {:>8.1}%",
+                    "{:<10} {shots:>5}  {:<32} {:>9.2}% {:>8.1}%",
                     task.name,
-                    100.0 * p,
-                    100.0 * acc
+                    row.result.condition,
+                    100.0 * row.result.p_correct,
+                    100.0 * row.result.accuracy
                 );
-                rows.push(
-                    json!({"task": task.name, "shots": shots, "condition": label, "p_correct": p, "accuracy": acc,
-                                 "fit_prompts": fit_prompts.len(), "eval_prompts": eval_prompts.len(), "intercept_r2": f.r2}),
-                );
+                rows.push(row);
             }
         }
     }
-    let out = args.task.out();
-    write_json(&out, "mitigate.json", &json!({"model": name, "results": rows}))?;
-    Ok(())
+    write_json(&args.task.out(), "mitigate.json", &json!({"model": name, "results": rows}))
 }

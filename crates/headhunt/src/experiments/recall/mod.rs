@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod fit;
 pub mod movers;
+pub mod study;
 pub mod tasks;
 
 use anyhow::{bail, Result};

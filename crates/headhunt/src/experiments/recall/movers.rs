@@ -3,6 +3,7 @@
 //! subject, and the effect of mean-ablating it at the last position.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use headhunt_engine::{HookPoint, Intervention, Model};
@@ -10,6 +11,8 @@ use headhunt_engine::{HookPoint, Intervention, Model};
 use super::analysis::{dla, Component};
 use super::tasks::{RecallPrompt, Task};
 use super::{decompose_all, par_map, prompts};
+use crate::experiments::retrieval::pearson;
+use crate::output::plot::{Figure, Heatmap, Heatmaps, Scatter};
 
 /// Per head (`layer * n_heads + head`), means over the prompts.
 pub struct MoverHeads {
@@ -21,6 +24,47 @@ pub struct MoverHeads {
     /// Drop of logit(answer) - logit(corrupted answer) when the head's output at the last
     /// position is replaced by its mean over corrupted prompts.
     pub effect: Vec<f64>,
+}
+
+impl MoverHeads {
+    /// The heads, largest ablation effect first.
+    pub fn by_effect(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.effect.len()).collect();
+        order.sort_by(|&a, &b| self.effect[b].total_cmp(&self.effect[a]));
+        order
+    }
+
+    /// heads.png/.svg (attention to the subject, DLA to the answer, ablation effect per head)
+    /// and heads_scatter.png/.svg (attention against DLA, the five strongest movers named).
+    pub fn save_figures(&self, dir: &Path, title: &str, n_layers: usize, n_heads: usize) -> Result<()> {
+        let map = |title: &str, v: &[f64], unit: &str| {
+            let mut m = Heatmap::heads(title, n_layers, n_heads, v.to_vec(), unit);
+            let lo = v.iter().copied().fold(0.0f64, f64::min);
+            m.range = (lo, m.range.1.max(lo + 1e-9));
+            m
+        };
+        Heatmaps(vec![
+            map("attention from the last position to the subject", &self.attn, "attention"),
+            map("direct logit attribution to the answer", &self.dla_answer, "logit"),
+            map("effect of mean ablation on the logit difference", &self.effect, "logit difference"),
+        ])
+        .save(&dir.join("heads"))?;
+        let r = pearson(&self.attn, &self.dla_answer);
+        Scatter {
+            title: format!("{title}: attention to subject vs DLA (Pearson r = {r:.2})"),
+            x_label: "attention from the last position to the subject".into(),
+            y_label: "direct logit attribution to the answer".into(),
+            points: self.attn.iter().zip(&self.dla_answer).map(|(&a, &d)| (a, d)).collect(),
+            labels: self
+                .by_effect()
+                .into_iter()
+                .take(5)
+                .map(|i| (i, format!("{}-{}", i / n_heads, i % n_heads)))
+                .collect(),
+        }
+        .save(&dir.join("heads_scatter"))?;
+        Ok(())
+    }
 }
 
 /// Decompose `shots`-shot prompts of `facts`, then mean-ablate every head on
