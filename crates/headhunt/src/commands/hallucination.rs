@@ -1,19 +1,15 @@
 //! `headhunt hallucination`: do retrieval heads tell a grounded answer from a made-up one?
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::{DecodeArgs, ModelArg};
 use crate::experiments::grounding::Grounder;
-use crate::experiments::hallucination::{
-    contrastive, detections, greedy, guided, outcome, prepared, Case, Decoded, Detection, Guide, FOLDS, LOOKBACK_C,
-};
+use crate::experiments::hallucination::study::{compare_decoding, counts, load_run, roc_plot, AnswerRecord, Answerer};
+use crate::experiments::hallucination::{detections, Case, Detection, Guide, FOLDS, LOOKBACK_C};
 use crate::experiments::qa::{best_f1, builtin, load_jsonl};
 use crate::experiments::retrieval::failure::{AnswerClass, COMPLETE_ROUGE};
 use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, MaskHow};
@@ -21,10 +17,9 @@ use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::prompt::Frame;
 use crate::experiments::retrieval::niah::trial::TrialRunner;
 use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
-use crate::metrics::stats::bootstrap_mean;
-use crate::output::plot::{Figure, LinePlot, Series};
+use crate::output::plot::Figure;
 use crate::runner::store::{write_atomic, Keyed};
-use crate::runner::trials::{run_pending, Status};
+use crate::runner::trials::run_pending;
 
 /// Answers labelled complete or hallucinated (NIAH trials of the grid, and extractive QA), each
 /// with three detectors' scores: (a) the retrieval heads' support for the answer's tokens (no
@@ -89,40 +84,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AnswerRecord {
-    pub key: String,
-    pub question: String,
-    pub expected: Vec<String>,
-    pub prompt_tokens: usize,
-    pub greedy: Decoded,
-    /// ROUGE-1 recall (NIAH) or token F1 (QA), 0-100.
-    pub score: f64,
-    pub outcome: AnswerClass,
-    pub guided: Option<Decoded>,
-    pub guided_score: Option<f64>,
-    #[serde(default)]
-    pub contrastive: Option<Decoded>,
-    #[serde(default)]
-    pub contrastive_score: Option<f64>,
-    /// Seconds of each decoding (greedy, guided, contrastive), where measured.
-    #[serde(default)]
-    pub decode_seconds: BTreeMap<String, f64>,
-    pub seconds: f64,
-}
-
-impl Keyed for AnswerRecord {
-    fn key(&self) -> String {
-        self.key.clone()
-    }
-}
-
-impl Status for AnswerRecord {
-    fn status(&self) -> String {
-        format!("{} {:.2}", self.outcome.name(), self.greedy.signal.support)
-    }
-}
-
 struct Item(String);
 
 impl Keyed for Item {
@@ -168,40 +129,12 @@ pub fn run(args: Args) -> Result<()> {
     if contrast.is_some() {
         common["decode"] = json!({"contrastive": args.decode.settings(), "masked_heads": k});
     }
-    // Answer one prompt greedily (and guided, and contrastively), scored by `score`.
-    let answer = |key: String, question: &str, expected: Vec<String>, prompt: &[u32], score: &dyn Fn(&str) -> f64| {
-        let start = Instant::now();
-        let base = prepared(&model, prompt)?;
-        let mut decode_seconds = BTreeMap::new();
-        let mut timed = |name: &str, decode: &dyn Fn() -> Result<Decoded>| {
-            let t = Instant::now();
-            let d = decode();
-            decode_seconds.insert(name.to_owned(), t.elapsed().as_secs_f64());
-            d
-        };
-        let greedy = timed("greedy", &|| greedy(&base, prompt, &g))?;
-        let guided = guide.map(|gd| timed("guided", &|| guided(&base, prompt, &g, gd))).transpose()?;
-        let contrastive = contrast
-            .as_ref()
-            .map(|c| timed("contrastive", &|| contrastive(&base, prompt, &g, c)))
-            .transpose()?;
-        Ok(AnswerRecord {
-            key,
-            question: question.to_owned(),
-            outcome: outcome(&expected, &greedy.answer),
-            expected,
-            prompt_tokens: prompt.len(),
-            score: score(&greedy.answer),
-            guided_score: guided.as_ref().map(|d| score(&d.answer)),
-            contrastive_score: contrastive.as_ref().map(|d| score(&d.answer)),
-            greedy,
-            guided,
-            contrastive,
-            decode_seconds,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+    let answerer = Answerer {
+        model: &model,
+        grounder: &g,
+        guide,
+        contrast: contrast.as_ref(),
     };
-
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let specs = grid.trials();
     let mut niah_settings = grid.settings();
@@ -211,7 +144,7 @@ pub fn run(args: Args) -> Result<()> {
         let spec = specs.iter().find(|s| s.key() == item.0).context("a planned trial")?;
         let prompt = runner.prompt(spec)?;
         let needle = &grid.needles[spec.needle];
-        answer(
+        answerer.answer(
             item.0.clone(),
             &needle.question,
             vec![needle.real_needle.clone()],
@@ -232,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
         let i: usize = item.0[1..].parse()?;
         let it = &qa_items[i];
         let prompt = Frame::new(tok, &it.question, chat)?.wrap(&tok.encode(&it.context, false)?);
-        answer(item.0.clone(), &it.question, it.answers.clone(), &prompt, &|a: &str| {
+        answerer.answer(item.0.clone(), &it.question, it.answers.clone(), &prompt, &|a: &str| {
             100.0 * best_f1(a, &it.answers)
         })
     })?;
@@ -282,42 +215,6 @@ pub fn run(args: Args) -> Result<()> {
     super::finish_with_report(&out)
 }
 
-/// The records of another hallucination run (its NIAH and QA answers), checked to be of the
-/// same model; their keys carry the folder's name.
-fn load_run(dir: &std::path::Path, model: &Option<String>) -> Result<(Vec<AnswerRecord>, Vec<AnswerRecord>)> {
-    let card: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("model.json")).with_context(|| format!("{} is not a hallucination run", dir.display()))?,
-    )?;
-    if card["name"].as_str() != Some(model.as_deref().unwrap_or("-")) {
-        bail!("{} is a run of {}, not of this model", dir.display(), card["name"]);
-    }
-    let read = |task: &str| -> Result<Vec<AnswerRecord>> {
-        let path = dir.join(task).join("trials.jsonl");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let mut r: AnswerRecord = serde_json::from_str(l).with_context(|| format!("a record of {}", path.display()))?;
-                r.key = format!("{}/{}", dir.display(), r.key);
-                Ok(r)
-            })
-            .collect()
-    };
-    Ok((read("niah")?, read("qa").unwrap_or_default()))
-}
-
-fn counts(niah: &[AnswerRecord], qa: &[AnswerRecord]) -> serde_json::Value {
-    let of = |rs: &[AnswerRecord]| {
-        json!({
-            "answers": rs.len(),
-            "complete": rs.iter().filter(|r| r.outcome == AnswerClass::Complete).count(),
-            "incomplete": rs.iter().filter(|r| r.outcome == AnswerClass::Incomplete).count(),
-            "hallucinated": rs.iter().filter(|r| r.outcome == AnswerClass::Hallucination).count(),
-        })
-    };
-    json!({"niah": of(niah), "qa": of(qa)})
-}
-
 fn print_detections(name: &str, niah: &[AnswerRecord], qa: &[AnswerRecord], found: &[Detection]) {
     let c = counts(niah, qa);
     println!("{name}: NIAH {}, QA {}", c["niah"], c["qa"]);
@@ -331,68 +228,4 @@ fn print_detections(name: &str, niah: &[AnswerRecord], qa: &[AnswerRecord], foun
             d.detector, d.evaluated_on, d.answers, d.hallucinated, d.auroc, d.ci95.0, d.ci95.1
         );
     }
-}
-
-/// The ROC curves of the three detectors on all labelled answers.
-fn roc_plot(name: &str, found: &[Detection]) -> LinePlot {
-    let series = ["retrieval-head support", "Lookback Lens (cross-validated)", "confidence"]
-        .iter()
-        .filter_map(|want| found.iter().find(|d| d.detector == *want && d.evaluated_on == "all"))
-        .map(|d| Series {
-            name: format!("{} (AUROC {:.3})", d.detector, d.auroc),
-            points: d.roc.clone(),
-            errors: None,
-        })
-        .chain(std::iter::once(Series {
-            name: "chance".into(),
-            points: vec![(0.0, 0.0), (1.0, 1.0)],
-            errors: None,
-        }))
-        .collect();
-    LinePlot {
-        title: format!("{name}: detecting hallucinated answers"),
-        x_label: "false positive rate (complete answers flagged)".into(),
-        y_label: "true positive rate (hallucinations flagged)".into(),
-        series,
-        y_range: Some((0.0, 1.0)),
-    }
-}
-
-/// Another decoding (`name`: guided, contrastive) against greedy decoding, per task: means, the
-/// mean difference with its interval, answers changed, and the decoding's seconds against
-/// greedy's.
-fn compare_decoding(
-    niah: &[AnswerRecord],
-    qa: &[AnswerRecord],
-    name: &str,
-    other: impl Fn(&AnswerRecord) -> Option<(f64, &Decoded)>,
-) -> serde_json::Value {
-    let row = |task: &str, metric: &str, rs: &[AnswerRecord]| {
-        let pairs: Vec<(f64, f64)> = rs.iter().filter_map(|r| Some((r.score, other(r)?.0))).collect();
-        let n = pairs.len().max(1) as f64;
-        let diffs: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
-        let (lo, hi) = bootstrap_mean(&diffs, 0.95, 2000, 11);
-        let seconds = |d: &str| rs.iter().filter_map(|r| r.decode_seconds.get(d)).sum::<f64>();
-        let row = json!({
-            "task": task,
-            "metric": metric,
-            "items": pairs.len(),
-            "greedy": pairs.iter().map(|p| p.0).sum::<f64>() / n,
-            name: pairs.iter().map(|p| p.1).sum::<f64>() / n,
-            "difference": diffs.iter().sum::<f64>() / n,
-            "ci95": [lo, hi],
-            "changed": rs.iter().filter(|r| other(r).is_some_and(|(_, d)| d.answer != r.greedy.answer)).count(),
-            "seconds_over_greedy": if seconds("greedy") > 0.0 { Some(seconds(name) / seconds("greedy")) } else { None },
-        });
-        println!(
-            "{name} against greedy, {task}: {metric} {:.1} -> {:.1} ({:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; {} of {} answers changed)",
-            row["greedy"].as_f64().unwrap_or(0.0),
-            row[name].as_f64().unwrap_or(0.0),
-            row["difference"].as_f64().unwrap_or(0.0),
-            row["changed"],
-            pairs.len()
-        );
-        row
-    };
-    json!([row("niah", "ROUGE-1 recall", niah), row("qa", "token F1", qa)])
 }

@@ -7,6 +7,8 @@
 //! content word of the expected answer (for QA, of any accepted answer); the incomplete ones in
 //! between are left out of the detection study.
 
+pub mod study;
+
 use anyhow::Result;
 use headhunt_engine::{argmax, Hooks, Model, Run};
 use serde::{Deserialize, Serialize};
