@@ -67,31 +67,10 @@ impl RunsDir {
     /// levels down, in name order;
     /// shards of a merged run are left out (the merged run stands for them).
     pub fn runs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        walk(&self.root, 4, &mut out);
-        out
-    }
-}
-
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let settings = dir.join(SETTINGS_FILE);
-    if settings.is_file() || dir.join(PROVENANCE_FILE).is_file() {
-        out.push(dir.to_owned());
-    }
-    if depth == 0 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut subs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        // Links are not followed: a link out of the folder must not list what it points to.
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .filter(|p| !(settings.is_file() && p.file_name().is_some_and(|n| n == crate::runner::shard::SHARDS_DIR)))
-        .collect();
-    subs.sort();
-    for s in subs {
-        walk(&s, depth - 1, out);
+        let mut all = Vec::new();
+        crate::output::report::folders(&self.root, 4, &mut all);
+        all.retain(|d| d.join(SETTINGS_FILE).is_file() || d.join(PROVENANCE_FILE).is_file());
+        all
     }
 }
 

@@ -33,8 +33,9 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Every run folder below `dir` (and `dir` itself), depth-first, in name order.
-fn folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+/// Every folder below `dir` (and `dir` itself) to `depth` levels, depth-first, in name order,
+/// links not followed; a merged run's shards left out (the merged run stands for them).
+pub(crate) fn folders(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     out.push(dir.to_owned());
     if depth == 0 {
         return;
