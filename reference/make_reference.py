@@ -627,6 +627,30 @@ MOE_GGUF = {"mixtral-moe"}
 
 
 @torch.no_grad()
+def forward_with_scores(model, ids):
+    """The model's output (with attention probabilities), and each layer's attention scores as
+    transformers computes them just before the softmax: scaled, soft-capped where the family
+    caps, with the mask added ([layer, head, query, key]; masked entries, which transformers
+    fills with the dtype's minimum, as -inf, TransformerLens's convention)."""
+    seen, softmax = [], torch.nn.functional.softmax
+
+    def recording(x, *a, **kw):
+        if x.dim() == 4 and x.shape[-2] == ids.shape[1]:  # attention rows, not a router's
+            seen.append(x[0].double().numpy())
+        return softmax(x, *a, **kw)
+
+    torch.nn.functional.softmax = recording
+    try:
+        out = model(ids, output_attentions=True)
+    finally:
+        torch.nn.functional.softmax = softmax
+    scores = np.stack(seen)
+    scores[scores < -1e30] = -np.inf
+    assert scores.shape[0] == len(out.attentions), (scores.shape, len(out.attentions))
+    return out, scores.astype(np.float32)
+
+
+@torch.no_grad()
 def internals(model, ids) -> dict:
     """Per layer, as transformers computes them: each head's query and each key/value head's key
     after their norms and RoPE (what `apply_rotary_pos_emb` returns), the values, the MLP's
@@ -703,7 +727,7 @@ def tiny_models(out_dir: Path):
         model.save_pretrained(d)
         for p in model.parameters():
             p.data = p.data.float()
-        out = model(ids, output_attentions=True)
+        out, scores = forward_with_scores(model, ids)
         if name in AS_GGUF:
             write_llama_gguf(model, d / "model.gguf")
             # transformers' GGUF reader has no Mixture-of-Experts llama; the Rust test checks
@@ -711,7 +735,7 @@ def tiny_models(out_dir: Path):
             if name not in MOE_GGUF:
                 check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
-                 attn=np.stack([a[0].float().numpy() for a in out.attentions]), **internals(model, ids))
+                 attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids))
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
 
 

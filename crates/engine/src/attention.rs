@@ -12,7 +12,7 @@
 //! The kernel also serves the hooks: a head's query can be zeroed (uniform attention), its keys
 //! restricted, and chosen query rows recorded whole (`hook_pattern`) or as an argmax.
 
-use crate::hooks::{HeadHooks, KeySet, PatternRow};
+use crate::hooks::{HeadHooks, KeyRow, KeySet};
 use crate::kv_cache::{HeadCache, KvPolicy, Segment};
 use crate::linalg::{fast_exp, matmul_nn, matmul_t};
 
@@ -39,6 +39,8 @@ pub(crate) struct AttentionLayer<'a> {
     pub head_hooks: Option<&'a [HeadHooks]>,
     /// Absolute query positions whose whole rows are recorded.
     pub pattern_positions: &'a [usize],
+    /// Absolute query positions whose scores before the softmax are recorded.
+    pub score_positions: &'a [usize],
     /// Absolute query positions whose argmax is recorded.
     pub argmax_positions: &'a [usize],
     /// Absolute query positions whose attention mass on keys before `mass_split` is recorded.
@@ -49,7 +51,8 @@ pub(crate) struct AttentionLayer<'a> {
 pub(crate) struct AttentionOutput {
     /// `[n, n_heads * d_head]`
     pub z: Vec<f32>,
-    pub patterns: Vec<PatternRow>,
+    pub patterns: Vec<KeyRow>,
+    pub scores: Vec<KeyRow>,
     /// (query position, argmax key position per head)
     pub argmax: Vec<(usize, Vec<u32>)>,
     /// (query position, attention mass on keys before the split per head)
@@ -126,11 +129,70 @@ impl AttentionLayer<'_> {
         let (dh, nh, group, block) = (self.d_head, self.n_heads, self.group(), self.block());
         let tiles: Vec<Vec<Tile>> = self.caches.iter().map(tiles_of).collect();
         let n_blocks = self.n.div_ceil(block);
-        // Split the keys only when the query blocks alone cannot keep every thread busy.
+        let tasks = self.tasks(&tiles, n_blocks);
+        let slots: Vec<std::sync::Mutex<Option<Partial>>> = tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        crate::team::for_each(tasks.len(), |i| {
+            let part = self.task(&tasks[i].1);
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
+        });
+        let partials = tasks
+            .iter()
+            .zip(slots)
+            .map(|((key, _), slot)| (*key, slot.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every task ran")));
+
+        // Merge each block's partials (they arrive in key order) and normalise.
+        let mut z = vec![0.0; self.n * nh * dh];
+        let mut merged: Vec<Option<Partial>> = (0..n_blocks * self.caches.len()).map(|_| None).collect();
+        for (key, p) in partials {
+            match &mut merged[key] {
+                Some(acc) => acc.merge(p, dh),
+                slot => *slot = Some(p),
+            }
+        }
+        let merged: Vec<Partial> = merged.into_iter().map(|p| p.expect("every block has a task")).collect();
+        let mut argmax: Vec<(usize, Vec<u32>)> = self.argmax_positions.iter().map(|&p| (p, vec![0; nh])).collect();
+        let mut mass: Vec<(usize, Vec<f32>)> = self.mass_positions.iter().map(|&p| (p, vec![0.0; nh])).collect();
+        for (key, part) in merged.iter().enumerate() {
+            let (g, b) = (key / n_blocks, key % n_blocks);
+            let (r0, r1) = (b * block, ((b + 1) * block).min(self.n));
+            let bq = r1 - r0;
+            for hg in 0..group {
+                let h = g * group + hg;
+                for r in r0..r1 {
+                    let i = hg * bq + (r - r0);
+                    let inv = if part.l[i] > 0.0 { 1.0 / part.l[i] } else { 0.0 };
+                    let dst = &mut z[r * nh * dh + h * dh..r * nh * dh + (h + 1) * dh];
+                    dst.iter_mut().zip(&part.acc[i * dh..(i + 1) * dh]).for_each(|(d, a)| *d = a * inv);
+                    if let Some(slot) = argmax.iter_mut().find(|a| a.0 == self.p0 + r) {
+                        slot.1[h] = part.best[i].1;
+                    }
+                    if let Some(slot) = mass.iter_mut().find(|a| a.0 == self.p0 + r) {
+                        slot.1[h] = part.before[i] * inv;
+                    }
+                }
+            }
+        }
+        AttentionOutput {
+            z,
+            patterns: self
+                .pattern_positions
+                .iter()
+                .map(|&p| self.pattern_row(p, &merged, n_blocks))
+                .collect(),
+            scores: self.score_positions.iter().map(|&p| self.score_row(p)).collect(),
+            argmax,
+            mass,
+        }
+    }
+
+    /// The tasks, each with the index of the (key/value head, query block) whose partial it
+    /// computes. The keys are split only when the query blocks alone cannot keep every thread
+    /// busy.
+    fn tasks<'t>(&self, tiles: &'t [Vec<Tile>], n_blocks: usize) -> Vec<(usize, Task<'t>)> {
+        let block = self.block();
         let threads = rayon::current_num_threads().max(1);
-        let blocks_total = n_blocks * self.caches.len();
-        let splits_wanted = (2 * threads).div_ceil(blocks_total).max(1);
-        let mut tasks: Vec<(usize, Task<'_>)> = Vec::new();
+        let splits_wanted = (2 * threads).div_ceil(n_blocks * self.caches.len()).max(1);
+        let mut tasks = Vec::new();
         for (g, ts) in tiles.iter().enumerate() {
             for b in 0..n_blocks {
                 let (r0, r1) = (b * block, ((b + 1) * block).min(self.n));
@@ -155,83 +217,56 @@ impl AttentionLayer<'_> {
                 tasks.extend(chunks.into_iter().map(|tiles| (key, Task { g, r0, r1, tiles })));
             }
         }
-        let slots: Vec<std::sync::Mutex<Option<Partial>>> = tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        crate::team::for_each(tasks.len(), |i| {
-            let part = self.task(&tasks[i].1);
-            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
-        });
-        let partials = tasks
-            .iter()
-            .zip(slots)
-            .map(|((key, _), slot)| (*key, slot.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every task ran")));
+        tasks
+    }
 
-        // Merge each block's partials (they arrive in key order) and normalise.
-        let mut z = vec![0.0; self.n * nh * dh];
-        let mut merged: Vec<Option<Partial>> = (0..blocks_total).map(|_| None).collect();
-        for (key, p) in partials {
-            match &mut merged[key] {
-                Some(acc) => acc.merge(p, dh),
-                slot => *slot = Some(p),
-            }
-        }
-        let mut argmax: Vec<(usize, Vec<u32>)> = self.argmax_positions.iter().map(|&p| (p, vec![0; nh])).collect();
-        let mut mass: Vec<(usize, Vec<f32>)> = self.mass_positions.iter().map(|&p| (p, vec![0.0; nh])).collect();
-        let mut patterns: Vec<PatternRow> = Vec::with_capacity(self.pattern_positions.len());
-        for (key, part) in merged.iter().enumerate() {
-            let part = part.as_ref().expect("every block has a task");
-            let (g, b) = (key / n_blocks, key % n_blocks);
-            let (r0, r1) = (b * block, ((b + 1) * block).min(self.n));
-            let bq = r1 - r0;
+    /// Every head's probabilities at query position `p`, from its block's merged softmax state.
+    fn pattern_row(&self, p: usize, merged: &[Partial], n_blocks: usize) -> KeyRow {
+        let (group, block) = (self.group(), self.block());
+        let r = p - self.p0;
+        let b = r / block;
+        let bq = ((b + 1) * block).min(self.n) - b * block;
+        let mut values = vec![0.0f32; self.n_heads * (p + 1)];
+        for (g, cache) in self.caches.iter().enumerate() {
+            let part = &merged[g * n_blocks + b];
             for hg in 0..group {
                 let h = g * group + hg;
-                for r in r0..r1 {
-                    let i = hg * bq + (r - r0);
-                    let inv = if part.l[i] > 0.0 { 1.0 / part.l[i] } else { 0.0 };
-                    let dst = &mut z[r * nh * dh + h * dh..r * nh * dh + (h + 1) * dh];
-                    dst.iter_mut().zip(&part.acc[i * dh..(i + 1) * dh]).for_each(|(d, a)| *d = a * inv);
-                    if let Some(slot) = argmax.iter_mut().find(|a| a.0 == self.p0 + r) {
-                        slot.1[h] = part.best[i].1;
-                    }
-                    if let Some(slot) = mass.iter_mut().find(|a| a.0 == self.p0 + r) {
-                        slot.1[h] = part.before[i] * inv;
+                let i = hg * bq + (r - b * block);
+                if part.l[i] > 0.0 {
+                    let (q, (m, l)) = (self.query(h, r), (part.m[i], part.l[i]));
+                    let out = &mut values[h * (p + 1)..(h + 1) * (p + 1)];
+                    for seg in cache.segments() {
+                        self.for_each_score(&q, seg, p, cache.policy, h, |kp, s| out[kp] = (s - m).exp() / l);
                     }
                 }
             }
         }
-        for &p in self.pattern_positions {
-            let r = p - self.p0;
-            let b = r / block;
-            let mut probs = vec![0.0f32; nh * (p + 1)];
-            for (g, cache) in self.caches.iter().enumerate() {
-                let part = merged[g * n_blocks + b].as_ref().expect("every block has a task");
-                let bq = ((b + 1) * block).min(self.n) - b * block;
-                for hg in 0..group {
-                    let h = g * group + hg;
-                    let i = hg * bq + (r - b * block);
-                    if part.l[i] > 0.0 {
-                        let q = self.query(h, r);
-                        for seg in cache.segments() {
-                            self.row_probs(
-                                &mut probs[h * (p + 1)..(h + 1) * (p + 1)],
-                                &q,
-                                seg,
-                                p,
-                                cache.policy,
-                                h,
-                                part.m[i],
-                                part.l[i],
-                            );
-                        }
-                    }
+        KeyRow {
+            position: p,
+            n_keys: p + 1,
+            values,
+        }
+    }
+
+    /// Every head's scores before the softmax at query position `p` (-inf on keys it cannot see).
+    fn score_row(&self, p: usize) -> KeyRow {
+        let group = self.group();
+        let r = p - self.p0;
+        let mut values = vec![f32::NEG_INFINITY; self.n_heads * (p + 1)];
+        for (g, cache) in self.caches.iter().enumerate() {
+            for h in g * group..(g + 1) * group {
+                let q = self.query(h, r);
+                let out = &mut values[h * (p + 1)..(h + 1) * (p + 1)];
+                for seg in cache.segments() {
+                    self.for_each_score(&q, seg, p, cache.policy, h, |kp, s| out[kp] = s);
                 }
             }
-            patterns.push(PatternRow {
-                position: p,
-                n_keys: p + 1,
-                probs,
-            });
         }
-        AttentionOutput { z, patterns, argmax, mass }
+        KeyRow {
+            position: p,
+            n_keys: p + 1,
+            values,
+        }
     }
 
     fn hooks(&self, h: usize) -> Option<&HeadHooks> {
@@ -348,7 +383,9 @@ impl AttentionLayer<'_> {
 
     /// Final probabilities of one query row over one segment's keys.
     #[allow(clippy::too_many_arguments)]
-    fn row_probs(&self, probs: &mut [f32], q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, m: f32, l: f32) {
+    /// Calls `f(key position, score)` for each key of `seg` that head `h`'s query at `qp` sees,
+    /// its score soft-capped where the family caps.
+    fn for_each_score(&self, q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, mut f: impl FnMut(usize, f32)) {
         let dh = self.d_head;
         let keys = self.hooks(h).and_then(|hh| hh.keys.as_ref());
         for (j, &kp) in seg.pos.iter().enumerate() {
@@ -360,7 +397,7 @@ impl AttentionLayer<'_> {
             if let Some(cap) = self.softcap {
                 s = cap * (s / cap).tanh();
             }
-            probs[kp] = (s - m).exp() / l;
+            f(kp, s);
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum HookPoint {
     /// `[pos, head, d_model]` (for sandwich-norm models, after the post-attention norm's scale,
     /// so that the heads sum to `hook_attn_out`).
     Result(usize),
+    /// `blocks.{l}.attn.hook_attn_scores`: scores before the softmax (scaled, soft-capped where
+    /// the family caps them, -inf where a key is masked), `[pos, head, key]`.
+    AttnScores(usize),
     /// `blocks.{l}.attn.hook_pattern`: attention probabilities, `[pos, head, key]`.
     Pattern(usize),
     /// `blocks.{l}.hook_attn_out`, `[pos, d_model]`.
@@ -185,6 +188,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "each head's attention-weighted values",
     },
     HookKind {
+        name: "blocks.{l}.attn.hook_attn_scores",
+        dims: "[head, key]",
+        point: HookPoint::AttnScores,
+        shape: |c| vec![c.n_heads, 0],
+        writable: false,
+        doc: "scores before the softmax, per head over the keys (scaled, soft-capped where the family caps, -inf where masked; whole rows of the query positions asked for)",
+    },
+    HookKind {
         name: "blocks.{l}.attn.hook_pattern",
         dims: "[head, key]",
         point: HookPoint::Pattern,
@@ -296,8 +307,8 @@ impl HookPoint {
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;
         match *self {
-            ResidPre(l) | Ln1Scale(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | Pattern(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l)
-            | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            ResidPre(l) | Ln1Scale(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | AttnScores(l) | Pattern(l) | AttnOut(l) | ResidMid(l)
+            | Ln2Scale(l) | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
             Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
@@ -334,9 +345,12 @@ impl HookPoint {
             }
         }
         if !self.kind().exists_in(c) {
-            return Err(Error::Hook(
-                "hook_pos_embed: this model has rotary positions, no position table".into(),
-            ));
+            let why = match self {
+                HookPoint::PosEmbed => "this model has rotary positions, no position table",
+                HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => "a Mixture-of-Experts MLP has no single hidden activation",
+                _ => "this model's blocks have no such norm",
+            };
+            return Err(Error::Hook(format!("{self}: {why}")));
         }
         Ok(())
     }
@@ -638,14 +652,22 @@ impl Hooks {
     }
 }
 
-/// One captured pattern row: a query position and every head's probabilities over key positions
-/// `0..n_keys` (keys a head could not see, or that its cache no longer holds, are 0).
+/// One query position's row over the keys `0..n_keys`, for every head: its attention
+/// probabilities (`hook_pattern`: keys a head could not see, or that its cache no longer holds,
+/// are 0) or its scores before the softmax (`hook_attn_scores`: those keys are -inf).
 #[derive(Debug, Clone)]
-pub struct PatternRow {
+pub struct KeyRow {
     pub position: usize,
     pub n_keys: usize,
     /// `[head, n_keys]`
-    pub probs: Vec<f32>,
+    pub values: Vec<f32>,
+}
+
+impl KeyRow {
+    /// Head `h`'s values over the keys.
+    pub fn head(&self, h: usize) -> &[f32] {
+        &self.values[h * self.n_keys..(h + 1) * self.n_keys]
+    }
 }
 
 /// Rows of one captured point, in the order they were computed.
@@ -671,6 +693,8 @@ impl Rows {
 #[derive(Debug, Clone, Default)]
 pub struct PatternRequests {
     pub full: Vec<usize>,
+    /// Positions whose scores before the softmax are recorded (`hook_attn_scores`).
+    pub scores: Vec<usize>,
     pub argmax: Vec<usize>,
     pub mass: Vec<usize>,
     /// Keys at positions below this count toward the mass.
@@ -681,7 +705,9 @@ pub struct PatternRequests {
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
     pub rows: BTreeMap<HookPoint, Rows>,
-    pub patterns: BTreeMap<usize, Vec<PatternRow>>,
+    pub patterns: BTreeMap<usize, Vec<KeyRow>>,
+    /// Per layer: rows of scores before the softmax (`hook_attn_scores`).
+    pub scores: BTreeMap<usize, Vec<KeyRow>>,
     /// Per layer: (query position, key position of each query head's argmax).
     pub argmax: BTreeMap<usize, Vec<(usize, Vec<u32>)>>,
     /// Per layer: (query position, each query head's attention mass before the split).
@@ -750,7 +776,7 @@ impl CompiledHooks {
         let mut attn = vec![false; config.n_layers];
         for c in &hooks.captures {
             touched.insert(c.point);
-            if let HookPoint::Pattern(l) = c.point {
+            if let HookPoint::Pattern(l) | HookPoint::AttnScores(l) = c.point {
                 attn[l] = true;
             }
         }
@@ -810,6 +836,10 @@ impl CompiledHooks {
     pub fn pattern_requests(&self, layer: usize, step: &Step) -> PatternRequests {
         let mut req = PatternRequests::default();
         for c in &self.hooks.captures {
+            if c.point == HookPoint::AttnScores(layer) {
+                req.scores.extend(step.positions().filter(|&p| c.positions.matches(p, step.last)));
+                continue;
+            }
             if c.point != HookPoint::Pattern(layer) {
                 continue;
             }
@@ -823,7 +853,7 @@ impl CompiledHooks {
             };
             target.extend(step.positions().filter(|&p| c.positions.matches(p, step.last)));
         }
-        for v in [&mut req.full, &mut req.argmax, &mut req.mass] {
+        for v in [&mut req.full, &mut req.scores, &mut req.argmax, &mut req.mass] {
             v.sort_unstable();
             v.dedup();
         }

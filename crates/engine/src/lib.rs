@@ -32,7 +32,7 @@ pub mod weights;
 pub use config::{ModelConfig, RopeScaling};
 pub use cpu::Isa;
 pub use error::{Error, Result};
-pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeySet, MaskMode, Phase, Positions, Recording, Reduce};
+pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeyRow, KeySet, MaskMode, Phase, Positions, Recording, Reduce};
 pub use kernels::Precision;
 pub use kv_cache::{KvCache, KvPolicy};
 pub use matrix::Matrix;

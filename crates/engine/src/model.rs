@@ -309,27 +309,32 @@ impl Model {
 
     /// One attention sub-layer: what it adds to the residual stream.
     fn attention(&self, l: usize, resid: &[f32], rope: &[RopeAngles], cache: &mut [HeadCache], pass: &mut Pass<'_>) -> Vec<f32> {
+        let q = self.project_qkv(l, resid, rope, cache, pass);
+        let z = self.attend(l, &q, cache, pass);
+        self.project_out(l, z, pass)
+    }
+
+    /// The queries of layer `l` (normed and roped, `[n, n_heads * d_head]`); the keys and values
+    /// go into the cache.
+    fn project_qkv(&self, l: usize, resid: &[f32], rope: &[RopeAngles], cache: &mut [HeadCache], pass: &mut Pass<'_>) -> Vec<f32> {
         let c = &self.config;
         let b = &self.weights.blocks[l];
         let (n, d, nh, nkv, dh) = (pass.step.n, c.d_model, c.n_heads, c.n_kv_heads, c.d_head);
-        let (p0, plan) = (pass.step.p0, pass.plan);
-
         let mut x = vec![0.0f32; n * d];
         profile::timed(Stage::Norms, || pre_norm(&mut x, resid, c, b.attn_norm.as_ref()));
         pass.norm_scale(HookPoint::Ln1Scale(l), resid, c);
-        let qkv = profile::timed(Stage::QkvProjection, || b.qkv.forward(&x, n));
         let width = (nh + 2 * nkv) * dh;
-        let (mut q, mut k) = profile::timed(Stage::Rope, || {
-            let mut q = vec![0.0f32; n * nh * dh];
-            let mut k = vec![0.0f32; n * nkv * dh];
-            for r in 0..n {
-                let row = &qkv[r * width..(r + 1) * width];
-                q[r * nh * dh..(r + 1) * nh * dh].copy_from_slice(&row[..nh * dh]);
-                k[r * nkv * dh..(r + 1) * nkv * dh].copy_from_slice(&row[nh * dh..(nh + nkv) * dh]);
-            }
-            (q, k)
+        let (qkv, mut q, mut k) = profile::timed(Stage::QkvProjection, || {
+            let qkv = b.qkv.forward(&x, n);
+            let q: Vec<f32> = qkv.chunks_exact(width).flat_map(|row| &row[..nh * dh]).copied().collect();
+            let k: Vec<f32> = qkv
+                .chunks_exact(width)
+                .flat_map(|row| &row[nh * dh..(nh + nkv) * dh])
+                .copied()
+                .collect();
+            (qkv, q, k)
         });
-        profile::timed(Stage::Rope, || {
+        profile::timed(Stage::Norms, || {
             // Per head or over the whole projection: the weight's length is the normed width.
             if let Some(qn) = &b.q_norm {
                 norm_rows_in_place(&mut q, qn.w.len(), c, qn);
@@ -337,37 +342,39 @@ impl Model {
             if let Some(kn) = &b.k_norm {
                 norm_rows_in_place(&mut k, kn.w.len(), c, kn);
             }
-            if let Some(&t) = self.rope_of_layer.get(l) {
-                for r in 0..n {
-                    for head in q[r * nh * dh..(r + 1) * nh * dh].chunks_exact_mut(dh) {
-                        rope[t].apply(head, r);
-                    }
-                    for head in k[r * nkv * dh..(r + 1) * nkv * dh].chunks_exact_mut(dh) {
-                        rope[t].apply(head, r);
-                    }
-                }
-            }
         });
+        if let Some(&t) = self.rope_of_layer.get(l) {
+            let _t = profile::span(Stage::Rope);
+            for (r, (qr, kr)) in q.chunks_exact_mut(nh * dh).zip(k.chunks_exact_mut(nkv * dh)).enumerate() {
+                qr.chunks_exact_mut(dh)
+                    .chain(kr.chunks_exact_mut(dh))
+                    .for_each(|head| rope[t].apply(head, r));
+            }
+        }
         pass.hook(HookPoint::Q(l), &mut q, nh * dh);
         pass.hook(HookPoint::K(l), &mut k, nkv * dh);
-        if plan.touches(HookPoint::V(l)) {
-            let mut v: Vec<f32> = qkv.chunks_exact(width).flat_map(|row| row[(nh + nkv) * dh..].to_vec()).collect();
+        if pass.plan.touches(HookPoint::V(l)) {
+            let mut v: Vec<f32> = qkv.chunks_exact(width).flat_map(|row| &row[(nh + nkv) * dh..]).copied().collect();
             pass.hook(HookPoint::V(l), &mut v, nkv * dh);
         }
         profile::timed(Stage::KvCache, || {
-            for r in 0..n {
-                let row = &qkv[r * width..(r + 1) * width];
+            for (r, (row, kr)) in qkv.chunks_exact(width).zip(k.chunks_exact(nkv * dh)).enumerate() {
                 for (g, head_cache) in cache.iter_mut().enumerate() {
-                    let kr = &k[(r * nkv + g) * dh..(r * nkv + g + 1) * dh];
                     let vr = &row[(nh + nkv + g) * dh..(nh + nkv + g + 1) * dh];
-                    head_cache.push(p0 + r, kr, vr);
+                    head_cache.push(pass.step.p0 + r, &kr[g * dh..(g + 1) * dh], vr);
                 }
             }
         });
-        // The values are in the cache now; only the queries are read from here on.
-        drop((qkv, k, x));
+        q
+    }
+
+    /// Every head's attention-weighted values (`hook_z`) from the queries and the cache,
+    /// recording the patterns, scores, argmaxes and masses the hooks ask for.
+    fn attend(&self, l: usize, q: &[f32], cache: &[HeadCache], pass: &mut Pass<'_>) -> Vec<f32> {
+        let c = &self.config;
+        let plan = pass.plan;
         let hooked = plan.attention_hooked(l);
-        let head_hooks = hooked.then(|| plan.head_hooks(l, nh, pass.step.phase));
+        let head_hooks = hooked.then(|| plan.head_hooks(l, c.n_heads, pass.step.phase));
         let requests = if hooked {
             plan.pattern_requests(l, &pass.step)
         } else {
@@ -375,52 +382,62 @@ impl Model {
         };
         let out = profile::timed(Stage::Attention, || {
             AttentionLayer {
-                q: &q,
-                n,
-                p0,
-                n_heads: nh,
-                d_head: dh,
+                q,
+                n: pass.step.n,
+                p0: pass.step.p0,
+                n_heads: c.n_heads,
+                d_head: c.d_head,
                 scale: c.attn_scale,
                 softcap: c.attn_logit_softcap,
                 caches: cache,
                 head_hooks: head_hooks.as_deref(),
                 pattern_positions: &requests.full,
+                score_positions: &requests.scores,
                 argmax_positions: &requests.argmax,
                 mass_positions: &requests.mass,
                 mass_split: requests.split,
             }
             .run()
         });
-        if !out.patterns.is_empty() {
-            pass.rec.patterns.entry(l).or_default().extend(out.patterns);
+        let rec = &mut pass.rec;
+        for (rows, got) in [(&mut rec.patterns, out.patterns), (&mut rec.scores, out.scores)] {
+            if !got.is_empty() {
+                rows.entry(l).or_default().extend(got);
+            }
         }
         if !out.argmax.is_empty() {
-            pass.rec.argmax.entry(l).or_default().extend(out.argmax);
+            rec.argmax.entry(l).or_default().extend(out.argmax);
         }
         if !out.mass.is_empty() {
-            pass.rec.mass.entry(l).or_default().extend(out.mass);
+            rec.mass.entry(l).or_default().extend(out.mass);
         }
         let mut z = out.z;
-        pass.hook(HookPoint::Z(l), &mut z, nh * dh);
+        pass.hook(HookPoint::Z(l), &mut z, c.n_heads * c.d_head);
+        z
+    }
+
+    /// The output projection of the heads' values, through the post-attention norm where the
+    /// family has one (sandwich norms), recording each head's share (`hook_result`).
+    fn project_out(&self, l: usize, z: Vec<f32>, pass: &mut Pass<'_>) -> Vec<f32> {
+        let c = &self.config;
+        let b = &self.weights.blocks[l];
+        let (n, d, p0) = (pass.step.n, c.d_model, pass.step.p0);
         let mut attn_out = profile::timed(Stage::OutProjection, || b.o.forward(&z, n));
-        // Sandwich norms: the post-attention norm's per-row scale, shared by every head.
-        let post_scale: Option<Vec<f32>> = b
-            .post_attn_norm
-            .as_ref()
-            .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
-        let positions = plan.capture_positions(HookPoint::Result(l), &pass.step);
+        let positions = pass.plan.capture_positions(HookPoint::Result(l), &pass.step);
         if !positions.is_empty() {
+            // A post-norm's per-row scale, shared by every head, so that the heads sum to its output.
+            let post_scale: Option<Vec<f32>> = b
+                .post_attn_norm
+                .as_ref()
+                .map(|_| attn_out.chunks_exact(d).map(|r| rms_scale(r, c.norm_eps)).collect());
             let rows: Vec<usize> = positions.iter().map(|&p| p - p0).collect();
             let results = self.head_results(l, &z, &rows, post_scale.as_deref());
             for (pos, row) in positions.into_iter().zip(results) {
                 pass.rec.push_row(HookPoint::Result(l), pos, &row);
             }
         }
-        if let (Some(norm), Some(scales)) = (&b.post_attn_norm, &post_scale) {
-            let _t = profile::span(Stage::Norms);
-            for (row, &s) in attn_out.chunks_exact_mut(d).zip(scales) {
-                row.iter_mut().zip(&norm.w).for_each(|(x, &w)| *x = w * (*x * s));
-            }
+        if let Some(norm) = &b.post_attn_norm {
+            profile::timed(Stage::Norms, || norm_rows_in_place(&mut attn_out, d, c, norm));
         }
         pass.hook(HookPoint::AttnOut(l), &mut attn_out, d);
         attn_out

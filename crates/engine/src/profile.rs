@@ -9,7 +9,7 @@ pub enum Stage {
     Embed,
     Norms,
     QkvProjection,
-    /// Q/K norms and rotary embeddings.
+    /// Rotary embeddings (the Q/K norms count as norms).
     Rope,
     KvCache,
     Attention,

@@ -70,11 +70,11 @@ fn uniform_mask_attends_uniformly_to_the_visible_keys() {
     });
     let (_, rec) = run(&m, hooks, PROMPT);
     for row in &rec.patterns[&0] {
-        let probs = &row.probs[3 * row.n_keys..4 * row.n_keys];
+        let probs = &row.values[3 * row.n_keys..4 * row.n_keys];
         let want = 1.0 / (row.position + 1) as f32;
         assert!(probs.iter().all(|&p| (p - want).abs() < 1e-6), "query {}: {probs:?}", row.position);
         // The other heads are not uniform.
-        let other = &row.probs[..row.n_keys];
+        let other = &row.values[..row.n_keys];
         assert!(row.position == 0 || other.iter().any(|&p| (p - want).abs() > 1e-4));
     }
 }
@@ -129,9 +129,9 @@ fn restricted_keys_are_the_only_ones_attended() {
     let (_, rec) = run(&m, hooks, PROMPT);
     for row in &rec.patterns[&1] {
         let (n, p) = (row.n_keys, row.position);
-        let own = &row.probs[n..2 * n];
+        let own = &row.values[n..2 * n];
         assert!((own[p] - 1.0).abs() < 1e-6 && own.iter().enumerate().all(|(k, &x)| k == p || x == 0.0));
-        let two = &row.probs[2 * n..3 * n];
+        let two = &row.values[2 * n..3 * n];
         let allowed: Vec<usize> = [0usize, 3].into_iter().filter(|&k| k <= p).collect();
         assert!(two.iter().enumerate().all(|(k, &x)| allowed.contains(&k) || x == 0.0));
         assert!((allowed.iter().map(|&k| two[k]).sum::<f32>() - 1.0).abs() < 1e-5);
@@ -211,7 +211,7 @@ fn a_run_stopped_at_a_layer_captures_what_the_whole_run_does_below_it() {
     assert!(!logits.is_empty());
     assert_eq!(r.recording.patterns[&0].len(), whole.patterns[&0].len());
     for (a, b) in r.recording.patterns[&0].iter().zip(&whole.patterns[&0]) {
-        assert_eq!(a.probs, b.probs);
+        assert_eq!(a.values, b.values);
     }
     assert_eq!(
         r.recording.get(HookPoint::ResidPost(0)).unwrap().data,

@@ -34,7 +34,7 @@ fn a_sink_window_head_attends_to_exactly_its_positions() {
     for row in &run.recording.patterns[&1] {
         let p = row.position;
         for h in 0..c.n_heads {
-            let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+            let probs = &row.values[h * row.n_keys..(h + 1) * row.n_keys];
             let seen: Vec<usize> = (0..row.n_keys).filter(|&k| probs[k] > 0.0).collect();
             let want: Vec<usize> = if h / group == 0 {
                 (0..=p).filter(|&k| k < sink || p - k < window).collect()

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{expected, max_abs_diff, reference_dir};
-use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
+use headhunt_engine::{Capture, HookPoint, Hooks, KeyRow, Model, Positions, RunOptions};
 
 fn check(name: &str) {
     check_file(name, "");
@@ -22,12 +22,17 @@ fn check_file(name: &str, file: &str) {
     let want_logits = exp["logits"].as_f32();
     let want_attn = exp["attn"].as_f32(); // [L, H, T, T]
     assert_eq!(exp["attn"].shape, vec![c.n_layers, c.n_heads, t, t]);
+    let want_scores = exp
+        .get("attn_scores")
+        .unwrap_or_else(|| panic!("{name}: the reference lacks attn_scores: regenerate it (scripts/test.sh)"))
+        .as_f32(); // [L, H, T, T]
 
     // Whole prompt at once, then in chunks that straddle tiles and sliding windows.
     for chunk in [512, 7] {
         let mut hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All));
         for l in 0..c.n_layers {
             hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::All));
+            hooks = hooks.capture(Capture::new(HookPoint::AttnScores(l), Positions::All));
             for point in internals(l).into_iter().filter(|p| p.kind().exists_in(c)) {
                 hooks = hooks.capture(Capture::new(point, Positions::All));
             }
@@ -87,7 +92,7 @@ fn check_file(name: &str, file: &str) {
             for (q, row) in rows.iter().enumerate() {
                 assert_eq!(row.position, q);
                 for h in 0..c.n_heads {
-                    let got = &row.probs[h * (q + 1)..(h + 1) * (q + 1)];
+                    let got = &row.values[h * (q + 1)..(h + 1) * (q + 1)];
                     let base = ((l * c.n_heads + h) * t + q) * t;
                     let want = &want_attn[base..base + q + 1];
                     let d = max_abs_diff(got, want);
@@ -96,6 +101,31 @@ fn check_file(name: &str, file: &str) {
                     assert!(want_attn[base + q + 1..base + t].iter().all(|&p| p == 0.0));
                 }
             }
+            check_scores(name, chunk, &run.recording.scores[&l], &want_scores, l, c.n_heads, t);
+        }
+    }
+}
+
+/// `hook_attn_scores` of layer `l` against transformers' scores just before its softmax: equal
+/// to 1e-4 of their size where a key is seen, -inf in the same places where it is masked.
+fn check_scores(name: &str, chunk: usize, rows: &[KeyRow], want: &[f32], l: usize, n_heads: usize, t: usize) {
+    assert_eq!(rows.len(), t);
+    for (q, row) in rows.iter().enumerate() {
+        assert_eq!((row.position, row.n_keys), (q, q + 1));
+        for h in 0..n_heads {
+            let base = ((l * n_heads + h) * t + q) * t;
+            for (k, (&got, &w)) in row.head(h).iter().zip(&want[base..base + q + 1]).enumerate() {
+                let ok = if w.is_finite() {
+                    (got - w).abs() <= 1e-4 * w.abs().max(1.0)
+                } else {
+                    got == w
+                };
+                assert!(
+                    ok,
+                    "{name} (chunk {chunk}): attn_scores L{l}H{h} query {q} key {k}: {got} against {w}"
+                );
+            }
+            assert!(want[base + q + 1..base + t].iter().all(|&s| s == f32::NEG_INFINITY));
         }
     }
 }

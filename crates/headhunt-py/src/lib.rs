@@ -413,11 +413,22 @@ fn run_command(py: Python<'_>, argv: Vec<String>) -> PyResult<()> {
     py.detach(|| headhunt::cli::run(cli)).map_err(py_err)
 }
 
+/// Every kind of hook point, as the engine's table defines it: (name with `{l}` for the layer,
+/// one position's row, whether it may be written, what it holds).
+#[pyfunction]
+fn hook_kinds() -> Vec<(&'static str, &'static str, bool, &'static str)> {
+    headhunt_engine::hooks::HOOK_KINDS
+        .iter()
+        .map(|k| (k.name, k.dims, k.writable, k.doc))
+        .collect()
+}
+
 #[pymodule]
 fn _headhunt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(run_command, m)?)?;
+    m.add_function(wrap_pyfunction!(hook_kinds, m)?)?;
     m.add("HeadhuntError", py.get_type::<HeadhuntError>())?;
     m.add("ModelLoadError", py.get_type::<ModelLoadError>())?;
     m.add("HookError", py.get_type::<HookError>())?;

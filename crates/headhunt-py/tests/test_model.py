@@ -48,6 +48,19 @@ def test_logits_and_cache_equal_the_cli(which, request, cli, scratch):
     assert np.allclose(cache["pattern", 3].sum(-1), 1.0, atol=1e-5)
 
 
+def test_attention_scores_give_the_pattern(smollm2):
+    names = ["blocks.3.attn.hook_attn_scores", "blocks.3.attn.hook_pattern", "blocks.3.ln1.hook_scale", "ln_final.hook_scale"]
+    _, cache = smollm2.run_with_cache(PROMPT, names_filter=names)
+    scores, pattern = cache["attn_scores", 3], cache["pattern", 3]
+    assert scores.shape == pattern.shape
+    above = np.triu_indices(scores.shape[1], 1)
+    assert np.all(np.isneginf(scores[:, above[0], above[1]])), "the causal future is -inf"
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    assert np.allclose(e / e.sum(-1, keepdims=True), pattern, atol=1e-6), "softmax of the scores is the pattern"
+    assert cache["scale", 3, "ln1"] is cache["blocks.3.ln1.hook_scale"]
+    assert cache["scale"] is cache["ln_final.hook_scale"]
+
+
 def test_names_filter_forms_and_positions(smollm2):
     names = smollm2.hook_names()
     assert names[0] == "hook_embed" and names[-1] == "logits" and "blocks.29.attn.hook_pattern" in names

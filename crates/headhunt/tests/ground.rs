@@ -53,7 +53,7 @@ fn check(id: &str, retrieval: &[(usize, usize, f64)]) {
         for l in 0..c.n_layers {
             let row = run.recording.patterns[&l].iter().find(|r| r.position == q).expect("a row per step");
             for h in 0..c.n_heads {
-                let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+                let probs = &row.values[h * row.n_keys..(h + 1) * row.n_keys];
                 let mass: f64 = probs[..p].iter().map(|&x| x as f64).sum();
                 let i = l * c.n_heads + h;
                 assert!(
@@ -73,7 +73,7 @@ fn check(id: &str, retrieval: &[(usize, usize, f64)]) {
         let mut ratio = 0.0;
         for &(l, h, w) in retrieval {
             let row = run.recording.patterns[&l].iter().find(|r| r.position == q).unwrap();
-            let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+            let probs = &row.values[h * row.n_keys..(h + 1) * row.n_keys];
             let best = probs.iter().enumerate().fold(0, |b, (j, &x)| if x > probs[b] { j } else { b });
             if best < p && prompt[best] == s.token {
                 copied += w;

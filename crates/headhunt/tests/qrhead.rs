@@ -31,7 +31,7 @@ fn attention_on_gold(model: &Model, prompt: &[u32], queries: Range<usize>, gold:
         for row in rows {
             for h in 0..c.n_heads {
                 for (i, k) in gold.clone().enumerate() {
-                    out[l * c.n_heads + h][i] += f64::from(row.probs[h * row.n_keys + k]) / queries.len() as f64;
+                    out[l * c.n_heads + h][i] += f64::from(row.values[h * row.n_keys + k]) / queries.len() as f64;
                 }
             }
         }

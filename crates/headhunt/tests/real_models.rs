@@ -107,7 +107,7 @@ fn logits_and_attention_match(id: &str) {
             let rows = &run.recording.patterns[&l];
             for (j, &q) in qpos.iter().enumerate() {
                 let row = rows.iter().find(|r| r.position == q).unwrap();
-                let got = &row.probs[h * row.n_keys..h * row.n_keys + q + 1];
+                let got = &row.values[h * row.n_keys..h * row.n_keys + q + 1];
                 let base = (k * qpos.len() + j) * n;
                 let d = max_abs_diff(got, &want[base..base + q + 1]);
                 assert!(

@@ -134,7 +134,7 @@ fn mitigations_change_only_what_they_say() {
     let a = capture(attend_to_self_in_final_layer(&model));
     for row in &a.patterns[&last_layer] {
         for h in 0..c.n_heads {
-            let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+            let probs = &row.values[h * row.n_keys..(h + 1) * row.n_keys];
             assert!(probs
                 .iter()
                 .enumerate()
@@ -143,8 +143,8 @@ fn mitigations_change_only_what_they_say() {
     }
     for l in 0..last_layer {
         assert_eq!(
-            a.patterns[&l].iter().map(|r| &r.probs).collect::<Vec<_>>(),
-            base.patterns[&l].iter().map(|r| &r.probs).collect::<Vec<_>>()
+            a.patterns[&l].iter().map(|r| &r.values).collect::<Vec<_>>(),
+            base.patterns[&l].iter().map(|r| &r.values).collect::<Vec<_>>()
         );
     }
     assert_eq!(
@@ -169,8 +169,8 @@ fn mitigations_change_only_what_they_say() {
     }
     for l in 0..c.n_layers {
         assert_eq!(
-            b.patterns[&l].iter().map(|r| &r.probs).collect::<Vec<_>>(),
-            base.patterns[&l].iter().map(|r| &r.probs).collect::<Vec<_>>()
+            b.patterns[&l].iter().map(|r| &r.values).collect::<Vec<_>>(),
+            base.patterns[&l].iter().map(|r| &r.values).collect::<Vec<_>>()
         );
     }
 }

@@ -33,34 +33,32 @@ from . import _headhunt
 Tokens = Union[str, Sequence[int], np.ndarray]
 NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 
-# TransformerLens's shorthand: cache["pattern", 3] is cache["blocks.3.attn.hook_pattern"].
-_SHORTHAND = {
-    "embed": "hook_embed",
-    "pos_embed": "hook_pos_embed",
-    "resid_pre": "blocks.{}.hook_resid_pre",
-    "resid_mid": "blocks.{}.hook_resid_mid",
-    "resid_post": "blocks.{}.hook_resid_post",
-    "attn_out": "blocks.{}.hook_attn_out",
-    "mlp_out": "blocks.{}.hook_mlp_out",
-    "q": "blocks.{}.attn.hook_q",
-    "k": "blocks.{}.attn.hook_k",
-    "v": "blocks.{}.attn.hook_v",
-    "z": "blocks.{}.attn.hook_z",
-    "result": "blocks.{}.attn.hook_result",
-    "pattern": "blocks.{}.attn.hook_pattern",
-    "pre": "blocks.{}.mlp.hook_pre",
-    "post": "blocks.{}.mlp.hook_post",
-    "normalized": "ln_final.hook_normalized",
-    "ln_final": "ln_final.hook_normalized",
-    "logits": "logits",
-}
+def _shorthand() -> Dict[str, str]:
+    """TransformerLens's shorthand, made from the engine's table of hook points: a name's last
+    part without ``hook_`` (``cache["pattern", 3]`` is ``cache["blocks.3.attn.hook_pattern"]``,
+    ``cache["pre", 5]`` is ``blocks.5.mlp.hook_pre``). The norms' ``hook_scale`` is named by its
+    norm as in TransformerLens: ``cache["scale", 3, "ln1"]``; ``cache["scale"]`` is the final
+    norm's."""
+    out = {"ln_final": "ln_final.hook_normalized"}
+    for name, *_ in _headhunt.hook_kinds():
+        short = name.rsplit(".", 1)[-1].removeprefix("hook_")
+        if short != "scale" or not name.startswith("blocks."):
+            out[short] = name.replace("{l}", "{}")
+    return out
 
 
-def _full_name(key: Union[str, Tuple[str, int]]) -> str:
+_SHORTHAND = _shorthand()
+
+
+def _full_name(key: Union[str, Tuple[str, int], Tuple[str, int, str]]) -> str:
     if isinstance(key, tuple):
-        short, layer = key
-        if short not in _SHORTHAND:
-            raise KeyError(f"unknown hook shorthand {short!r} (one of {', '.join(sorted(_SHORTHAND))})")
+        if len(key) == 3 and key[0] == "scale":
+            _, layer, norm = key
+            return f"blocks.{layer}.{norm}.hook_scale"
+        short, layer = key[:2]
+        if short not in _SHORTHAND or "{}" not in _SHORTHAND[short]:
+            per_layer = sorted(k for k, v in _SHORTHAND.items() if "{}" in v)
+            raise KeyError(f"unknown per-layer hook shorthand {short!r} (one of {', '.join(per_layer)}; norms: ('scale', layer, 'ln1'))")
         return _SHORTHAND[short].format(layer)
     if key in _SHORTHAND and "{}" not in _SHORTHAND[key]:
         return _SHORTHAND[key]

@@ -3,12 +3,13 @@
 //! `run_with_cache` returns, from one implementation.
 //!
 //! Shapes: residual-stream hooks `[pos, d_model]`; `hook_z` `[pos, head, d_head]`;
-//! `hook_result` `[pos, head, d_model]`; `mlp.hook_post` `[pos, d_mlp]`; `hook_pattern`
-//! `[head, pos, key]` (keys padded with zeros to the longest row); `logits` `[pos, vocab]`. `pos`
+//! `hook_result` `[pos, head, d_model]`; `mlp.hook_post` `[pos, d_mlp]`; `hook_pattern` and
+//! `hook_attn_scores` `[head, pos, key]` (keys padded to the longest row with 0 and -inf);
+//! `logits` `[pos, vocab]`. `pos`
 //! runs over the recorded positions, listed beside each array.
 
 use anyhow::{bail, Context, Result};
-use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, Model, ModelConfig, Positions, Recording, RunOptions};
+use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, KeyRow, Model, ModelConfig, Positions, Recording, RunOptions};
 
 /// Hook names, `*` standing for every layer (`blocks.*.hook_resid_post`), as sorted, distinct
 /// points.
@@ -105,10 +106,22 @@ impl Dense {
     }
 }
 
+/// The rows over the keys `point` holds (`hook_pattern`, `hook_attn_scores`) and what pads a
+/// row shorter than the longest (a key nothing attended to: 0 probability, -inf score).
+fn key_rows(rec: &Recording, point: HookPoint) -> Option<(&[KeyRow], f32)> {
+    match point {
+        HookPoint::Pattern(l) => Some((rec.patterns.get(&l).map(Vec::as_slice).unwrap_or_default(), 0.0)),
+        HookPoint::AttnScores(l) => Some((rec.scores.get(&l).map(Vec::as_slice).unwrap_or_default(), f32::NEG_INFINITY)),
+        _ => None,
+    }
+}
+
 /// The dense shape of `point` in `rec`, if it was recorded.
 pub fn dense(rec: &Recording, point: HookPoint, c: &ModelConfig) -> Option<Dense> {
-    if let HookPoint::Pattern(l) = point {
-        let rows = rec.patterns.get(&l)?;
+    if let Some((rows, _)) = key_rows(rec, point) {
+        if rows.is_empty() {
+            return None;
+        }
         let keys = rows.iter().map(|r| r.n_keys).max().unwrap_or(0);
         return Some(Dense {
             shape: vec![c.n_heads, rows.len(), keys],
@@ -126,14 +139,13 @@ pub fn dense(rec: &Recording, point: HookPoint, c: &ModelConfig) -> Option<Dense
 
 /// Write `point`'s dense array (of the shape [`dense`] gives) into `out`.
 pub fn fill(rec: &Recording, point: HookPoint, c: &ModelConfig, out: &mut [f32]) {
-    if let HookPoint::Pattern(l) = point {
-        let rows = rec.patterns.get(&l).map(Vec::as_slice).unwrap_or_default();
+    if let Some((rows, pad)) = key_rows(rec, point) {
         let keys = rows.iter().map(|r| r.n_keys).max().unwrap_or(0);
-        out.fill(0.0);
+        out.fill(pad);
         for (i, r) in rows.iter().enumerate() {
             for h in 0..c.n_heads {
                 let dst = (h * rows.len() + i) * keys;
-                out[dst..dst + r.n_keys].copy_from_slice(&r.probs[h * r.n_keys..(h + 1) * r.n_keys]);
+                out[dst..dst + r.n_keys].copy_from_slice(r.head(h));
             }
         }
     } else if let Some(rows) = rec.get(point) {

@@ -320,7 +320,7 @@ fn api_attention(state: &State, request: &Request) -> Result<Response> {
         .rows
         .get(step)
         .with_context(|| format!("the answer has {} steps", patterns.rows.len()))?;
-    let probs = &row.probs[head.1 * row.n_keys..(head.1 + 1) * row.n_keys];
+    let probs = &row.values[head.1 * row.n_keys..(head.1 + 1) * row.n_keys];
     let argmax = probs
         .iter()
         .enumerate()

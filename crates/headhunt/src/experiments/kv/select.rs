@@ -172,7 +172,7 @@ pub fn votes(recs: &[&Recording], c: &ModelConfig, obs: &Range<usize>, snap: &Sn
         let mut per_query = vec![vec![0.0f32; before]; c.n_heads];
         for r in &rows {
             for (h, acc) in per_query.iter_mut().enumerate() {
-                let probs = &r.probs[h * r.n_keys..h * r.n_keys + before];
+                let probs = &r.values[h * r.n_keys..h * r.n_keys + before];
                 acc.iter_mut().zip(probs).for_each(|(a, &p)| *a += p);
             }
         }

@@ -96,7 +96,7 @@ pub fn analyse(model: &Model, prompt: &[u32], subject: std::ops::Range<usize>, i
             .and_then(|rows| rows.last())
             .context("the last position's pattern was captured")?;
         for h in 0..c.n_heads {
-            let probs = &pattern.probs[h * pattern.n_keys..(h + 1) * pattern.n_keys];
+            let probs = &pattern.values[h * pattern.n_keys..(h + 1) * pattern.n_keys];
             attention[l * c.n_heads + h] = subject.clone().map(|k| probs[k] as f64).sum();
         }
         z.push(row(HookPoint::Z(l))?);

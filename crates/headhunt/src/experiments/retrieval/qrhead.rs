@@ -51,7 +51,7 @@ pub fn mean_attention(recording: &Recording, queries: &Range<usize>, n_heads: us
         for h in 0..n_heads {
             let mut mean = vec![0.0f64; keys];
             for row in &mine {
-                let probs = &row.probs[h * row.n_keys..(h + 1) * row.n_keys];
+                let probs = &row.values[h * row.n_keys..(h + 1) * row.n_keys];
                 for (m, &p) in mean.iter_mut().zip(probs) {
                     *m += f64::from(p);
                 }
@@ -168,6 +168,18 @@ pub fn qr_trial(runner: &TrialRunner<'_>, spec: &TrialSpec) -> Result<QrRecord> 
         scores,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+impl crate::runner::store::Keyed for QrRecord {
+    fn key(&self) -> String {
+        self.spec.key()
+    }
+}
+
+impl crate::runner::trials::Status for QrRecord {
+    fn status(&self) -> String {
+        format!("{} tokens", self.prompt_tokens)
+    }
 }
 
 #[cfg(test)]
