@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::niah::{model_name, model_stem, strongest_unmasked, write_outputs, NiahSummary};
+use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::experiments::retrieval::masking::{check_scores_fit, load_versus, random_heads, top_heads, Head, MaskHow};
 use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
+use crate::experiments::retrieval::outputs::{strongest_unmasked, write_niah, NiahSummary};
 use crate::experiments::retrieval::HeadScores;
 use crate::output::plot::{Figure, LinePlot, Series};
 use crate::runner::shard::run_folder;
@@ -108,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     let all_records = run_niah_conditions(&runner, &grid, &runs)?;
     let mut results: Vec<(String, usize, Option<u64>, NiahSummary)> = Vec::new();
     for ((label, k, seed, heads), (run, records)) in conditions.iter().zip(runs.iter().zip(&all_records)) {
-        let summary = write_outputs(
+        let summary = write_niah(
             &run.dir,
             &format!("{name}: {label}"),
             &grid,

@@ -8,12 +8,13 @@ use serde_json::json;
 
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::experiments::kv::{eligible, full_count, matching_uniform_window, policy, KvChoice};
+use crate::experiments::kv::budget::{budget_choices, budget_plot, BudgetRow, BudgetSummary};
+use crate::experiments::kv::{eligible, policy, KvChoice};
 use crate::experiments::retrieval::masking::{check_scores_fit, MaskHow};
 use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::experiments::retrieval::HeadScores;
-use crate::output::plot::{Figure, LinePlot, Series};
+use crate::output::plot::Figure;
 use crate::runner::shard::run_folder;
 use crate::runner::store::write_atomic;
 use crate::runner::trials::run_niah;
@@ -113,14 +114,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-struct Row {
-    budget: f64,
-    policy: &'static str,
-    label: String,
-    score: f64,
-    kv_bytes: usize,
-}
-
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve_with(KV_LENGTHS, KV_DEPTHS)?;
     let model = args.model.load()?;
@@ -133,24 +126,8 @@ pub fn run(args: Args) -> Result<()> {
     let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
-    let n = eligible(&model).len();
     let longest = grid.max_length();
-
-    let mut choices: Vec<(f64, &'static str, KvChoice)> = vec![(1.0, "full", KvChoice::Full)];
-    for &b in &args.budgets {
-        let k = full_count(&model, b);
-        choices.push((b, "retrieval", KvChoice::Retrieval { budget: b }));
-        choices.push((
-            b,
-            "random",
-            KvChoice::Random {
-                budget: b,
-                seed: args.kv_seed,
-            },
-        ));
-        let window = matching_uniform_window(n, k, longest, args.sink, args.window);
-        choices.push((b, "uniform", KvChoice::Uniform { window }));
-    }
+    let choices = budget_choices(&model, &args.budgets, args.kv_seed, longest, args.sink, args.window);
     let mut rows = Vec::new();
     for (i, (budget, kind, choice)) in choices.iter().enumerate() {
         let label = choice.label();
@@ -177,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
             .max()
             .unwrap_or(0);
         println!("{label:<28} NIAH {score:>5.1}  KV {:>7.1} MiB", kv_bytes as f64 / 1048576.0);
-        rows.push(Row {
+        rows.push(BudgetRow {
             budget: *budget,
             policy: kind,
             label,
@@ -185,67 +162,13 @@ pub fn run(args: Args) -> Result<()> {
             kv_bytes,
         });
     }
-    let full = rows
-        .iter()
-        .find(|r| r.policy == "full")
-        .map(|r| (r.score, r.kv_bytes))
-        .context("the full cache ran")?;
-    let chosen = rows
-        .iter()
-        .filter(|r| r.policy == "retrieval" && r.score >= 0.95 * full.0)
-        .min_by(|a, b| a.budget.total_cmp(&b.budget))
-        .map(|r| r.budget);
-
-    println!("\n budget  policy      NIAH score  KV at {longest} tokens");
-    for r in &rows {
-        println!(
-            "{:>7}  {:<10} {:>10.1}  {:>8.1} MiB ({:>5.1}% of full)",
-            r.budget,
-            r.policy,
-            r.score,
-            r.kv_bytes as f64 / 1048576.0,
-            100.0 * r.kv_bytes as f64 / full.1.max(1) as f64
-        );
-    }
-    match chosen {
-        Some(b) => {
-            let at = |p: &str| rows.iter().find(|r| r.policy == p && r.budget == b);
-            let ret = at("retrieval").expect("chosen from the retrieval rows");
-            println!(
-                "smallest budget keeping 95% of the full cache's score ({:.1}): {b} ({} of {n} KV heads full): score {:.1} with {:.1}% of the KV bytes; random heads {:.1}, uniform window {:.1}",
-                full.0,
-                full_count(&model, b),
-                ret.score,
-                100.0 * ret.kv_bytes as f64 / full.1.max(1) as f64,
-                at("random").map_or(f64::NAN, |r| r.score),
-                at("uniform").map_or(f64::NAN, |r| r.score)
-            );
-        }
-        None => println!("no budget kept 95% of the full cache's score ({:.1})", full.0),
-    }
-
-    let series = |p: &str, name: &str| Series {
-        name: name.into(),
-        points: rows
-            .iter()
-            .filter(|r| r.policy == p || r.policy == "full")
-            .map(|r| (r.kv_bytes as f64 / 1048576.0, r.score))
-            .collect(),
-        errors: None,
-    };
+    let summary = BudgetSummary::of(&rows)?;
+    print!("{}", summary.table(&rows, &model, longest));
     let name = model_name(&model, &args.model.model);
-    LinePlot {
-        title: format!("{name}: NIAH score against KV cache size ({longest} tokens)"),
-        x_label: format!("KV cache at {longest} tokens (MiB)"),
-        y_label: "NIAH score (mean ROUGE-1 recall)".into(),
-        series: vec![
-            series("retrieval", "retrieval heads full"),
-            series("random", "random heads full"),
-            series("uniform", "uniform sink + window"),
-        ],
-        y_range: Some((0.0, 100.0)),
-    }
-    .save(&out.join("kv_budget"))?;
+    budget_plot(&rows, &name, longest).save(&out.join("kv_budget"))?;
+    let chosen = summary.chosen;
+    let full = summary.full;
+    let n = eligible(&model).len();
 
     // Speed and peak memory of the chosen cache against the full one, each in its own process.
     let mut speed = Vec::new();
@@ -295,8 +218,7 @@ pub fn run(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "model": name, "lengths": grid.lengths, "sink": args.sink, "window": args.window, "eligible_kv_heads": n,
             "full": {"score": full.0, "kv_bytes": full.1},
-            "rows": rows.iter().map(|r| json!({"budget": r.budget, "policy": r.policy, "label": r.label, "score": r.score, "kv_bytes": r.kv_bytes,
-                                                "kv_fraction": r.kv_bytes as f64 / full.1.max(1) as f64})).collect::<Vec<_>>(),
+            "rows": summary.rows_json(&rows),
             "smallest_budget_95": chosen,
             "speed": speed,
         }))?,

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::detect;
 use crate::experiments::retrieval::niah::trial::TrialRecord;
+use crate::experiments::retrieval::outputs::write_detection;
 use crate::experiments::retrieval::ScoreVariant;
 use crate::runner::shard::{shard_folders, Shard};
 use crate::runner::store::{check_settings, read_settings, Keyed, Progress, ResumePlan, TrialStore};
@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         plan.write(&out)?;
     }
     carry_model_card(&shards, &out)?;
-    let report = detect::write_outputs(&out, &settings, &merged.records, args.score_variant)?;
+    let report = write_detection(&out, &settings, &merged.records, args.score_variant)?;
     eprintln!(
         "merged {added} new trials from {} shards into {} ({} in all)",
         shards.len(),

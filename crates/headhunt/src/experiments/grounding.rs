@@ -170,8 +170,13 @@ pub fn lookback_features(steps: &[GroundedStep], t0: usize, prompt_len: usize) -
 
 /// Whether head `h` copies the step's token from the prompt.
 pub fn copies(prompt: &[u32], step: &GroundedStep, h: usize) -> bool {
-    let j = step.argmax[h] as usize;
-    j < prompt.len() && prompt[j] == step.token
+    copies_token(prompt, step.argmax[h], step.token)
+}
+
+/// Whether a head whose attention argmax is on key `key` copies `token`: the key is in the
+/// prompt and holds that token.
+pub fn copies_token(prompt: &[u32], key: u32, token: u32) -> bool {
+    prompt.get(key as usize) == Some(&token)
 }
 
 /// The retrieval heads of a detection run and their weights.

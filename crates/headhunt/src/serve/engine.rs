@@ -9,13 +9,13 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use headhunt_engine::hooks::PatternRow;
+use headhunt_engine::hooks::KeyRow;
 use headhunt_engine::{Capture, HookPoint, Hooks, Model, Positions, RunOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::runs::{read_json, read_records};
-use crate::experiments::grounding::{GroundedStep, Grounder};
+use crate::experiments::grounding::{copies_token, GroundedStep, Grounder};
 use crate::experiments::retrieval::masking::{head_label, parse_heads, random_heads, top_heads, Head, MaskHow, MaskModeArg, PhaseArg};
 use crate::experiments::retrieval::niah::grid::Grid;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
@@ -99,10 +99,10 @@ impl InterventionRequest {
                 c.n_heads
             );
         }
-        let parse = |name: &str, default: &str| -> Result<String> { Ok(body[name].as_str().unwrap_or(default).to_owned()) };
+        let text = |name: &str, default: &str| body[name].as_str().unwrap_or(default).to_owned();
         let how = MaskHow {
-            mode: serde_json::from_value(json!(parse("mode", "uniform")?)).context("mode: uniform, zero or mean")?,
-            phase: serde_json::from_value(json!(parse("phase", "all")?)).context("phase: all or decode")?,
+            mode: serde_json::from_value(json!(text("mode", "uniform"))).context("mode: uniform, zero or mean")?,
+            phase: serde_json::from_value(json!(text("phase", "all"))).context("phase: all or decode")?,
         };
         Ok(InterventionRequest { run, trial, heads, how })
     }
@@ -142,7 +142,7 @@ struct Job {
 pub struct LayerPatterns {
     pub prompt_len: usize,
     /// Per answer step, the pattern row of the query that chose that step's token.
-    pub rows: Vec<PatternRow>,
+    pub rows: Vec<KeyRow>,
 }
 
 /// A run folder, a trial's key and a layer.
@@ -430,7 +430,7 @@ pub fn copying_heads(prompt: &[u32], record: &TrialRecord) -> Vec<Vec<usize>> {
             argmax
                 .iter()
                 .enumerate()
-                .filter(|&(_, &j)| prompt.get(j as usize) == Some(&token))
+                .filter(|&(_, &key)| copies_token(prompt, key, token))
                 .map(|(h, _)| h)
                 .collect()
         })

@@ -4,9 +4,10 @@
 //! Layers with their own sliding window (Gemma's local layers) are already windowed and do not
 //! count.
 //!
-//! [`select`]: positions chosen per head (SnapKV, HeadKV) rather than whole heads kept;
+//! [`budget`]: the `headhunt kv` study over budgets; [`select`]: positions chosen per head (SnapKV, HeadKV) rather than whole heads kept;
 //! [`select_study`]: the kv-select study's trials and summary.
 
+pub mod budget;
 pub mod select;
 pub mod select_study;
 

@@ -14,6 +14,7 @@ pub mod compare;
 pub mod failure;
 pub mod masking;
 pub mod niah;
+pub mod outputs;
 pub mod qrhead;
 
 use std::collections::BTreeMap;

@@ -524,3 +524,9 @@ fn haystack_tokens(tok: &Tokenizer, haystack: &Haystack, n: usize) -> Result<Vec
         chars *= 2;
     }
 }
+
+impl crate::runner::store::Keyed for TrialRecord {
+    fn key(&self) -> String {
+        self.spec.key()
+    }
+}
