@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::{GridArgs, MaskHowArgs};
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
-use crate::experiments::retrieval::masking::{check_scores_fit, load_versus, random_heads, top_heads, Head, MaskHow};
-use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::masking::{check_scores_fit, load_versus, random_heads, top_heads, Head};
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
 use crate::experiments::retrieval::outputs::{strongest_unmasked, write_niah, NiahSummary};
 use crate::experiments::retrieval::HeadScores;
@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, value_name = "SCORES")]
     pub versus: Option<PathBuf>,
     #[command(flatten)]
-    pub mask: MaskHow,
+    pub mask: MaskHowArgs,
     /// Output folder. [default: runs/ablate-<model>]
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
@@ -94,10 +94,10 @@ pub fn run(args: Args) -> Result<()> {
         let mut settings = grid.settings();
         settings["command"] = json!("niah");
         settings["model"] = json!(args.model.model);
-        settings["condition"] = args.mask.settings(heads);
+        settings["condition"] = args.mask.get().settings(heads);
         runs.push(ConditionRun {
             condition: Condition {
-                interventions: args.mask.interventions(&model, heads, &reference)?,
+                interventions: args.mask.get().interventions(&model, heads, &reference)?,
                 kv_policy: None,
                 contrastive: None,
             },

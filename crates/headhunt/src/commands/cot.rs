@@ -6,10 +6,10 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::args::MaskSweepArgs;
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::experiments::cot::{is_correct, problems, prompt, restates_facts, Shape, Style};
-use crate::experiments::retrieval::masking::MaskSweepArgs;
 use crate::experiments::retrieval::niah::trial::{answer, Condition};
 use crate::runner::store::{write_atomic, Keyed};
 use crate::runner::trials::{run_pending, Status};
@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut table = Vec::new();
     for (label, heads) in &conditions {
         let condition = Condition {
-            interventions: args.mask.how.interventions(&model, heads, &prompts[0][0])?,
+            interventions: args.mask.how.get().interventions(&model, heads, &prompts[0][0])?,
             kv_policy: None,
             contrastive: None,
         };
@@ -153,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
             "shots": args.shots,
             "seed": args.seed,
             "chat": args.chat,
-            "condition": args.mask.how.settings(heads),
+            "condition": args.mask.how.get().settings(heads),
         });
         let records = run_pending(&out.join(label), &settings, &asks, None, label, |ask| {
             let Ask(style, i) = *ask;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
+use super::args::GridArgs;
 use super::ModelArg;
-use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
 use crate::experiments::retrieval::outputs::{qr_table, write_detection, write_qr_detection};
 use crate::experiments::retrieval::qrhead::qr_trial;

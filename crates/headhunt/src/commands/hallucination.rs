@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::GridArgs;
 use super::niah::{model_name, model_stem};
 use super::{DecodeArgs, ModelArg};
 use crate::experiments::grounding::Grounder;
@@ -13,7 +14,6 @@ use crate::experiments::hallucination::{detections, Case, Detection, Guide, FOLD
 use crate::experiments::qa::{best_f1, builtin, load_jsonl};
 use crate::experiments::retrieval::failure::{AnswerClass, COMPLETE_ROUGE};
 use crate::experiments::retrieval::masking::{check_scores_fit, top_heads, MaskHow};
-use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::prompt::Frame;
 use crate::experiments::retrieval::niah::trial::TrialRunner;
 use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};

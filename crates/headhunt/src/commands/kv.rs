@@ -6,12 +6,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::GridArgs;
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::experiments::kv::budget::{budget_choices, budget_plot, BudgetRow, BudgetSummary};
 use crate::experiments::kv::{eligible, policy, KvChoice};
 use crate::experiments::retrieval::masking::{check_scores_fit, MaskHow};
-use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRecord, TrialRunner};
 use crate::experiments::retrieval::HeadScores;
 use crate::output::plot::Figure;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use super::args::GridArgs;
 use super::niah::{model_name, model_stem};
 use super::ModelArg;
 use crate::experiments::kv::select::{kv_prior, GroupPool, PolicyName, Snap};
 use crate::experiments::kv::select_study::{smallest_keeping, summarize, trial, Mode, Point, SelectStudy};
 use crate::experiments::retrieval::masking::check_scores_fit;
-use crate::experiments::retrieval::niah::grid::GridArgs;
 use crate::experiments::retrieval::niah::trial::TrialRunner;
 use crate::experiments::retrieval::HeadScores;
 use crate::output::plot::{Figure, LinePlot, Series};

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared argument groups and model loading live here.
 
 pub mod ablate;
+pub mod args;
 pub mod bench;
 pub mod cache;
 pub mod claims;

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
+use super::args::GridArgs;
+use super::args::MaskArgs;
 use super::{Decode, DecodeArgs, ModelArg};
-use crate::experiments::retrieval::masking::{check_scores_fit, Head, MaskArgs};
-use crate::experiments::retrieval::niah::grid::GridArgs;
+use crate::experiments::retrieval::masking::{check_scores_fit, Head};
 use crate::experiments::retrieval::niah::trial::TrialRunner;
 use crate::experiments::retrieval::outputs::{strongest_unmasked, write_niah};
 use crate::runner::shard::run_folder;
@@ -67,11 +68,11 @@ pub fn run(args: Args) -> Result<()> {
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
     let condition = args
         .decode
-        .condition(args.mask.how.interventions(&model, &heads, runner.reference_tokens(2048))?);
+        .condition(args.mask.how.get().interventions(&model, &heads, runner.reference_tokens(2048))?);
     let mut settings = grid.settings();
     settings["command"] = json!("niah");
     settings["model"] = json!(args.model.model);
-    settings["condition"] = args.mask.how.settings(&heads);
+    settings["condition"] = args.mask.how.get().settings(&heads);
     if args.decode.decode == Decode::Contrastive {
         settings["decode"] = args.decode.settings();
     }

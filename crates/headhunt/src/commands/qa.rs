@@ -7,14 +7,15 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::args::{MaskSweepArgs, ShardArgs};
 use super::niah::{model_name, model_stem};
 use super::{Decode, DecodeArgs, ModelArg};
 use crate::experiments::kv::select::{compressed_answer, kv_prior, PolicyName, Snap};
 use crate::experiments::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
-use crate::experiments::retrieval::masking::{Head, MaskSweepArgs};
+use crate::experiments::retrieval::masking::Head;
 use crate::experiments::retrieval::niah::prompt::Frame;
 use crate::experiments::retrieval::niah::trial::{answer, Condition};
-use crate::runner::shard::{run_folder, ShardArgs};
+use crate::runner::shard::run_folder;
 use crate::runner::store::write_atomic;
 use crate::runner::store::Keyed;
 use crate::runner::trials::{run_pending, Status};
@@ -164,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
             QaCondition::Masked(heads) | QaCondition::Contrastive(heads) => heads,
             QaCondition::KvSelect { .. } => &[],
         };
-        let masks = args.mask.how.interventions(&model, heads, &reference)?;
+        let masks = args.mask.how.get().interventions(&model, heads, &reference)?;
         let condition = match kind {
             QaCondition::Contrastive(_) => args.decode.condition(masks),
             _ => Condition {
@@ -173,8 +174,10 @@ pub fn run(args: Args) -> Result<()> {
             },
         };
         let described = match kind {
-            QaCondition::Masked(heads) => args.mask.how.settings(heads),
-            QaCondition::Contrastive(heads) => json!({"contrasted_with": args.mask.how.settings(heads), "decode": args.decode.settings()}),
+            QaCondition::Masked(heads) => args.mask.how.get().settings(heads),
+            QaCondition::Contrastive(heads) => {
+                json!({"contrasted_with": args.mask.how.get().settings(heads), "decode": args.decode.settings()})
+            }
             QaCondition::KvSelect { policy, budget, .. } => json!({"kv_select": policy, "budget": budget, "snap": snap}),
         };
         let settings = json!({

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde_json::json;
 
+use super::args::ShardArgs;
 use super::detect::default_out;
 use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::rerank::study::{self, Query, QuerySet};
 use crate::experiments::retrieval::masking::check_scores_fit;
 use crate::experiments::retrieval::{HeadScores, RETRIEVAL_THRESHOLD};
-use crate::runner::shard::{run_folder, ShardArgs};
+use crate::runner::shard::run_folder;
 use crate::runner::store::write_atomic;
 use crate::runner::trials::run_pending;
 

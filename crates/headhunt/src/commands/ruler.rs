@@ -5,18 +5,18 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::args::{MaskSweepArgs, ShardArgs};
 use super::detect::{default_out, Detector};
 use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::qa;
-use crate::experiments::retrieval::masking::MaskSweepArgs;
 use crate::experiments::retrieval::niah::grid::parse_values;
 use crate::experiments::retrieval::niah::haystack::Haystack;
 use crate::experiments::retrieval::niah::trial::{Condition, PrefixCache};
 use crate::experiments::ruler::outputs::{masks_table, mean_score, write_outputs, write_qr_outputs};
 use crate::experiments::ruler::trial::RulerRunner;
 use crate::experiments::ruler::{suite, Sources, Task, Trial};
-use crate::runner::shard::{run_folder, ShardArgs};
+use crate::runner::shard::run_folder;
 use crate::runner::store::write_atomic;
 use crate::runner::trials::run_pending;
 
@@ -167,10 +167,10 @@ pub fn run(args: Args) -> Result<()> {
         let dir = if conditions.len() == 1 { out.clone() } else { out.join(label) };
         let mut settings = settings.clone();
         if conditions.len() > 1 {
-            settings["condition"] = args.mask.how.settings(heads);
+            settings["condition"] = args.mask.how.get().settings(heads);
         }
         let condition = Condition {
-            interventions: args.mask.how.interventions(&model, heads, &reference)?,
+            interventions: args.mask.how.get().interventions(&model, heads, &reference)?,
             kv_policy: None,
             contrastive: None,
         };

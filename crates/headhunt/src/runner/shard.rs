@@ -93,43 +93,21 @@ impl std::str::FromStr for ShardSpec {
     }
 }
 
-/// `--shard` and `--shards`, for every command whose trials can be split.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ShardArgs {
-    /// Run only shard I of N of the trials (I/N), or `auto`: the shard a scheduler gives this
-    /// process (a Slurm job array's task: SLURM_ARRAY_TASK_ID, _COUNT and _MIN; a Kubernetes
-    /// Indexed Job's JOB_COMPLETION_INDEX, with --shards). A shard writes only OUT/shards/I-of-N
-    /// and resumes there when restarted; join the shards with `headhunt merge OUT --expect N`
-    /// and follow them with `headhunt status OUT`.
-    #[arg(long, value_name = "I/N|auto")]
-    pub shard: Option<ShardSpec>,
-    /// The number of shards, for `--shard auto` under Kubernetes (the Job's `completions`,
-    /// which it does not export). Under Slurm it must equal the array's size.
-    #[arg(long, value_name = "N", requires = "shard")]
-    pub shards: Option<usize>,
-}
-
-impl ShardArgs {
-    /// The shard this process runs, if any, reading the scheduler's variables for `auto`.
-    pub fn resolve(&self) -> Result<Option<Shard>> {
-        self.resolve_in(|name| std::env::var(name).ok())
+/// The shard a process runs, if any: `spec` as `--shard` gives it, `auto` read from the
+/// scheduler's variables (looked up with `env`), checked against `--shards`.
+pub fn resolve_shard(spec: Option<ShardSpec>, shards: Option<usize>, env: impl Fn(&str) -> Option<String>) -> Result<Option<Shard>> {
+    let shard = match spec {
+        None => return Ok(None),
+        Some(ShardSpec::Fixed(s)) => s,
+        Some(ShardSpec::Auto) => from_scheduler(&env, shards)?,
+    };
+    if let Some(n) = shards.filter(|&n| n != shard.count) {
+        bail!(
+            "--shards {n} disagrees with the shard {shard}: {n} shards were named, {} found",
+            shard.count
+        );
     }
-
-    /// [`Self::resolve`] with the environment given as a lookup (for tests).
-    pub fn resolve_in(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<Shard>> {
-        let shard = match self.shard {
-            None => return Ok(None),
-            Some(ShardSpec::Fixed(s)) => s,
-            Some(ShardSpec::Auto) => from_scheduler(&env, self.shards)?,
-        };
-        if let Some(n) = self.shards.filter(|&n| n != shard.count) {
-            bail!(
-                "--shards {n} disagrees with the shard {shard}: {n} shards were named, {} found",
-                shard.count
-            );
-        }
-        Ok(Some(shard))
-    }
+    Ok(Some(shard))
 }
 
 /// The shard of a Slurm array task or a Kubernetes Indexed Job's pod.
@@ -191,11 +169,9 @@ mod tests {
     use super::*;
 
     fn resolve(spec: &str, shards: Option<usize>, vars: &[(&str, &str)]) -> Result<Option<Shard>> {
-        let args = ShardArgs {
-            shard: Some(spec.parse().unwrap()),
-            shards,
-        };
-        args.resolve_in(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+        resolve_shard(Some(spec.parse().unwrap()), shards, |name| {
+            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        })
     }
 
     fn shard(index: usize, count: usize) -> Option<Shard> {
@@ -265,6 +241,6 @@ mod tests {
         assert!(e.contains("found no scheduler") && e.contains("--shard i/n"), "{e}");
         // A fixed shard ignores the environment.
         assert_eq!(resolve("2/5", None, &[("JOB_COMPLETION_INDEX", "0")]).unwrap(), shard(2, 5));
-        assert_eq!(ShardArgs::default().resolve_in(|_| None).unwrap(), None);
+        assert_eq!(resolve_shard(None, None, |_| None).unwrap(), None);
     }
 }

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
+use super::args::MaskSweepArgs;
 use super::niah::model_stem;
 use super::ModelArg;
 use crate::experiments::recall::tasks::{self, Task};
-use crate::experiments::retrieval::masking::MaskSweepArgs;
 
 /// Factual recall: how a model gets from "The capital of France is" to " Paris".
 ///

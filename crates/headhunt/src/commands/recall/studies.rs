@@ -52,7 +52,7 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         for &shots in &args.shots {
             let ps = sample(prompts(&task, tok, &facts, &facts, shots)?, args.sample);
             for (label, heads) in &conditions {
-                let masks = args.mask.how.interventions(&model, heads, &ps[0].ids)?;
+                let masks = args.mask.how.get().interventions(&model, heads, &ps[0].ids)?;
                 let (p, acc) = evaluate(&model, &ps, |_| masks.clone())?;
                 println!(
                     "{label:<20} {:<10} {shots:>5} {:>8} {:>9.2}% {:>8.1}%",

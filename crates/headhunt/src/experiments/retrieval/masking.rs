@@ -3,7 +3,7 @@
 //! (uniform attention), their output, or replacing it by its mean over reference text.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use headhunt_engine::{Capture, HookPoint, Hooks, Intervention, MaskMode, Model, Phase, Positions, RunOptions};
@@ -100,15 +100,10 @@ impl From<PhaseArg> for Phase {
     }
 }
 
-/// `--mask-mode`, `--mask-phase`: how masked heads are silenced and when, shared by every
-/// command that masks heads.
-#[derive(clap::Args, Debug, Clone, Copy, Default)]
+/// How masked heads are silenced and when.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct MaskHow {
-    /// How a masked head is silenced.
-    #[arg(long = "mask-mode", value_enum, default_value_t)]
     pub mode: MaskModeArg,
-    /// When the mask applies.
-    #[arg(long = "mask-phase", value_enum, default_value_t)]
     pub phase: PhaseArg,
 }
 
@@ -151,107 +146,6 @@ impl MaskHow {
             "mask_mode": self.mode,
             "mask_phase": self.phase,
         })
-    }
-}
-
-/// `--mask-*` arguments, shared by the commands that mask heads.
-#[derive(clap::Args, Debug, Clone)]
-pub struct MaskArgs {
-    /// Retrieval scores: headhunt's head_scores.json (or its run folder) or a published score
-    /// file of the retrieval-head paper.
-    #[arg(long)]
-    pub scores: Option<PathBuf>,
-    /// Mask the K highest-scoring heads of --scores.
-    #[arg(long, value_name = "K")]
-    pub mask_top: Option<usize>,
-    /// Mask K random heads scoring at or below 0.1 in --scores (drawn with --seed).
-    #[arg(long, value_name = "K")]
-    pub mask_random: Option<usize>,
-    /// Seed of the random draw.
-    #[arg(long, default_value_t = 0)]
-    pub mask_seed: u64,
-    /// Mask these heads: LAYER-HEAD,LAYER-HEAD,...
-    #[arg(long, value_name = "HEADS")]
-    pub mask_heads: Option<String>,
-    #[command(flatten)]
-    pub how: MaskHow,
-}
-
-impl MaskArgs {
-    pub fn load_scores(&self) -> Result<Option<HeadScores>> {
-        self.scores.as_ref().map(|p| HeadScores::load(p)).transpose()
-    }
-
-    /// The heads these arguments select (empty: no mask).
-    pub fn heads(&self, scores: Option<&HeadScores>) -> Result<Vec<Head>> {
-        let chosen = [self.mask_top.is_some(), self.mask_random.is_some(), self.mask_heads.is_some()];
-        if chosen.iter().filter(|&&c| c).count() > 1 {
-            bail!("give one of --mask-top, --mask-random and --mask-heads");
-        }
-        let need = |what: &str| scores.with_context(|| format!("{what} needs --scores"));
-        Ok(match (self.mask_top, self.mask_random, &self.mask_heads) {
-            (Some(k), _, _) => top_heads(need("--mask-top")?, k),
-            (_, Some(k), _) => random_heads(need("--mask-random")?, k, self.mask_seed)?,
-            (_, _, Some(list)) => parse_heads(list)?,
-            _ => Vec::new(),
-        })
-    }
-}
-
-/// `--scores`, `--mask-top K`, `--mask-random K --seeds N`: the conditions of a task run once
-/// unmasked, once with the top-K retrieval heads masked and once per seed with K random
-/// non-retrieval heads masked; shared by the commands that compare tasks under masks (qa,
-/// recall eval, cot).
-#[derive(clap::Args, Debug, Clone)]
-pub struct MaskSweepArgs {
-    /// Retrieval scores (head_scores.json, its run folder, or a published score file), for
-    /// --mask-top and --mask-random.
-    #[arg(long)]
-    pub scores: Option<PathBuf>,
-    /// Also run with the K best heads of --scores masked.
-    #[arg(long, value_name = "K")]
-    pub mask_top: Option<usize>,
-    /// Also run with K random heads scoring at or below 0.1 masked, once per seed.
-    #[arg(long, value_name = "K")]
-    pub mask_random: Option<usize>,
-    /// Random draws for --mask-random.
-    #[arg(long, default_value_t = 3)]
-    pub seeds: u64,
-    /// A second score file (QRHead's from `detect --detector qrhead`, say): also run with its
-    /// top-K heads masked, K that of --mask-top (condition `versus-top-K`), to test two
-    /// detectors' heads at the same K.
-    #[arg(long, value_name = "SCORES", requires = "mask_top")]
-    pub versus: Option<PathBuf>,
-    #[command(flatten)]
-    pub how: MaskHow,
-}
-
-impl MaskSweepArgs {
-    /// The scores, checked against the model, if given.
-    pub fn load_scores(&self, model: &Model) -> Result<Option<HeadScores>> {
-        let scores = self.scores.as_ref().map(|p| HeadScores::load(p)).transpose()?;
-        if let Some(s) = &scores {
-            check_scores_fit(s, model)?;
-        }
-        Ok(scores)
-    }
-
-    /// `(label, heads)` per condition: `none`, `top-K`, `versus-top-K`, `random-K-seedS`.
-    pub fn conditions(&self, scores: Option<&HeadScores>) -> Result<Vec<(String, Vec<Head>)>> {
-        let need = || scores.context("--mask-top and --mask-random need --scores");
-        let mut out = vec![("none".to_owned(), Vec::new())];
-        if let Some(k) = self.mask_top {
-            out.push((format!("top-{k}"), top_heads(need()?, k)));
-            if let Some(path) = &self.versus {
-                out.push((format!("versus-top-{k}"), top_heads(&load_versus(path, need()?)?, k)));
-            }
-        }
-        if let Some(k) = self.mask_random {
-            for seed in 0..self.seeds {
-                out.push((format!("random-{k}-seed{seed}"), random_heads(need()?, k, seed)?));
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -1,59 +1,19 @@
-//! The grid of trials (context lengths x depths x needles) and the arguments that shape it,
-//! shared by every command that runs needle-in-a-haystack trials.
-
-use std::path::PathBuf;
+//! The grid of trials (context lengths x depths x needles), shared by every command that runs
+//! needle-in-a-haystack trials (its arguments: `commands::args::GridArgs`).
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::haystack::Haystack;
-use super::needle::{self, Needle};
+use super::needle::Needle;
 use super::trial::TrialSpec;
-use crate::runner::shard::{Shard, ShardArgs};
+use crate::runner::shard::Shard;
 
 /// Default grid: sized so that `headhunt detect` on SmolLM2 finishes in minutes on 2 cores.
 pub const DEFAULT_LENGTHS: &str = "600:3300:6";
 pub const DEFAULT_DEPTHS: &str = "0:100:11";
-const QUICK_LENGTHS: &str = "600:2400:3";
-const QUICK_DEPTHS: &str = "0:100:3";
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct GridArgs {
-    /// Context lengths in tokens: a list (600,1200,2400) or MIN:MAX:COUNT, evenly spaced.
-    /// [default: 600:3300:6]
-    #[arg(long)]
-    pub lengths: Option<String>,
-    /// Needle depths in percent of the context: a list or MIN:MAX:COUNT. [default: 0:100:11]
-    #[arg(long)]
-    pub depths: Option<String>,
-    /// Needles per (length, depth) cell, taken in turn from the needle set.
-    #[arg(long, default_value_t = 1)]
-    pub per_cell: usize,
-    /// A small grid (3 lengths up to 2400 x 3 depths) for a first look.
-    #[arg(long)]
-    pub quick: bool,
-    /// Needles as JSONL, one {"needle", "question", "real_needle"} per line (default: built in).
-    #[arg(long)]
-    pub needles: Option<PathBuf>,
-    /// Haystack text: a file or a folder of .txt files, repeated to length (default: generated
-    /// prose).
-    #[arg(long)]
-    pub haystack: Option<PathBuf>,
-    /// Seed of the generated haystack.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Send prompts as plain text even when the model has a chat template.
-    #[arg(long)]
-    pub no_chat: bool,
-    #[command(flatten)]
-    pub shard: ShardArgs,
-    /// Run every trial from an empty cache. By default the trials run in the order of their
-    /// prompts, and each continues from the cached part of its prompt that the previous trial
-    /// shared (the chat preamble and the haystack before the earlier needle): the same records,
-    /// a fraction of the prefill.
-    #[arg(long)]
-    pub no_prefix_cache: bool,
-}
+pub const QUICK_LENGTHS: &str = "600:2400:3";
+pub const QUICK_DEPTHS: &str = "0:100:3";
 
 /// Parse `a,b,c` or `min:max:count` (evenly spaced, rounded like numpy's linspace).
 pub fn parse_values(spec: &str, what: &str) -> Result<Vec<f64>> {
@@ -147,52 +107,6 @@ pub struct Grid {
     pub prefix_cache: bool,
 }
 
-impl GridArgs {
-    pub fn resolve(&self) -> Result<Grid> {
-        self.resolve_with(DEFAULT_LENGTHS, DEFAULT_DEPTHS)
-    }
-
-    /// Resolve with a command's own default lengths and depths.
-    pub fn resolve_with(&self, default_lengths: &str, default_depths: &str) -> Result<Grid> {
-        let (l, d) = match (self.quick, &self.lengths, &self.depths) {
-            (true, None, None) => (QUICK_LENGTHS.to_owned(), QUICK_DEPTHS.to_owned()),
-            _ => (
-                self.lengths.clone().unwrap_or_else(|| default_lengths.into()),
-                self.depths.clone().unwrap_or_else(|| default_depths.into()),
-            ),
-        };
-        let lengths: Vec<usize> = parse_values(&l, "--lengths")?.into_iter().map(|v| v as usize).collect();
-        let depths = parse_values(&d, "--depths")?;
-        if let Some(bad) = depths.iter().find(|&&d| d > 100.0) {
-            bail!("--depths: {bad} is beyond 100%");
-        }
-        if lengths.iter().any(|&l| l < 32) {
-            bail!("--lengths: contexts shorter than 32 tokens cannot hide a needle");
-        }
-        let needles = match &self.needles {
-            Some(p) => needle::load_jsonl(p)?,
-            None => needle::builtin(),
-        };
-        if self.per_cell == 0 || self.per_cell > needles.len() {
-            bail!("--per-cell must be between 1 and the number of needles ({})", needles.len());
-        }
-        let haystack = match &self.haystack {
-            Some(p) => Haystack::from_path(p)?,
-            None => Haystack::Generated { seed: self.seed },
-        };
-        Ok(Grid {
-            lengths,
-            depths,
-            per_cell: self.per_cell,
-            needles,
-            haystack,
-            chat: !self.no_chat,
-            shard: self.shard.resolve()?,
-            prefix_cache: !self.no_prefix_cache,
-        })
-    }
-}
-
 impl Grid {
     /// Every trial, in a fixed order: lengths, then depths, then needles taken in turn.
     pub fn trials(&self) -> Vec<TrialSpec> {
@@ -261,26 +175,5 @@ mod tests {
         assert!(parse_values("a,b", "l").is_err());
         assert!(parse_values("0:10:0", "l").is_err());
         assert!(parse_values("-5", "l").is_err());
-    }
-
-    #[test]
-    fn settings_give_back_their_grid() {
-        let args = GridArgs {
-            lengths: Some("100,200".into()),
-            depths: Some("0:100:3".into()),
-            per_cell: 2,
-            quick: false,
-            needles: None,
-            haystack: None,
-            seed: 7,
-            no_chat: true,
-            shard: ShardArgs::default(),
-            no_prefix_cache: false,
-        };
-        let grid = args.resolve().unwrap();
-        let again = Grid::of_settings(&grid.settings()).unwrap();
-        assert_eq!(again.settings(), grid.settings());
-        assert_eq!(again.haystack, Haystack::Generated { seed: 7 });
-        assert_eq!(again.trials(), grid.trials());
     }
 }
