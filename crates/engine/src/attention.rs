@@ -381,8 +381,6 @@ impl AttentionLayer<'_> {
         part
     }
 
-    /// Final probabilities of one query row over one segment's keys.
-    #[allow(clippy::too_many_arguments)]
     /// Calls `f(key position, score)` for each key of `seg` that head `h`'s query at `qp` sees,
     /// its score soft-capped where the family caps.
     fn for_each_score(&self, q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, mut f: impl FnMut(usize, f32)) {
