@@ -457,6 +457,13 @@ TINY = {
                                   num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
                                   query_pre_attn_scalar=24, rope_theta=10000.0, attn_logit_softcapping=2.0,
                                   final_logit_softcapping=3.0)),
+    # The same as a GGUF file can state it: llama.cpp's Gemma 2 files carry no query scalar (its
+    # graph takes the head size for this shape), so the checkpoint's is the head size.
+    "gemma2-gguf": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=6,
+                                  query_pre_attn_scalar=32, rope_theta=10000.0, attn_logit_softcapping=2.0,
+                                  final_logit_softcapping=3.0)),
     # Fused qkv_proj and gate_up_proj, a window shorter than the prompt.
     "phi3-fused": lambda: transformers.Phi3ForCausalLM(
         transformers.Phi3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -526,18 +533,20 @@ def llama3_rope_factors(cfg) -> np.ndarray:
 
 
 def write_llama_gguf(model, path: Path):
-    """A llama-family checkpoint (llama, qwen3) as llama.cpp's converter writes it: its tensor
-    names and metadata keys, Llama's Q and K rows permuted to llama.cpp's interleaved rotary
-    layout (Qwen's are not), F32 tensors, and Llama 3 RoPE scaling only as the
-    `rope_freqs.weight` tensor. A byte-level vocabulary with one
+    """A llama-family checkpoint (llama, qwen3, qwen3_moe, mixtral, gemma2) as llama.cpp's
+    converter writes it: its tensor names and metadata keys, Llama's Q and K rows permuted to
+    llama.cpp's interleaved rotary layout (the others' are not), Gemma's norm weights with the 1
+    its norms add folded in, experts stacked in 3-D tensors, F32 tensors, and Llama 3 RoPE
+    scaling only as the `rope_freqs.weight` tensor. A byte-level vocabulary with one
     merge stands in for a tokenizer (the tests feed token ids; gguf-py writes no empty merge
     list, so byte 255's entry becomes the merge's result)."""
     import gguf
 
     cfg = model.config
     # llama.cpp writes Mixtral as `llama` with its experts stacked in 3-D tensors.
-    moe = cfg.model_type == "mixtral"
-    arch = "llama" if moe else cfg.model_type
+    moe = cfg.model_type in ("mixtral", "qwen3_moe")
+    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe"}.get(cfg.model_type, cfg.model_type)
+    gemma = arch == "gemma2"
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     w = gguf.GGUFWriter(str(path), arch)
@@ -553,9 +562,16 @@ def write_llama_gguf(model, path: Path):
     w.add_key_length(dim)
     w.add_value_length(dim)
     w.add_vocab_size(cfg.vocab_size)
+    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
     if moe:
-        w.add_expert_count(cfg.num_local_experts)
+        w.add_expert_count(n_experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
+    if arch == "qwen3moe":
+        w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    if gemma:
+        w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+        w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+        w.add_sliding_window(cfg.sliding_window)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(byte_alphabet()[:255] + ["ab"])
     w.add_token_merges(["a b"])
@@ -568,25 +584,32 @@ def write_llama_gguf(model, path: Path):
     # splits them again on saving, as the Hub's files have them).
     from safetensors.numpy import load_file
     sd = {k: v.astype(np.float32) for k, v in load_file(str(path.parent / "model.safetensors")).items()}
+    shift = 1.0 if gemma else 0.0
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"] + shift)
+    if "lm_head.weight" in sd:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
     if cfg.rope_parameters.get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     names = {"input_layernorm": "attn_norm", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v"}
-    if arch == "qwen3":
+    if arch.startswith("qwen3"):
         names |= {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    if gemma:
+        names |= {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                  "post_feedforward_layernorm": "post_ffw_norm"}
     if moe:
         for k in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]:
             del names[k]
     for l in range(cfg.num_hidden_layers):
         if moe:
-            p = f"model.layers.{l}.block_sparse_moe"
+            # Mixtral's names, then Qwen3-MoE's.
+            p, parts = ((f"model.layers.{l}.block_sparse_moe", ["w1", "w3", "w2"]) if arch == "llama"
+                        else (f"model.layers.{l}.mlp", ["gate_proj", "up_proj", "down_proj"]))
             w.add_tensor(f"blk.{l}.ffn_gate_inp.weight", sd[f"{p}.gate.weight"])
-            for hf, ll in [("w1", "ffn_gate_exps"), ("w3", "ffn_up_exps"), ("w2", "ffn_down_exps")]:
-                stacked = np.stack([sd[f"{p}.experts.{e}.{hf}.weight"] for e in range(cfg.num_local_experts)])
+            for hf, ll in zip(parts, ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]):
+                stacked = np.stack([sd[f"{p}.experts.{e}.{hf}.weight"] for e in range(n_experts)])
                 w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(stacked))
         for hf, ll in names.items():
             t = sd[f"model.layers.{l}.{hf}.weight"]
@@ -594,6 +617,8 @@ def write_llama_gguf(model, path: Path):
                 t = permute(t, n_head)
             elif arch == "llama" and ll == "attn_k":
                 t = permute(t, n_kv)
+            if gemma and ll.endswith("norm"):
+                t = t + shift
             w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(t))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -622,7 +647,7 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
-AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe"}
+AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf"}
 MOE_GGUF = {"mixtral-moe"}
 
 

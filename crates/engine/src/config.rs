@@ -233,7 +233,12 @@ impl ModelConfig {
         let n_heads = require("attention.head_count")?;
         let n_kv_heads = usize_of("attention.head_count_kv").unwrap_or(n_heads);
         let d_head = usize_of("attention.key_length").unwrap_or(d_model / n_heads.max(1));
-        let d_mlp = require("feed_forward_length")?;
+        // A Mixture-of-Experts MLP's width is each expert's (every layer of a Qwen3-MoE file
+        // is one, as llama.cpp builds it).
+        let d_mlp = match arch.as_str() {
+            "qwen3moe" => require("expert_feed_forward_length")?,
+            _ => require("feed_forward_length")?,
+        };
         let context_length = require("context_length")?;
         let vocab_size = match usize_of("vocab_size") {
             Some(v) => v,
@@ -262,10 +267,10 @@ impl ModelConfig {
             }
         };
         let tied = file.tensor_info("output.weight").is_none();
-        // llama.cpp writes Mixtral as `llama` with experts (its router's weights renormalised
-        // over the chosen, as Mixtral's are).
+        // llama.cpp writes Mixtral as `llama` with experts; its Mixtral and Qwen3-MoE graphs
+        // renormalise the router's weights over the chosen experts, as those models do.
         let moe = match usize_of("expert_count").filter(|&n| n > 0) {
-            Some(experts) if arch == "llama" => {
+            Some(experts) if arch == "llama" || arch == "qwen3moe" => {
                 let per_token = require("expert_used_count")?;
                 if per_token == 0 || per_token > experts {
                     return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
@@ -276,12 +281,13 @@ impl ModelConfig {
                     normalize: true,
                 })
             }
+            _ if arch == "qwen3moe" => return Err(Error::Config(format!("missing {}", key("expert_count")))),
             _ => None,
         };
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -300,7 +306,7 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: if arch == "qwen3" { QkNorm::PerHead } else { QkNorm::None },
+                    qk_norm: if arch.starts_with("qwen3") { QkNorm::PerHead } else { QkNorm::None },
                     norms: NormPlacement::Pre,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
@@ -316,12 +322,22 @@ impl ModelConfig {
                     ],
                 }
             }
-            "gemma3" => {
+            "gemma2" | "gemma3" => {
                 // Keys this GGUF writer leaves out take the reference implementation's defaults
                 // (transformers' Gemma3TextConfig): local RoPE base 10k, one global layer in six.
+                // Gemma 2 alternates local and global layers, one RoPE base for both.
+                let gemma2 = arch == "gemma2";
                 let window = usize_of("attention.sliding_window").unwrap_or(4096);
-                let pattern = usize_of("attention.sliding_window_pattern").unwrap_or(6).max(1);
-                let local_base = f32_of("rope.local.freq_base").unwrap_or(10_000.0);
+                let pattern = if gemma2 {
+                    2
+                } else {
+                    usize_of("attention.sliding_window_pattern").unwrap_or(6).max(1)
+                };
+                let local_base = if gemma2 {
+                    rope_base
+                } else {
+                    f32_of("rope.local.freq_base").unwrap_or(10_000.0)
+                };
                 let layers = (0..n_layers)
                     .map(|l| {
                         if (l + 1) % pattern == 0 {
@@ -339,7 +355,13 @@ impl ModelConfig {
                         }
                     })
                     .collect();
-                let query_scalar = f32_of("attention.query_pre_attn_scalar").unwrap_or(d_head as f32);
+                // Gemma 2 files carry no query scalar: llama.cpp takes d_model / heads for the
+                // 27B shape (46 layers) and the head size for the others, as those checkpoints set it.
+                let query_scalar = match f32_of("attention.query_pre_attn_scalar") {
+                    Some(q) => q,
+                    None if gemma2 && n_layers == 46 => (d_model / n_heads) as f32,
+                    None => d_head as f32,
+                };
                 ModelConfig {
                     architecture: arch.clone(),
                     n_layers,
@@ -357,7 +379,7 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: query_scalar.powf(-0.5),
                     embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: QkNorm::PerHead,
+                    qk_norm: if gemma2 { QkNorm::None } else { QkNorm::PerHead },
                     norms: NormPlacement::Sandwich,
                     attn_logit_softcap: f32_of("attn_logit_softcapping"),
                     final_logit_softcap: f32_of("final_logit_softcapping"),
@@ -643,7 +665,7 @@ const GGUF_KEYS_READ: &[&str] = &[
     "attention.layer_norm_rms_epsilon",
     "attention.sliding_window",
 ];
-const GGUF_GEMMA3_KEYS_READ: &[&str] = &[
+const GGUF_GEMMA_KEYS_READ: &[&str] = &[
     "attention.sliding_window_pattern",
     "rope.local.freq_base",
     "attention.query_pre_attn_scalar",
@@ -658,7 +680,12 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
     let prefix = format!("{arch}.");
     for (full, value) in file.metadata.range(prefix.clone()..) {
         let Some(k) = full.strip_prefix(&prefix) else { break };
-        if GGUF_KEYS_READ.contains(&k) || (arch == "gemma3" && GGUF_GEMMA3_KEYS_READ.contains(&k)) {
+        let family_keys: &[&str] = match arch {
+            "gemma2" | "gemma3" => GGUF_GEMMA_KEYS_READ,
+            "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
+            _ => &[],
+        };
+        if GGUF_KEYS_READ.contains(&k) || family_keys.contains(&k) {
             continue;
         }
         let as_f64 = value.as_f64();
@@ -689,7 +716,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
 
 /// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
 /// list and the match in step).
-pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3"];
 
 /// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
 pub const HF_MODEL_TYPES: &[&str] = &[

@@ -285,3 +285,24 @@ fn qwen3_moe_with_narrow_experts() {
     assert_eq!(model.config.d_mlp, 48, "each expert's width (moe_intermediate_size)");
     check("qwen3moe-moe");
 }
+
+/// llama.cpp's `qwen3moe` file: per-head Q/K norms, experts stacked in 3-D tensors, each
+/// expert's width in `expert_feed_forward_length`.
+#[test]
+fn qwen3_moe_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/qwen3moe-moe/model.gguf")).unwrap();
+    assert_eq!(model.config.d_mlp, 48, "each expert's width (expert_feed_forward_length)");
+    assert_eq!(model.config.moe.map(|m| (m.experts, m.per_token, m.normalize)), Some((4, 2, true)));
+    check_file("qwen3moe-moe", "model.gguf");
+}
+
+/// llama.cpp's `gemma2` file: soft-caps, alternating local and global layers, norm weights with
+/// Gemma's 1 folded in, no query scalar (the head size, as llama.cpp takes it for this shape).
+#[test]
+fn gemma2_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/gemma2-gguf/model.gguf")).unwrap();
+    let windows: Vec<Option<usize>> = model.config.layers.iter().map(|l| l.window).collect();
+    assert_eq!(windows, [Some(6), None, Some(6)]);
+    check("gemma2-gguf");
+    check_file("gemma2-gguf", "model.gguf");
+}
