@@ -568,6 +568,8 @@ def write_llama_gguf(model, path: Path):
         w.add_expert_used_count(cfg.num_experts_per_tok)
     if arch == "qwen3moe":
         w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    if getattr(cfg, "sliding_window", None) and arch == "phi3":
+        w.add_sliding_window(cfg.sliding_window)
     if gemma:
         w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)
@@ -596,6 +598,10 @@ def write_llama_gguf(model, path: Path):
              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v"}
     if arch.startswith("qwen3"):
         names |= {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    if arch == "phi3":
+        # Fused as Phi-3 stores them: `attn_qkv`, and gate with up in `ffn_up`.
+        names = {"input_layernorm": "attn_norm", "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+                 "post_attention_layernorm": "ffn_norm", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     if gemma:
         names |= {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
                   "post_feedforward_layernorm": "post_ffw_norm"}
@@ -647,7 +653,7 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
-AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf"}
+AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused"}
 MOE_GGUF = {"mixtral-moe"}
 
 

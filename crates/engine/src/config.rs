@@ -287,7 +287,7 @@ impl ModelConfig {
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -716,7 +716,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
 
 /// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
 /// list and the match in step).
-pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3"];
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3"];
 
 /// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
 pub const HF_MODEL_TYPES: &[&str] = &[

@@ -443,7 +443,7 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         MlpNorm => "ffn_norm",
         Gate => "ffn_gate",
         Up => "ffn_up",
-        // llama.cpp's files keep gate and up apart (its Phi-3 files are not read).
+        // Only Phi-3's files fuse gate and up (as `ffn_up`: `gguf_phi3_block`).
         GateUp => return vec![],
         Down => "ffn_down",
         PostMlpNorm => "post_ffw_norm",
@@ -454,6 +454,16 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
     };
     vec![format!("blk.{l}.{n}")]
+}
+
+/// llama.cpp's Phi-3 files: Q, K and V in one `attn_qkv`, gate and up in one `ffn_up` (gate
+/// rows first, as Phi-3's `gate_up_proj`).
+fn gguf_phi3_block(l: usize, part: BlockPart) -> Vec<String> {
+    match part {
+        BlockPart::GateUp => vec![format!("blk.{l}.ffn_up")],
+        BlockPart::Gate | BlockPart::Up | BlockPart::Q | BlockPart::K | BlockPart::V => vec![],
+        other => gguf_block(l, other),
+    }
 }
 
 fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
@@ -539,7 +549,7 @@ impl Naming {
             pos_embed: vec![],
             final_norm: vec!["output_norm".into()],
             unembed: vec!["output".into()],
-            block: gguf_block,
+            block: if arch == "phi3" { gguf_phi3_block } else { gguf_block },
             transposed_linears: false,
             interleaved_rope_rows: arch == "llama" || arch == "mistral",
             norm_offset: 0.0,

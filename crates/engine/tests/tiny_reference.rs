@@ -306,3 +306,12 @@ fn gemma2_as_gguf() {
     check("gemma2-gguf");
     check_file("gemma2-gguf", "model.gguf");
 }
+
+/// llama.cpp's `phi3` file: Q, K and V fused in `attn_qkv`, gate and up in `ffn_up`, the
+/// sliding window in the metadata.
+#[test]
+fn phi3_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/phi3-fused/model.gguf")).unwrap();
+    assert!(model.config.layers.iter().all(|l| l.window == Some(9)));
+    check_file("phi3-fused", "model.gguf");
+}
