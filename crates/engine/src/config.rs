@@ -268,9 +268,10 @@ impl ModelConfig {
         };
         let tied = file.tensor_info("output.weight").is_none();
         // llama.cpp writes Mixtral as `llama` with experts; its Mixtral and Qwen3-MoE graphs
-        // renormalise the router's weights over the chosen experts, as those models do.
+        // renormalise the router's weights over the chosen experts, as those models do, and its
+        // OLMoE graph does not.
         let moe = match usize_of("expert_count").filter(|&n| n > 0) {
-            Some(experts) if arch == "llama" || arch == "qwen3moe" => {
+            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "olmoe") => {
                 let per_token = require("expert_used_count")?;
                 if per_token == 0 || per_token > experts {
                     return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
@@ -278,16 +279,16 @@ impl ModelConfig {
                 Some(Moe {
                     experts,
                     per_token,
-                    normalize: true,
+                    normalize: arch != "olmoe",
                 })
             }
-            _ if arch == "qwen3moe" => return Err(Error::Config(format!("missing {}", key("expert_count")))),
+            _ if arch == "qwen3moe" || arch == "olmoe" => return Err(Error::Config(format!("missing {}", key("expert_count")))),
             _ => None,
         };
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmo2" | "olmoe" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -306,8 +307,12 @@ impl ModelConfig {
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
                     embed_scale: 1.0,
-                    qk_norm: if arch.starts_with("qwen3") { QkNorm::PerHead } else { QkNorm::None },
-                    norms: NormPlacement::Pre,
+                    qk_norm: match arch.as_str() {
+                        "qwen3" | "qwen3moe" => QkNorm::PerHead,
+                        "olmo2" | "olmoe" => QkNorm::Whole,
+                        _ => QkNorm::None,
+                    },
+                    norms: if arch == "olmo2" { NormPlacement::Post } else { NormPlacement::Pre },
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
                     tied_embeddings: tied,
@@ -683,6 +688,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
         let family_keys: &[&str] = match arch {
             "gemma2" | "gemma3" => GGUF_GEMMA_KEYS_READ,
             "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
+            "olmoe" => &["expert_count", "expert_used_count"],
             _ => &[],
         };
         if GGUF_KEYS_READ.contains(&k) || family_keys.contains(&k) {
@@ -716,7 +722,9 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
 
 /// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
 /// list and the match in step).
-pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3"];
+pub const GGUF_ARCHITECTURES: &[&str] = &[
+    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3",
+];
 
 /// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
 pub const HF_MODEL_TYPES: &[&str] = &[

@@ -315,3 +315,20 @@ fn phi3_as_gguf() {
     assert!(model.config.layers.iter().all(|l| l.window == Some(9)));
     check_file("phi3-fused", "model.gguf");
 }
+
+/// llama.cpp's `olmo2` file: norms after attention and the MLP only, Q/K norms over the whole
+/// projections.
+#[test]
+fn olmo2_as_gguf() {
+    check_file("olmo2-postnorm", "model.gguf");
+}
+
+/// llama.cpp's `olmoe` file: experts stacked in 3-D tensors, their weights not renormalised (as
+/// llama.cpp's OLMoE graph computes them).
+#[test]
+fn olmoe_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/olmoe-gguf/model.gguf")).unwrap();
+    assert_eq!(model.config.moe.map(|m| m.normalize), Some(false));
+    check("olmoe-gguf");
+    check_file("olmoe-gguf", "model.gguf");
+}
