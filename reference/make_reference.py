@@ -569,6 +569,11 @@ def write_llama_gguf(model, path: Path):
     w.add_key_length(dim)
     w.add_value_length(dim)
     w.add_vocab_size(cfg.vocab_size)
+    if cfg.rope_parameters.get("rope_type") == "yarn":
+        # As llama.cpp's converter writes a Qwen3 YaRN scaling: type, factor, original context.
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(cfg.rope_parameters["factor"])
+        w.add_rope_scaling_orig_ctx_len(cfg.rope_parameters["original_max_position_embeddings"])
     n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
     if moe:
         w.add_expert_count(n_experts)
@@ -665,9 +670,10 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
-           "olmo2-postnorm", "olmoe-gguf"}
-# Families transformers' GGUF reader does not know: llama.cpp reads those files back instead.
-LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf"}
+           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn"}
+# Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
+# reads those back instead.
+LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn"}
 
 
 def check_gguf_with_llama_cpp(path: Path, ids, logits):

@@ -255,6 +255,22 @@ impl ModelConfig {
             Some("linear") => Some(RopeScaling::Linear {
                 factor: f32_of("rope.scaling.factor").unwrap_or(1.0),
             }),
+            // llama.cpp's YaRN: the ramp between the dimensions turning `beta_slow` and
+            // `beta_fast` times over the original context (rounded outward), cosines and sines
+            // scaled by its attention factor times 1 + 0.1 ln(factor).
+            Some("yarn") => {
+                let need = |k: &str| f32_of(k).ok_or_else(|| Error::Config(format!("YaRN RoPE scaling without {}", key(k))));
+                let factor = need("rope.scaling.factor")?;
+                let mscale = if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 };
+                Some(RopeScaling::Yarn {
+                    factor,
+                    original_context: need("rope.scaling.original_context_length")?,
+                    beta_fast: f32_of("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                    beta_slow: f32_of("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                    attention_factor: f32_of("rope.scaling.attn_factor").unwrap_or(1.0) * mscale,
+                    truncate: true,
+                })
+            }
             Some(other) => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
         };
         let rope_scaling = match (rope_scaling, file.tensor_info("rope_freqs.weight").is_some()) {
@@ -678,6 +694,15 @@ const GGUF_GEMMA_KEYS_READ: &[&str] = &[
     "final_logit_softcapping",
 ];
 
+/// The YaRN keys the reader uses when the scaling is YaRN (elsewhere the original context length
+/// is informational and an attention factor other than 1 is refused).
+const YARN_KEYS_READ: &[&str] = &[
+    "rope.scaling.original_context_length",
+    "rope.scaling.attn_factor",
+    "rope.scaling.yarn_beta_fast",
+    "rope.scaling.yarn_beta_slow",
+];
+
 /// Every `{arch}.*` key of a GGUF file is either read, or known not to change the numbers at the
 /// value it has; anything else refuses the file, naming the key (llama.cpp's converters add keys
 /// as families gain features: a reader that skips them computes a different model silently).
@@ -685,6 +710,10 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
     let prefix = format!("{arch}.");
     for (full, value) in file.metadata.range(prefix.clone()..) {
         let Some(k) = full.strip_prefix(&prefix) else { break };
+        let yarn = file.meta(&format!("{prefix}rope.scaling.type")).and_then(|v| v.as_str()) == Some("yarn");
+        if yarn && YARN_KEYS_READ.contains(&k) {
+            continue;
+        }
         let family_keys: &[&str] = match arch {
             "gemma2" | "gemma3" => GGUF_GEMMA_KEYS_READ,
             "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],

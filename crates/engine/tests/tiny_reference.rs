@@ -332,3 +332,19 @@ fn olmoe_as_gguf() {
     check("olmoe-gguf");
     check_file("olmoe-gguf", "model.gguf");
 }
+
+/// YaRN as llama.cpp's files state it: `rope.scaling.type = yarn`, the factor and the original
+/// context; the attention factor 1 + 0.1 ln(factor), as llama.cpp applies it.
+#[test]
+fn qwen3_with_yarn_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/qwen3-yarn/model.gguf")).unwrap();
+    assert!(matches!(
+        model.config.layers[0].rope_scaling,
+        Some(headhunt_engine::RopeScaling::Yarn {
+            factor: 4.0,
+            original_context: 16.0,
+            ..
+        })
+    ));
+    check_file("qwen3-yarn", "model.gguf");
+}
