@@ -719,6 +719,30 @@ def forward_with_scores(model, ids):
 
 
 @torch.no_grad()
+def moe_internals(model, ids) -> dict:
+    """A Mixture-of-Experts model's router logits and each expert's weight in the output, per
+    layer [layer, position, expert], as transformers computes them: the logits its forward
+    returns with `output_router_logits`, the weights from what the router hands the experts
+    (the chosen experts' indices and weights; the others weigh 0). Empty for dense models."""
+    n_experts = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", None)
+    if not n_experts:
+        return {}
+    weights, handles = [], []
+    for layer in model.model.layers:
+        def record(module, args):
+            _, index, weight = args
+            dense = torch.zeros(index.shape[0], n_experts).scatter(1, index, weight.float())
+            weights.append(dense.numpy())
+        handles.append(layer.mlp.experts.register_forward_pre_hook(record))
+    try:
+        out = model(ids, output_router_logits=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"router_logits": np.stack([r.float().numpy() for r in out.router_logits]), "expert_weights": np.stack(weights)}
+
+
+@torch.no_grad()
 def internals(model, ids) -> dict:
     """Per layer, as transformers computes them: each head's query and each key/value head's key
     after their norms and RoPE (what `apply_rotary_pos_emb` returns), the values, the MLP's
@@ -796,6 +820,7 @@ def tiny_models(out_dir: Path):
         for p in model.parameters():
             p.data = p.data.float()
         out, scores = forward_with_scores(model, ids)
+        moe = moe_internals(model, ids)
         if name in AS_GGUF:
             write_llama_gguf(model, d / "model.gguf")
             if name in LLAMA_CPP_GGUF:
@@ -803,7 +828,7 @@ def tiny_models(out_dir: Path):
             else:
                 check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
-                 attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids))
+                 attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids), **moe)
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
 
 

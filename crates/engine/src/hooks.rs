@@ -55,6 +55,11 @@ pub enum HookPoint {
     ResidMid(usize),
     /// `blocks.{l}.ln2.hook_scale`: what the MLP's input norm divides each row by, `[pos, 1]`.
     Ln2Scale(usize),
+    /// `blocks.{l}.mlp.hook_router`: a Mixture-of-Experts MLP's router logits, `[pos, expert]`.
+    Router(usize),
+    /// `blocks.{l}.mlp.hook_expert_weights`: each expert's weight in a Mixture-of-Experts MLP's
+    /// output (0 for experts not chosen), `[pos, expert]`.
+    ExpertWeights(usize),
     /// `blocks.{l}.mlp.hook_pre`: the MLP's pre-activation (a gated MLP's gate projection),
     /// `[pos, d_mlp]`.
     MlpPre(usize),
@@ -108,8 +113,9 @@ impl HookKind {
     pub fn exists_in(&self, c: &ModelConfig) -> bool {
         match self.at(0) {
             HookPoint::PosEmbed => c.positions != crate::config::PositionEncoding::Rotary,
-            // A Mixture-of-Experts MLP has no single hidden activation.
+            // A Mixture-of-Experts MLP has no single hidden activation, a dense one no router.
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => c.moe.is_none(),
+            HookPoint::Router(_) | HookPoint::ExpertWeights(_) => c.moe.is_some(),
             // Only where the family normalises a sub-layer's input (not OLMo 2).
             HookPoint::Ln1Scale(_) | HookPoint::Ln2Scale(_) => c.norms.has_pre(),
             _ => true,
@@ -119,6 +125,10 @@ impl HookKind {
 
 fn d_model(c: &ModelConfig) -> Vec<usize> {
     vec![c.d_model]
+}
+
+fn experts(c: &ModelConfig) -> Vec<usize> {
+    vec![c.moe.map_or(0, |m| m.experts)]
 }
 
 /// Every kind of hook point, in the order the forward pass reaches them.
@@ -237,6 +247,22 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "what the MLP's input norm divides each row by",
     },
     HookKind {
+        name: "blocks.{l}.mlp.hook_router",
+        dims: "[expert]",
+        point: HookPoint::Router,
+        shape: experts,
+        writable: true,
+        doc: "a Mixture-of-Experts MLP's router logits (adding or patching here changes which experts are chosen)",
+    },
+    HookKind {
+        name: "blocks.{l}.mlp.hook_expert_weights",
+        dims: "[expert]",
+        point: HookPoint::ExpertWeights,
+        shape: experts,
+        writable: false,
+        doc: "each expert's weight in a Mixture-of-Experts MLP's output: its router probability where chosen (renormalised over the chosen where the family does), else 0",
+    },
+    HookKind {
         name: "blocks.{l}.mlp.hook_pre",
         dims: "[d_mlp]",
         point: HookPoint::MlpPre,
@@ -308,7 +334,7 @@ impl HookPoint {
         use HookPoint::*;
         match *self {
             ResidPre(l) | Ln1Scale(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | AttnScores(l) | Pattern(l) | AttnOut(l) | ResidMid(l)
-            | Ln2Scale(l) | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            | Ln2Scale(l) | Router(l) | ExpertWeights(l) | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
             Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
@@ -348,6 +374,7 @@ impl HookPoint {
             let why = match self {
                 HookPoint::PosEmbed => "this model has rotary positions, no position table",
                 HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => "a Mixture-of-Experts MLP has no single hidden activation",
+                HookPoint::Router(_) | HookPoint::ExpertWeights(_) => "a dense MLP has no router",
                 _ => "this model's blocks have no such norm",
             };
             return Err(Error::Hook(format!("{self}: {why}")));
@@ -530,6 +557,10 @@ pub enum Intervention {
         head: Option<usize>,
         rows: BTreeMap<usize, Vec<f32>>,
     },
+    /// Never choose these experts of a Mixture-of-Experts layer: their router logits are -inf
+    /// before the choice, so each token's top experts come from the others (as masking a head
+    /// silences it).
+    DisableExperts { layer: usize, experts: Vec<usize>, phase: Phase },
 }
 
 impl Intervention {
@@ -537,7 +568,9 @@ impl Intervention {
     /// cannot; additions and patches are taken as able to).
     pub fn acts_in_prefill(&self) -> bool {
         match self {
-            Intervention::MaskHead { phase, .. } | Intervention::RestrictKeys { phase, .. } => phase.includes(Phase::Prefill),
+            Intervention::MaskHead { phase, .. }
+            | Intervention::RestrictKeys { phase, .. }
+            | Intervention::DisableExperts { phase, .. } => phase.includes(Phase::Prefill),
             Intervention::Add { .. } | Intervention::Set { .. } => true,
         }
     }
@@ -613,6 +646,27 @@ impl Hooks {
                     }
                 }
                 Intervention::RestrictKeys { layer, head, .. } => head_ok(*layer, *head)?,
+                Intervention::DisableExperts { layer, experts, .. } => {
+                    HookPoint::Router(*layer).check(c)?;
+                    let moe = c.moe.expect("checked: a Mixture-of-Experts layer");
+                    let mut distinct = experts.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    if let Some(e) = distinct.iter().find(|&&e| e >= moe.experts) {
+                        return Err(Error::Hook(format!(
+                            "expert {e} of layer {layer} does not exist ({} experts)",
+                            moe.experts
+                        )));
+                    }
+                    if moe.experts - distinct.len() < moe.per_token {
+                        return Err(Error::Hook(format!(
+                            "disabling {} of layer {layer}'s {} experts leaves fewer than the {} each token uses",
+                            distinct.len(),
+                            moe.experts,
+                            moe.per_token
+                        )));
+                    }
+                }
                 Intervention::Add { point, vector, .. } => {
                     point.check(c)?;
                     if !point.kind().writable {
@@ -789,6 +843,9 @@ impl CompiledHooks {
                 Intervention::Add { point, .. } | Intervention::Set { point, .. } => {
                     touched.insert(*point);
                 }
+                Intervention::DisableExperts { layer, .. } => {
+                    touched.insert(HookPoint::Router(*layer));
+                }
             }
         }
         Ok(CompiledHooks {
@@ -901,6 +958,13 @@ impl CompiledHooks {
                                 .zip(vector)
                                 .for_each(|(x, v)| *x += v);
                         }
+                    }
+                }
+                Intervention::DisableExperts { layer, experts, phase: ph }
+                    if point == HookPoint::Router(*layer) && ph.includes(step.phase) =>
+                {
+                    for row in buf.chunks_exact_mut(row_len) {
+                        experts.iter().for_each(|&e| row[e] = f32::NEG_INFINITY);
                     }
                 }
                 Intervention::Set { point: p, head, rows } if *p == point => {

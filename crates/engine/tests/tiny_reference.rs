@@ -60,6 +60,8 @@ fn check_file(name: &str, file: &str) {
             ("mlp_pre", HookPoint::MlpPre),
             ("ln1_scale", HookPoint::Ln1Scale),
             ("ln2_scale", HookPoint::Ln2Scale),
+            ("router_logits", HookPoint::Router),
+            ("expert_weights", HookPoint::ExpertWeights),
         ] {
             let exists = point(0).kind().exists_in(c);
             let Some(want) = exp.get(key) else {
@@ -252,9 +254,19 @@ fn gpt2_stored_as_f16() {
 
 /// The hook points inside attention and the MLP that the reference records per layer, and the
 /// final norm's scale.
-fn internals(l: usize) -> [HookPoint; 7] {
+fn internals(l: usize) -> [HookPoint; 9] {
     use HookPoint::*;
-    [Q(l), K(l), V(l), MlpPre(l), Ln1Scale(l), Ln2Scale(l), FinalScale]
+    [
+        Q(l),
+        K(l),
+        V(l),
+        MlpPre(l),
+        Ln1Scale(l),
+        Ln2Scale(l),
+        FinalScale,
+        Router(l),
+        ExpertWeights(l),
+    ]
 }
 
 #[test]
@@ -347,4 +359,54 @@ fn qwen3_with_yarn_as_gguf() {
         })
     ));
     check_file("qwen3-yarn", "model.gguf");
+}
+
+/// Disabling an expert (its router logit -inf before the choice): it weighs 0 at every
+/// position, the others still make up each token's top experts (weights summing to 1 where the
+/// family renormalises), and the output changes; another layer's routing before it does not.
+#[test]
+fn disabled_experts_are_never_chosen() {
+    use headhunt_engine::{Intervention, Phase};
+    let exp = expected("tiny/mixtral-moe/expected.npz");
+    let ids: Vec<u32> = exp["input_ids"].as_i64().iter().map(|&x| x as u32).collect();
+    let model = Model::load(&reference_dir().join("tiny/mixtral-moe")).unwrap();
+    let moe = model.config.moe.unwrap();
+    let run = |disable: Option<usize>| {
+        let mut hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All));
+        for l in 0..model.config.n_layers {
+            hooks = hooks.capture(Capture::new(HookPoint::ExpertWeights(l), Positions::All));
+        }
+        if let Some(e) = disable {
+            hooks = hooks.intervene(Intervention::DisableExperts {
+                layer: 1,
+                experts: vec![e],
+                phase: Phase::Both,
+            });
+        }
+        let mut run = model.run(hooks, RunOptions::default()).unwrap();
+        run.prefill(&ids).unwrap();
+        std::mem::take(&mut run.recording)
+    };
+    let base = run(None);
+    let weights = |rec: &headhunt_engine::Recording, l: usize| rec.get(HookPoint::ExpertWeights(l)).unwrap().data.clone();
+    // Expert 0 is chosen somewhere in layer 1 unmasked.
+    assert!(weights(&base, 1).chunks_exact(moe.experts).any(|r| r[0] > 0.0));
+    let off = run(Some(0));
+    for row in weights(&off, 1).chunks_exact(moe.experts) {
+        assert_eq!(row[0], 0.0);
+        assert_eq!(row.iter().filter(|&&w| w > 0.0).count(), moe.per_token);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    assert_eq!(weights(&off, 0), weights(&base, 0), "layer 0 routes as before");
+    let logits = |rec: &headhunt_engine::Recording| rec.get(HookPoint::Logits).unwrap().data.clone();
+    assert!(max_abs_diff(&logits(&off), &logits(&base)) > 1e-3);
+    // Too many disabled, or an expert that does not exist: refused.
+    for experts in [vec![0, 1, 2], vec![7]] {
+        let hooks = Hooks::default().intervene(Intervention::DisableExperts {
+            layer: 1,
+            experts,
+            phase: Phase::Both,
+        });
+        assert!(model.run(hooks, RunOptions::default()).is_err());
+    }
 }

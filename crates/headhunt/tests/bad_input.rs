@@ -170,8 +170,14 @@ fn keys_that_change_the_numbers() {
     let cases = [
         (
             "llama.rope.scaling.type",
+            Value::String("longrope".into()),
+            "RoPE scaling `longrope` is not supported",
+        ),
+        // YaRN is read, and needs what it scales by.
+        (
+            "llama.rope.scaling.type",
             Value::String("yarn".into()),
-            "RoPE scaling `yarn` is not supported",
+            "YaRN RoPE scaling without llama.rope.scaling.factor",
         ),
         // A llama file with experts is a Mixtral, which needs how many are used per token.
         ("llama.expert_count", Value::U32(8), "missing llama.expert_used_count"),

@@ -229,7 +229,7 @@ impl Model {
                 pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
                 profile::timed(Stage::MlpDown, || mlp.down.forward(&act, n))
             }
-            Mlp::Experts { router, experts } => profile::timed(Stage::MlpUp, || self.experts(router, experts, &x, n)),
+            Mlp::Experts { router, experts } => self.experts(l, router, experts, &x, pass),
         };
         if let Some(norm) = &b.post_mlp_norm {
             profile::timed(Stage::Norms, || norm_rows_in_place(&mut out, d, c, norm));
@@ -242,10 +242,12 @@ impl Model {
     /// highest router probability, their outputs summed with those probabilities as weights
     /// (renormalised over the chosen where the family does), expert by expert in index order as
     /// transformers adds them. Each expert multiplies only the rows routed to it.
-    fn experts(&self, router: &Linear, experts: &[Expert], x: &[f32], n: usize) -> Vec<f32> {
+    fn experts(&self, l: usize, router: &Linear, experts: &[Expert], x: &[f32], pass: &mut Pass<'_>) -> Vec<f32> {
+        let _t = profile::span(Stage::MlpUp);
         let c = &self.config;
-        let (d, moe) = (c.d_model, c.moe.expect("an experts MLP has its config"));
-        let logits = router.forward(x, n);
+        let (n, d, moe) = (pass.step.n, c.d_model, c.moe.expect("an experts MLP has its config"));
+        let mut logits = router.forward(x, n);
+        pass.hook(HookPoint::Router(l), &mut logits, moe.experts);
         let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); moe.experts];
         for (r, row) in logits.chunks_exact(moe.experts).enumerate() {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -260,6 +262,13 @@ impl Model {
                 routed[e].0.push(r);
                 routed[e].1.push(if moe.normalize { p / kept } else { p });
             }
+        }
+        if pass.plan.touches(HookPoint::ExpertWeights(l)) {
+            let mut dense = vec![0.0f32; n * moe.experts];
+            for (e, (rows, weights)) in routed.iter().enumerate() {
+                rows.iter().zip(weights).for_each(|(&r, &w)| dense[r * moe.experts + e] = w);
+            }
+            pass.hook(HookPoint::ExpertWeights(l), &mut dense, moe.experts);
         }
         let mut out = vec![0.0f32; n * d];
         for (expert, (rows, weights)) in experts.iter().zip(&routed) {
