@@ -743,7 +743,7 @@ impl Rows {
     }
 }
 
-/// The pattern captures of one layer in one step (see [`CompiledHooks::pattern_requests`]).
+/// The pattern captures of one layer in one step (see `CompiledHooks::pattern_requests`).
 #[derive(Debug, Clone, Default)]
 pub struct PatternRequests {
     pub full: Vec<usize>,

@@ -352,7 +352,7 @@ impl KvCache {
         self.layers.iter().map(|l| l.iter().map(HeadCache::len).collect()).collect()
     }
 
-    /// Forget every position from `len` on (see [`HeadCache::truncate`]); false, and nothing
+    /// Forget every position from `len` on (see `HeadCache::truncate`); false, and nothing
     /// changed, when a windowed head no longer holds what the positions from `len` would see.
     pub fn truncate(&mut self, len: usize) -> bool {
         let possible = self.layers.iter().flatten().all(|h| h.can_truncate(len));
@@ -363,7 +363,7 @@ impl KvCache {
     }
 
     /// Keep, in each layer's each key/value head, only the positions `keep[layer][head]`
-    /// (ascending), with room for `extra` more rows each (see [`HeadCache::retained`]).
+    /// (ascending), with room for `extra` more rows each (see `HeadCache::retained`).
     pub fn retain(&mut self, keep: &[Vec<Vec<u32>>], extra: usize) {
         *self = self.retained(keep, extra);
     }

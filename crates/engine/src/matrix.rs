@@ -427,7 +427,7 @@ impl Matrix {
     }
 
     /// `out[m, rows] = x[m, cols] · W^T`. One row is [`Matrix::gemv`]; up to
-    /// [`ROW_DOT_TOKENS`] are each row's dot products; more are int8 tiles at
+    /// `ROW_DOT_TOKENS` are each row's dot products; more are int8 tiles at
     /// [`Precision::Fast`] where the CPU has their instructions, and otherwise dequantise tiles
     /// of rows into f32 and multiply them with `gemm` on all threads.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize) {

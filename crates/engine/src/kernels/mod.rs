@@ -12,7 +12,7 @@
 //! The dot product and the dequantisation are then one generic loop per instruction set over
 //! that form, computing each weight in f32 exactly as the dequantised matrix holds it, so a
 //! product read from the blocks matches the f32 product on the dequantised weights to rounding.
-//! The unpacking is written twice per type: in plain Rust here ([`Format`], the reference and the
+//! The unpacking is written twice per type: in plain Rust here (`Format`, the reference and the
 //! portable path) and with AVX2 integer instructions in `x86` (shared by the AVX2 and AVX-512
 //! loops).
 //!

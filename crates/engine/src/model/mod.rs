@@ -1,6 +1,6 @@
 //! A loaded model: its configuration, weights in their file's storage, tokenizer and RoPE
 //! tables, loaded from GGUF or a Hugging Face folder. The forward pass (one code path for every
-//! family, with hooks) is in [`forward`], runs and generation in [`run`].
+//! family, with hooks) is in `forward.rs`, runs and generation in `run.rs`.
 
 mod forward;
 mod run;

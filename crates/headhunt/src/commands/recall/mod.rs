@@ -1,5 +1,5 @@
 //! `headhunt recall`: factual-recall mechanisms (Lv et al. 2024). Its arguments here, each
-//! subcommand's run in [`studies`].
+//! subcommand's run in `studies.rs`.
 
 mod studies;
 

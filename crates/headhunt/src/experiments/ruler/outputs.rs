@@ -12,7 +12,7 @@ use crate::experiments::retrieval::RETRIEVAL_THRESHOLD;
 use crate::output::plot::{Figure, Heatmap, Heatmaps, LinePlot, Series};
 use crate::runner::store::write_atomic;
 
-/// A QRHead run's head_scores_<task>.json and heads' maps; the table of each task's best heads.
+/// A QRHead run's `head_scores_<task>.json` and heads' maps; the table of each task's best heads.
 pub fn write_qr_outputs(dir: &Path, model: &str, records: &[RulerQrRecord], n_layers: usize, n_heads: usize) -> Result<String> {
     let heads = qr_head_scores(records, n_layers, n_heads);
     let mut table = format!(
