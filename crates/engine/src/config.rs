@@ -686,7 +686,12 @@ const GGUF_KEYS_READ: &[&str] = &[
     "attention.layer_norm_rms_epsilon",
     "attention.sliding_window",
 ];
-const GGUF_GEMMA_KEYS_READ: &[&str] = &[
+const GGUF_GEMMA2_KEYS_READ: &[&str] = &[
+    "attention.query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+];
+const GGUF_GEMMA3_KEYS_READ: &[&str] = &[
     "attention.sliding_window_pattern",
     "rope.local.freq_base",
     "attention.query_pre_attn_scalar",
@@ -715,7 +720,10 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
             continue;
         }
         let family_keys: &[&str] = match arch {
-            "gemma2" | "gemma3" => GGUF_GEMMA_KEYS_READ,
+            // Gemma 2's layout is fixed (alternating layers, one RoPE base): keys for another
+            // pattern or a local base are not read, so they refuse the file.
+            "gemma2" => GGUF_GEMMA2_KEYS_READ,
+            "gemma3" => GGUF_GEMMA3_KEYS_READ,
             "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
             "olmoe" => &["expert_count", "expert_used_count"],
             _ => &[],
