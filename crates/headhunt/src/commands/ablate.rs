@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::args::{GridArgs, MaskHowArgs};
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::retrieval::masking::{check_scores_fit, load_versus, random_heads, top_heads, Head};
 use crate::experiments::retrieval::niah::trial::{Condition, TrialRunner};
@@ -59,10 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
     let versus = args.versus.as_deref().map(|p| load_versus(p, &scores)).transpose()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablate-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("ablate"));
     let out = run_folder(&out, grid.shard);
     let total = model.config.n_layers * model.config.n_heads;
     let ks: Vec<usize> = args.ks.iter().copied().filter(|&k| k <= total).collect();

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::niah::model_stem;
 use super::ModelArg;
 use crate::experiments::claims::{dynamic, markdown, shell, table, ClaimsPlan, COT_CHAINS};
 use crate::experiments::cot::Style;
@@ -105,10 +104,7 @@ fn calibrate_cot(plan: &ClaimsPlan, n: &mut usize, table_only: bool) -> Result<u
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("claims-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("claims"));
     let haystacks = if args.haystack.is_empty() && Path::new(LICENCES).is_dir() {
         vec![PathBuf::from(LICENCES)]
     } else {

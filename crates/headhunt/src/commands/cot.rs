@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::args::MaskSweepArgs;
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::cot::{is_correct, problems, prompt, restates_facts, Shape, Style};
 use crate::experiments::retrieval::niah::trial::{answer, Condition};
@@ -121,10 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         .map(|&s| set.iter().map(|p| tok.encode_prompt(&prompt(p, &demos, s), args.chat)).collect())
         .collect::<Result<_, _>>()?;
     let asks: Vec<Ask> = styles.iter().flat_map(|&s| (0..set.len()).map(move |i| Ask(s, i))).collect();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("cot-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("cot"));
     super::record_provenance(&out, &model)?;
     let name = model_name(&model, &args.model.model);
     println!(

@@ -1,6 +1,6 @@
 //! `headhunt detect`: find a model's retrieval heads with needle-in-a-haystack trials.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
@@ -54,12 +54,6 @@ pub enum Detector {
     Qrhead,
 }
 
-/// A folder name from a model argument.
-pub fn default_out(command: &str, model: &str) -> PathBuf {
-    let stem = Path::new(model).file_stem().and_then(|s| s.to_str()).unwrap_or(model);
-    PathBuf::from("runs").join(format!("{command}-{stem}"))
-}
-
 pub fn run(args: Args) -> Result<()> {
     let grid = args.grid.resolve()?;
     let model = args.model.load()?;
@@ -68,10 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         Detector::Wu => "detect",
         Detector::Qrhead => "qrhead",
     };
-    let out = run_folder(
-        &args.out.clone().unwrap_or_else(|| default_out(folder, &args.model.model)),
-        grid.shard,
-    );
+    let out = run_folder(&args.out.clone().unwrap_or_else(|| args.model.default_out(folder)), grid.shard);
     let mut settings = grid.settings();
     settings["command"] = json!("detect");
     if args.detector == Detector::Qrhead {

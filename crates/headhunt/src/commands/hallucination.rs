@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::args::GridArgs;
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::{DecodeArgs, ModelArg};
 use crate::experiments::grounding::Grounder;
 use crate::experiments::hallucination::study::{compare_decoding, counts, load_run, roc_plot, AnswerRecord, Answerer};
@@ -114,10 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     let contrast = args
         .decode
         .contrastive(MaskHow::default().interventions(&model, &top_heads(&scores, k), &[])?);
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("hallucination-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("hallucination"));
     super::record_provenance(&out, &model)?;
     let common = json!({
         "command": "hallucination",

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::args::GridArgs;
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::kv::budget::{budget_choices, budget_plot, BudgetRow, BudgetSummary};
 use crate::experiments::kv::{eligible, policy, KvChoice};
@@ -119,10 +119,7 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let scores = HeadScores::load(&args.scores)?;
     check_scores_fit(&scores, &model)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("kv-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("kv"));
     let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;

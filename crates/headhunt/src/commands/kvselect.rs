@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::args::GridArgs;
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::kv::select::{kv_prior, GroupPool, PolicyName, Snap};
 use crate::experiments::kv::select_study::{smallest_keeping, summarize, trial, Mode, Point, SelectStudy};
@@ -96,10 +96,7 @@ pub fn run(args: Args) -> Result<()> {
             pool: args.pool,
         },
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("kv-select-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("kv-select"));
     let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let mut settings = grid.settings();

@@ -120,7 +120,25 @@ impl DecodeArgs {
     }
 }
 
+/// A run folder's name for a model argument: the known id as it is (`qwen2.5-coder-1.5b-instruct`,
+/// dots kept), a file's name without `.gguf`/`.safetensors`, a folder's or a Hub repo's last
+/// component, `@revision` and `:quant` joined with `-`.
+pub fn model_stem(model: &str) -> String {
+    let last = model.trim_end_matches('/').rsplit('/').next().unwrap_or(model);
+    let lower = last.to_ascii_lowercase();
+    let bare = [".gguf", ".safetensors"]
+        .iter()
+        .find(|ext| lower.ends_with(*ext))
+        .map_or(last, |ext| &last[..last.len() - ext.len()]);
+    bare.replace([':', '@'], "-")
+}
+
 impl ModelArg {
+    /// `runs/<command>-<model stem>`: where a command writes when no `--out` is given.
+    pub fn default_out(&self, command: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from("runs").join(format!("{command}-{}", model_stem(&self.model)))
+    }
+
     /// Resolve (fetching if needed) and load the model.
     pub fn load(&self) -> Result<Model> {
         let path = models::resolve(&self.model)?;
@@ -172,4 +190,24 @@ pub fn finish_with_report(dir: &std::path::Path) -> Result<()> {
     let path = crate::output::report::write(dir)?;
     println!("report: {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_stem;
+
+    #[test]
+    fn a_model_stem_keeps_the_dots_of_an_id_and_drops_a_file_extension() {
+        // A known id's dots are part of its name, not an extension.
+        assert_eq!(model_stem("qwen2.5-coder-1.5b-instruct"), "qwen2.5-coder-1.5b-instruct");
+        assert_eq!(model_stem("smollm2-135m-instruct"), "smollm2-135m-instruct");
+        assert_eq!(model_stem("/models/Llama-3.2-1B.Q4_K_M.gguf"), "Llama-3.2-1B.Q4_K_M");
+        assert_eq!(model_stem("weights/model.SAFETENSORS"), "model");
+        assert_eq!(model_stem("models/Qwen2.5-1.5B/"), "Qwen2.5-1.5B");
+        assert_eq!(model_stem("Qwen/Qwen2.5-1.5B-Instruct@main"), "Qwen2.5-1.5B-Instruct-main");
+        assert_eq!(
+            model_stem("Qwen/Qwen2.5-1.5B-Instruct-GGUF:Q8_0"),
+            "Qwen2.5-1.5B-Instruct-GGUF-Q8_0"
+        );
+    }
 }

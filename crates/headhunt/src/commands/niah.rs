@@ -1,6 +1,6 @@
 //! `headhunt niah`: the needle-in-a-haystack grid under any masking condition.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
@@ -62,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("niah-{}-{label}", model_stem(&args.model.model))));
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("niah-{}-{label}", super::model_stem(&args.model.model))));
     let out = run_folder(&out, grid.shard);
     super::record_provenance(&out, &model)?;
     let runner = TrialRunner::new(&model, grid.needles.clone(), &grid.haystack, grid.chat, grid.max_length())?;
@@ -89,10 +89,6 @@ pub fn run(args: Args) -> Result<()> {
     super::finish_with_report(&out)
 }
 
-pub fn model_stem(model: &str) -> String {
-    Path::new(model).file_stem().and_then(|s| s.to_str()).unwrap_or(model).to_owned()
-}
-
 pub fn model_name(model: &headhunt_engine::Model, arg: &str) -> String {
-    model.source.name.clone().unwrap_or_else(|| model_stem(arg))
+    model.source.name.clone().unwrap_or_else(|| super::model_stem(arg))
 }

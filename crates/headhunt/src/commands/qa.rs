@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::args::{MaskSweepArgs, ShardArgs};
-use super::niah::{model_name, model_stem};
+use super::niah::model_name;
 use super::{Decode, DecodeArgs, ModelArg};
 use crate::experiments::kv::select::{compressed_answer, kv_prior, PolicyName, Snap};
 use crate::experiments::qa::{best_f1, builtin, exact_match, load_jsonl, QaItem};
@@ -148,10 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let reference = tok.encode(&items[0].context, false)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("qa-{}", model_stem(&args.model.model))));
+    let out = args.out.clone().unwrap_or_else(|| args.model.default_out("qa"));
     let out = run_folder(&out, shard);
     super::record_provenance(&out, &model)?;
     let questions: Vec<Question> = (0..items.len())

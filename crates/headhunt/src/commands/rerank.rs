@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use super::args::ShardArgs;
-use super::detect::default_out;
 use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::rerank::study::{self, Query, QuerySet};
@@ -98,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
     .queries()?;
     let name = model_name(&model, &args.model.model);
     let folder = if args.two_hop { "rerank-two-hop" } else { "rerank" };
-    let out = run_folder(&args.out.clone().unwrap_or_else(|| default_out(folder, &args.model.model)), shard);
+    let out = run_folder(&args.out.clone().unwrap_or_else(|| args.model.default_out(folder)), shard);
     let settings = json!({
         "command": "rerank",
         "model": args.model.model,

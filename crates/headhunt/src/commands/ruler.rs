@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::args::{MaskSweepArgs, ShardArgs};
-use super::detect::{default_out, Detector};
+use super::detect::Detector;
 use super::niah::model_name;
 use super::ModelArg;
 use crate::experiments::qa;
@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         Detector::Wu => "ruler",
         Detector::Qrhead => "ruler-qrhead",
     };
-    let out = run_folder(&args.out.clone().unwrap_or_else(|| default_out(folder, &args.model.model)), shard);
+    let out = run_folder(&args.out.clone().unwrap_or_else(|| args.model.default_out(folder)), shard);
     let settings = json!({
         "command": "ruler",
         "model": args.model.model,

@@ -9,7 +9,6 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::args::MaskSweepArgs;
-use super::niah::model_stem;
 use super::ModelArg;
 use crate::experiments::recall::tasks::{self, Task};
 
@@ -80,9 +79,7 @@ impl TaskArgs {
     }
 
     fn out(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(format!("recall-{}", model_stem(&self.model.model))))
+        self.out.clone().unwrap_or_else(|| self.model.default_out("recall"))
     }
 }
 
