@@ -498,6 +498,22 @@ TINY = {
                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                     max_position_embeddings=256, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
                                     decoder_sparse_step=1, mlp_only_layers=[], rope_theta=10000.0, tie_word_embeddings=False)),
+    # gpt-oss: attention sinks, biases on Q/K/V/O and on the router and experts, windowed layers
+    # alternating with full ones, YaRN without truncation from an original context of 16, and
+    # a clamp (swiglu_limit) small enough that random weights reach it.
+    "gptoss-sinks": lambda: transformers.GptOssForCausalLM(
+        transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=64, num_local_experts=4,
+                                  num_experts_per_tok=2, sliding_window=7, swiglu_limit=0.5, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
+                                                   "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
+    # The same as a GGUF can state it: llama.cpp's graph fixes the clamp at 7 (no metadata key).
+    "gptoss-gguf": lambda: transformers.GptOssForCausalLM(
+        transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=64, num_local_experts=4,
+                                  num_experts_per_tok=2, sliding_window=7, swiglu_limit=7.0, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
+                                                   "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(
@@ -537,6 +553,69 @@ def llama3_rope_factors(cfg) -> np.ndarray:
             smooth = (old_ctx / wavelen - low) / (high - low)
             factors.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.array(factors, dtype=np.float32)
+
+
+def write_gpt_oss_gguf(model, path: Path):
+    """A gpt-oss checkpoint as llama.cpp's converter writes it (`GptOssModel` in
+    convert_hf_to_gguf.py, unquantised experts): the MLP's input norm as `post_attention_norm`,
+    the sinks as `attn_sinks.weight`, the experts' stacked `[experts, in, out]` tensors
+    transposed and their interleaved gate and up split into `ffn_gate_exps` and `ffn_up_exps`,
+    every bias kept, F32 tensors."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = model.config
+    n_head, dim = cfg.num_attention_heads, cfg.head_dim
+    rope = cfg.rope_parameters
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_key_length(dim)
+    w.add_value_length(dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_expert_count(cfg.num_local_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    w.add_expert_feed_forward_length(cfg.intermediate_size)
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(rope["factor"])
+    w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(byte_alphabet()[:255] + ["ab"])
+    w.add_token_merges(["a b"])
+    sd = {k: v.astype(np.float32) for k, v in load_file(str(path.parent / "model.safetensors")).items()}
+    put = lambda name, t: w.add_tensor(name, np.ascontiguousarray(t))
+    put("token_embd.weight", sd["model.embed_tokens.weight"])
+    put("output_norm.weight", sd["model.norm.weight"])
+    put("output.weight", sd["lm_head.weight"])
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}"
+        put(f"blk.{l}.attn_norm.weight", sd[f"{p}.input_layernorm.weight"])
+        put(f"blk.{l}.post_attention_norm.weight", sd[f"{p}.post_attention_layernorm.weight"])
+        put(f"blk.{l}.attn_sinks.weight", sd[f"{p}.self_attn.sinks"])
+        for hf, ll in [("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")]:
+            put(f"blk.{l}.{ll}.weight", sd[f"{p}.self_attn.{hf}.weight"])
+            put(f"blk.{l}.{ll}.bias", sd[f"{p}.self_attn.{hf}.bias"])
+        put(f"blk.{l}.ffn_gate_inp.weight", sd[f"{p}.mlp.router.weight"])
+        put(f"blk.{l}.ffn_gate_inp.bias", sd[f"{p}.mlp.router.bias"])
+        gate_up = sd[f"{p}.mlp.experts.gate_up_proj"].swapaxes(1, 2)
+        gate_up_b = sd[f"{p}.mlp.experts.gate_up_proj_bias"]
+        put(f"blk.{l}.ffn_gate_exps.weight", gate_up[:, ::2, :])
+        put(f"blk.{l}.ffn_up_exps.weight", gate_up[:, 1::2, :])
+        put(f"blk.{l}.ffn_gate_exps.bias", gate_up_b[:, ::2])
+        put(f"blk.{l}.ffn_up_exps.bias", gate_up_b[:, 1::2])
+        put(f"blk.{l}.ffn_down_exps.weight", sd[f"{p}.mlp.experts.down_proj"].swapaxes(1, 2))
+        put(f"blk.{l}.ffn_down_exps.bias", sd[f"{p}.mlp.experts.down_proj_bias"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def write_llama_gguf(model, path: Path):
@@ -670,10 +749,10 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
-           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn"}
+           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf"}
 # Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
 # reads those back instead.
-LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn"}
+LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf"}
 
 
 def check_gguf_with_llama_cpp(path: Path, ids, logits):
@@ -699,12 +778,19 @@ def forward_with_scores(model, ids):
     """The model's output (with attention probabilities), and each layer's attention scores as
     transformers computes them just before the softmax: scaled, soft-capped where the family
     caps, with the mask added ([layer, head, query, key]; masked entries, which transformers
-    fills with the dtype's minimum, as -inf, TransformerLens's convention)."""
+    fills with the dtype's minimum, as -inf, TransformerLens's convention). gpt-oss's softmax
+    sees each head's sink as a last column, every row shifted by its maximum: the scores are
+    that row's keys shifted back by the sink's known logit."""
     seen, softmax = [], torch.nn.functional.softmax
+    sinks = model.config.model_type == "gpt_oss"
 
     def recording(x, *a, **kw):
         if x.dim() == 4 and x.shape[-2] == ids.shape[1]:  # attention rows, not a router's
-            seen.append(x[0].double().numpy())
+            rows = x[0].double()
+            if sinks:
+                sink = model.model.layers[len(seen)].self_attn.sinks.double()
+                rows = rows[..., :-1] + (sink[:, None, None] - rows[..., -1:])
+            seen.append(rows.numpy())
         return softmax(x, *a, **kw)
 
     torch.nn.functional.softmax = recording
@@ -822,7 +908,7 @@ def tiny_models(out_dir: Path):
         out, scores = forward_with_scores(model, ids)
         moe = moe_internals(model, ids)
         if name in AS_GGUF:
-            write_llama_gguf(model, d / "model.gguf")
+            (write_gpt_oss_gguf if model.config.model_type == "gpt_oss" else write_llama_gguf)(model, d / "model.gguf")
             if name in LLAMA_CPP_GGUF:
                 check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits)
             else:

@@ -33,6 +33,8 @@ pub(crate) struct AttentionLayer<'a> {
     pub d_head: usize,
     pub scale: f32,
     pub softcap: Option<f32>,
+    /// Per query head, a logit that joins its softmax rows as a key without a value (gpt-oss).
+    pub sinks: Option<&'a [f32]>,
     /// One cache per key/value head.
     pub caches: &'a [HeadCache],
     /// Per query head, or `None` when this layer has no attention hooks.
@@ -160,7 +162,8 @@ impl AttentionLayer<'_> {
                 let h = g * group + hg;
                 for r in r0..r1 {
                     let i = hg * bq + (r - r0);
-                    let inv = if part.l[i] > 0.0 { 1.0 / part.l[i] } else { 0.0 };
+                    let l = self.denominator(h, part.m[i], part.l[i]);
+                    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
                     let dst = &mut z[r * nh * dh + h * dh..r * nh * dh + (h + 1) * dh];
                     dst.iter_mut().zip(&part.acc[i * dh..(i + 1) * dh]).for_each(|(d, a)| *d = a * inv);
                     if let Some(slot) = argmax.iter_mut().find(|a| a.0 == self.p0 + r) {
@@ -233,7 +236,8 @@ impl AttentionLayer<'_> {
                 let h = g * group + hg;
                 let i = hg * bq + (r - b * block);
                 if part.l[i] > 0.0 {
-                    let (q, (m, l)) = (self.query(h, r), (part.m[i], part.l[i]));
+                    let (m, l) = (part.m[i], self.denominator(h, part.m[i], part.l[i]));
+                    let q = self.query(h, r);
                     let out = &mut values[h * (p + 1)..(h + 1) * (p + 1)];
                     for seg in cache.segments() {
                         self.for_each_score(&q, seg, p, cache.policy, h, |kp, s| out[kp] = (s - m).exp() / l);
@@ -266,6 +270,15 @@ impl AttentionLayer<'_> {
             position: p,
             n_keys: p + 1,
             values,
+        }
+    }
+
+    /// A row's softmax denominator from its merged state (largest score `m`, sum `l` of
+    /// `exp(score - m)`): the sum, plus the head's sink where it has one.
+    fn denominator(&self, h: usize, m: f32, l: f32) -> f32 {
+        match self.sinks {
+            Some(sinks) if l > 0.0 => l + (sinks[h] - m).exp(),
+            _ => l,
         }
     }
 

@@ -17,7 +17,7 @@ pub enum NormKind {
     LayerNorm,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (`gelu_pytorch_tanh`, GPT-2's `gelu_new`).
@@ -25,7 +25,17 @@ pub enum Activation {
     /// Exact GELU (erf).
     Gelu,
     Relu,
+    /// gpt-oss's gated unit: `g * sigmoid(alpha * g) * (clamp(up, -limit, limit) + 1)` with the
+    /// gate `g` clamped above at `limit` (a gated MLP only).
+    SwigluOai {
+        alpha: f32,
+        limit: f32,
+    },
 }
+
+/// gpt-oss's activation as transformers' `GptOssConfig` defaults it and llama.cpp's graph fixes
+/// it (`swiglu_oai`: alpha 1.702, limit 7).
+pub const SWIGLU_OAI: Activation = Activation::SwigluOai { alpha: 1.702, limit: 7.0 };
 
 impl Activation {
     fn from_hf(name: &str) -> Result<Self> {
@@ -148,6 +158,9 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// A Mixture-of-Experts MLP in every block (`d_mlp` is then each expert's width).
     pub moe: Option<Moe>,
+    /// A learned logit per head that joins every softmax row as an extra key with no value
+    /// (gpt-oss's attention sinks): the row's probabilities sum to less than 1.
+    pub attn_sinks: bool,
     pub layers: Vec<LayerSpec>,
 }
 
@@ -236,7 +249,7 @@ impl ModelConfig {
         // A Mixture-of-Experts MLP's width is each expert's (every layer of a Qwen3-MoE file
         // is one, as llama.cpp builds it).
         let d_mlp = match arch.as_str() {
-            "qwen3moe" => require("expert_feed_forward_length")?,
+            "qwen3moe" | "gpt-oss" => require("expert_feed_forward_length")?,
             _ => require("feed_forward_length")?,
         };
         let context_length = require("context_length")?;
@@ -287,7 +300,7 @@ impl ModelConfig {
         // renormalise the router's weights over the chosen experts, as those models do, and its
         // OLMoE graph does not.
         let moe = match usize_of("expert_count").filter(|&n| n > 0) {
-            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "olmoe") => {
+            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "olmoe" | "gpt-oss") => {
                 let per_token = require("expert_used_count")?;
                 if per_token == 0 || per_token > experts {
                     return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
@@ -298,13 +311,15 @@ impl ModelConfig {
                     normalize: arch != "olmoe",
                 })
             }
-            _ if arch == "qwen3moe" || arch == "olmoe" => return Err(Error::Config(format!("missing {}", key("expert_count")))),
+            _ if matches!(arch.as_str(), "qwen3moe" | "olmoe" | "gpt-oss") => {
+                return Err(Error::Config(format!("missing {}", key("expert_count"))))
+            }
             _ => None,
         };
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmo2" | "olmoe" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmo2" | "olmoe" | "gpt-oss" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -318,7 +333,7 @@ impl ModelConfig {
                     context_length,
                     norm: NormKind::RmsNorm,
                     norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-                    activation: Activation::Silu,
+                    activation: if arch == "gpt-oss" { SWIGLU_OAI } else { Activation::Silu },
                     gated_mlp: true,
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
@@ -333,14 +348,15 @@ impl ModelConfig {
                     final_logit_softcap: None,
                     tied_embeddings: tied,
                     moe,
-                    layers: vec![
-                        LayerSpec {
-                            window,
+                    attn_sinks: arch == "gpt-oss",
+                    layers: (0..n_layers)
+                        .map(|l| LayerSpec {
+                            // gpt-oss alternates windowed and full layers, the first windowed.
+                            window: window.filter(|_| arch != "gpt-oss" || l % 2 == 0),
                             rope_base,
                             rope_scaling,
-                        };
-                        n_layers
-                    ],
+                        })
+                        .collect(),
                 }
             }
             "gemma2" | "gemma3" => {
@@ -406,6 +422,7 @@ impl ModelConfig {
                     final_logit_softcap: f32_of("final_logit_softcapping"),
                     tied_embeddings: tied,
                     moe: None,
+                    attn_sinks: false,
                     layers,
                 }
             }
@@ -419,7 +436,7 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" | "gpt_oss" => {
                 let moe = hf.moe(model_type)?;
                 hf.refuse_unimplemented(moe.is_some())?;
                 let d_model = hf.usize("hidden_size")?;
@@ -428,7 +445,7 @@ impl ModelConfig {
                 let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
                 let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
-                    "mistral" | "phi3" | "mixtral" => hf.opt_usize("sliding_window"),
+                    "mistral" | "phi3" | "mixtral" | "gpt_oss" => hf.opt_usize("sliding_window"),
                     "qwen2" | "qwen3" | "qwen3_moe" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
                     _ => None,
                 };
@@ -462,7 +479,14 @@ impl ModelConfig {
                     context_length: hf.usize("max_position_embeddings")?,
                     norm: NormKind::RmsNorm,
                     norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
-                    activation: Activation::from_hf(hf.str("hidden_act").unwrap_or("silu"))?,
+                    // gpt-oss's `hidden_act` names SiLU; its experts compute their own unit.
+                    activation: match model_type {
+                        "gpt_oss" => Activation::SwigluOai {
+                            alpha: hf.f32("swiglu_alpha").unwrap_or(1.702),
+                            limit: hf.f32("swiglu_limit").unwrap_or(7.0),
+                        },
+                        _ => Activation::from_hf(hf.str("hidden_act").unwrap_or("silu"))?,
+                    },
                     gated_mlp: true,
                     positions: PositionEncoding::Rotary,
                     attn_scale: (d_head as f32).powf(-0.5),
@@ -481,6 +505,7 @@ impl ModelConfig {
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
                     moe,
+                    attn_sinks: model_type == "gpt_oss",
                     layers: windowed
                         .iter()
                         .map(|&w| LayerSpec {
@@ -569,6 +594,7 @@ impl ModelConfig {
                     final_logit_softcap: softcap("final_logit_softcapping", 30.0),
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
                     moe: None,
+                    attn_sinks: false,
                     layers,
                 }
             }
@@ -607,6 +633,7 @@ impl ModelConfig {
                     final_logit_softcap: None,
                     tied_embeddings: true,
                     moe: None,
+                    attn_sinks: false,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -654,6 +681,7 @@ impl ModelConfig {
                     final_logit_softcap: None,
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
                     moe: None,
+                    attn_sinks: false,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -726,6 +754,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
             "gemma3" => GGUF_GEMMA3_KEYS_READ,
             "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
             "olmoe" => &["expert_count", "expert_used_count"],
+            "gpt-oss" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
             _ => &[],
         };
         if GGUF_KEYS_READ.contains(&k) || family_keys.contains(&k) {
@@ -760,7 +789,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
 /// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
 /// list and the match in step).
 pub const GGUF_ARCHITECTURES: &[&str] = &[
-    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3",
+    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3", "gpt-oss",
 ];
 
 /// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
@@ -775,6 +804,7 @@ pub const HF_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "olmoe",
     "qwen3_moe",
+    "gpt_oss",
     "gemma2",
     "gemma3_text",
     "gemma3",
@@ -831,7 +861,8 @@ impl<'a> HfConfig<'a> {
     fn moe(&self, model_type: &str) -> Result<Option<Moe>> {
         let experts = self.opt_usize("num_local_experts").or_else(|| self.opt_usize("num_experts"));
         let normalize = match model_type {
-            "mixtral" => true,
+            // gpt-oss takes the softmax of the chosen experts' logits: the same weights.
+            "mixtral" | "gpt_oss" => true,
             "olmoe" | "qwen3_moe" => self.bool("norm_topk_prob").unwrap_or(false),
             _ => return Ok(None),
         };

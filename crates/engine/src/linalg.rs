@@ -180,6 +180,12 @@ pub fn activate(x: f32, act: Activation) -> f32 {
         }
         Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
         Activation::Relu => x.max(0.0),
+        // The gate's half of gpt-oss's unit (the up projection's clamp and + 1 are applied
+        // where the two meet, in `mlp_activation`).
+        Activation::SwigluOai { alpha, limit } => {
+            let g = x.min(limit);
+            g / (1.0 + fast_exp(-alpha * g))
+        }
     }
 }
 
@@ -219,16 +225,21 @@ pub fn fast_exp(x: f32) -> f32 {
 /// so the MLP's widest activation is never held twice.
 pub fn mlp_activation(h: Vec<f32>, rows: usize, d_mlp: usize, gated: bool, act: Activation) -> Vec<f32> {
     // One loop per function, so that each is vectorised with its function inlined.
+    let up = |u: f32| u;
     match act {
-        Activation::Silu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Silu)),
-        Activation::GeluTanh => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::GeluTanh)),
-        Activation::Gelu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Gelu)),
-        Activation::Relu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Relu)),
+        Activation::Silu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Silu), up),
+        Activation::GeluTanh => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::GeluTanh), up),
+        Activation::Gelu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Gelu), up),
+        Activation::Relu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Relu), up),
+        Activation::SwigluOai { limit, .. } => {
+            activate_rows(h, rows, d_mlp, gated, |x| activate(x, act), |u: f32| u.clamp(-limit, limit) + 1.0)
+        }
     }
 }
 
+/// `f(gate) * up(u)` per gated pair, or `f(x)` per value.
 #[inline(always)]
-fn activate_rows(mut h: Vec<f32>, rows: usize, d_mlp: usize, gated: bool, f: impl Fn(f32) -> f32) -> Vec<f32> {
+fn activate_rows(mut h: Vec<f32>, rows: usize, d_mlp: usize, gated: bool, f: impl Fn(f32) -> f32, up_of: impl Fn(f32) -> f32) -> Vec<f32> {
     if gated {
         // Each row goes through a small buffer: writing straight to `r * d_mlp` while reading
         // `2 r * d_mlp` runs at a fraction of the speed when d_mlp is a multiple of 1024 (the
@@ -237,7 +248,7 @@ fn activate_rows(mut h: Vec<f32>, rows: usize, d_mlp: usize, gated: bool, f: imp
         for r in 0..rows {
             let inputs = &h[2 * r * d_mlp..2 * (r + 1) * d_mlp];
             let (gate, up) = inputs.split_at(d_mlp);
-            row.iter_mut().zip(gate).zip(up).for_each(|((o, &g), &u)| *o = f(g) * u);
+            row.iter_mut().zip(gate).zip(up).for_each(|((o, &g), &u)| *o = f(g) * up_of(u));
             h[r * d_mlp..(r + 1) * d_mlp].copy_from_slice(&row);
         }
     } else {

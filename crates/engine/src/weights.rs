@@ -55,6 +55,8 @@ pub struct BlockWeights {
     pub q_norm: Option<NormWeights>,
     pub k_norm: Option<NormWeights>,
     pub o: Linear,
+    /// One logit per query head that joins each softmax row (gpt-oss's attention sinks).
+    pub sinks: Option<Vec<f32>>,
     pub post_attn_norm: Option<NormWeights>,
     pub mlp_norm: Option<NormWeights>,
     pub mlp: Mlp,
@@ -376,6 +378,7 @@ struct Naming {
     norm_offset: f32,
     /// Per-pair RoPE frequency divisors (GGUF only).
     rope_freqs: Vec<String>,
+    stacked: StackedLayout,
 }
 
 /// Tensors that checkpoints carry and that cannot change the text model's numbers: buffers the
@@ -418,10 +421,26 @@ enum BlockPart {
     ExpertGate(usize),
     ExpertUp(usize),
     ExpertDown(usize),
-    /// Every expert's projection in one 3-D tensor `[experts, rows, cols]` (llama.cpp's files).
+    /// Every expert's projection in one 3-D tensor (laid out as [`StackedLayout`] says).
     ExpertsGate,
     ExpertsUp,
+    /// Gate and up of every expert in one tensor.
+    ExpertsGateUp,
     ExpertsDown,
+    /// The attention sinks' logits, `[heads]`: names in full (GGUF's have `.weight`,
+    /// transformers' none).
+    Sinks,
+}
+
+/// How a checkpoint stacks its experts' projections in 3-D tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StackedLayout {
+    /// llama.cpp's: `[experts, out, in]` as `<name>.weight` and `<name>.bias`; a fused
+    /// `ffn_gate_up_exps` holds each expert's gate rows, then its up rows.
+    Gguf,
+    /// transformers' gpt-oss: `[experts, in, out]` as `<name>` and `<name>_bias`, gate and up
+    /// interleaved output by output (`gate_up_proj[..., ::2]` is the gate).
+    Transformers,
 }
 
 fn names(prefixes: &[&str], name: &str) -> Vec<String> {
@@ -450,10 +469,21 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         Router => "ffn_gate_inp",
         ExpertsGate => "ffn_gate_exps",
         ExpertsUp => "ffn_up_exps",
+        ExpertsGateUp => "ffn_gate_up_exps",
         ExpertsDown => "ffn_down_exps",
+        Sinks => "attn_sinks.weight",
         ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
     };
     vec![format!("blk.{l}.{n}")]
+}
+
+/// llama.cpp's gpt-oss files: the MLP's input norm is `post_attention_norm`.
+fn gguf_gpt_oss_block(l: usize, part: BlockPart) -> Vec<String> {
+    match part {
+        BlockPart::MlpNorm => vec![format!("blk.{l}.post_attention_norm")],
+        BlockPart::PostAttnNorm => vec![],
+        other => gguf_block(l, other),
+    }
 }
 
 /// llama.cpp's Phi-3 files: Q, K and V in one `attn_qkv`, gate and up in one `ffn_up` (gate
@@ -493,11 +523,20 @@ fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
         GateUp => "mlp.gate_up_proj",
         Down => "mlp.down_proj",
         PostMlpNorm => "post_feedforward_layernorm",
-        Router => return moe("block_sparse_moe.gate".into(), "mlp.gate".into()),
+        // gpt-oss's router is `mlp.router`.
+        Router => {
+            let mut all: Vec<String> = moe("block_sparse_moe.gate".into(), "mlp.gate".into());
+            all.extend(names(&["model.", ""], &format!("layers.{l}.mlp.router")));
+            return all;
+        }
         ExpertGate(e) => return moe(format!("block_sparse_moe.experts.{e}.w1"), format!("mlp.experts.{e}.gate_proj")),
         ExpertUp(e) => return moe(format!("block_sparse_moe.experts.{e}.w3"), format!("mlp.experts.{e}.up_proj")),
         ExpertDown(e) => return moe(format!("block_sparse_moe.experts.{e}.w2"), format!("mlp.experts.{e}.down_proj")),
-        ExpertsGate | ExpertsUp | ExpertsDown => return vec![],
+        // gpt-oss stacks its experts (`StackedLayout::Transformers`).
+        ExpertsGateUp => "mlp.experts.gate_up_proj",
+        ExpertsDown => "mlp.experts.down_proj",
+        ExpertsGate | ExpertsUp => return vec![],
+        Sinks => "self_attn.sinks",
     };
     names(&["model.", "model.language_model.", ""], &format!("layers.{l}.{n}"))
 }
@@ -549,11 +588,16 @@ impl Naming {
             pos_embed: vec![],
             final_norm: vec!["output_norm".into()],
             unembed: vec!["output".into()],
-            block: if arch == "phi3" { gguf_phi3_block } else { gguf_block },
+            block: match arch {
+                "phi3" => gguf_phi3_block,
+                "gpt-oss" => gguf_gpt_oss_block,
+                _ => gguf_block,
+            },
             transposed_linears: false,
             interleaved_rope_rows: arch == "llama" || arch == "mistral",
             norm_offset: 0.0,
             rope_freqs: vec!["rope_freqs".into()],
+            stacked: StackedLayout::Gguf,
         }
     }
 
@@ -568,6 +612,7 @@ impl Naming {
             interleaved_rope_rows: false,
             norm_offset,
             rope_freqs: vec![],
+            stacked: StackedLayout::Transformers,
         };
         match arch {
             "gemma2" | "gemma3" => llama_like(hf_gemma_block, 1.0),
@@ -581,6 +626,7 @@ impl Naming {
                 interleaved_rope_rows: false,
                 norm_offset: 0.0,
                 rope_freqs: vec![],
+                stacked: StackedLayout::Transformers,
             },
             "opt" => Naming {
                 embed: names(&["model.decoder.", "decoder.", ""], "embed_tokens"),
@@ -592,6 +638,7 @@ impl Naming {
                 interleaved_rope_rows: false,
                 norm_offset: 0.0,
                 rope_freqs: vec![],
+                stacked: StackedLayout::Transformers,
             },
             _ => llama_like(hf_llama_block, 0.0),
         }
@@ -718,17 +765,7 @@ impl Loader<'_> {
             None => Mlp::Dense(self.expert(l, [BlockPart::Gate, BlockPart::Up, BlockPart::GateUp, BlockPart::Down])?),
             Some(moe) => Mlp::Experts {
                 router: self.linear(&part(BlockPart::Router), moe.experts, d)?,
-                experts: if self.find(&part(BlockPart::ExpertsGate), ".weight").is_some() {
-                    self.stacked_experts(l, moe.experts)?
-                } else {
-                    (0..moe.experts)
-                        .map(|e| {
-                            use BlockPart::*;
-                            // No fused gate/up in any MoE family read: GateUp names nothing here.
-                            self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)])
-                        })
-                        .collect::<Result<_>>()?
-                },
+                experts: self.experts(l, moe.experts)?,
             },
         };
         // Norms are read only where the family has them: one in a file whose family has none
@@ -746,6 +783,11 @@ impl Loader<'_> {
             q_norm: norm_if(qk, BlockPart::QNorm, q_norm_dim)?,
             k_norm: norm_if(qk, BlockPart::KNorm, k_norm_dim)?,
             o: self.linear(&part(BlockPart::O), d, q_out)?,
+            sinks: if c.attn_sinks {
+                Some(self.tensor(&part(BlockPart::Sinks), "", &[c.n_heads])?)
+            } else {
+                None
+            },
             post_attn_norm: norm_if(post, BlockPart::PostAttnNorm, d)?,
             mlp_norm: norm_if(pre, BlockPart::MlpNorm, d)?,
             mlp,
@@ -772,25 +814,124 @@ impl Loader<'_> {
         })
     }
 
-    /// The experts of a block whose projections are stacked in 3-D tensors: each expert's
-    /// matrices view their slice of the file.
+    /// The suffixes of a stacked tensor's weight and bias names.
+    fn stacked_suffixes(&self) -> (&'static str, &'static str) {
+        match self.naming.stacked {
+            StackedLayout::Gguf => (".weight", ".bias"),
+            StackedLayout::Transformers => ("", "_bias"),
+        }
+    }
+
+    /// A Mixture-of-Experts block's experts: stacked in 3-D tensors, or one tensor per
+    /// projection and expert (transformers' Mixtral, OLMoE, Qwen3-MoE).
+    fn experts(&self, l: usize, n: usize) -> Result<Vec<Expert>> {
+        use BlockPart::*;
+        let part = |p| (self.naming.block)(l, p);
+        let (weight, _) = self.stacked_suffixes();
+        if [ExpertsGate, ExpertsGateUp].iter().any(|&p| self.find(&part(p), weight).is_some()) {
+            return self.stacked_experts(l, n);
+        }
+        if let Some(name) = self.find(&part(ExpertsGateUp), "_blocks") {
+            return Err(Error::Checkpoint {
+                path: self.src.path().to_owned(),
+                reason: format!("`{name}`: experts stored as MXFP4 blocks in safetensors are not read; load the model's GGUF"),
+            });
+        }
+        // No fused gate/up in these families: GateUp names nothing here.
+        (0..n)
+            .map(|e| self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)]))
+            .collect()
+    }
+
+    /// The experts of a block whose projections are stacked in 3-D tensors: in llama.cpp's
+    /// layout each expert's matrices view their slice of the file; transformers' (gpt-oss,
+    /// `[experts, in, out]`, gate and up interleaved) is rearranged into f32 matrices.
     fn stacked_experts(&self, l: usize, n: usize) -> Result<Vec<Expert>> {
         let c = self.config;
         let (d, ff, part) = (c.d_model, c.d_mlp, |p| (self.naming.block)(l, p));
-        let gate = self.stacked(&part(BlockPart::ExpertsGate), n, ff, d)?;
-        let up = self.stacked(&part(BlockPart::ExpertsUp), n, ff, d)?;
-        let down = self.stacked(&part(BlockPart::ExpertsDown), n, d, ff)?;
-        let linear = |w| Linear { w, b: None };
-        gate.into_iter()
-            .zip(up)
-            .zip(down)
-            .map(|((g, u), dn)| {
-                Ok(Expert {
-                    up: concat_rows(vec![linear(g), linear(u)])?,
-                    down: linear(dn),
-                })
+        let (_, bias) = self.stacked_suffixes();
+        // Each expert's bias, from a `[experts, width]` tensor where the file has one.
+        let biases = |p: BlockPart, width: usize| -> Result<Vec<Option<Vec<f32>>>> {
+            Ok(match self.optional(&part(p), bias, &[n, width])? {
+                Some(b) => b.chunks_exact(width).map(|r| Some(r.to_vec())).collect(),
+                None => vec![None; n],
             })
-            .collect()
+        };
+        let down_b = biases(BlockPart::ExpertsDown, d)?;
+        if self.naming.stacked == StackedLayout::Transformers {
+            return self.transformers_stacked_experts(l, n, down_b);
+        }
+        let fused = self.find(&part(BlockPart::ExpertsGateUp), ".weight").is_some();
+        let (up, up_b): (Vec<Matrix>, Vec<Option<Vec<f32>>>) = if fused {
+            (
+                self.stacked(&part(BlockPart::ExpertsGateUp), n, 2 * ff, d)?,
+                biases(BlockPart::ExpertsGateUp, 2 * ff)?,
+            )
+        } else {
+            let gate = self.stacked(&part(BlockPart::ExpertsGate), n, ff, d)?;
+            let up = self.stacked(&part(BlockPart::ExpertsUp), n, ff, d)?;
+            let (gate_b, up_b) = (biases(BlockPart::ExpertsGate, ff)?, biases(BlockPart::ExpertsUp, ff)?);
+            let mut fused_up = Vec::with_capacity(n);
+            let mut fused_b = Vec::with_capacity(n);
+            for (((g, u), gb), ub) in gate.into_iter().zip(up).zip(gate_b).zip(up_b) {
+                let both = concat_rows(vec![Linear { w: g, b: gb }, Linear { w: u, b: ub }])?;
+                fused_up.push(both.w);
+                fused_b.push(both.b);
+            }
+            (fused_up, fused_b)
+        };
+        let down = self.stacked(&part(BlockPart::ExpertsDown), n, d, ff)?;
+        Ok(up
+            .into_iter()
+            .zip(up_b)
+            .zip(down.into_iter().zip(down_b))
+            .map(|((w, b), (dw, db))| Expert {
+                up: Linear { w, b },
+                down: Linear { w: dw, b: db },
+            })
+            .collect())
+    }
+
+    /// transformers' stacked experts (gpt-oss): `gate_up_proj` `[experts, d_model, 2 d_mlp]`
+    /// with gate and up alternating along the last axis, `down_proj` `[experts, d_mlp,
+    /// d_model]`, read as f32 and brought to headhunt's `[gate | up]` rows and `[out, in]`
+    /// matrices. (The Hub's gpt-oss checkpoints store these as MXFP4 blocks, which are
+    /// refused by name: their GGUF conversions load.)
+    fn transformers_stacked_experts(&self, l: usize, n: usize, down_b: Vec<Option<Vec<f32>>>) -> Result<Vec<Expert>> {
+        let c = self.config;
+        let (d, ff, part) = (c.d_model, c.d_mlp, |p| (self.naming.block)(l, p));
+        let gate_up = self.tensor(&part(BlockPart::ExpertsGateUp), "", &[n, d, 2 * ff])?;
+        let gate_up_b = self.optional(&part(BlockPart::ExpertsGateUp), "_bias", &[n, 2 * ff])?;
+        let down = self.tensor(&part(BlockPart::ExpertsDown), "", &[n, ff, d])?;
+        let isa = self.isa;
+        Ok((0..n)
+            .zip(down_b)
+            .map(|(e, db)| {
+                let w = &gate_up[e * d * 2 * ff..(e + 1) * d * 2 * ff];
+                // Output column j of `[d, 2 ff]` is gate row j / 2 (even j) or up row j / 2.
+                let column = |j: usize| (0..d).map(move |i| w[i * 2 * ff + j]);
+                let rows: Vec<f32> = (0..ff)
+                    .flat_map(|r| column(2 * r))
+                    .chain((0..ff).flat_map(|r| column(2 * r + 1)))
+                    .collect();
+                let b = gate_up_b.as_ref().map(|b| {
+                    let b = &b[e * 2 * ff..(e + 1) * 2 * ff];
+                    (0..ff).map(|r| b[2 * r]).chain((0..ff).map(|r| b[2 * r + 1])).collect()
+                });
+                let dw = &down[e * ff * d..(e + 1) * ff * d];
+                let down_rows: Vec<f32> = (0..d).flat_map(|o| (0..ff).map(move |j| dw[j * d + o])).collect();
+                Expert {
+                    up: Linear {
+                        w: Matrix::from_f32(2 * ff, d, &rows, isa),
+                        b,
+                    },
+                    down: Linear {
+                        w: Matrix::from_f32(d, ff, &down_rows, isa),
+                        b: db,
+                    },
+                }
+            })
+            .collect())
     }
 
     /// `n` matrices of `rows x cols` stored one after another in a `[n, rows, cols]` tensor.

@@ -410,3 +410,35 @@ fn disabled_experts_are_never_chosen() {
         assert!(model.run(hooks, RunOptions::default()).is_err());
     }
 }
+
+/// gpt-oss: attention sinks (each head's softmax rows share their mass with a learned logit),
+/// biases on Q/K/V/O, on the router and on every expert, windowed layers alternating with full
+/// ones, YaRN without truncation, and the clamped gated unit (a clamp of 0.5 that random weights
+/// reach); experts stacked as transformers keeps them (`[experts, in, out]`, gate and up
+/// interleaved).
+#[test]
+fn gpt_oss_with_sinks_and_clamped_experts() {
+    let model = Model::load(&reference_dir().join("tiny/gptoss-sinks")).unwrap();
+    let c = &model.config;
+    assert!(c.attn_sinks);
+    assert_eq!(
+        c.activation,
+        headhunt_engine::config::Activation::SwigluOai { alpha: 1.702, limit: 0.5 }
+    );
+    let windows: Vec<Option<usize>> = c.layers.iter().map(|l| l.window).collect();
+    assert_eq!(windows, [Some(7), None]);
+    assert_eq!(c.moe.map(|m| (m.experts, m.per_token, m.normalize)), Some((4, 2, true)));
+    check("gptoss-sinks");
+}
+
+/// llama.cpp's `gpt-oss` file: the sinks as `attn_sinks.weight`, the MLP's input norm as
+/// `post_attention_norm`, the experts' gate and up apart, with their biases (`ffn_*_exps.bias`);
+/// the clamp llama.cpp's graph fixes (7). llama.cpp reads the same file back within 1.6e-6 of
+/// transformers (reference/make_reference.py).
+#[test]
+fn gpt_oss_as_gguf() {
+    let model = Model::load(&reference_dir().join("tiny/gptoss-gguf/model.gguf")).unwrap();
+    assert_eq!(model.config.activation, headhunt_engine::config::SWIGLU_OAI);
+    check("gptoss-gguf");
+    check_file("gptoss-gguf", "model.gguf");
+}

@@ -155,6 +155,7 @@ impl Model {
                 d_head: c.d_head,
                 scale: c.attn_scale,
                 softcap: c.attn_logit_softcap,
+                sinks: self.weights.blocks[l].sinks.as_deref(),
                 caches: cache,
                 head_hooks: head_hooks.as_deref(),
                 pattern_positions: &requests.full,
