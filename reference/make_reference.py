@@ -507,9 +507,10 @@ TINY = {
                                   num_experts_per_tok=2, sliding_window=7, swiglu_limit=0.5, tie_word_embeddings=False,
                                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
                                                    "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
-    # The same as a GGUF can state it: llama.cpp's graph fixes the clamp at 7 (no metadata key).
+    # The same as a GGUF can state it: llama.cpp's graph fixes the clamp at 7 (no metadata key);
+    # experts 64 wide, so that their rows are whole MXFP4 blocks (below).
     "gptoss-gguf": lambda: transformers.GptOssForCausalLM(
-        transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=2, head_dim=16, max_position_embeddings=64, num_local_experts=4,
                                   num_experts_per_tok=2, sliding_window=7, swiglu_limit=7.0, tie_word_embeddings=False,
                                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
@@ -524,6 +525,27 @@ TINY = {
 # The same models stored in 2-byte types, which headhunt keeps as they are: the reference runs in
 # float32 on the rounded weights (what headhunt computes).
 STORED = {"llama-bf16": ("llama-gqa", torch.bfloat16), "gpt2-f16": ("gpt2", torch.float16)}
+# Experts rounded to MXFP4 (how gpt-oss ships them), the rest float32: the checkpoint holds the
+# rounded values, its GGUF the MXFP4 blocks (quantised by gguf-py).
+MXFP4 = {"gptoss-mxfp4": "gptoss-gguf"}
+
+
+def mxfp4(t: np.ndarray) -> np.ndarray:
+    """`t` [..., rows, cols] as MXFP4 blocks along `cols` (gguf-py's quantiser)."""
+    import gguf
+    return gguf.quants.quantize(np.ascontiguousarray(t, dtype=np.float32), gguf.GGMLQuantizationType.MXFP4)
+
+
+def round_experts_to_mxfp4(model):
+    """Each expert's matrices rounded to MXFP4 in llama.cpp's orientation ([out, in], blocks
+    along `in`); transformers keeps them as [in, out]."""
+    import gguf
+    back = lambda t: torch.from_numpy(gguf.quants.dequantize(mxfp4(t.transpose(1, 2).numpy()),
+                                                             gguf.GGMLQuantizationType.MXFP4)).transpose(1, 2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
+                p.copy_(back(p.data.float()))
 
 
 def byte_alphabet() -> list[str]:
@@ -555,12 +577,12 @@ def llama3_rope_factors(cfg) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def write_gpt_oss_gguf(model, path: Path):
+def write_gpt_oss_gguf(model, path: Path, experts_mxfp4: bool = False):
     """A gpt-oss checkpoint as llama.cpp's converter writes it (`GptOssModel` in
     convert_hf_to_gguf.py, unquantised experts): the MLP's input norm as `post_attention_norm`,
     the sinks as `attn_sinks.weight`, the experts' stacked `[experts, in, out]` tensors
     transposed and their interleaved gate and up split into `ffn_gate_exps` and `ffn_up_exps`,
-    every bias kept, F32 tensors."""
+    every bias kept, F32 tensors (the experts as MXFP4 blocks with `experts_mxfp4`)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -591,6 +613,8 @@ def write_gpt_oss_gguf(model, path: Path):
     w.add_token_merges(["a b"])
     sd = {k: v.astype(np.float32) for k, v in load_file(str(path.parent / "model.safetensors")).items()}
     put = lambda name, t: w.add_tensor(name, np.ascontiguousarray(t))
+    experts = ((lambda name, t: w.add_tensor(name, mxfp4(t), raw_dtype=gguf.GGMLQuantizationType.MXFP4))
+               if experts_mxfp4 else put)
     put("token_embd.weight", sd["model.embed_tokens.weight"])
     put("output_norm.weight", sd["model.norm.weight"])
     put("output.weight", sd["lm_head.weight"])
@@ -606,11 +630,11 @@ def write_gpt_oss_gguf(model, path: Path):
         put(f"blk.{l}.ffn_gate_inp.bias", sd[f"{p}.mlp.router.bias"])
         gate_up = sd[f"{p}.mlp.experts.gate_up_proj"].swapaxes(1, 2)
         gate_up_b = sd[f"{p}.mlp.experts.gate_up_proj_bias"]
-        put(f"blk.{l}.ffn_gate_exps.weight", gate_up[:, ::2, :])
-        put(f"blk.{l}.ffn_up_exps.weight", gate_up[:, 1::2, :])
+        experts(f"blk.{l}.ffn_gate_exps.weight", gate_up[:, ::2, :])
+        experts(f"blk.{l}.ffn_up_exps.weight", gate_up[:, 1::2, :])
         put(f"blk.{l}.ffn_gate_exps.bias", gate_up_b[:, ::2])
         put(f"blk.{l}.ffn_up_exps.bias", gate_up_b[:, 1::2])
-        put(f"blk.{l}.ffn_down_exps.weight", sd[f"{p}.mlp.experts.down_proj"].swapaxes(1, 2))
+        experts(f"blk.{l}.ffn_down_exps.weight", sd[f"{p}.mlp.experts.down_proj"].swapaxes(1, 2))
         put(f"blk.{l}.ffn_down_exps.bias", sd[f"{p}.mlp.experts.down_proj_bias"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -749,16 +773,35 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
-           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf"}
+           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4"}
 # Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
 # reads those back instead.
-LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf"}
+LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4"}
 
 
-def check_gguf_with_llama_cpp(path: Path, ids, logits):
+def check_mxfp4_blocks(path: Path):
+    """Every MXFP4 tensor of the written GGUF, dequantised by gguf-py's reader, is exactly the
+    checkpoint's (rounded) expert weights in llama.cpp's orientation."""
+    import gguf
+    from safetensors.numpy import load_file
+    sd = load_file(str(path.parent / "model.safetensors"))
+    for t in gguf.GGUFReader(str(path)).tensors:
+        if t.tensor_type != gguf.GGMLQuantizationType.MXFP4:
+            continue
+        l, part = int(t.name.split(".")[1]), t.name.split(".")[2]
+        gate_up = sd[f"model.layers.{l}.mlp.experts.gate_up_proj"].swapaxes(1, 2)
+        want = {"ffn_gate_exps": gate_up[:, ::2], "ffn_up_exps": gate_up[:, 1::2],
+                "ffn_down_exps": sd[f"model.layers.{l}.mlp.experts.down_proj"].swapaxes(1, 2)}[part]
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        assert np.array_equal(got, want), f"{path}: {t.name} does not hold the checkpoint's values"
+
+
+def check_gguf_with_llama_cpp(path: Path, ids, logits, quantised: bool = False):
     """The written GGUF checked without headhunt where transformers cannot read it: llama.cpp
-    (llama-cpp-python, f32 KV cache) must give the checkpoint's logits back. Skipped, saying so,
-    where llama-cpp-python is not installed (it builds from source for ~10 minutes, so the test
+    (llama-cpp-python, f32 KV cache) must give the checkpoint's logits back: to 1e-4 for F32
+    files; for quantised ones, whose products llama.cpp computes with activations rounded to
+    int8 (Q8_0), to 0.1 with the same argmax at every position. Skipped, saying so, where
+    llama-cpp-python is not installed (it builds from source for ~10 minutes, so the test
     command does not install it; its figures are in the README)."""
     try:
         from llama_cpp import Llama
@@ -768,8 +811,10 @@ def check_gguf_with_llama_cpp(path: Path, ids, logits):
     llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
     llm.eval(ids[0].tolist())
     got = np.array(llm.scores[: ids.shape[1]])
-    diff = float(np.abs(got - logits[0].float().numpy()).max())
-    assert diff < 1e-4, f"{path}: llama.cpp reads it back {diff} away from the checkpoint"
+    want = logits[0].float().numpy()
+    diff = float(np.abs(got - want).max())
+    assert diff < (0.1 if quantised else 1e-4), f"{path}: llama.cpp reads it back {diff} away from the checkpoint"
+    assert not quantised or (got.argmax(-1) == want.argmax(-1)).all(), f"{path}: llama.cpp's argmax differs"
     print(f"{path}: llama.cpp reads it back within {diff:.1e} of the checkpoint", file=sys.stderr)
 
 
@@ -890,13 +935,15 @@ def internals(model, ids) -> dict:
 
 
 def tiny_models(out_dir: Path):
-    for name in [*TINY, *STORED]:
-        base, dtype = STORED.get(name, (name, None))
+    for name in [*TINY, *STORED, *MXFP4]:
+        base, dtype = STORED.get(name, (MXFP4.get(name, name), None))
         torch.manual_seed(0)
         model = TINY[base]()
         model.config._attn_implementation = "eager"
         perturb(model, 0.1)
         model.eval()
+        if name in MXFP4:
+            round_experts_to_mxfp4(model)
         # Parameters only: buffers such as the rotary frequencies stay float32, as headhunt computes them.
         for p in model.parameters():
             p.data = p.data.to(dtype or torch.float32)
@@ -908,9 +955,14 @@ def tiny_models(out_dir: Path):
         out, scores = forward_with_scores(model, ids)
         moe = moe_internals(model, ids)
         if name in AS_GGUF:
-            (write_gpt_oss_gguf if model.config.model_type == "gpt_oss" else write_llama_gguf)(model, d / "model.gguf")
+            if model.config.model_type == "gpt_oss":
+                write_gpt_oss_gguf(model, d / "model.gguf", experts_mxfp4=name in MXFP4)
+            else:
+                write_llama_gguf(model, d / "model.gguf")
+            if name in MXFP4:
+                check_mxfp4_blocks(d / "model.gguf")
             if name in LLAMA_CPP_GGUF:
-                check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits)
+                check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits, quantised=name in MXFP4)
             else:
                 check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),

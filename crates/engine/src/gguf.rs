@@ -124,6 +124,8 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    /// OCP microscaling FP4 (gpt-oss's experts): 32 E2M1 values sharing a power-of-two scale.
+    Mxfp4,
 }
 
 impl GgmlType {
@@ -144,6 +146,7 @@ impl GgmlType {
             14 => Self::Q6K,
             15 => Self::Q8K,
             30 => Self::BF16,
+            39 => Self::Mxfp4,
             other => return Err(format!("tensor type {other} is not supported (IQ and ternary quants are not)")),
         })
     }
@@ -165,12 +168,14 @@ impl GgmlType {
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
             Self::Q8K => (256, 292),
+            Self::Mxfp4 => (32, 17),
         }
     }
 
-    fn candle(self) -> candle_core::quantized::GgmlDType {
+    /// candle's name for the type, where candle reads it (not MXFP4).
+    pub(crate) fn candle(self) -> Option<candle_core::quantized::GgmlDType> {
         use candle_core::quantized::GgmlDType as C;
-        match self {
+        Some(match self {
             Self::F32 => C::F32,
             Self::F16 => C::F16,
             Self::BF16 => C::BF16,
@@ -186,7 +191,8 @@ impl GgmlType {
             Self::Q5K => C::Q5K,
             Self::Q6K => C::Q6K,
             Self::Q8K => C::Q8K,
-        }
+            Self::Mxfp4 => return None,
+        })
     }
 }
 
@@ -579,9 +585,24 @@ pub fn dequantize(dtype: GgmlType, raw: &[u8], shape: &[usize]) -> std::result::
             .map(|b| f32::from_le_bytes(b.try_into().expect("4-byte chunk")))
             .collect());
     }
+    let Some(candle_type) = dtype.candle() else {
+        // Types candle lacks: headhunt's own row kernels, row by row.
+        let kernels =
+            crate::kernels::row_kernels(dtype, crate::cpu::Isa::Portable).ok_or_else(|| format!("{dtype:?} cannot be dequantised"))?;
+        let (cols, (block, bytes)) = (shape.last().copied().unwrap_or(0), dtype.block_layout());
+        let row_bytes = cols / block * bytes;
+        if cols == 0 || !cols.is_multiple_of(block) || !raw.len().is_multiple_of(row_bytes) {
+            return Err(format!("{dtype:?}: {} bytes are not whole rows of {cols} values", raw.len()));
+        }
+        let mut out = vec![0.0f32; raw.len() / row_bytes * cols];
+        for (row, o) in raw.chunks_exact(row_bytes).zip(out.chunks_exact_mut(cols)) {
+            (kernels.dequantize)(row, o);
+        }
+        return Ok(out);
+    };
     let device = candle_core::Device::Cpu;
     let ggml_dims: Vec<usize> = shape.to_vec();
-    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype.candle(), raw, ggml_dims, &device).map_err(|e| e.to_string())?;
+    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(candle_type, raw, ggml_dims, &device).map_err(|e| e.to_string())?;
     q.dequantize(&device)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())

@@ -433,7 +433,7 @@ fn gpt_oss_with_sinks_and_clamped_experts() {
 
 /// llama.cpp's `gpt-oss` file: the sinks as `attn_sinks.weight`, the MLP's input norm as
 /// `post_attention_norm`, the experts' gate and up apart, with their biases (`ffn_*_exps.bias`);
-/// the clamp llama.cpp's graph fixes (7). llama.cpp reads the same file back within 1.6e-6 of
+/// the clamp llama.cpp's graph fixes (7). llama.cpp reads the same file back within 1.9e-6 of
 /// transformers (reference/make_reference.py).
 #[test]
 fn gpt_oss_as_gguf() {
@@ -441,4 +441,18 @@ fn gpt_oss_as_gguf() {
     assert_eq!(model.config.activation, headhunt_engine::config::SWIGLU_OAI);
     check("gptoss-gguf");
     check_file("gptoss-gguf", "model.gguf");
+}
+
+/// gpt-oss's experts as the Hub ships them, in MXFP4 blocks (the checkpoint holds the same
+/// values rounded; gguf-py's reader finds them in the file's blocks exactly): the exact products
+/// on the blocks give transformers' logits on the rounded weights.
+#[test]
+fn gpt_oss_with_mxfp4_experts() {
+    let model = Model::load(&reference_dir().join("tiny/gptoss-mxfp4/model.gguf")).unwrap();
+    let Some(headhunt_engine::weights::Mlp::Experts { experts, .. }) = model.weights.blocks.first().map(|b| &b.mlp) else {
+        panic!("gpt-oss has experts");
+    };
+    assert_eq!(experts[0].down.w.dtypes(), [headhunt_engine::gguf::GgmlType::Mxfp4]);
+    check("gptoss-mxfp4");
+    check_file("gptoss-mxfp4", "model.gguf");
 }

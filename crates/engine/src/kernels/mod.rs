@@ -241,7 +241,7 @@ pub(crate) struct RowKernels {
 }
 
 /// The storage types the kernels read.
-pub const SUPPORTED: [GgmlType; 13] = [
+pub const SUPPORTED: [GgmlType; 14] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -255,6 +255,7 @@ pub const SUPPORTED: [GgmlType; 13] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Mxfp4,
 ];
 
 pub fn supported(dtype: GgmlType) -> bool {
@@ -295,6 +296,7 @@ fn tile_form(dtype: GgmlType) -> Option<TileForm> {
         GgmlType::Q4K => TileForm::of::<Q4K>(),
         GgmlType::Q5K => TileForm::of::<Q5K>(),
         GgmlType::Q6K => TileForm::of::<Q6K>(),
+        GgmlType::Mxfp4 => TileForm::of::<Mxfp4>(),
         _ => return None,
     })
 }
@@ -341,6 +343,7 @@ fn portable(dtype: GgmlType) -> RowKernels {
         GgmlType::Q4K => of::<Q4K>(),
         GgmlType::Q5K => of::<Q5K>(),
         GgmlType::Q6K => of::<Q6K>(),
+        GgmlType::Mxfp4 => of::<Mxfp4>(),
         other => unreachable!("{other:?} is not in SUPPORTED"),
     }
 }
@@ -487,6 +490,7 @@ pub(crate) struct Q3K;
 pub(crate) struct Q4K;
 pub(crate) struct Q5K;
 pub(crate) struct Q6K;
+pub(crate) struct Mxfp4;
 
 /// Low nibbles of 16 bytes are values 0..16, high nibbles values 16..32.
 fn nibbles(qs: &[u8], q: &mut [i8; 256], bias: i8) {
@@ -501,6 +505,32 @@ fn fifth_bits(qh: &[u8], q: &mut [i8; 256]) {
     let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     for (j, v) in q[..32].iter_mut().enumerate() {
         *v |= (((bits >> j) & 1) << 4) as i8;
+    }
+}
+
+/// E2M1 (sign, 2-bit exponent, 1-bit mantissa) values doubled, so that they are integers: 0,
+/// 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives, times 2.
+const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// An E8M0 scale (a bare exponent, bias 127) halved, for the doubled E2M1 values: `2^(e - 128)`,
+/// built from its bits (subnormal for e < 2).
+#[inline]
+pub(crate) fn e8m0_half(e: u8) -> f32 {
+    f32::from_bits(if e < 2 { 0x0020_0000 << e } else { ((e as u32) - 1) << 23 })
+}
+
+impl Format for Mxfp4 {
+    /// The doubled values span -12..12: plus 16 (a power of two) they fit six bits.
+    const BIAS: i32 = 16;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 17;
+    fn unpack(b: &[u8], q: &mut [i8; 256], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+        for (j, &byte) in b[1..17].iter().enumerate() {
+            q[j] = E2M1_DOUBLED[(byte & 15) as usize];
+            q[j + 16] = E2M1_DOUBLED[(byte >> 4) as usize];
+        }
+        scale[..2].fill(e8m0_half(b[0]));
+        min[..2].fill(0.0);
     }
 }
 

@@ -24,6 +24,12 @@ fn random_rows(dtype: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
         GgmlType::BF16 => (0..rows * cols)
             .flat_map(|_| half::bf16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0).to_le_bytes())
             .collect(),
+        GgmlType::Mxfp4 => {
+            let mut data: Vec<u8> = (0..rows * cols / block * bb).map(|_| next() as u8).collect();
+            // Scales 2^-9 .. 2^2 (E8M0 exponents 118..129), so that products stay finite.
+            data.chunks_exact_mut(bb).for_each(|b| b[0] = 118 + (next() % 12) as u8);
+            data
+        }
         _ => {
             let mut data: Vec<u8> = (0..rows * cols / block * bb).map(|_| next() as u8).collect();
             let scale_at: &[usize] = match dtype {
@@ -51,7 +57,8 @@ fn every_type_at_every_level_matches_the_reference() {
     if !levels.contains(&Isa::Avx512) {
         eprintln!("note: this CPU has no AVX-512; its kernels were not tested here");
     }
-    for dtype in SUPPORTED {
+    // candle has no MXFP4: `mxfp4_blocks_hold_the_ocp_values` checks it against the format.
+    for dtype in SUPPORTED.into_iter().filter(|t| t.candle().is_some()) {
         let (block, _) = dtype.block_layout();
         // Dense rows of an odd length exercise the SIMD loops' tails.
         let (rows, cols) = if block == 1 { (7, 83) } else { (7, 4 * block.max(64)) };
@@ -88,6 +95,35 @@ fn every_type_at_every_level_matches_the_reference() {
     }
 }
 
+/// MXFP4 as the OCP Microscaling spec defines it: an E8M0 scale `2^(e - 127)` times E2M1
+/// values {0, 0.5, 1, 1.5, 2, 3, 4, 6} with a sign bit; code j in the low nibble of byte j is
+/// value j, in the high nibble value j + 16 (llama.cpp's `block_mxfp4`).
+#[test]
+fn mxfp4_blocks_hold_the_ocp_values() {
+    const E2M1: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+    let value = |code: u8| {
+        if code & 8 != 0 {
+            -E2M1[(code & 7) as usize]
+        } else {
+            E2M1[code as usize]
+        }
+    };
+    for e in [0u8, 1, 2, 100, 127, 130, 254] {
+        let mut block = vec![e];
+        // Codes 0..16 in the low nibbles, 15..0 in the high ones.
+        block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let scale = 2f64.powi(e as i32 - 127);
+        let want: Vec<f32> = (0..32u8)
+            .map(|j| (value(if j < 16 { j } else { 31 - j }) as f64 * scale) as f32)
+            .collect();
+        for &isa in &Isa::available() {
+            let mut got = vec![0.0f32; 32];
+            (row_kernels(GgmlType::Mxfp4, isa).unwrap().dequantize)(&block, &mut got);
+            assert_eq!(got, want, "e = {e} ({isa})");
+        }
+    }
+}
+
 #[test]
 fn unsupported_types_have_no_kernels() {
     for dtype in [GgmlType::Q8_1, GgmlType::Q8K] {
@@ -111,6 +147,7 @@ fn int8_reference(dtype: GgmlType, row: &[u8], x: &QVector) -> f64 {
         GgmlType::Q4K => Q4K::unpack,
         GgmlType::Q5K => Q5K::unpack,
         GgmlType::Q6K => Q6K::unpack,
+        GgmlType::Mxfp4 => Mxfp4::unpack,
         other => unreachable!("{other:?}"),
     };
     let mut sum = 0.0f64;

@@ -58,6 +58,9 @@ pub(super) fn kernels(dtype: GgmlType, wide: bool) -> RowKernels {
         GgmlType::Q4K => of::<super::Q4K>(wide),
         GgmlType::Q5K => of::<super::Q5K>(wide),
         GgmlType::Q6K => of::<super::Q6K>(wide),
+        // No SIMD unpacking of its own: the portable row kernels (its prompts' int8 tiles are
+        // the shared ones).
+        GgmlType::Mxfp4 => super::portable(dtype),
         other => unreachable!("{other:?} is not in SUPPORTED"),
     }
 }
