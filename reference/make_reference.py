@@ -34,6 +34,7 @@ $XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts th
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -470,6 +471,17 @@ TINY = {
                                 num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=256,
                                 sliding_window=9, rms_norm_eps=1e-5, rope_theta=10000.0, pad_token_id=0, bos_token_id=1,
                                 eos_token_id=2, tie_word_embeddings=False)),
+    # Phi-4-mini's RoPE: LongRoPE (short and long factors, from an original context of 16 so
+    # that the 40-token prompt takes the long set and its first 12 tokens the short one) on the
+    # leading half of each head (partial_rotary_factor).
+    "phi3-longrope": lambda: transformers.Phi3ForCausalLM(
+        transformers.Phi3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=64, original_max_position_embeddings=16,
+                                sliding_window=None, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                tie_word_embeddings=True,
+                                rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                                 "original_max_position_embeddings": 16,
+                                                 "short_factor": [1.0, 1.3, 2.1, 3.7], "long_factor": [1.1, 2.4, 5.5, 11.0]})),
     # Norms after attention and the MLP only, Q/K norms over the whole projections.
     "olmo2-postnorm": lambda: transformers.Olmo2ForCausalLM(
         transformers.Olmo2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -668,7 +680,8 @@ def write_llama_gguf(model, path: Path):
     w.add_head_count_kv(n_kv)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_rope_dimension_count(dim)
+    rope = cfg.rope_parameters
+    w.add_rope_dimension_count(int(dim * rope.get("partial_rotary_factor", 1.0)))
     w.add_key_length(dim)
     w.add_value_length(dim)
     w.add_vocab_size(cfg.vocab_size)
@@ -685,6 +698,15 @@ def write_llama_gguf(model, path: Path):
         w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     if getattr(cfg, "sliding_window", None) and arch == "phi3":
         w.add_sliding_window(cfg.sliding_window)
+    if rope.get("rope_type") == "longrope":
+        # As llama.cpp's Phi-3 converter writes LongRoPE: the original context, the attention
+        # factor it computes, and the two factor sets as tensors.
+        original = rope["original_max_position_embeddings"]
+        scale = cfg.max_position_embeddings / original
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
     if gemma:
         w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)
@@ -773,10 +795,12 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
-           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4"}
+           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
+           "phi3-longrope"}
 # Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
 # reads those back instead.
-LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4"}
+LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
+           "phi3-longrope"}
 
 
 def check_mxfp4_blocks(path: Path):
@@ -965,7 +989,11 @@ def tiny_models(out_dir: Path):
                 check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits, quantised=name in MXFP4)
             else:
                 check_llama_gguf(model, d / "model.gguf", ids, out.logits)
-        np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
+        # LongRoPE takes its short factors while a forward call stays within the original
+        # context: the first 12 tokens alone show them.
+        short = ({"logits_short": model(ids[:, :12]).logits[0].float().numpy()}
+                 if model.config.rope_parameters.get("rope_type") == "longrope" else {})
+        np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(), **short,
                  attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids), **moe)
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
 

@@ -85,6 +85,30 @@ pub enum RopeScaling {
         attention_factor: f32,
         truncate: bool,
     },
+    /// LongRoPE (Phi-3, Phi-4): each inverse frequency divided by its factor, the short set
+    /// while a forward call's positions stay within `original_context` and the long set past
+    /// it (transformers' rule, per call); cosines and sines times `attention_factor`. The
+    /// factors are in [`ModelConfig::long_rope`] (config.json) or the file's
+    /// `rope_factors_{short,long}.weight` tensors (GGUF).
+    LongRope { original_context: f32, attention_factor: f32 },
+}
+
+/// LongRoPE's two sets of per-pair divisors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LongRopeFactors {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+}
+
+/// LongRoPE's attention factor where the checkpoint gives none: `sqrt(1 + ln(s) / ln(L))` for
+/// the context's stretch `s` over the original `L` (transformers' default).
+fn long_rope_attention_factor(context: f32, original: f32) -> f32 {
+    let s = (context / original) as f64;
+    if s <= 1.0 {
+        1.0
+    } else {
+        (1.0 + s.ln() / (original as f64).ln()).sqrt() as f32
+    }
 }
 
 /// RMSNorm of the queries and keys, after the projection and before RoPE.
@@ -161,6 +185,11 @@ pub struct ModelConfig {
     /// A learned logit per head that joins every softmax row as an extra key with no value
     /// (gpt-oss's attention sinks): the row's probabilities sum to less than 1.
     pub attn_sinks: bool,
+    /// The leading dimensions of each head that RoPE rotates (rotate-half within them; the
+    /// rest pass through): `d_head` unless the checkpoint rotates part of each head.
+    pub rotary_dim: usize,
+    /// LongRoPE's factors when config.json holds them (GGUF files hold them as tensors).
+    pub long_rope: Option<LongRopeFactors>,
     pub layers: Vec<LayerSpec>,
 }
 
@@ -204,8 +233,21 @@ impl ModelConfig {
         if c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return bad(format!("{} query heads cannot share {} key/value heads", c.n_heads, c.n_kv_heads));
         }
-        if c.positions == PositionEncoding::Rotary && !c.d_head.is_multiple_of(2) {
-            return bad(format!("rotary embeddings need an even head dimension, got {}", c.d_head));
+        if c.positions == PositionEncoding::Rotary && (c.rotary_dim == 0 || !c.rotary_dim.is_multiple_of(2) || c.rotary_dim > c.d_head) {
+            return bad(format!(
+                "rotary embeddings need an even number of rotated dimensions within the head's {}, got {}",
+                c.d_head, c.rotary_dim
+            ));
+        }
+        if let Some(f) = &c.long_rope {
+            if f.short.len() != c.rotary_dim / 2 || f.long.len() != c.rotary_dim / 2 {
+                return bad(format!(
+                    "LongRoPE has {} short and {} long factors for {} rotary pairs",
+                    f.short.len(),
+                    f.long.len(),
+                    c.rotary_dim / 2
+                ));
+            }
         }
         // Shapes beyond these are not models headhunt can hold in memory anyway; refusing them
         // keeps a hostile header from sizing allocations.
@@ -286,15 +328,37 @@ impl ModelConfig {
             }
             Some(other) => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),
         };
-        let rope_scaling = match (rope_scaling, file.tensor_info("rope_freqs.weight").is_some()) {
-            (scaling, false) => scaling,
-            (None, true) => Some(RopeScaling::FreqFactors),
-            (Some(_), true) => {
+        // Scalings stated by tensors: Llama 3's divisors (`rope_freqs.weight`), LongRoPE's two
+        // sets (`rope_factors_{short,long}.weight`, as llama.cpp's Phi-3 files carry them).
+        let long_rope = file.tensor_info("rope_factors_long.weight").is_some() || file.tensor_info("rope_factors_short.weight").is_some();
+        let by_tensor = match (file.tensor_info("rope_freqs.weight").is_some(), long_rope) {
+            (false, false) => None,
+            (true, false) => Some(RopeScaling::FreqFactors),
+            (false, true) => {
+                let original = f32_of("rope.scaling.original_context_length")
+                    .ok_or_else(|| Error::Config(format!("LongRoPE factors without {}", key("rope.scaling.original_context_length"))))?;
+                Some(RopeScaling::LongRope {
+                    original_context: original,
+                    attention_factor: f32_of("rope.scaling.attn_factor")
+                        .unwrap_or_else(|| long_rope_attention_factor(context_length as f32, original)),
+                })
+            }
+            (true, true) => {
                 return Err(Error::Config(
-                    "both rope.scaling.type and a rope_freqs.weight tensor: two RoPE scalings at once are not supported".into(),
+                    "both rope_freqs.weight and LongRoPE factors: two RoPE scalings at once".into(),
                 ))
             }
         };
+        let rope_scaling = match (rope_scaling, by_tensor) {
+            (scaling, None) => scaling,
+            (None, tensor) => tensor,
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "both rope.scaling.type and a RoPE factor tensor: two RoPE scalings at once are not supported".into(),
+                ))
+            }
+        };
+        let rotary_dim = usize_of("rope.dimension_count").unwrap_or(d_head);
         let tied = file.tensor_info("output.weight").is_none();
         // llama.cpp writes Mixtral as `llama` with experts; its Mixtral and Qwen3-MoE graphs
         // renormalise the router's weights over the chosen experts, as those models do, and its
@@ -349,6 +413,8 @@ impl ModelConfig {
                     tied_embeddings: tied,
                     moe,
                     attn_sinks: arch == "gpt-oss",
+                    rotary_dim,
+                    long_rope: None,
                     layers: (0..n_layers)
                         .map(|l| LayerSpec {
                             // gpt-oss alternates windowed and full layers, the first windowed.
@@ -423,6 +489,8 @@ impl ModelConfig {
                     tied_embeddings: tied,
                     moe: None,
                     attn_sinks: false,
+                    rotary_dim: d_head,
+                    long_rope: None,
                     layers,
                 }
             }
@@ -464,6 +532,8 @@ impl ModelConfig {
                     return Err(Error::Config("layer_types does not list every layer".into()));
                 }
                 let (rope_base, rope_scaling) = hf.rope(None, 10_000.0)?;
+                let rotary_dim = (d_head as f64 * hf.rope_number("partial_rotary_factor").unwrap_or(1.0)) as usize;
+                let long_rope = hf.long_rope_factors()?;
                 ModelConfig {
                     architecture: model_type.to_owned(),
                     n_layers,
@@ -506,6 +576,8 @@ impl ModelConfig {
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
                     moe,
                     attn_sinks: model_type == "gpt_oss",
+                    rotary_dim,
+                    long_rope,
                     layers: windowed
                         .iter()
                         .map(|&w| LayerSpec {
@@ -595,6 +667,8 @@ impl ModelConfig {
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
                     moe: None,
                     attn_sinks: false,
+                    rotary_dim: d_head,
+                    long_rope: None,
                     layers,
                 }
             }
@@ -634,6 +708,8 @@ impl ModelConfig {
                     tied_embeddings: true,
                     moe: None,
                     attn_sinks: false,
+                    rotary_dim: 0,
+                    long_rope: None,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -682,6 +758,8 @@ impl ModelConfig {
                     tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
                     moe: None,
                     attn_sinks: false,
+                    rotary_dim: 0,
+                    long_rope: None,
                     layers: vec![
                         LayerSpec {
                             window: None,
@@ -741,6 +819,7 @@ const YARN_KEYS_READ: &[&str] = &[
 /// as families gain features: a reader that skips them computes a different model silently).
 fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
     let prefix = format!("{arch}.");
+    let long_rope = file.tensor_info("rope_factors_long.weight").is_some();
     for (full, value) in file.metadata.range(prefix.clone()..) {
         let Some(k) = full.strip_prefix(&prefix) else { break };
         let yarn = file.meta(&format!("{prefix}rope.scaling.type")).and_then(|v| v.as_str()) == Some("yarn");
@@ -764,14 +843,15 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
         let (harmless, why) = match k {
             // Informational: the length the scaling was tuned for, whether it was fine-tuned.
             "rope.scaling.original_context_length" | "rope.scaling.finetuned" => (true, ""),
-            "rope.dimension_count" => (value.as_u64() == Some(d_head as u64), "partial rotary dimensions"),
+            // Read where the family rotates part of each head (Phi-3's files state it).
+            "rope.dimension_count" => (value.as_u64() == Some(d_head as u64) || arch == "phi3", "partial rotary dimensions"),
             "attention.value_length" => (
                 value.as_u64() == Some(d_head as u64),
                 "value heads wider or narrower than key heads",
             ),
             // Read for `llama` (Mixtral); other families' experts are not.
             "expert_count" | "expert_used_count" => (value.as_u64() == Some(0) || arch == "llama", "Mixture-of-Experts MLPs"),
-            "rope.scaling.attn_factor" => (as_f64 == Some(1.0), "a RoPE attention factor"),
+            "rope.scaling.attn_factor" => (as_f64 == Some(1.0) || long_rope, "a RoPE attention factor"),
             _ => (false, "a key this family's reader does not know"),
         };
         if !harmless {
@@ -904,8 +984,7 @@ impl<'a> HfConfig<'a> {
 
     fn refuse_unimplemented(&self, moe: bool) -> Result<()> {
         let no_experts: IsDefault = if moe { |_| true } else { |v| v.as_u64() == Some(0) };
-        let checks: [(&str, IsDefault, &str); 6] = [
-            ("partial_rotary_factor", |v| v.as_f64() == Some(1.0), "partial rotary dimensions"),
+        let checks: [(&str, IsDefault, &str); 5] = [
             ("num_local_experts", no_experts, "Mixture-of-Experts MLPs"),
             ("num_experts", no_experts, "Mixture-of-Experts MLPs"),
             ("attn_logit_softcapping", serde_json::Value::is_null, "attention logit soft-capping"),
@@ -925,6 +1004,43 @@ impl<'a> HfConfig<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A number of the RoPE settings, at the top level or in `rope_parameters` (transformers v5
+    /// moves them there).
+    fn rope_number(&self, key: &str) -> Option<f64> {
+        self.0
+            .get(key)
+            .or_else(|| self.0.get("rope_parameters").and_then(|p| p.get(key)))
+            .or_else(|| self.0.get("rope_scaling").and_then(|p| p.get(key)))
+            .and_then(|v| v.as_f64())
+    }
+
+    /// LongRoPE's short and long factors, where the scaling is LongRoPE.
+    fn long_rope_factors(&self) -> Result<Option<LongRopeFactors>> {
+        let obj = self
+            .0
+            .get("rope_parameters")
+            .or_else(|| self.0.get("rope_scaling"))
+            .filter(|v| !v.is_null());
+        let Some(obj) = obj.filter(|o| {
+            matches!(
+                o.get("rope_type").or(o.get("type")).and_then(|v| v.as_str()),
+                Some("longrope" | "su")
+            )
+        }) else {
+            return Ok(None);
+        };
+        let list = |k: &str| -> Result<Vec<f32>> {
+            obj.get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                .ok_or_else(|| Error::Config(format!("LongRoPE scaling without `{k}`")))
+        };
+        Ok(Some(LongRopeFactors {
+            short: list("short_factor")?,
+            long: list("long_factor")?,
+        }))
     }
 
     /// RoPE base and scaling, from transformers v5's `rope_parameters` (optionally keyed by layer
@@ -989,6 +1105,26 @@ impl<'a> HfConfig<'a> {
                             beta_slow: opt("beta_slow").unwrap_or(1.0) as f32,
                             attention_factor: attention_factor as f32,
                             truncate: obj.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
+                        })
+                    }
+                    // `su` is LongRoPE's name in early Phi-3 configs.
+                    "longrope" | "su" => {
+                        let context = self.f32("max_position_embeddings").unwrap_or(0.0);
+                        let original = obj
+                            .get("original_max_position_embeddings")
+                            .and_then(|v| v.as_f64())
+                            .map(|v| v as f32)
+                            .or(self.f32("original_max_position_embeddings"))
+                            .ok_or_else(|| Error::Config("LongRoPE scaling without original_max_position_embeddings".into()))?;
+                        // transformers: the factor is the context's stretch unless given.
+                        let factor = obj.get("factor").and_then(|v| v.as_f64()).map(|f| f as f32);
+                        let attention_factor = match obj.get("attention_factor").and_then(|v| v.as_f64()) {
+                            Some(a) => a as f32,
+                            None => long_rope_attention_factor(factor.map_or(context, |f| f * original), original),
+                        };
+                        Some(RopeScaling::LongRope {
+                            original_context: original,
+                            attention_factor,
                         })
                     }
                     other => return Err(Error::Config(format!("RoPE scaling `{other}` is not supported"))),

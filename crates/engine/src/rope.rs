@@ -2,20 +2,27 @@
 //! that angles agree at every position up to the context length: inverse frequencies rounded to
 //! f32, the angle `position * inv_freq` rounded to f32, then cosine and sine of that angle.
 
-use crate::config::RopeScaling;
+use crate::config::{LongRopeFactors, RopeScaling};
+
+/// torch's `base ** (arange(0, d, 2).float() / d)` for pair `i` of `d` rotated dimensions.
+fn pos_freq(base: f32, d: usize, i: usize) -> f32 {
+    (base as f64).powf(((2 * i) as f32 / d as f32) as f64) as f32
+}
 
 /// The inverse frequencies of one RoPE base and scaling.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     inv_freq: Vec<f32>,
-    /// Multiplies every cosine and sine (YaRN's attention factor; 1 otherwise).
+    /// LongRoPE: the long set, for forward calls that reach past the original context.
+    long: Option<(Vec<f32>, usize)>,
+    /// Multiplies every cosine and sine (YaRN's and LongRoPE's attention factor; 1 otherwise).
     attention_factor: f32,
 }
 
 impl RopeTable {
+    /// `d_head` is the number of rotated dimensions of each head (its leading ones).
     pub fn new(d_head: usize, base: f32, scaling: Option<RopeScaling>) -> Self {
-        // torch: base ** (arange(0, d, 2).float() / d), all in f32.
-        let pos_freq = |i: usize| (base as f64).powf(((2 * i) as f32 / d_head as f32) as f64) as f32;
+        let pos_freq = |i: usize| pos_freq(base, d_head, i);
         let ramp = match scaling {
             Some(RopeScaling::Yarn {
                 original_context,
@@ -30,8 +37,9 @@ impl RopeTable {
             .map(|i| {
                 let f = 1.0f32 / pos_freq(i);
                 match scaling {
-                    // The factors are the checkpoint's: applied by `with_freq_factors`.
-                    None | Some(RopeScaling::FreqFactors) => f,
+                    // The factors are the checkpoint's: applied by `with_freq_factors` and
+                    // `long_rope`.
+                    None | Some(RopeScaling::FreqFactors | RopeScaling::LongRope { .. }) => f,
                     Some(RopeScaling::Linear { factor }) => f / factor,
                     Some(RopeScaling::Llama3 {
                         factor,
@@ -63,11 +71,30 @@ impl RopeTable {
             })
             .collect();
         let attention_factor = match scaling {
-            Some(RopeScaling::Yarn { attention_factor, .. }) => attention_factor,
+            Some(RopeScaling::Yarn { attention_factor, .. } | RopeScaling::LongRope { attention_factor, .. }) => attention_factor,
             _ => 1.0,
         };
         RopeTable {
             inv_freq,
+            long: None,
+            attention_factor,
+        }
+    }
+
+    /// LongRoPE's two sets, `1 / (factor_i * base^(2i / d))` as transformers computes them:
+    /// the short one for forward calls within `original_context` positions, the long one past it.
+    pub fn long_rope(d_head: usize, base: f32, scaling: RopeScaling, factors: &LongRopeFactors) -> Self {
+        let RopeScaling::LongRope {
+            original_context,
+            attention_factor,
+        } = scaling
+        else {
+            unreachable!("long_rope takes a LongRoPE scaling")
+        };
+        let set = |f: &[f32]| -> Vec<f32> { f.iter().enumerate().map(|(i, &e)| 1.0 / (e * pos_freq(base, d_head, i))).collect() };
+        RopeTable {
+            inv_freq: set(&factors.short),
+            long: Some((set(&factors.long), original_context as usize)),
             attention_factor,
         }
     }
@@ -83,11 +110,15 @@ impl RopeTable {
     /// Cosines and sines for positions `p0..p0 + n`: computed per forward call, so memory
     /// never scales with the model's context length.
     pub fn at_positions(&self, p0: usize, n: usize) -> RopeAngles {
-        let half = self.inv_freq.len();
+        let inv_freq = match &self.long {
+            Some((long, original)) if p0 + n > *original => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in p0..p0 + n {
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let angle = (p as f32 * f) as f64;
                 cos.push(angle.cos() as f32 * self.attention_factor);
                 sin.push(angle.sin() as f32 * self.attention_factor);
@@ -120,7 +151,8 @@ pub struct RopeAngles {
 }
 
 impl RopeAngles {
-    /// Rotate one head vector (rotate-half layout) by row `r` of these positions.
+    /// Rotate one head vector (rotate-half layout within its leading `2 * half` dimensions; the
+    /// rest pass through) by row `r` of these positions.
     #[inline]
     pub fn apply(&self, x: &mut [f32], r: usize) {
         let h = self.half;

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ModelConfig, PositionEncoding, QkNorm, RopeScaling};
+use crate::config::{LongRopeFactors, ModelConfig, PositionEncoding, QkNorm, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
@@ -118,6 +118,9 @@ pub struct Weights {
     /// Divisors of the RoPE inverse frequencies, one per rotary pair (`rope_freqs.weight`:
     /// llama.cpp's form of Llama 3.x's scaling).
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// LongRoPE's short and long divisors: config.json's, or the GGUF's
+    /// `rope_factors_{short,long}.weight`.
+    pub long_rope: Option<LongRopeFactors>,
 }
 
 impl Weights {
@@ -988,9 +991,24 @@ impl Loader<'_> {
         let unembed_bias = self.optional(&["final_logits_bias".to_owned()], "", &[c.vocab_size])?;
         let freq_factors_used = c.layers.iter().any(|l| l.rope_scaling == Some(RopeScaling::FreqFactors));
         let rope_freq_factors = if freq_factors_used {
-            Some(self.tensor(&self.naming.rope_freqs, ".weight", &[c.d_head / 2])?)
+            Some(self.tensor(&self.naming.rope_freqs, ".weight", &[c.rotary_dim / 2])?)
         } else {
             None
+        };
+        let long_rope_used = c
+            .layers
+            .iter()
+            .any(|l| matches!(l.rope_scaling, Some(RopeScaling::LongRope { .. })));
+        let long_rope = match &c.long_rope {
+            Some(factors) => Some(factors.clone()),
+            None if long_rope_used => {
+                let set = |which: &str| self.tensor(&[format!("rope_factors_{which}")], ".weight", &[c.rotary_dim / 2]);
+                Some(LongRopeFactors {
+                    short: set("short")?,
+                    long: set("long")?,
+                })
+            }
+            None => None,
         };
         self.refuse_unread()?;
         Ok(Weights {
@@ -1001,6 +1019,7 @@ impl Loader<'_> {
             unembed,
             unembed_bias,
             rope_freq_factors,
+            long_rope,
         })
     }
 

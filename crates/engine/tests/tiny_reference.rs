@@ -11,8 +11,13 @@ fn check(name: &str) {
     check_file(name, "");
 }
 
-/// `file` inside the model's folder (`""`: the safetensors directory itself).
+/// `file` inside the model's folder (`""`: the safetensors directory itself), the prompt whole
+/// and in chunks of 7.
 fn check_file(name: &str, file: &str) {
+    check_chunks(name, file, &[512, 7]);
+}
+
+fn check_chunks(name: &str, file: &str, chunks: &[usize]) {
     let dir = reference_dir().join("tiny").join(name);
     let exp = expected(&format!("tiny/{name}/expected.npz"));
     let model = Model::load(&dir.join(file)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -28,7 +33,7 @@ fn check_file(name: &str, file: &str) {
         .as_f32(); // [L, H, T, T]
 
     // Whole prompt at once, then in chunks that straddle tiles and sliding windows.
-    for chunk in [512, 7] {
+    for &chunk in chunks {
         let mut hooks = Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All));
         for l in 0..c.n_layers {
             hooks = hooks.capture(Capture::new(HookPoint::Pattern(l), Positions::All));
@@ -455,4 +460,29 @@ fn gpt_oss_with_mxfp4_experts() {
     assert_eq!(experts[0].down.w.dtypes(), [headhunt_engine::gguf::GgmlType::Mxfp4]);
     check("gptoss-mxfp4");
     check_file("gptoss-mxfp4", "model.gguf");
+}
+
+/// Phi-4-mini's RoPE: LongRoPE on the leading half of each head. transformers picks the long
+/// factors for a forward call that reaches past the original context (16 here) and the short
+/// ones otherwise: the 40-token prompt whole takes the long set, its first 12 tokens the short.
+/// From config.json and from llama.cpp's file (`rope_factors_{short,long}.weight`,
+/// `rope.dimension_count`, read back by llama.cpp within 3.6e-6).
+#[test]
+fn phi3_with_long_rope_on_part_of_each_head() {
+    let exp = expected("tiny/phi3-longrope/expected.npz");
+    let ids: Vec<u32> = exp["input_ids"].as_i64().iter().map(|&x| x as u32).collect();
+    for file in ["", "model.gguf"] {
+        let model = Model::load(&reference_dir().join("tiny/phi3-longrope").join(file)).unwrap();
+        assert_eq!((model.config.d_head, model.config.rotary_dim), (16, 8), "{file}");
+        check_chunks("phi3-longrope", file, &[512]);
+        let mut run = model
+            .run(
+                Hooks::default().capture(Capture::new(HookPoint::Logits, Positions::All)),
+                RunOptions::default(),
+            )
+            .unwrap();
+        run.prefill(&ids[..12]).unwrap();
+        let d = max_abs_diff(&run.recording.get(HookPoint::Logits).unwrap().data, &exp["logits_short"].as_f32());
+        assert!(d < 1e-4, "phi3-longrope {file}: the short factors' logits differ by {d}");
+    }
 }

@@ -157,11 +157,18 @@ impl Model {
                     Some(i) => i,
                     None => {
                         keys.push(key);
-                        let mut table = RopeTable::new(config.d_head, spec.rope_base, spec.rope_scaling);
-                        if spec.rope_scaling == Some(RopeScaling::FreqFactors) {
-                            let factors = weights.rope_freq_factors.as_deref();
-                            table = table.with_freq_factors(factors.expect("the loader requires rope_freqs.weight"));
-                        }
+                        let table = match spec.rope_scaling {
+                            Some(RopeScaling::FreqFactors) => {
+                                let factors = weights.rope_freq_factors.as_deref();
+                                RopeTable::new(config.rotary_dim, spec.rope_base, spec.rope_scaling)
+                                    .with_freq_factors(factors.expect("the loader requires rope_freqs.weight"))
+                            }
+                            Some(scaling @ RopeScaling::LongRope { .. }) => {
+                                let factors = weights.long_rope.as_ref().expect("the loader requires LongRoPE's factors");
+                                RopeTable::long_rope(config.rotary_dim, spec.rope_base, scaling, factors)
+                            }
+                            scaling => RopeTable::new(config.rotary_dim, spec.rope_base, scaling),
+                        };
                         rope_tables.push(table);
                         rope_tables.len() - 1
                     }

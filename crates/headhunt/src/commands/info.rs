@@ -89,13 +89,21 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
                     Some(RopeScaling::Llama3 {
                         factor, original_context, ..
                     }) => format!(", llama3 scaling x{factor} from {original_context}"),
+                    Some(RopeScaling::LongRope { original_context, .. }) => {
+                        format!(", LongRoPE (long factors past {original_context})")
+                    }
                 };
                 let b = format!("{}{scaling}", l.rope_base);
                 if !bases.contains(&b) {
                     bases.push(b);
                 }
             }
-            format!("rotary (base {})", bases.join(" / "))
+            let part = if c.rotary_dim < c.d_head {
+                format!(", on {} of each head's {} dimensions", c.rotary_dim, c.d_head)
+            } else {
+                String::new()
+            };
+            format!("rotary (base {}{part})", bases.join(" / "))
         }
         PositionEncoding::Learned { offset } => format!("learned (offset {offset})"),
     };
@@ -118,7 +126,8 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
             if global.is_empty() { "none".into() } else { global.join(", ") }
         )
     };
-    row("attention", attention);
+    let sinks = if c.attn_sinks { "; a learned sink logit per head" } else { "" };
+    row("attention", format!("{attention}{sinks}"));
     row("context length", c.context_length.to_string());
     row("vocabulary", c.vocab_size.to_string());
     row(
