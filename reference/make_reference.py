@@ -527,6 +527,14 @@ TINY = {
                                   num_experts_per_tok=2, sliding_window=7, swiglu_limit=7.0, tie_word_embeddings=False,
                                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
                                                    "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
+    # Qwen2-MoE: a shared expert of its own width beside the routed ones, scaled by a sigmoid
+    # gate; QKV biases; the chosen experts' weights not renormalised.
+    "qwen2moe-shared": lambda: transformers.Qwen2MoeForCausalLM(
+        transformers.Qwen2MoeConfig(vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=48,
+                                    shared_expert_intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, max_position_embeddings=256, num_experts=4, num_experts_per_tok=2,
+                                    norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[], rope_theta=10000.0,
+                                    tie_word_embeddings=False)),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128)),
     "opt": lambda: transformers.OPTForCausalLM(
@@ -666,8 +674,8 @@ def write_llama_gguf(model, path: Path):
 
     cfg = model.config
     # llama.cpp writes Mixtral as `llama` with its experts stacked in 3-D tensors.
-    moe = cfg.model_type in ("mixtral", "qwen3_moe", "olmoe")
-    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe"}.get(cfg.model_type, cfg.model_type)
+    moe = cfg.model_type in ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
+    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe"}.get(cfg.model_type, cfg.model_type)
     gemma = arch == "gemma2"
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
@@ -694,8 +702,10 @@ def write_llama_gguf(model, path: Path):
     if moe:
         w.add_expert_count(n_experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
-    if arch == "qwen3moe":
+    if arch in ("qwen3moe", "qwen2moe"):
         w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    if arch == "qwen2moe":
+        w.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
     if getattr(cfg, "sliding_window", None) and arch == "phi3":
         w.add_sliding_window(cfg.sliding_window)
     if rope.get("rope_type") == "longrope":
@@ -758,6 +768,11 @@ def write_llama_gguf(model, path: Path):
             for hf, ll in zip(parts, ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]):
                 stacked = np.stack([sd[f"{p}.experts.{e}.{hf}.weight"] for e in range(n_experts)])
                 w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(stacked))
+            if arch == "qwen2moe":
+                # The shared expert, and its gate as one row of d_model (llama.cpp's `{n_embd}`).
+                w.add_tensor(f"blk.{l}.ffn_gate_inp_shexp.weight", sd[f"{p}.shared_expert_gate.weight"].reshape(-1))
+                for hf, ll in [("gate_proj", "ffn_gate_shexp"), ("up_proj", "ffn_up_shexp"), ("down_proj", "ffn_down_shexp")]:
+                    w.add_tensor(f"blk.{l}.{ll}.weight", sd[f"{p}.shared_expert.{hf}.weight"])
         for hf, ll in names.items():
             t = sd[f"model.layers.{l}.{hf}.weight"]
             if arch == "llama" and ll == "attn_q":
@@ -767,6 +782,8 @@ def write_llama_gguf(model, path: Path):
             if gemma and ll.endswith("norm"):
                 t = t + shift
             w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(t))
+            if f"model.layers.{l}.{hf}.bias" in sd:
+                w.add_tensor(f"blk.{l}.{ll}.bias", sd[f"model.layers.{l}.{hf}.bias"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -796,11 +813,11 @@ def check_llama_gguf(model, path: Path, ids, logits):
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
            "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
-           "phi3-longrope"}
+           "phi3-longrope", "qwen2moe-shared"}
 # Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
 # reads those back instead.
 LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
-           "phi3-longrope"}
+           "phi3-longrope", "qwen2moe-shared"}
 
 
 def check_mxfp4_blocks(path: Path):

@@ -201,6 +201,9 @@ pub struct Moe {
     pub experts: usize,
     pub per_token: usize,
     pub normalize: bool,
+    /// The width of a shared expert that every token also passes through, its output scaled by
+    /// a sigmoid gate of its own (Qwen2-MoE).
+    pub shared: Option<usize>,
 }
 
 impl ModelConfig {
@@ -291,7 +294,7 @@ impl ModelConfig {
         // A Mixture-of-Experts MLP's width is each expert's (every layer of a Qwen3-MoE file
         // is one, as llama.cpp builds it).
         let d_mlp = match arch.as_str() {
-            "qwen3moe" | "gpt-oss" => require("expert_feed_forward_length")?,
+            "qwen3moe" | "qwen2moe" | "gpt-oss" => require("expert_feed_forward_length")?,
             _ => require("feed_forward_length")?,
         };
         let context_length = require("context_length")?;
@@ -364,7 +367,7 @@ impl ModelConfig {
         // renormalise the router's weights over the chosen experts, as those models do, and its
         // OLMoE graph does not.
         let moe = match usize_of("expert_count").filter(|&n| n > 0) {
-            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "olmoe" | "gpt-oss") => {
+            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "qwen2moe" | "olmoe" | "gpt-oss") => {
                 let per_token = require("expert_used_count")?;
                 if per_token == 0 || per_token > experts {
                     return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
@@ -372,10 +375,12 @@ impl ModelConfig {
                 Some(Moe {
                     experts,
                     per_token,
-                    normalize: arch != "olmoe",
+                    // As llama.cpp's graphs weigh the chosen experts.
+                    normalize: !matches!(arch.as_str(), "olmoe" | "qwen2moe"),
+                    shared: usize_of("expert_shared_feed_forward_length").filter(|_| arch == "qwen2moe"),
                 })
             }
-            _ if matches!(arch.as_str(), "qwen3moe" | "olmoe" | "gpt-oss") => {
+            _ if matches!(arch.as_str(), "qwen3moe" | "qwen2moe" | "olmoe" | "gpt-oss") => {
                 return Err(Error::Config(format!("missing {}", key("expert_count"))))
             }
             _ => None,
@@ -383,7 +388,7 @@ impl ModelConfig {
 
         check_gguf_keys(file, &arch, d_head)?;
         let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "olmo2" | "olmoe" | "gpt-oss" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "qwen2moe" | "phi3" | "olmo2" | "olmoe" | "gpt-oss" => {
                 let window = usize_of("attention.sliding_window");
                 ModelConfig {
                     architecture: arch.clone(),
@@ -504,7 +509,8 @@ impl ModelConfig {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
         let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" | "gpt_oss" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" | "qwen2_moe"
+            | "gpt_oss" => {
                 let moe = hf.moe(model_type)?;
                 hf.refuse_unimplemented(moe.is_some())?;
                 let d_model = hf.usize("hidden_size")?;
@@ -514,7 +520,9 @@ impl ModelConfig {
                 let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
                 let window = match model_type {
                     "mistral" | "phi3" | "mixtral" | "gpt_oss" => hf.opt_usize("sliding_window"),
-                    "qwen2" | "qwen3" | "qwen3_moe" if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
+                    "qwen2" | "qwen3" | "qwen3_moe" | "qwen2_moe" if hf.bool("use_sliding_window").unwrap_or(false) => {
+                        hf.opt_usize("sliding_window")
+                    }
                     _ => None,
                 };
                 // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
@@ -542,7 +550,7 @@ impl ModelConfig {
                     n_kv_heads,
                     d_head,
                     d_mlp: match model_type {
-                        "qwen3_moe" => hf.usize("moe_intermediate_size")?,
+                        "qwen3_moe" | "qwen2_moe" => hf.usize("moe_intermediate_size")?,
                         _ => hf.usize("intermediate_size")?,
                     },
                     vocab_size: hf.usize("vocab_size")?,
@@ -833,6 +841,12 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
             "gemma3" => GGUF_GEMMA3_KEYS_READ,
             "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
             "olmoe" => &["expert_count", "expert_used_count"],
+            "qwen2moe" => &[
+                "expert_count",
+                "expert_used_count",
+                "expert_feed_forward_length",
+                "expert_shared_feed_forward_length",
+            ],
             "gpt-oss" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
             _ => &[],
         };
@@ -869,7 +883,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
 /// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
 /// list and the match in step).
 pub const GGUF_ARCHITECTURES: &[&str] = &[
-    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3", "gpt-oss",
+    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3", "gpt-oss", "qwen2moe",
 ];
 
 /// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
@@ -884,6 +898,7 @@ pub const HF_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "olmoe",
     "qwen3_moe",
+    "qwen2_moe",
     "gpt_oss",
     "gemma2",
     "gemma3_text",
@@ -943,7 +958,7 @@ impl<'a> HfConfig<'a> {
         let normalize = match model_type {
             // gpt-oss takes the softmax of the chosen experts' logits: the same weights.
             "mixtral" | "gpt_oss" => true,
-            "olmoe" | "qwen3_moe" => self.bool("norm_topk_prob").unwrap_or(false),
+            "olmoe" | "qwen3_moe" | "qwen2_moe" => self.bool("norm_topk_prob").unwrap_or(false),
             _ => return Ok(None),
         };
         let unsupported = |key: &str, value: String, why: &str| Error::UnsupportedKey {
@@ -979,6 +994,9 @@ impl<'a> HfConfig<'a> {
             experts,
             per_token,
             normalize,
+            shared: self
+                .opt_usize("shared_expert_intermediate_size")
+                .filter(|&w| w > 0 && model_type == "qwen2_moe"),
         }))
     }
 

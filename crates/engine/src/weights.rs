@@ -71,7 +71,18 @@ pub enum Mlp {
         /// `[experts, d_model]`: each expert's logit.
         router: Linear,
         experts: Vec<Expert>,
+        /// An expert every token passes through (Qwen2-MoE).
+        shared: Option<Box<SharedExpert>>,
     },
+}
+
+/// Qwen2-MoE's shared expert: a gated MLP of its own width whose output every token receives,
+/// scaled by `sigmoid(gate x)`.
+#[derive(Debug, Clone)]
+pub struct SharedExpert {
+    pub mlp: Expert,
+    /// `[1, d_model]`
+    pub gate: Linear,
 }
 
 /// One MLP: `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` where the family's MLP is not
@@ -88,8 +99,9 @@ impl Mlp {
     pub fn linears(&self) -> Vec<&Linear> {
         match self {
             Mlp::Dense(e) => vec![&e.up, &e.down],
-            Mlp::Experts { router, experts } => std::iter::once(router)
+            Mlp::Experts { router, experts, shared } => std::iter::once(router)
                 .chain(experts.iter().flat_map(|e| [&e.up, &e.down]))
+                .chain(shared.iter().flat_map(|s| [&s.mlp.up, &s.mlp.down, &s.gate]))
                 .collect(),
         }
     }
@@ -97,8 +109,9 @@ impl Mlp {
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         match self {
             Mlp::Dense(e) => vec![&mut e.up, &mut e.down],
-            Mlp::Experts { router, experts } => std::iter::once(router)
+            Mlp::Experts { router, experts, shared } => std::iter::once(router)
                 .chain(experts.iter_mut().flat_map(|e| [&mut e.up, &mut e.down]))
+                .chain(shared.iter_mut().flat_map(|s| [&mut s.mlp.up, &mut s.mlp.down, &mut s.gate]))
                 .collect(),
         }
     }
@@ -433,6 +446,11 @@ enum BlockPart {
     /// The attention sinks' logits, `[heads]`: names in full (GGUF's have `.weight`,
     /// transformers' none).
     Sinks,
+    /// Qwen2-MoE's shared expert and its sigmoid gate.
+    SharedGate,
+    SharedUp,
+    SharedDown,
+    SharedExpertGate,
 }
 
 /// How a checkpoint stacks its experts' projections in 3-D tensors.
@@ -475,6 +493,10 @@ fn gguf_block(l: usize, part: BlockPart) -> Vec<String> {
         ExpertsGateUp => "ffn_gate_up_exps",
         ExpertsDown => "ffn_down_exps",
         Sinks => "attn_sinks.weight",
+        SharedGate => "ffn_gate_shexp",
+        SharedUp => "ffn_up_shexp",
+        SharedDown => "ffn_down_shexp",
+        SharedExpertGate => "ffn_gate_inp_shexp",
         ExpertGate(_) | ExpertUp(_) | ExpertDown(_) => return vec![],
     };
     vec![format!("blk.{l}.{n}")]
@@ -540,6 +562,10 @@ fn hf_llama_block(l: usize, part: BlockPart) -> Vec<String> {
         ExpertsDown => "mlp.experts.down_proj",
         ExpertsGate | ExpertsUp => return vec![],
         Sinks => "self_attn.sinks",
+        SharedGate => "mlp.shared_expert.gate_proj",
+        SharedUp => "mlp.shared_expert.up_proj",
+        SharedDown => "mlp.shared_expert.down_proj",
+        SharedExpertGate => "mlp.shared_expert_gate",
     };
     names(&["model.", "model.language_model.", ""], &format!("layers.{l}.{n}"))
 }
@@ -765,10 +791,21 @@ impl Loader<'_> {
             concat_rows(vec![q, k, v])?
         };
         let mlp = match c.moe {
-            None => Mlp::Dense(self.expert(l, [BlockPart::Gate, BlockPart::Up, BlockPart::GateUp, BlockPart::Down])?),
+            None => Mlp::Dense(self.expert(l, [BlockPart::Gate, BlockPart::Up, BlockPart::GateUp, BlockPart::Down], c.d_mlp)?),
             Some(moe) => Mlp::Experts {
                 router: self.linear(&part(BlockPart::Router), moe.experts, d)?,
                 experts: self.experts(l, moe.experts)?,
+                shared: match moe.shared {
+                    Some(width) => {
+                        use BlockPart::*;
+                        Some(Box::new(SharedExpert {
+                            // No fused gate/up: SharedGate stands in for it.
+                            mlp: self.expert(l, [SharedGate, SharedUp, SharedGate, SharedDown], width)?,
+                            gate: self.linear(&part(SharedExpertGate), 1, d)?,
+                        }))
+                    }
+                    None => None,
+                },
             },
         };
         // Norms are read only where the family has them: one in a file whose family has none
@@ -798,22 +835,23 @@ impl Loader<'_> {
         })
     }
 
-    /// One MLP from its parts `[gate, up, fused gate/up, down]` (a fused one where the file has
-    /// it).
-    fn expert(&self, l: usize, [gate, up, fused, down]: [BlockPart; 4]) -> Result<Expert> {
+    /// One MLP `width` wide from its parts `[gate, up, fused gate/up, down]` (a fused one where
+    /// the file has it; `fused` equal to `gate` where the family fuses none).
+    fn expert(&self, l: usize, [gate, up, fused, down]: [BlockPart; 4], width: usize) -> Result<Expert> {
         let c = self.config;
         let (d, part) = (c.d_model, |p| (self.naming.block)(l, p));
+        let has_fused = std::mem::discriminant(&fused) != std::mem::discriminant(&gate);
         let up = if !c.gated_mlp {
-            self.linear(&part(up), c.d_mlp, d)?
-        } else if !matches!(fused, BlockPart::ExpertGate(_)) && self.find(&part(fused), ".weight").is_some() {
-            self.linear(&part(fused), 2 * c.d_mlp, d)?
+            self.linear(&part(up), width, d)?
+        } else if has_fused && self.find(&part(fused), ".weight").is_some() {
+            self.linear(&part(fused), 2 * width, d)?
         } else {
-            let gate = self.linear(&part(gate), c.d_mlp, d)?;
-            concat_rows(vec![gate, self.linear(&part(up), c.d_mlp, d)?])?
+            let gate = self.linear(&part(gate), width, d)?;
+            concat_rows(vec![gate, self.linear(&part(up), width, d)?])?
         };
         Ok(Expert {
             up,
-            down: self.linear(&part(down), d, c.d_mlp)?,
+            down: self.linear(&part(down), d, width)?,
         })
     }
 
@@ -842,7 +880,7 @@ impl Loader<'_> {
         }
         // No fused gate/up in these families: GateUp names nothing here.
         (0..n)
-            .map(|e| self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)]))
+            .map(|e| self.expert(l, [ExpertGate(e), ExpertUp(e), ExpertGate(e), ExpertDown(e)], self.config.d_mlp))
             .collect()
     }
 

@@ -486,3 +486,17 @@ fn phi3_with_long_rope_on_part_of_each_head() {
         assert!(d < 1e-4, "phi3-longrope {file}: the short factors' logits differ by {d}");
     }
 }
+
+/// Qwen2-MoE: a shared expert (80 wide, beside routed experts 48 wide) on every token, scaled by
+/// its sigmoid gate; QKV biases; the chosen experts' weights not renormalised. From
+/// safetensors and from llama.cpp's `qwen2moe` file (`ffn_*_shexp`, `ffn_gate_inp_shexp`; read
+/// back by llama.cpp within 3.3e-6).
+#[test]
+fn qwen2_moe_with_a_shared_expert() {
+    for file in ["", "model.gguf"] {
+        let model = Model::load(&reference_dir().join("tiny/qwen2moe-shared").join(file)).unwrap();
+        let moe = model.config.moe.unwrap();
+        assert_eq!((model.config.d_mlp, moe.shared, moe.normalize), (48, Some(80), false), "{file}");
+        check_file("qwen2moe-shared", file);
+    }
+}

@@ -11,7 +11,7 @@ use crate::kv_cache::{HeadCache, KvCache};
 use crate::linalg::{mlp_activation, norm_rows, norm_scale, rms_scale};
 use crate::profile::{self, Stage};
 use crate::rope::RopeAngles;
-use crate::weights::{Expert, Linear, Mlp};
+use crate::weights::{Expert, Linear, Mlp, SharedExpert};
 
 impl Model {
     /// Run `tokens` (at the step's positions) through the network, appending to `cache`.
@@ -230,7 +230,13 @@ impl Model {
                 pass.hook(HookPoint::MlpPost(l), &mut act, c.d_mlp);
                 profile::timed(Stage::MlpDown, || mlp.down.forward(&act, n))
             }
-            Mlp::Experts { router, experts } => self.experts(l, router, experts, &x, pass),
+            Mlp::Experts { router, experts, shared } => {
+                let mut out = self.experts(l, router, experts, &x, pass);
+                if let Some(shared) = shared {
+                    self.add_shared_expert(shared, &x, n, &mut out);
+                }
+                out
+            }
         };
         if let Some(norm) = &b.post_mlp_norm {
             profile::timed(Stage::Norms, || norm_rows_in_place(&mut out, d, c, norm));
@@ -286,6 +292,20 @@ impl Model {
             }
         }
         out
+    }
+
+    /// Qwen2-MoE's shared expert: its MLP's output on every row, times `sigmoid(gate x)`, added
+    /// to the routed experts' `out`.
+    fn add_shared_expert(&self, shared: &SharedExpert, x: &[f32], n: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (d, width) = (c.d_model, shared.mlp.down.n_in());
+        let h = shared.mlp.up.forward(x, n);
+        let y = shared.mlp.down.forward(&mlp_activation(h, n, width, c.gated_mlp, c.activation), n);
+        let gates = shared.gate.forward(x, n);
+        for ((o, yr), &g) in out.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(&gates) {
+            let w = 1.0 / (1.0 + (-g).exp());
+            o.iter_mut().zip(yr).for_each(|(o, &v)| *o += w * v);
+        }
     }
 
     /// Final norm and unembedding, only at the positions someone needs; the logits at the
