@@ -178,7 +178,7 @@ impl Engine {
     /// Run `tokens` once, recording the hooks `names` (`*` for every layer) at `positions`
     /// (`None`: all; negative count from the end), with the interventions applied. Returns
     /// `[(name, shape, positions, bytearray of float32)]`.
-    #[pyo3(signature = (tokens, names, positions = None, mask_heads = Vec::new(), mask_mode = "uniform", add = Vec::new(), patch = Vec::new()))]
+    #[pyo3(signature = (tokens, names, positions = None, mask_heads = Vec::new(), mask_mode = "uniform", add = Vec::new(), patch = Vec::new(), disable_experts = Vec::new()))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn run<'py>(
         &self,
@@ -190,6 +190,7 @@ impl Engine {
         mask_mode: &str,
         add: Vec<(String, Vec<u8>)>,
         patch: Vec<(String, Vec<u8>)>,
+        disable_experts: Vec<(usize, usize)>,
     ) -> PyResult<Vec<(String, Vec<usize>, Vec<u32>, Bound<'py, PyByteArray>)>> {
         let c = &self.model.config;
         if tokens.is_empty() {
@@ -200,7 +201,8 @@ impl Engine {
             None => Positions::All,
             Some(list) => activations::positions_at(list, tokens.len()).map_err(|e| HookError::new_err(e.to_string()))?,
         };
-        let interventions = self.interventions(&tokens, &mask_heads, mask_mode, add, patch)?;
+        let mut interventions = self.interventions(&tokens, &mask_heads, mask_mode, add, patch)?;
+        interventions.extend(disabled_experts(&disable_experts));
         let model = Arc::clone(&self.model);
         let recording = py
             .detach(|| activations::record(&model, &tokens, &points, &positions, interventions))
@@ -217,8 +219,8 @@ impl Engine {
     }
 
     /// Greedy continuation of `tokens`: the new token ids (stopping at end-of-sequence), with
-    /// `mask_heads` silenced in the prompt and in every step.
-    #[pyo3(signature = (tokens, max_new_tokens, mask_heads = Vec::new(), mask_mode = "uniform"))]
+    /// `mask_heads` silenced and `disable_experts` never chosen in the prompt and in every step.
+    #[pyo3(signature = (tokens, max_new_tokens, mask_heads = Vec::new(), mask_mode = "uniform", disable_experts = Vec::new()))]
     fn generate(
         &self,
         py: Python<'_>,
@@ -226,9 +228,13 @@ impl Engine {
         max_new_tokens: usize,
         mask_heads: Vec<(usize, usize)>,
         mask_mode: &str,
+        disable_experts: Vec<(usize, usize)>,
     ) -> PyResult<Vec<u32>> {
         let mut hooks = Hooks::default();
         for i in self.interventions(&tokens, &mask_heads, mask_mode, Vec::new(), Vec::new())? {
+            hooks = hooks.intervene(i);
+        }
+        for i in disabled_experts(&disable_experts) {
             hooks = hooks.intervene(i);
         }
         let model = Arc::clone(&self.model);
@@ -388,6 +394,23 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// `(layer, expert)` pairs as one `DisableExperts` per layer, in prompt and decoding (the
+/// engine checks the layers and experts exist when the run starts).
+fn disabled_experts(pairs: &[(usize, usize)]) -> Vec<Intervention> {
+    let mut by_layer: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &(layer, expert) in pairs {
+        by_layer.entry(layer).or_default().push(expert);
+    }
+    by_layer
+        .into_iter()
+        .map(|(layer, experts)| Intervention::DisableExperts {
+            layer,
+            experts,
+            phase: Phase::Both,
+        })
+        .collect()
 }
 
 /// Set by the interrupt check when Python has a KeyboardInterrupt pending.

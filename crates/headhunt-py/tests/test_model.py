@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import headhunt
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 PROMPT = "The harbour master keeps the spare key under the blue anchor. Where is the spare key?"
 HOOKS = [
@@ -116,6 +116,26 @@ def test_interventions(smollm2):
     _, own = smollm2.run_with_cache(tokens, names_filter="blocks.6.hook_resid_post")
     same = smollm2.run_with_interventions(tokens, patch={"blocks.6.hook_resid_post": own["resid_post", 6]})
     assert np.array_equal(same, base)
+
+
+def test_disable_experts():
+    """A Mixture-of-Experts layer with an expert disabled: its router logit is -inf for every
+    token, no token weighs it, each token's weights still sum to 1 (Mixtral renormalises over
+    the chosen), and the logits change; nothing disabled changes nothing."""
+    moe = headhunt.HookedModel.from_pretrained(str(REPO / "target" / "reference" / "tiny" / "mixtral-moe"))
+    tokens = np.array([7, 42, 99, 3, 250, 18, 64, 64, 5], dtype=np.int64)
+    names = ["blocks.0.mlp.hook_router", "blocks.0.mlp.hook_expert_weights"]
+    base, cache = moe.run_with_cache(tokens, names_filter=names)
+    busiest = int(np.argmax((cache["blocks.0.mlp.hook_expert_weights"] > 0).sum(0)))
+    same = moe.run_with_interventions(tokens, disable_experts=[])
+    assert np.array_equal(same, base)
+    logits, off = moe.run_with_interventions(tokens, disable_experts=[(0, busiest)], names_filter=names)
+    assert np.all(off["blocks.0.mlp.hook_router"][:, busiest] == -np.inf)
+    weights = off["blocks.0.mlp.hook_expert_weights"]
+    assert np.all(weights[:, busiest] == 0) and np.allclose(weights.sum(-1), 1, atol=1e-6)
+    assert not np.allclose(logits, base)
+    with pytest.raises(Exception, match="expert 9"):
+        moe.run_with_interventions(tokens, disable_experts=[(0, 9)])
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma"])

@@ -28,9 +28,15 @@ class Engine:
         mask_mode: str = "uniform",
         add: Sequence[Tuple[str, bytes]] = ...,
         patch: Sequence[Tuple[str, bytes]] = ...,
+        disable_experts: Sequence[Tuple[int, int]] = ...,
     ) -> List[Tuple[str, List[int], List[int], bytearray]]: ...
     def generate(
-        self, tokens: Sequence[int], max_new_tokens: int, mask_heads: Sequence[Tuple[int, int]] = ..., mask_mode: str = "uniform"
+        self,
+        tokens: Sequence[int],
+        max_new_tokens: int,
+        mask_heads: Sequence[Tuple[int, int]] = ...,
+        mask_mode: str = "uniform",
+        disable_experts: Sequence[Tuple[int, int]] = ...,
     ) -> List[int]: ...
     def generate_grounded(
         self, tokens: Sequence[int], max_new_tokens: int, scores: str

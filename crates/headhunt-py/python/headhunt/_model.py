@@ -169,13 +169,17 @@ class HookedModel:
         names_filter: NamesFilter = None,
         positions: Optional[Sequence[int]] = None,
         prepend_bos: bool = True,
+        disable_experts: Iterable[Tuple[int, int]] = (),
     ):
         """The engine's interventions, applied in Rust (no Python in the forward pass):
         ``mask_heads=[(layer, head)]`` silenced as ``mask_mode`` says (``"uniform"``: the head
         attends uniformly, as the retrieval-head paper masks; ``"zero"``: its output is zeroed);
         ``add={name: vector}`` adds a ``[row]`` vector at every position; ``patch={name: array}``
-        replaces the hook's ``[pos, ...]`` rows (every position of the prompt). Returns the logits,
-        or ``(logits, cache)`` when ``names_filter`` is given."""
+        replaces the hook's ``[pos, ...]`` rows (every position of the prompt);
+        ``disable_experts=[(layer, expert)]`` keeps those experts of a Mixture-of-Experts layer out
+        of every token's choice (their router logits -inf before the top-k; ``mlp.hook_router``
+        records them so). Returns the logits, or ``(logits, cache)`` when ``names_filter`` is
+        given."""
         logits, cache = self._with_cache(
             text_or_tokens,
             self._select(names_filter) if names_filter is not None else [],
@@ -185,6 +189,7 @@ class HookedModel:
             mask_mode=mask_mode,
             add=[(_full_name(k), _f32_bytes(v)) for k, v in (add or {}).items()],
             patch=[(_full_name(k), _f32_bytes(v)) for k, v in (patch or {}).items()],
+            disable_experts=[(int(layer), int(expert)) for layer, expert in disable_experts],
         )
         return logits if names_filter is None else (logits, cache)
 
@@ -203,13 +208,15 @@ class HookedModel:
         chat: bool = False,
         mask_heads: Iterable[Tuple[int, int]] = (),
         mask_mode: str = "uniform",
+        disable_experts: Iterable[Tuple[int, int]] = (),
     ) -> str:
         """Greedy continuation of ``text`` (through the chat template with ``chat``), without
-        the prompt; stops at end-of-sequence. ``mask_heads`` are silenced throughout, as in
-        ``run_with_interventions``."""
+        the prompt; stops at end-of-sequence. ``mask_heads`` are silenced and
+        ``disable_experts`` never chosen throughout, as in ``run_with_interventions``."""
         tokens = self._engine.encode(text, True, chat)
         masks = [(int(layer), int(head)) for layer, head in mask_heads]
-        new = self._engine.generate(tokens, int(max_new_tokens), masks, mask_mode)
+        experts = [(int(layer), int(expert)) for layer, expert in disable_experts]
+        new = self._engine.generate(tokens, int(max_new_tokens), masks, mask_mode, experts)
         return self._engine.decode(new, True)
 
     def generate_grounded(self, text: str, scores, max_new_tokens: int = 64, chat: bool = False):
