@@ -545,27 +545,38 @@ TINY = {
 # The same models stored in 2-byte types, which headhunt keeps as they are: the reference runs in
 # float32 on the rounded weights (what headhunt computes).
 STORED = {"llama-bf16": ("llama-gqa", torch.bfloat16), "gpt2-f16": ("gpt2", torch.float16)}
-# Experts rounded to MXFP4 (how gpt-oss ships them), the rest float32: the checkpoint holds the
-# rounded values, its GGUF the MXFP4 blocks (quantised by gguf-py).
-MXFP4 = {"gptoss-mxfp4": "gptoss-gguf"}
+# Models whose matrices are rounded to a quant type (gguf-py's quantiser), the rest float32:
+# the checkpoint holds the rounded values, its GGUF the blocks. gpt-oss's experts in MXFP4, as
+# the Hub ships them; a Llama's and a Mixtral's block matrices (attention, MLP, experts; not the
+# embeddings, nor the router, which llama.cpp's quantiser keeps in F32) in Q8_0 and Q4_0.
+QUANTISED = {"gptoss-mxfp4": ("gptoss-gguf", "MXFP4"), "llama-q8_0": ("llama-gqa", "Q8_0"),
+             "mixtral-q4_0": ("mixtral-moe", "Q4_0")}
 
 
-def mxfp4(t: np.ndarray) -> np.ndarray:
-    """`t` [..., rows, cols] as MXFP4 blocks along `cols` (gguf-py's quantiser)."""
+def quantise(t: np.ndarray, qtype: str) -> np.ndarray:
+    """`t` [..., rows, cols] as `qtype` blocks along `cols` (gguf-py's quantiser)."""
     import gguf
-    return gguf.quants.quantize(np.ascontiguousarray(t, dtype=np.float32), gguf.GGMLQuantizationType.MXFP4)
+    return gguf.quants.quantize(np.ascontiguousarray(t, dtype=np.float32), gguf.GGMLQuantizationType[qtype])
 
 
-def round_experts_to_mxfp4(model):
-    """Each expert's matrices rounded to MXFP4 in llama.cpp's orientation ([out, in], blocks
-    along `in`); transformers keeps them as [in, out]."""
+def rounded(t: torch.Tensor, qtype: str) -> torch.Tensor:
+    """`t` [..., rows, cols] through `qtype` blocks along `cols` and back."""
     import gguf
-    back = lambda t: torch.from_numpy(gguf.quants.dequantize(mxfp4(t.transpose(1, 2).numpy()),
-                                                             gguf.GGMLQuantizationType.MXFP4)).transpose(1, 2)
+    return torch.from_numpy(gguf.quants.dequantize(quantise(t.numpy(), qtype), gguf.GGMLQuantizationType[qtype]))
+
+
+def round_matrices(model, qtype: str):
+    """The block matrices rounded in llama.cpp's orientation ([out, in], blocks along `in`):
+    nn.Linear weights as they are, gpt-oss's stacked [experts, in, out] experts transposed."""
     with torch.no_grad():
         for layer in model.model.layers:
-            for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
-                p.copy_(back(p.data.float()))
+            if model.config.model_type == "gpt_oss":
+                for p in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
+                    p.copy_(rounded(p.data.float().transpose(1, 2), qtype).transpose(1, 2))
+                continue
+            for name, p in layer.named_parameters():
+                if p.dim() >= 2 and not name.endswith(("block_sparse_moe.gate.weight", "mlp.gate.weight")):
+                    p.copy_(rounded(p.data.float(), qtype))
 
 
 def byte_alphabet() -> list[str]:
@@ -597,12 +608,12 @@ def llama3_rope_factors(cfg) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def write_gpt_oss_gguf(model, path: Path, experts_mxfp4: bool = False):
+def write_gpt_oss_gguf(model, path: Path, qtype: str = ""):
     """A gpt-oss checkpoint as llama.cpp's converter writes it (`GptOssModel` in
     convert_hf_to_gguf.py, unquantised experts): the MLP's input norm as `post_attention_norm`,
     the sinks as `attn_sinks.weight`, the experts' stacked `[experts, in, out]` tensors
     transposed and their interleaved gate and up split into `ffn_gate_exps` and `ffn_up_exps`,
-    every bias kept, F32 tensors (the experts as MXFP4 blocks with `experts_mxfp4`)."""
+    every bias kept, F32 tensors (the experts as `qtype` blocks where given)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -633,8 +644,8 @@ def write_gpt_oss_gguf(model, path: Path, experts_mxfp4: bool = False):
     w.add_token_merges(["a b"])
     sd = {k: v.astype(np.float32) for k, v in load_file(str(path.parent / "model.safetensors")).items()}
     put = lambda name, t: w.add_tensor(name, np.ascontiguousarray(t))
-    experts = ((lambda name, t: w.add_tensor(name, mxfp4(t), raw_dtype=gguf.GGMLQuantizationType.MXFP4))
-               if experts_mxfp4 else put)
+    experts = ((lambda name, t: w.add_tensor(name, quantise(t, qtype), raw_dtype=gguf.GGMLQuantizationType[qtype]))
+               if qtype else put)
     put("token_embd.weight", sd["model.embed_tokens.weight"])
     put("output_norm.weight", sd["model.norm.weight"])
     put("output.weight", sd["lm_head.weight"])
@@ -662,12 +673,13 @@ def write_gpt_oss_gguf(model, path: Path, experts_mxfp4: bool = False):
     w.close()
 
 
-def write_llama_gguf(model, path: Path):
+def write_llama_gguf(model, path: Path, qtype: str = ""):
     """A llama-family checkpoint (llama, qwen3, qwen3_moe, mixtral, gemma2) as llama.cpp's
     converter writes it: its tensor names and metadata keys, Llama's Q and K rows permuted to
     llama.cpp's interleaved rotary layout (the others' are not), Gemma's norm weights with the 1
     its norms add folded in, experts stacked in 3-D tensors, F32 tensors, and Llama 3 RoPE
-    scaling only as the `rope_freqs.weight` tensor. A byte-level vocabulary with one
+    scaling only as the `rope_freqs.weight` tensor; the blocks' matrices as `qtype` blocks where
+    given (quantised after the Q/K permutation, as llama.cpp's quantiser sees them). A byte-level vocabulary with one
     merge stands in for a tokenizer (the tests feed token ids; gguf-py writes no empty merge
     list, so byte 255's entry becomes the merge's result)."""
     import gguf
@@ -725,6 +737,13 @@ def write_llama_gguf(model, path: Path):
     w.add_token_list(byte_alphabet()[:255] + ["ab"])
     w.add_token_merges(["a b"])
 
+    def matrix(name, t):
+        # A block's matrix, in `qtype` blocks where asked.
+        if qtype and t.ndim >= 2:
+            w.add_tensor(name, quantise(t, qtype), raw_dtype=gguf.GGMLQuantizationType[qtype])
+        else:
+            w.add_tensor(name, np.ascontiguousarray(t))
+
     def permute(t, heads):
         # llama.cpp's convert_hf_to_gguf.py: each head's rotary halves interleaved row by row.
         return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
@@ -767,7 +786,7 @@ def write_llama_gguf(model, path: Path):
             w.add_tensor(f"blk.{l}.ffn_gate_inp.weight", sd[f"{p}.gate.weight"])
             for hf, ll in zip(parts, ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]):
                 stacked = np.stack([sd[f"{p}.experts.{e}.{hf}.weight"] for e in range(n_experts)])
-                w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(stacked))
+                matrix(f"blk.{l}.{ll}.weight", stacked)
             if arch == "qwen2moe":
                 # The shared expert, and its gate as one row of d_model (llama.cpp's `{n_embd}`).
                 w.add_tensor(f"blk.{l}.ffn_gate_inp_shexp.weight", sd[f"{p}.shared_expert_gate.weight"].reshape(-1))
@@ -781,7 +800,7 @@ def write_llama_gguf(model, path: Path):
                 t = permute(t, n_kv)
             if gemma and ll.endswith("norm"):
                 t = t + shift
-            w.add_tensor(f"blk.{l}.{ll}.weight", np.ascontiguousarray(t))
+            matrix(f"blk.{l}.{ll}.weight", t)
             if f"model.layers.{l}.{hf}.bias" in sd:
                 w.add_tensor(f"blk.{l}.{ll}.bias", sd[f"model.layers.{l}.{hf}.bias"])
     w.write_header_to_file()
@@ -812,29 +831,39 @@ def check_llama_gguf(model, path: Path, ids, logits):
 
 # Tiny models that are also written as GGUF files (`model.gguf` beside the safetensors).
 AS_GGUF = {"llama-gqa", "llama3-rope", "qwen3-qknorm", "mixtral-moe", "qwen3moe-moe", "gemma2-gguf", "phi3-fused",
-           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
-           "phi3-longrope", "qwen2moe-shared"}
+           "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4", "phi3-longrope", "qwen2moe-shared",
+           "llama-q8_0", "mixtral-q4_0"}
 # Files transformers' GGUF reader does not know (its families, YaRN in GGUF form): llama.cpp
 # reads those back instead.
 LLAMA_CPP_GGUF = {"mixtral-moe", "olmo2-postnorm", "olmoe-gguf", "qwen3-yarn", "gptoss-gguf", "gptoss-mxfp4",
-           "phi3-longrope", "qwen2moe-shared"}
+                  "phi3-longrope", "qwen2moe-shared"}
 
 
-def check_mxfp4_blocks(path: Path):
-    """Every MXFP4 tensor of the written GGUF, dequantised by gguf-py's reader, is exactly the
-    checkpoint's (rounded) expert weights in llama.cpp's orientation."""
+def check_expert_blocks(path: Path):
+    """Every quantised expert tensor of the written GGUF (`ffn_*_exps`), dequantised by gguf-py's
+    reader, is exactly the checkpoint's (rounded) expert weights in llama.cpp's orientation:
+    the file holds the checkpoint, whatever llama.cpp's own arithmetic makes of it."""
     import gguf
     from safetensors.numpy import load_file
     sd = load_file(str(path.parent / "model.safetensors"))
+    checked = 0
     for t in gguf.GGUFReader(str(path)).tensors:
-        if t.tensor_type != gguf.GGMLQuantizationType.MXFP4:
+        if t.tensor_type == gguf.GGMLQuantizationType.F32 or "_exps" not in t.name:
             continue
         l, part = int(t.name.split(".")[1]), t.name.split(".")[2]
-        gate_up = sd[f"model.layers.{l}.mlp.experts.gate_up_proj"].swapaxes(1, 2)
-        want = {"ffn_gate_exps": gate_up[:, ::2], "ffn_up_exps": gate_up[:, 1::2],
-                "ffn_down_exps": sd[f"model.layers.{l}.mlp.experts.down_proj"].swapaxes(1, 2)}[part]
+        if f"model.layers.{l}.mlp.experts.gate_up_proj" in sd:  # gpt-oss: [experts, in, out], gate and up interleaved
+            gate_up = sd[f"model.layers.{l}.mlp.experts.gate_up_proj"].swapaxes(1, 2)
+            want = {"ffn_gate_exps": gate_up[:, ::2], "ffn_up_exps": gate_up[:, 1::2],
+                    "ffn_down_exps": sd[f"model.layers.{l}.mlp.experts.down_proj"].swapaxes(1, 2)}[part]
+        else:  # Mixtral: one tensor per expert
+            w = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}[part]
+            keys = sorted((k for k in sd if k.startswith(f"model.layers.{l}.block_sparse_moe.experts.") and k.endswith(f".{w}.weight")),
+                          key=lambda k: int(k.split(".")[5]))
+            want = np.stack([sd[k] for k in keys])
         got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
         assert np.array_equal(got, want), f"{path}: {t.name} does not hold the checkpoint's values"
+        checked += 1
+    assert checked, f"{path}: no quantised expert tensors"
 
 
 def check_gguf_with_llama_cpp(path: Path, ids, logits, quantised: bool = False):
@@ -976,15 +1005,16 @@ def internals(model, ids) -> dict:
 
 
 def tiny_models(out_dir: Path):
-    for name in [*TINY, *STORED, *MXFP4]:
-        base, dtype = STORED.get(name, (MXFP4.get(name, name), None))
+    for name in [*TINY, *STORED, *QUANTISED]:
+        base, dtype = STORED.get(name, (QUANTISED.get(name, (name,))[0], None))
+        qtype = QUANTISED.get(name, ("", ""))[1]
         torch.manual_seed(0)
         model = TINY[base]()
         model.config._attn_implementation = "eager"
         perturb(model, 0.1)
         model.eval()
-        if name in MXFP4:
-            round_experts_to_mxfp4(model)
+        if qtype:
+            round_matrices(model, qtype)
         # Parameters only: buffers such as the rotary frequencies stay float32, as headhunt computes them.
         for p in model.parameters():
             p.data = p.data.to(dtype or torch.float32)
@@ -997,19 +1027,22 @@ def tiny_models(out_dir: Path):
         moe = moe_internals(model, ids)
         if name in AS_GGUF:
             if model.config.model_type == "gpt_oss":
-                write_gpt_oss_gguf(model, d / "model.gguf", experts_mxfp4=name in MXFP4)
+                write_gpt_oss_gguf(model, d / "model.gguf", qtype)
             else:
-                write_llama_gguf(model, d / "model.gguf")
-            if name in MXFP4:
-                check_mxfp4_blocks(d / "model.gguf")
+                write_llama_gguf(model, d / "model.gguf", qtype)
+            experts_in_blocks = bool(qtype) and bool(getattr(model.config, "num_local_experts", None))
+            if experts_in_blocks:
+                check_expert_blocks(d / "model.gguf")
             if name in LLAMA_CPP_GGUF:
-                check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits, quantised=name in MXFP4)
-            else:
+                check_gguf_with_llama_cpp(d / "model.gguf", ids, out.logits, quantised=bool(qtype))
+            elif not experts_in_blocks:
+                # (A quantised Mixtral: transformers' reader lacks the family, and llama.cpp's
+                # int8 products flip experts near ties; its blocks are checked above.)
                 check_llama_gguf(model, d / "model.gguf", ids, out.logits)
         # LongRoPE takes its short factors while a forward call stays within the original
         # context: the first 12 tokens alone show them.
         short = ({"logits_short": model(ids[:, :12]).logits[0].float().numpy()}
-                 if model.config.rope_parameters.get("rope_type") == "longrope" else {})
+                 if (getattr(model.config, "rope_parameters", None) or {}).get("rope_type") == "longrope" else {})
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(), **short,
                  attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids), **moe)
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)

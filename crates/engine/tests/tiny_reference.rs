@@ -500,3 +500,24 @@ fn qwen2_moe_with_a_shared_expert() {
         check_file("qwen2moe-shared", file);
     }
 }
+
+/// Whole files in llama.cpp's quant types, the way its quantiser leaves them: a Llama's block
+/// matrices in Q8_0 (its Q/K rows permuted before quantising; transformers' GGUF reader gives
+/// the checkpoint's logits back within 1e-5) and a Mixtral's in Q4_0 (experts stacked in 3-D
+/// quant tensors, each expert a slice of the file; router in F32, as llama.cpp keeps it;
+/// gguf-py finds the checkpoint's values in the expert blocks exactly). The checkpoints hold
+/// the same values rounded: the exact products on the blocks give transformers' numbers.
+#[test]
+fn whole_files_in_q8_0_and_q4_0() {
+    use headhunt_engine::gguf::GgmlType;
+    for (name, dtype) in [("llama-q8_0", GgmlType::Q8_0), ("mixtral-q4_0", GgmlType::Q4_0)] {
+        let model = Model::load(&reference_dir().join("tiny").join(name).join("model.gguf")).unwrap();
+        let down = match &model.weights.blocks[1].mlp {
+            headhunt_engine::weights::Mlp::Dense(e) => &e.down,
+            headhunt_engine::weights::Mlp::Experts { experts, .. } => &experts[3].down,
+        };
+        assert_eq!(down.w.dtypes(), [dtype], "{name}: the matrices stay in their blocks");
+        check(name);
+        check_file(name, "model.gguf");
+    }
+}
