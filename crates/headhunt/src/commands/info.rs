@@ -42,10 +42,12 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
     );
     let experts = c.moe.map_or(String::new(), |m| {
         format!(
-            "; Mixture of Experts: {} of {} experts per token{}",
+            "; Mixture of Experts: {} of {} experts per token{}{}",
             m.per_token,
             m.experts,
-            if m.normalize { ", weights renormalised" } else { "" }
+            if m.normalize { ", weights renormalised" } else { "" },
+            m.shared
+                .map_or(String::new(), |w| format!(", and a shared expert {w} wide behind a sigmoid gate"))
         )
     });
     row(
