@@ -608,6 +608,55 @@ def llama3_rope_factors(cfg) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
+# A byte-level vocabulary for gpt-oss's files, whose tokenizer splits text as OpenAI's o200k
+# does (llama.cpp's `gpt-4o` pre-tokenizer): bytes 0-199 as themselves, and 56 tokens built by
+# these merges in rank order, whose results cross the boundaries o200k draws and GPT-2's does
+# not (a lower-case run after capitals, digits in threes, a contraction kept on its word,
+# punctuation with the line breaks and slashes after it).
+O200K_MERGES = [("H", "e"), ("He", "l"), ("Hel", "l"), ("Hell", "o"), ("o", "W"), ("W", "o"), ("Wo", "r"), ("Wor", "l"),
+                ("Worl", "d"), ("1", "2"), ("12", "3"), ("3", "4"), ("4", "5"), (" ", "1"), ("t", "'"), ("t'", "s"),
+                ("i", "t"), ("'", "s"), ("it", "'s"), (".", "\n"), ("/", "\n"), (" ", "t"), (" t", "h"), (" th", "e"),
+                ("\n", "\n"), (" ", " "), ("  ", " "), ("A", "B"), ("AB", "C"), ("ABC", "d"), ("C", "d"), ("e", "r"),
+                (" ", "a"), ("a", "/"), ("a/", "b"), ("/", "b"), ("7", "8"), ("78", "9"), ("9", "0"), (" ", "("),
+                ("(", "x"), ("x", ")"), (")", "."), ("o", "n"), (" ", "o"), (" o", "n"), ("'", "l"), ("'l", "l"),
+                ("I", "'"), ("l", "l"), ("I'", "ll"), ("D", "o"), ("Do", "n"), ("n", "'"), ("n'", "t"), ("Do", "n't")]
+O200K_TEXTS = ["HelloWorld it's 1234567 the ABCd.\nWorld/\n", "I'll go on a/b (x). Don't  789012  words\n\nHello",
+               "HELLOworld 45 12345 it's/ the  the"]
+
+
+def o200k_vocabulary():
+    """The tokens (byte-alphabet spellings), their merges, and tiktoken's own tokenization of
+    `O200K_TEXTS` with the same ranks and OpenAI's o200k split (the pattern as tiktoken defines
+    it; its rank file is not fetched: the ranks here are these 256)."""
+    import tiktoken
+    import tiktoken_ext.openai_public as openai_public
+
+    unescape = lambda s: s.encode().decode("unicode_escape").encode("latin-1")
+    ranks = {bytes([b]): b for b in range(200)}
+    for a, b in O200K_MERGES:
+        merged = unescape(a) + unescape(b)
+        assert unescape(a) in ranks and unescape(b) in ranks and merged not in ranks, (a, b)
+        ranks[merged] = len(ranks)
+    assert len(ranks) == 256
+    loader = openai_public.load_tiktoken_bpe
+    openai_public.load_tiktoken_bpe = lambda *a, **kw: ranks
+    try:
+        spec = openai_public.o200k_base()
+    finally:
+        openai_public.load_tiktoken_bpe = loader
+    enc = tiktoken.Encoding("o200k-tiny", pat_str=spec["pat_str"], mergeable_ranks=ranks, special_tokens={})
+    alphabet = byte_alphabet()
+    spell = lambda bs: "".join(alphabet[x] for x in bs)
+    tokens = [spell(t) for t, _ in sorted(ranks.items(), key=lambda kv: kv[1])]
+    # As tiktoken vocabularies are converted for llama.cpp: every split of each token into two
+    # tokens is a merge, in the token's rank order (tiktoken merges whichever adjacent pair makes
+    # the lowest-ranked token, however it was first built).
+    merges = [f"{spell(t[:i])} {spell(t[i:])}" for t, r in sorted(ranks.items(), key=lambda kv: kv[1])
+              for i in range(1, len(t)) if r >= 200 and t[:i] in ranks and t[i:] in ranks]
+    texts = [unescape(t).decode() for t in O200K_TEXTS]
+    return tokens, merges, [{"text": t, "ids": enc.encode(t)} for t in texts]
+
+
 def write_gpt_oss_gguf(model, path: Path, qtype: str = ""):
     """A gpt-oss checkpoint as llama.cpp's converter writes it (`GptOssModel` in
     convert_hf_to_gguf.py, unquantised experts): the MLP's input norm as `post_attention_norm`,
@@ -639,9 +688,12 @@ def write_gpt_oss_gguf(model, path: Path, qtype: str = ""):
     w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
     w.add_rope_scaling_factor(rope["factor"])
     w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    tokens, merges, tokenized = o200k_vocabulary()
     w.add_tokenizer_model("gpt2")
-    w.add_token_list(byte_alphabet()[:255] + ["ab"])
-    w.add_token_merges(["a b"])
+    w.add_tokenizer_pre("gpt-4o")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    (path.parent / "tokenized.json").write_text(json.dumps(tokenized, indent=1))
     sd = {k: v.astype(np.float32) for k, v in load_file(str(path.parent / "model.safetensors")).items()}
     put = lambda name, t: w.add_tensor(name, np.ascontiguousarray(t))
     experts = ((lambda name, t: w.add_tensor(name, quantise(t, qtype), raw_dtype=gguf.GGMLQuantizationType[qtype]))
@@ -881,6 +933,12 @@ def check_gguf_with_llama_cpp(path: Path, ids, logits, quantised: bool = False):
     llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
     llm.eval(ids[0].tolist())
     got = np.array(llm.scores[: ids.shape[1]])
+    # Where the file carries a tokenization of tiktoken's (gpt-oss's o200k split), llama.cpp's
+    # tokenizer must give the same ids.
+    tokenized = path.parent / "tokenized.json"
+    for case in json.loads(tokenized.read_text()) if tokenized.exists() else []:
+        ids_back = llm.tokenize(case["text"].encode(), add_bos=False, special=False)
+        assert ids_back == case["ids"], f"{path}: llama.cpp tokenizes {case['text']!r} as {ids_back}, tiktoken as {case['ids']}"
     want = logits[0].float().numpy()
     diff = float(np.abs(got - want).max())
     assert diff < (0.1 if quantised else 1e-4), f"{path}: llama.cpp reads it back {diff} away from the checkpoint"

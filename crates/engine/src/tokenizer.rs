@@ -80,13 +80,21 @@ fn pre_split_regex(pre: &str) -> Result<Option<&'static str>> {
     const LLAMA3: &str =
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    // OpenAI's o200k split (gpt-oss, Phi-4-mini): a capitalised word or a lower-case run keeps
+    // its contraction, digits go in threes, punctuation takes the line breaks and slashes after it.
+    const GPT4O: &str = concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
     Ok(match pre {
         "default" | "gpt2" | "gpt-2" | "smollm" | "starcoder" | "refact" | "olmo" | "mpt" => None,
         "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => Some(LLAMA3),
         "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
+        "gpt-4o" | "gpt4o" => Some(GPT4O),
         other => {
             return Err(Error::Tokenizer(format!(
-                "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, starcoder, llama-bpe, qwen2)"
+                "pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, starcoder, llama-bpe, qwen2, gpt-4o)"
             )))
         }
     })

@@ -448,6 +448,23 @@ fn gpt_oss_as_gguf() {
     check_file("gptoss-gguf", "model.gguf");
 }
 
+/// gpt-oss's tokenizer splits text as OpenAI's o200k does (`tokenizer.ggml.pre = gpt-4o`): on a
+/// vocabulary whose merges cross the boundaries that split draws and GPT-2's does not, the ids
+/// are tiktoken's own (reference/make_reference.py; llama.cpp's tokenizer gives them too).
+#[test]
+fn gpt_oss_tokenizes_as_tiktoken() {
+    let dir = reference_dir().join("tiny/gptoss-gguf");
+    let model = Model::load(&dir.join("model.gguf")).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenized.json")).unwrap()).unwrap();
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text, false).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want, false).unwrap(), text);
+    }
+}
+
 /// gpt-oss's experts as the Hub ships them, in MXFP4 blocks (the checkpoint holds the same
 /// values rounded; gguf-py's reader finds them in the file's blocks exactly): the exact products
 /// on the blocks give transformers' logits on the rounded weights.
