@@ -164,8 +164,12 @@ pub fn mitigation(model: &Model, task: &Task, shots: usize) -> Result<Vec<Mitiga
         ("(a) + (b)", both),
     ];
     let mut rows = Vec::new();
+    let bar = crate::runner::progress::bar((conditions.len() * eval_prompts.len()) as u64, "evaluating");
     for (label, interventions) in &conditions {
-        let (p, acc) = evaluate(model, &eval_prompts, |_| interventions.clone())?;
+        let (p, acc) = evaluate(model, &eval_prompts, |_| {
+            bar.inc(1);
+            interventions.clone()
+        })?;
         rows.push(MitigationRow {
             task: task.name.clone(),
             shots,
@@ -179,5 +183,6 @@ pub fn mitigation(model: &Model, task: &Task, shots: usize) -> Result<Vec<Mitiga
             intercept_r2: f.r2,
         });
     }
+    bar.finish_and_clear();
     Ok(rows)
 }
