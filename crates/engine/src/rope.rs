@@ -107,6 +107,11 @@ impl RopeTable {
         self
     }
 
+    /// LongRoPE: the number of positions past which a forward call takes the long set.
+    pub fn long_set_after(&self) -> Option<usize> {
+        self.long.as_ref().map(|(_, original)| *original)
+    }
+
     /// Cosines and sines for positions `p0..p0 + n`: computed per forward call, so memory
     /// never scales with the model's context length.
     pub fn at_positions(&self, p0: usize, n: usize) -> RopeAngles {

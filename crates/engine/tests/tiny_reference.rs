@@ -501,6 +501,13 @@ fn phi3_with_long_rope_on_part_of_each_head() {
         run.prefill(&ids[..12]).unwrap();
         let d = max_abs_diff(&run.recording.get(HookPoint::Logits).unwrap().data, &exp["logits_short"].as_f32());
         assert!(d < 1e-4, "phi3-longrope {file}: the short factors' logits differ by {d}");
+        // Keys cached by the 12-token call were rotated with the short set: continuing them to
+        // 40 tokens is not the 40-token prompt, and the model says so (prefix sharing starts over).
+        assert_eq!(model.long_rope_after(), Some(16));
+        assert!(model.same_rotary_set(12, 16) && model.same_rotary_set(17, 40) && !model.same_rotary_set(12, 40));
+        let continued = run.prefill(&ids[12..]).unwrap();
+        let whole = &exp["logits"].as_f32()[39 * 256..];
+        assert!(max_abs_diff(&continued, whole) > 1e-2, "the sets differ enough to show");
     }
 }
 

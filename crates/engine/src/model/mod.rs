@@ -187,6 +187,20 @@ impl Model {
         }
     }
 
+    /// LongRoPE's switch: a forward call that reaches past this many positions rotates with the
+    /// long factors, one within it with the short ones (transformers' rule). Keys cached by a
+    /// call on one side do not belong to a prompt on the other: runs that continue a cached
+    /// prefix check [`Model::same_rotary_set`]. `None` where every call rotates alike.
+    pub fn long_rope_after(&self) -> Option<usize> {
+        self.rope_tables.iter().find_map(RopeTable::long_set_after)
+    }
+
+    /// Whether forward calls ending at positions `a` and `b` rotate with the same frequencies
+    /// (always, except across LongRoPE's switch).
+    pub fn same_rotary_set(&self, a: usize, b: usize) -> bool {
+        self.long_rope_after().is_none_or(|o| (a > o) == (b > o))
+    }
+
     /// The instruction-set level of the weight kernels.
     pub fn isa(&self) -> Isa {
         self.isa

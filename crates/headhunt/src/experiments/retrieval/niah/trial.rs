@@ -478,7 +478,14 @@ impl<'m> PrefixCache<'m> {
             }
             None => start_run(model, prefill, true, self.capacity, true)?,
         };
-        run.truncate(common_prefix(run.tokens(), prompt).min(prompt.len() - 1))?;
+        // Keys cached for a prompt on the other side of LongRoPE's switch were rotated with the
+        // other factors: such a prompt starts over.
+        let shared = if model.same_rotary_set(run.tokens().len(), prompt.len()) {
+            common_prefix(run.tokens(), prompt)
+        } else {
+            0
+        };
+        run.truncate(shared.min(prompt.len() - 1))?;
         // The first condition continues from the cache; the others reuse the whole prompt.
         self.reused += run.position() + (conditions.len().max(1) - 1) * prompt.len();
         self.prompt_tokens += conditions.len() * prompt.len();
