@@ -611,8 +611,13 @@ fn hf_opt_block(l: usize, part: BlockPart) -> Vec<String> {
 }
 
 impl Naming {
-    fn gguf(arch: &str) -> Self {
-        Naming {
+    /// llama.cpp's names for a family the config reader knows (any other is refused, never
+    /// read with another family's names).
+    fn gguf(arch: &str) -> Result<Self> {
+        if !crate::config::GGUF_ARCHITECTURES.contains(&arch) {
+            return Err(Error::UnsupportedArchitecture(arch.to_owned()));
+        }
+        Ok(Naming {
             embed: vec!["token_embd".into()],
             pos_embed: vec![],
             final_norm: vec!["output_norm".into()],
@@ -627,10 +632,12 @@ impl Naming {
             norm_offset: 0.0,
             rope_freqs: vec!["rope_freqs".into()],
             stacked: StackedLayout::Gguf,
-        }
+        })
     }
 
-    fn hf(arch: &str) -> Self {
+    /// transformers' names for a family the config reader knows (the llama family's for the
+    /// many that share them; any other is refused).
+    fn hf(arch: &str) -> Result<Self> {
         let llama_like = |block: fn(usize, BlockPart) -> Vec<String>, norm_offset| Naming {
             embed: names(&["model.", "model.language_model.", ""], "embed_tokens"),
             pos_embed: vec![],
@@ -643,7 +650,7 @@ impl Naming {
             rope_freqs: vec![],
             stacked: StackedLayout::Transformers,
         };
-        match arch {
+        Ok(match arch {
             "gemma2" | "gemma3" => llama_like(hf_gemma_block, 1.0),
             "gpt2" => Naming {
                 embed: names(&["transformer.", ""], "wte"),
@@ -669,8 +676,9 @@ impl Naming {
                 rope_freqs: vec![],
                 stacked: StackedLayout::Transformers,
             },
-            _ => llama_like(hf_llama_block, 0.0),
-        }
+            t if crate::config::HF_MODEL_TYPES.contains(&t) => llama_like(hf_llama_block, 0.0),
+            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+        })
     }
 }
 
@@ -1112,7 +1120,7 @@ fn unpermute_rope_rows(lin: &mut Linear, n_heads: usize, d_head: usize) {
 pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: file,
-        naming: Naming::gguf(&config.architecture),
+        naming: Naming::gguf(&config.architecture)?,
         config,
         isa,
         used: RefCell::default(),
@@ -1124,7 +1132,7 @@ pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Resu
 pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: dir,
-        naming: Naming::hf(&config.architecture),
+        naming: Naming::hf(&config.architecture)?,
         config,
         isa,
         used: RefCell::default(),
