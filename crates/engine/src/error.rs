@@ -22,8 +22,8 @@ pub enum Error {
 
     #[error(
         "unsupported architecture `{0}` (headhunt reads GGUF files of {gguf} and Hugging Face model types {hf})",
-        gguf = crate::config::GGUF_ARCHITECTURES.join(", "),
-        hf = crate::config::HF_MODEL_TYPES.join(", ")
+        gguf = crate::config::Family::gguf_architectures().join(", "),
+        hf = crate::config::Family::hf_model_types().join(", ")
     )]
     UnsupportedArchitecture(String),
 

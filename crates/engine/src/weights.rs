@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{LongRopeFactors, ModelConfig, PositionEncoding, QkNorm, RopeScaling};
+use crate::config::{Family, GgufNames, HfNames, LongRopeFactors, ModelConfig, PositionEncoding, QkNorm, RopeScaling};
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
@@ -611,33 +611,28 @@ fn hf_opt_block(l: usize, part: BlockPart) -> Vec<String> {
 }
 
 impl Naming {
-    /// llama.cpp's names for a family the config reader knows (any other is refused, never
-    /// read with another family's names).
-    fn gguf(arch: &str) -> Result<Self> {
-        if !crate::config::GGUF_ARCHITECTURES.contains(&arch) {
-            return Err(Error::UnsupportedArchitecture(arch.to_owned()));
-        }
-        Ok(Naming {
+    /// llama.cpp's names for a family.
+    fn gguf(family: &Family) -> Self {
+        Naming {
             embed: vec!["token_embd".into()],
             pos_embed: vec![],
             final_norm: vec!["output_norm".into()],
             unembed: vec!["output".into()],
-            block: match arch {
-                "phi3" => gguf_phi3_block,
-                "gpt-oss" => gguf_gpt_oss_block,
-                _ => gguf_block,
+            block: match family.gguf_names {
+                GgufNames::Standard => gguf_block,
+                GgufNames::Phi3 => gguf_phi3_block,
+                GgufNames::GptOss => gguf_gpt_oss_block,
             },
             transposed_linears: false,
-            interleaved_rope_rows: arch == "llama" || arch == "mistral",
+            interleaved_rope_rows: family.gguf_interleaved_rope,
             norm_offset: 0.0,
             rope_freqs: vec!["rope_freqs".into()],
             stacked: StackedLayout::Gguf,
-        })
+        }
     }
 
-    /// transformers' names for a family the config reader knows (the llama family's for the
-    /// many that share them; any other is refused).
-    fn hf(arch: &str) -> Result<Self> {
+    /// transformers' names for a family.
+    fn hf(family: &Family) -> Self {
         let llama_like = |block: fn(usize, BlockPart) -> Vec<String>, norm_offset| Naming {
             embed: names(&["model.", "model.language_model.", ""], "embed_tokens"),
             pos_embed: vec![],
@@ -650,9 +645,10 @@ impl Naming {
             rope_freqs: vec![],
             stacked: StackedLayout::Transformers,
         };
-        Ok(match arch {
-            "gemma2" | "gemma3" => llama_like(hf_gemma_block, 1.0),
-            "gpt2" => Naming {
+        match family.hf_names {
+            HfNames::Llama => llama_like(hf_llama_block, 0.0),
+            HfNames::Gemma => llama_like(hf_gemma_block, 1.0),
+            HfNames::Gpt2 => Naming {
                 embed: names(&["transformer.", ""], "wte"),
                 pos_embed: names(&["transformer.", ""], "wpe"),
                 final_norm: names(&["transformer.", ""], "ln_f"),
@@ -664,7 +660,7 @@ impl Naming {
                 rope_freqs: vec![],
                 stacked: StackedLayout::Transformers,
             },
-            "opt" => Naming {
+            HfNames::Opt => Naming {
                 embed: names(&["model.decoder.", "decoder.", ""], "embed_tokens"),
                 pos_embed: names(&["model.decoder.", "decoder.", ""], "embed_positions"),
                 final_norm: names(&["model.decoder.", "decoder.", ""], "final_layer_norm"),
@@ -676,9 +672,7 @@ impl Naming {
                 rope_freqs: vec![],
                 stacked: StackedLayout::Transformers,
             },
-            t if crate::config::HF_MODEL_TYPES.contains(&t) => llama_like(hf_llama_block, 0.0),
-            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
-        })
+        }
     }
 }
 
@@ -1120,7 +1114,7 @@ fn unpermute_rope_rows(lin: &mut Linear, n_heads: usize, d_head: usize) {
 pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: file,
-        naming: Naming::gguf(&config.architecture)?,
+        naming: Naming::gguf(config.family),
         config,
         isa,
         used: RefCell::default(),
@@ -1132,7 +1126,7 @@ pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Resu
 pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: Isa) -> Result<Weights> {
     Loader {
         src: dir,
-        naming: Naming::hf(&config.architecture)?,
+        naming: Naming::hf(config.family),
         config,
         isa,
         used: RefCell::default(),

@@ -16,6 +16,8 @@ impl ModelConfig {
         let f32_of = |k: &str| -> Option<f32> { file.meta(&key(k)).and_then(|v| v.as_f64()).map(|v| v as f32) };
         let require = |k: &str| usize_of(k).ok_or_else(|| Error::Config(format!("missing {}", key(k))));
 
+        let stated_experts = usize_of("expert_count").filter(|&n| n > 0);
+        let family = Family::from_gguf(&arch, stated_experts.is_some())?;
         let n_layers = layer_count(require("block_count")?)?;
         let d_model = require("embedding_length")?;
         let n_heads = require("attention.head_count")?;
@@ -23,10 +25,7 @@ impl ModelConfig {
         let d_head = usize_of("attention.key_length").unwrap_or(d_model / n_heads.max(1));
         // A Mixture-of-Experts MLP's width is each expert's (every layer of a Qwen3-MoE file
         // is one, as llama.cpp builds it).
-        let d_mlp = match arch.as_str() {
-            "qwen3moe" | "qwen2moe" | "gpt-oss" => require("expert_feed_forward_length")?,
-            _ => require("feed_forward_length")?,
-        };
+        let d_mlp = require(family.experts.map_or("feed_forward_length", |e| e.gguf_width))?;
         let context_length = require("context_length")?;
         let vocab_size = match usize_of("vocab_size") {
             Some(v) => v,
@@ -92,12 +91,10 @@ impl ModelConfig {
             }
         };
         let rotary_dim = usize_of("rope.dimension_count").unwrap_or(d_head);
-        let tied = file.tensor_info("output.weight").is_none();
-        // llama.cpp writes Mixtral as `llama` with experts; its Mixtral and Qwen3-MoE graphs
-        // renormalise the router's weights over the chosen experts, as those models do, and its
-        // OLMoE graph does not.
-        let moe = match usize_of("expert_count").filter(|&n| n > 0) {
-            Some(experts) if matches!(arch.as_str(), "llama" | "qwen3moe" | "qwen2moe" | "olmoe" | "gpt-oss") => {
+        // A family without experts that states some is refused by `check_gguf_keys`.
+        let moe = match (family.experts, stated_experts) {
+            (None, _) => None,
+            (Some(e), Some(experts)) => {
                 let per_token = require("expert_used_count")?;
                 if per_token == 0 || per_token > experts {
                     return Err(Error::Config(format!("{per_token} experts per token out of {experts}")));
@@ -106,65 +103,33 @@ impl ModelConfig {
                     experts,
                     per_token,
                     // As llama.cpp's graphs weigh the chosen experts.
-                    normalize: !matches!(arch.as_str(), "olmoe" | "qwen2moe"),
-                    shared: usize_of("expert_shared_feed_forward_length").filter(|_| arch == "qwen2moe"),
+                    normalize: e.gguf,
+                    shared: usize_of("expert_shared_feed_forward_length").filter(|_| e.shared),
                 })
             }
-            _ if matches!(arch.as_str(), "qwen3moe" | "qwen2moe" | "olmoe" | "gpt-oss") => {
-                return Err(Error::Config(format!("missing {}", key("expert_count"))))
-            }
-            _ => None,
+            (Some(_), None) => return Err(Error::Config(format!("missing {}", key("expert_count")))),
         };
 
-        check_gguf_keys(file, &arch, d_head)?;
-        let config = match arch.as_str() {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "qwen3moe" | "qwen2moe" | "phi3" | "olmo2" | "olmoe" | "gpt-oss" => {
+        check_gguf_keys(file, family, &arch, d_head)?;
+        let rms_eps = |default: f32| f32_of("attention.layer_norm_rms_epsilon").unwrap_or(default);
+        let (norm_eps, activation, attn_scale, layers) = match family.body {
+            Body::Rotary => {
                 let window = usize_of("attention.sliding_window");
-                ModelConfig {
-                    architecture: arch.clone(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads,
-                    d_head,
-                    d_mlp,
-                    vocab_size,
-                    context_length,
-                    norm: NormKind::RmsNorm,
-                    norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-                    activation: if arch == "gpt-oss" { SWIGLU_OAI } else { Activation::Silu },
-                    gated_mlp: true,
-                    positions: PositionEncoding::Rotary,
-                    attn_scale: (d_head as f32).powf(-0.5),
-                    embed_scale: 1.0,
-                    qk_norm: match arch.as_str() {
-                        "qwen3" | "qwen3moe" => QkNorm::PerHead,
-                        "olmo2" | "olmoe" => QkNorm::Whole,
-                        _ => QkNorm::None,
-                    },
-                    norms: if arch == "olmo2" { NormPlacement::Post } else { NormPlacement::Pre },
-                    attn_logit_softcap: None,
-                    final_logit_softcap: None,
-                    tied_embeddings: tied,
-                    moe,
-                    attn_sinks: arch == "gpt-oss",
-                    rotary_dim,
-                    long_rope: None,
-                    layers: (0..n_layers)
-                        .map(|l| LayerSpec {
-                            // gpt-oss alternates windowed and full layers, the first windowed.
-                            window: window.filter(|_| arch != "gpt-oss" || l % 2 == 0),
-                            rope_base,
-                            rope_scaling,
-                        })
-                        .collect(),
-                }
+                let layers = (0..n_layers)
+                    .map(|l| LayerSpec {
+                        window: window.filter(|_| family.gguf_window == GgufWindow::Every || l % 2 == 0),
+                        rope_base,
+                        rope_scaling,
+                    })
+                    .collect();
+                let activation = if family.swiglu_oai { SWIGLU_OAI } else { Activation::Silu };
+                (rms_eps(1e-5), activation, (d_head as f32).powf(-0.5), layers)
             }
-            "gemma2" | "gemma3" => {
+            Body::Gemma2 | Body::Gemma3 => {
                 // Keys this GGUF writer leaves out take the reference implementation's defaults
                 // (transformers' Gemma3TextConfig): local RoPE base 10k, one global layer in six.
                 // Gemma 2 alternates local and global layers, one RoPE base for both.
-                let gemma2 = arch == "gemma2";
+                let gemma2 = family.body == Body::Gemma2;
                 let window = usize_of("attention.sliding_window").unwrap_or(4096);
                 let pattern = if gemma2 {
                     2
@@ -178,18 +143,11 @@ impl ModelConfig {
                 };
                 let layers = (0..n_layers)
                     .map(|l| {
-                        if (l + 1) % pattern == 0 {
-                            LayerSpec {
-                                window: None,
-                                rope_base,
-                                rope_scaling,
-                            }
-                        } else {
-                            LayerSpec {
-                                window: Some(window),
-                                rope_base: local_base,
-                                rope_scaling: None,
-                            }
+                        let global = (l + 1) % pattern == 0;
+                        LayerSpec {
+                            window: (!global).then_some(window),
+                            rope_base: if global { rope_base } else { local_base },
+                            rope_scaling: rope_scaling.filter(|_| global),
                         }
                     })
                     .collect();
@@ -200,38 +158,31 @@ impl ModelConfig {
                     None if gemma2 && n_layers == 46 => (d_model / n_heads) as f32,
                     None => d_head as f32,
                 };
-                ModelConfig {
-                    architecture: arch.clone(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads,
-                    d_head,
-                    d_mlp,
-                    vocab_size,
-                    context_length,
-                    norm: NormKind::RmsNorm,
-                    norm_eps: f32_of("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-                    activation: Activation::GeluTanh,
-                    gated_mlp: true,
-                    positions: PositionEncoding::Rotary,
-                    attn_scale: query_scalar.powf(-0.5),
-                    embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: if gemma2 { QkNorm::None } else { QkNorm::PerHead },
-                    norms: NormPlacement::Sandwich,
-                    attn_logit_softcap: f32_of("attn_logit_softcapping"),
-                    final_logit_softcap: f32_of("final_logit_softcapping"),
-                    tied_embeddings: tied,
-                    moe: None,
-                    attn_sinks: false,
-                    rotary_dim: d_head,
-                    long_rope: None,
-                    layers,
-                }
+                (rms_eps(1e-6), Activation::GeluTanh, query_scalar.powf(-0.5), layers)
             }
-            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+            Body::Gpt2 | Body::Opt => return Err(Error::UnsupportedArchitecture(arch.clone())),
         };
-        config.validate()
+        family.config(Stated {
+            architecture: arch.clone(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            d_mlp,
+            vocab_size,
+            context_length,
+            norm_eps,
+            activation,
+            attn_scale,
+            attn_logit_softcap: f32_of("attn_logit_softcapping"),
+            final_logit_softcap: f32_of("final_logit_softcapping"),
+            tied_embeddings: file.tensor_info("output.weight").is_none(),
+            moe,
+            rotary_dim,
+            long_rope: None,
+            layers,
+        })
     }
 }
 
@@ -251,19 +202,6 @@ const GGUF_KEYS_READ: &[&str] = &[
     "attention.layer_norm_rms_epsilon",
     "attention.sliding_window",
 ];
-const GGUF_GEMMA2_KEYS_READ: &[&str] = &[
-    "attention.query_pre_attn_scalar",
-    "attn_logit_softcapping",
-    "final_logit_softcapping",
-];
-const GGUF_GEMMA3_KEYS_READ: &[&str] = &[
-    "attention.sliding_window_pattern",
-    "rope.local.freq_base",
-    "attention.query_pre_attn_scalar",
-    "attn_logit_softcapping",
-    "final_logit_softcapping",
-];
-
 /// The YaRN keys the reader uses when the scaling is YaRN (elsewhere the original context length
 /// is informational and an attention factor other than 1 is refused).
 const YARN_KEYS_READ: &[&str] = &[
@@ -276,7 +214,7 @@ const YARN_KEYS_READ: &[&str] = &[
 /// Every `{arch}.*` key of a GGUF file is either read, or known not to change the numbers at the
 /// value it has; anything else refuses the file, naming the key (llama.cpp's converters add keys
 /// as families gain features: a reader that skips them computes a different model silently).
-fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
+fn check_gguf_keys(file: &GgufHeader, family: &Family, arch: &str, d_head: usize) -> Result<()> {
     let prefix = format!("{arch}.");
     let long_rope = file.tensor_info("rope_factors_long.weight").is_some();
     for (full, value) in file.metadata.range(prefix.clone()..) {
@@ -285,23 +223,7 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
         if yarn && YARN_KEYS_READ.contains(&k) {
             continue;
         }
-        let family_keys: &[&str] = match arch {
-            // Gemma 2's layout is fixed (alternating layers, one RoPE base): keys for another
-            // pattern or a local base are not read, so they refuse the file.
-            "gemma2" => GGUF_GEMMA2_KEYS_READ,
-            "gemma3" => GGUF_GEMMA3_KEYS_READ,
-            "qwen3moe" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
-            "olmoe" => &["expert_count", "expert_used_count"],
-            "qwen2moe" => &[
-                "expert_count",
-                "expert_used_count",
-                "expert_feed_forward_length",
-                "expert_shared_feed_forward_length",
-            ],
-            "gpt-oss" => &["expert_count", "expert_used_count", "expert_feed_forward_length"],
-            _ => &[],
-        };
-        if GGUF_KEYS_READ.contains(&k) || family_keys.contains(&k) {
+        if GGUF_KEYS_READ.contains(&k) || family.gguf_keys.contains(&k) {
             continue;
         }
         let as_f64 = value.as_f64();
@@ -309,13 +231,16 @@ fn check_gguf_keys(file: &GgufHeader, arch: &str, d_head: usize) -> Result<()> {
             // Informational: the length the scaling was tuned for, whether it was fine-tuned.
             "rope.scaling.original_context_length" | "rope.scaling.finetuned" => (true, ""),
             // Read where the family rotates part of each head (Phi-3's files state it).
-            "rope.dimension_count" => (value.as_u64() == Some(d_head as u64) || arch == "phi3", "partial rotary dimensions"),
+            "rope.dimension_count" => (
+                value.as_u64() == Some(d_head as u64) || family.partial_rotary,
+                "partial rotary dimensions",
+            ),
             "attention.value_length" => (
                 value.as_u64() == Some(d_head as u64),
                 "value heads wider or narrower than key heads",
             ),
-            // Read for `llama` (Mixtral); other families' experts are not.
-            "expert_count" | "expert_used_count" => (value.as_u64() == Some(0) || arch == "llama", "Mixture-of-Experts MLPs"),
+            // Read by the families with experts (their own keys); elsewhere only none is harmless.
+            "expert_count" | "expert_used_count" => (value.as_u64() == Some(0), "Mixture-of-Experts MLPs"),
             "rope.scaling.attn_factor" => (as_f64 == Some(1.0) || long_rope, "a RoPE attention factor"),
             _ => (false, "a key this family's reader does not know"),
         };

@@ -7,99 +7,12 @@ impl ModelConfig {
     pub fn from_hf_json(json: &serde_json::Value) -> Result<Self> {
         let hf = HfConfig(json);
         let model_type = hf.str("model_type")?;
-        let config = match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" | "olmo2" | "smollm" | "mixtral" | "olmoe" | "qwen3_moe" | "qwen2_moe"
-            | "gpt_oss" => {
-                let moe = hf.moe(model_type)?;
-                hf.refuse_unimplemented(moe.is_some())?;
-                let d_model = hf.usize("hidden_size")?;
-                let n_heads = hf.usize("num_attention_heads")?;
-                let n_kv_heads = hf.opt_usize("num_key_value_heads").unwrap_or(n_heads);
-                let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
-                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
-                let window = match model_type {
-                    "mistral" | "phi3" | "mixtral" | "gpt_oss" => hf.opt_usize("sliding_window"),
-                    "qwen2" | "qwen3" | "qwen3_moe" | "qwen2_moe" if hf.bool("use_sliding_window").unwrap_or(false) => {
-                        hf.opt_usize("sliding_window")
-                    }
-                    _ => None,
-                };
-                // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
-                // (layers from `max_window_layers` on), else every layer.
-                let first_windowed = if model_type.starts_with("qwen") {
-                    hf.opt_usize("max_window_layers").unwrap_or(0)
-                } else {
-                    0
-                };
-                let windowed: Vec<bool> = match json_array(hf.0, "layer_types") {
-                    Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-                    None => (0..n_layers).map(|l| l >= first_windowed).collect(),
-                };
-                if windowed.len() != n_layers {
-                    return Err(Error::Config("layer_types does not list every layer".into()));
-                }
-                let (rope_base, rope_scaling) = hf.rope(None, 10_000.0)?;
-                let rotary_dim = (d_head as f64 * hf.rope_number("partial_rotary_factor").unwrap_or(1.0)) as usize;
-                let long_rope = hf.long_rope_factors()?;
-                ModelConfig {
-                    architecture: model_type.to_owned(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads,
-                    d_head,
-                    d_mlp: match model_type {
-                        "qwen3_moe" | "qwen2_moe" => hf.usize("moe_intermediate_size")?,
-                        _ => hf.usize("intermediate_size")?,
-                    },
-                    vocab_size: hf.usize("vocab_size")?,
-                    context_length: hf.usize("max_position_embeddings")?,
-                    norm: NormKind::RmsNorm,
-                    norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
-                    // gpt-oss's `hidden_act` names SiLU; its experts compute their own unit.
-                    activation: match model_type {
-                        "gpt_oss" => Activation::SwigluOai {
-                            alpha: hf.f32("swiglu_alpha").unwrap_or(1.702),
-                            limit: hf.f32("swiglu_limit").unwrap_or(7.0),
-                        },
-                        _ => Activation::from_hf(hf.str("hidden_act").unwrap_or("silu"))?,
-                    },
-                    gated_mlp: true,
-                    positions: PositionEncoding::Rotary,
-                    attn_scale: (d_head as f32).powf(-0.5),
-                    embed_scale: 1.0,
-                    qk_norm: match model_type {
-                        "qwen3" | "qwen3_moe" => QkNorm::PerHead,
-                        "olmo2" | "olmoe" => QkNorm::Whole,
-                        _ => QkNorm::None,
-                    },
-                    norms: if model_type == "olmo2" {
-                        NormPlacement::Post
-                    } else {
-                        NormPlacement::Pre
-                    },
-                    attn_logit_softcap: None,
-                    final_logit_softcap: None,
-                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
-                    moe,
-                    attn_sinks: model_type == "gpt_oss",
-                    rotary_dim,
-                    long_rope,
-                    layers: windowed
-                        .iter()
-                        .map(|&w| LayerSpec {
-                            window: window.filter(|_| w),
-                            rope_base,
-                            rope_scaling,
-                        })
-                        .collect(),
-                }
-            }
-            "gemma2" | "gemma3_text" | "gemma3" => {
-                // Gemma 2 is Gemma 3 without the Q/K norms, with one RoPE base, soft-capped
-                // attention and final logits, and local layers alternating with global ones.
-                let gemma2 = model_type == "gemma2";
-                let hf = if model_type == "gemma3" {
+        let family = Family::from_hf(model_type)?;
+        let stated = match family.body {
+            Body::Rotary => hf.rotary(family, model_type)?,
+            Body::Gemma2 | Body::Gemma3 => {
+                // A multimodal Gemma 3's text model is described in its `text_config`.
+                let text = if model_type == "gemma3" {
                     HfConfig(
                         json.get("text_config")
                             .ok_or_else(|| Error::Config("gemma3 config without text_config".into()))?,
@@ -107,179 +20,227 @@ impl ModelConfig {
                 } else {
                     hf
                 };
-                let d_model = hf.usize("hidden_size")?;
-                let n_heads = hf.usize("num_attention_heads")?;
-                let d_head = hf.opt_usize("head_dim").unwrap_or(256);
-                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
-                let window = hf.opt_usize("sliding_window").unwrap_or(4096);
-                let pattern = hf
-                    .opt_usize("sliding_window_pattern")
-                    .or(hf.opt_usize("_sliding_window_pattern"))
-                    .unwrap_or(6)
-                    .max(1);
-                let pattern = if gemma2 { 2 } else { pattern };
-                let layer_types: Vec<bool> = match json_array(hf.0, "layer_types") {
-                    Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-                    None => (0..n_layers).map(|l| (l + 1) % pattern != 0).collect(),
-                };
-                if layer_types.len() != n_layers {
-                    return Err(Error::Config("layer_types does not list every layer".into()));
-                }
-                let (global_base, global_scaling, local_base) = if gemma2 {
-                    let (base, scaling) = hf.rope(None, 10_000.0)?;
-                    (base, scaling, base)
-                } else {
-                    let (global_base, global_scaling) = hf.rope(Some("full_attention"), 1_000_000.0)?;
-                    let local_base = match hf.rope(Some("sliding_attention"), f32::NAN)? {
-                        (b, _) if !b.is_nan() => b,
-                        _ => hf.f32("rope_local_base_freq").unwrap_or(10_000.0),
-                    };
-                    (global_base, global_scaling, local_base)
-                };
-                // Gemma 2's soft-caps default on (transformers' Gemma2Config); an explicit null
-                // turns one off.
-                let softcap = |k: &str, default: f32| match hf.0.get(k) {
-                    None if gemma2 => Some(default),
-                    v => v.and_then(|v| v.as_f64()).map(|v| v as f32),
-                };
-                let layers = layer_types
-                    .iter()
-                    .map(|&sliding| LayerSpec {
-                        window: sliding.then_some(window),
-                        rope_base: if sliding { local_base } else { global_base },
-                        rope_scaling: if sliding { None } else { global_scaling },
-                    })
-                    .collect();
-                ModelConfig {
-                    architecture: if gemma2 { "gemma2" } else { "gemma3" }.into(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads: hf.opt_usize("num_key_value_heads").unwrap_or(n_heads),
-                    d_head,
-                    d_mlp: hf.usize("intermediate_size")?,
-                    vocab_size: hf.usize("vocab_size")?,
-                    context_length: hf.usize("max_position_embeddings")?,
-                    norm: NormKind::RmsNorm,
-                    norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
-                    activation: Activation::from_hf(hf.str("hidden_activation").unwrap_or("gelu_pytorch_tanh"))?,
-                    gated_mlp: true,
-                    positions: PositionEncoding::Rotary,
-                    attn_scale: hf.f32("query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
-                    embed_scale: (d_model as f32).sqrt(),
-                    qk_norm: if gemma2 { QkNorm::None } else { QkNorm::PerHead },
-                    norms: NormPlacement::Sandwich,
-                    attn_logit_softcap: softcap("attn_logit_softcapping", 50.0),
-                    final_logit_softcap: softcap("final_logit_softcapping", 30.0),
-                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
-                    moe: None,
-                    attn_sinks: false,
-                    rotary_dim: d_head,
-                    long_rope: None,
-                    layers,
-                }
+                text.gemma(family)?
             }
-            "gpt2" => {
-                let d_model = hf.usize("n_embd")?;
-                let n_heads = hf.usize("n_head")?;
-                let n_layers = layer_count(hf.usize("n_layer")?)?;
-                let context_length = hf.usize("n_positions")?;
-                if hf.bool("scale_attn_by_inverse_layer_idx").unwrap_or(false) || hf.bool("reorder_and_upcast_attn").unwrap_or(false) {
-                    return Err(Error::Config("GPT-2 variants with layer-scaled attention are not supported".into()));
-                }
-                ModelConfig {
-                    architecture: "gpt2".into(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads: n_heads,
-                    d_head: d_model / n_heads.max(1),
-                    d_mlp: hf.opt_usize("n_inner").unwrap_or(4 * d_model),
-                    vocab_size: hf.usize("vocab_size")?,
-                    context_length,
-                    norm: NormKind::LayerNorm,
-                    norm_eps: hf.f32("layer_norm_epsilon").unwrap_or(1e-5),
-                    activation: Activation::from_hf(hf.str("activation_function").unwrap_or("gelu_new"))?,
-                    gated_mlp: false,
-                    positions: PositionEncoding::Learned { offset: 0 },
-                    attn_scale: if hf.bool("scale_attn_weights").unwrap_or(true) {
-                        ((d_model / n_heads.max(1)) as f32).powf(-0.5)
-                    } else {
-                        1.0
-                    },
-                    embed_scale: 1.0,
-                    qk_norm: QkNorm::None,
-                    norms: NormPlacement::Pre,
-                    attn_logit_softcap: None,
-                    final_logit_softcap: None,
-                    tied_embeddings: true,
-                    moe: None,
-                    attn_sinks: false,
-                    rotary_dim: 0,
-                    long_rope: None,
-                    layers: vec![
-                        LayerSpec {
-                            window: None,
-                            rope_base: 0.0,
-                            rope_scaling: None,
-                        };
-                        n_layers
-                    ],
-                }
-            }
-            "opt" => {
-                let d_model = hf.usize("hidden_size")?;
-                let n_heads = hf.usize("num_attention_heads")?;
-                let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
-                if !hf.bool("do_layer_norm_before").unwrap_or(true) {
-                    return Err(Error::Config(
-                        "post-LayerNorm OPT checkpoints (opt-350m) are not supported; use opt-125m or opt-1.3b and larger".into(),
-                    ));
-                }
-                if hf.opt_usize("word_embed_proj_dim").is_some_and(|w| w != d_model) {
-                    return Err(Error::Config(
-                        "OPT checkpoints with projected embeddings (word_embed_proj_dim != hidden_size) are not supported".into(),
-                    ));
-                }
-                ModelConfig {
-                    architecture: "opt".into(),
-                    n_layers,
-                    d_model,
-                    n_heads,
-                    n_kv_heads: n_heads,
-                    d_head: d_model / n_heads.max(1),
-                    d_mlp: hf.usize("ffn_dim")?,
-                    vocab_size: hf.usize("vocab_size")?,
-                    context_length: hf.usize("max_position_embeddings")?,
-                    norm: NormKind::LayerNorm,
-                    norm_eps: 1e-5,
-                    activation: Activation::from_hf(hf.str("activation_function").unwrap_or("relu"))?,
-                    gated_mlp: false,
-                    positions: PositionEncoding::Learned { offset: 2 },
-                    attn_scale: ((d_model / n_heads.max(1)) as f32).powf(-0.5),
-                    embed_scale: 1.0,
-                    qk_norm: QkNorm::None,
-                    norms: NormPlacement::Pre,
-                    attn_logit_softcap: None,
-                    final_logit_softcap: None,
-                    tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
-                    moe: None,
-                    attn_sinks: false,
-                    rotary_dim: 0,
-                    long_rope: None,
-                    layers: vec![
-                        LayerSpec {
-                            window: None,
-                            rope_base: 0.0,
-                            rope_scaling: None,
-                        };
-                        n_layers
-                    ],
-                }
-            }
-            other => return Err(Error::UnsupportedArchitecture(other.to_owned())),
+            Body::Gpt2 => hf.gpt2()?,
+            Body::Opt => hf.opt()?,
         };
-        config.validate()
+        family.config(stated)
+    }
+}
+
+impl HfConfig<'_> {
+    /// Llama and its relatives: what the config states beyond what the family fixes.
+    fn rotary(&self, family: &Family, model_type: &str) -> Result<Stated> {
+        let hf = *self;
+        let moe = hf.moe(family, model_type)?;
+        hf.refuse_unimplemented(moe.is_some())?;
+        let d_model = hf.usize("hidden_size")?;
+        let n_heads = hf.usize("num_attention_heads")?;
+        let d_head = hf.opt_usize("head_dim").unwrap_or(d_model / n_heads.max(1));
+        let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
+        let window = match family.hf_window {
+            HfWindow::Every => hf.opt_usize("sliding_window"),
+            HfWindow::Qwen if hf.bool("use_sliding_window").unwrap_or(false) => hf.opt_usize("sliding_window"),
+            HfWindow::Qwen | HfWindow::Never => None,
+        };
+        // Which layers the window applies to: `layer_types` where given, else Qwen2's rule
+        // (layers from `max_window_layers` on), else every layer.
+        let first_windowed = match family.hf_window {
+            HfWindow::Qwen => hf.opt_usize("max_window_layers").unwrap_or(0),
+            HfWindow::Every | HfWindow::Never => 0,
+        };
+        let windowed: Vec<bool> = match json_array(hf.0, "layer_types") {
+            Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+            None => (0..n_layers).map(|l| l >= first_windowed).collect(),
+        };
+        if windowed.len() != n_layers {
+            return Err(Error::Config("layer_types does not list every layer".into()));
+        }
+        let (rope_base, rope_scaling) = hf.rope(None, 10_000.0)?;
+        Ok(Stated {
+            architecture: model_type.to_owned(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: hf.opt_usize("num_key_value_heads").unwrap_or(n_heads),
+            d_head,
+            d_mlp: hf.usize(family.experts.map_or("intermediate_size", |e| e.hf_width))?,
+            vocab_size: hf.usize("vocab_size")?,
+            context_length: hf.usize("max_position_embeddings")?,
+            norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
+            // gpt-oss's `hidden_act` names SiLU; its experts compute their own unit.
+            activation: if family.swiglu_oai {
+                Activation::SwigluOai {
+                    alpha: hf.f32("swiglu_alpha").unwrap_or(1.702),
+                    limit: hf.f32("swiglu_limit").unwrap_or(7.0),
+                }
+            } else {
+                Activation::from_hf(hf.str("hidden_act").unwrap_or("silu"))?
+            },
+            attn_scale: (d_head as f32).powf(-0.5),
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(false),
+            moe,
+            rotary_dim: (d_head as f64 * hf.rope_number("partial_rotary_factor").unwrap_or(1.0)) as usize,
+            long_rope: hf.long_rope_factors()?,
+            layers: windowed
+                .iter()
+                .map(|&w| LayerSpec {
+                    window: window.filter(|_| w),
+                    rope_base,
+                    rope_scaling,
+                })
+                .collect(),
+        })
+    }
+
+    /// Gemma 2 and 3. Gemma 2 is Gemma 3 without the Q/K norms, with one RoPE base, soft-capped
+    /// attention and final logits, and local layers alternating with global ones.
+    fn gemma(&self, family: &Family) -> Result<Stated> {
+        let hf = *self;
+        let gemma2 = family.body == Body::Gemma2;
+        let d_model = hf.usize("hidden_size")?;
+        let n_heads = hf.usize("num_attention_heads")?;
+        let d_head = hf.opt_usize("head_dim").unwrap_or(256);
+        let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
+        let window = hf.opt_usize("sliding_window").unwrap_or(4096);
+        let pattern = if gemma2 {
+            2
+        } else {
+            hf.opt_usize("sliding_window_pattern")
+                .or(hf.opt_usize("_sliding_window_pattern"))
+                .unwrap_or(6)
+                .max(1)
+        };
+        let layer_types: Vec<bool> = match json_array(hf.0, "layer_types") {
+            Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+            None => (0..n_layers).map(|l| (l + 1) % pattern != 0).collect(),
+        };
+        if layer_types.len() != n_layers {
+            return Err(Error::Config("layer_types does not list every layer".into()));
+        }
+        let (global_base, global_scaling, local_base) = if gemma2 {
+            let (base, scaling) = hf.rope(None, 10_000.0)?;
+            (base, scaling, base)
+        } else {
+            let (global_base, global_scaling) = hf.rope(Some("full_attention"), 1_000_000.0)?;
+            let local_base = match hf.rope(Some("sliding_attention"), f32::NAN)? {
+                (b, _) if !b.is_nan() => b,
+                _ => hf.f32("rope_local_base_freq").unwrap_or(10_000.0),
+            };
+            (global_base, global_scaling, local_base)
+        };
+        // Gemma 2's soft-caps default on (transformers' Gemma2Config); an explicit null
+        // turns one off.
+        let softcap = |k: &str, default: f32| match hf.0.get(k) {
+            None if gemma2 => Some(default),
+            v => v.and_then(|v| v.as_f64()).map(|v| v as f32),
+        };
+        Ok(Stated {
+            architecture: family.name.into(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: hf.opt_usize("num_key_value_heads").unwrap_or(n_heads),
+            d_head,
+            d_mlp: hf.usize("intermediate_size")?,
+            vocab_size: hf.usize("vocab_size")?,
+            context_length: hf.usize("max_position_embeddings")?,
+            norm_eps: hf.f32("rms_norm_eps").unwrap_or(1e-6),
+            activation: Activation::from_hf(hf.str("hidden_activation").unwrap_or("gelu_pytorch_tanh"))?,
+            attn_scale: hf.f32("query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
+            attn_logit_softcap: softcap("attn_logit_softcapping", 50.0),
+            final_logit_softcap: softcap("final_logit_softcapping", 30.0),
+            tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+            moe: None,
+            rotary_dim: d_head,
+            long_rope: None,
+            layers: layer_types
+                .iter()
+                .map(|&sliding| LayerSpec {
+                    window: sliding.then_some(window),
+                    rope_base: if sliding { local_base } else { global_base },
+                    rope_scaling: if sliding { None } else { global_scaling },
+                })
+                .collect(),
+        })
+    }
+
+    fn gpt2(&self) -> Result<Stated> {
+        let hf = *self;
+        let d_model = hf.usize("n_embd")?;
+        let n_heads = hf.usize("n_head")?;
+        let n_layers = layer_count(hf.usize("n_layer")?)?;
+        if hf.bool("scale_attn_by_inverse_layer_idx").unwrap_or(false) || hf.bool("reorder_and_upcast_attn").unwrap_or(false) {
+            return Err(Error::Config("GPT-2 variants with layer-scaled attention are not supported".into()));
+        }
+        let d_head = d_model / n_heads.max(1);
+        Ok(Stated {
+            architecture: "gpt2".into(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_head,
+            d_mlp: hf.opt_usize("n_inner").unwrap_or(4 * d_model),
+            vocab_size: hf.usize("vocab_size")?,
+            context_length: hf.usize("n_positions")?,
+            norm_eps: hf.f32("layer_norm_epsilon").unwrap_or(1e-5),
+            activation: Activation::from_hf(hf.str("activation_function").unwrap_or("gelu_new"))?,
+            attn_scale: if hf.bool("scale_attn_weights").unwrap_or(true) {
+                (d_head as f32).powf(-0.5)
+            } else {
+                1.0
+            },
+            tied_embeddings: true,
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            moe: None,
+            rotary_dim: 0,
+            long_rope: None,
+            layers: vec![LayerSpec::UNROTATED; n_layers],
+        })
+    }
+
+    fn opt(&self) -> Result<Stated> {
+        let hf = *self;
+        let d_model = hf.usize("hidden_size")?;
+        let n_heads = hf.usize("num_attention_heads")?;
+        let n_layers = layer_count(hf.usize("num_hidden_layers")?)?;
+        if !hf.bool("do_layer_norm_before").unwrap_or(true) {
+            return Err(Error::Config(
+                "post-LayerNorm OPT checkpoints (opt-350m) are not supported; use opt-125m or opt-1.3b and larger".into(),
+            ));
+        }
+        if hf.opt_usize("word_embed_proj_dim").is_some_and(|w| w != d_model) {
+            return Err(Error::Config(
+                "OPT checkpoints with projected embeddings (word_embed_proj_dim != hidden_size) are not supported".into(),
+            ));
+        }
+        let d_head = d_model / n_heads.max(1);
+        Ok(Stated {
+            architecture: "opt".into(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_head,
+            d_mlp: hf.usize("ffn_dim")?,
+            vocab_size: hf.usize("vocab_size")?,
+            context_length: hf.usize("max_position_embeddings")?,
+            norm_eps: 1e-5,
+            activation: Activation::from_hf(hf.str("activation_function").unwrap_or("relu"))?,
+            attn_scale: (d_head as f32).powf(-0.5),
+            tied_embeddings: hf.bool("tie_word_embeddings").unwrap_or(true),
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            moe: None,
+            rotary_dim: 0,
+            long_rope: None,
+            layers: vec![LayerSpec::UNROTATED; n_layers],
+        })
     }
 }
 
@@ -318,13 +279,12 @@ impl<'a> HfConfig<'a> {
     /// reader above does not implement: present with a non-default value, they refuse the
     /// checkpoint by name (transformers reads them; skipping one computes another model).
     /// The Mixture-of-Experts MLP of a family that has one, `None` for the others.
-    fn moe(&self, model_type: &str) -> Result<Option<Moe>> {
+    fn moe(&self, family: &Family, model_type: &str) -> Result<Option<Moe>> {
+        let Some(rule) = family.experts else { return Ok(None) };
         let experts = self.opt_usize("num_local_experts").or_else(|| self.opt_usize("num_experts"));
-        let normalize = match model_type {
-            // gpt-oss takes the softmax of the chosen experts' logits: the same weights.
-            "mixtral" | "gpt_oss" => true,
-            "olmoe" | "qwen3_moe" | "qwen2_moe" => self.bool("norm_topk_prob").unwrap_or(false),
-            _ => return Ok(None),
+        let normalize = match rule.hf {
+            Renormalise::Always => true,
+            Renormalise::ByConfig => self.bool("norm_topk_prob").unwrap_or(false),
         };
         let unsupported = |key: &str, value: String, why: &str| Error::UnsupportedKey {
             source_name: "config.json".into(),
@@ -359,9 +319,7 @@ impl<'a> HfConfig<'a> {
             experts,
             per_token,
             normalize,
-            shared: self
-                .opt_usize("shared_expert_intermediate_size")
-                .filter(|&w| w > 0 && model_type == "qwen2_moe"),
+            shared: self.opt_usize("shared_expert_intermediate_size").filter(|&w| w > 0 && rule.shared),
         }))
     }
 

@@ -8,8 +8,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+mod family;
 mod gguf;
 mod hf;
+
+pub use family::{Body, Experts, Family, GgufNames, GgufWindow, HfNames, HfWindow, Renormalise, FAMILIES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum NormKind {
@@ -153,10 +156,21 @@ pub struct LayerSpec {
     pub rope_scaling: Option<RopeScaling>,
 }
 
+impl LayerSpec {
+    /// A layer of a model with learned positions: no window, no rotation.
+    const UNROTATED: LayerSpec = LayerSpec {
+        window: None,
+        rope_base: 0.0,
+        rope_scaling: None,
+    };
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
     /// Family name as the source spells it (`llama`, `gemma3`, `gpt2`, ...).
     pub architecture: String,
+    /// The family's row in [`FAMILIES`] (a Mixtral GGUF's `architecture` is `llama`).
+    pub family: &'static Family,
     pub n_layers: usize,
     pub d_model: usize,
     pub n_heads: usize,
@@ -277,32 +291,76 @@ impl ModelConfig {
     }
 }
 
-/// The GGUF `general.architecture` values [`ModelConfig::from_gguf`] reads (a test keeps the
-/// list and the match in step).
-pub const GGUF_ARCHITECTURES: &[&str] = &[
-    "llama", "mistral", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "olmoe", "gemma2", "gemma3", "gpt-oss", "qwen2moe",
-];
+/// What a source (config.json or GGUF metadata) states about a model, read as that source's
+/// reference implementation reads it; [`Family::config`] adds what the family fixes.
+struct Stated {
+    architecture: String,
+    n_layers: usize,
+    d_model: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    d_head: usize,
+    d_mlp: usize,
+    vocab_size: usize,
+    context_length: usize,
+    norm_eps: f32,
+    activation: Activation,
+    attn_scale: f32,
+    attn_logit_softcap: Option<f32>,
+    final_logit_softcap: Option<f32>,
+    tied_embeddings: bool,
+    moe: Option<Moe>,
+    rotary_dim: usize,
+    long_rope: Option<LongRopeFactors>,
+    layers: Vec<LayerSpec>,
+}
 
-/// The Hugging Face `model_type` values [`ModelConfig::from_hf_json`] reads.
-pub const HF_MODEL_TYPES: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "olmo2",
-    "smollm",
-    "mixtral",
-    "olmoe",
-    "qwen3_moe",
-    "qwen2_moe",
-    "gpt_oss",
-    "gemma2",
-    "gemma3_text",
-    "gemma3",
-    "gpt2",
-    "opt",
-];
+impl Family {
+    /// The model description: what the source states, with what this family fixes (norm kind
+    /// and placement, Q/K norms, sinks, positions, embedding scale, MLP kind).
+    fn config(&'static self, s: Stated) -> Result<ModelConfig> {
+        let learned = match self.body {
+            Body::Gpt2 => Some(0),
+            Body::Opt => Some(2),
+            Body::Rotary | Body::Gemma2 | Body::Gemma3 => None,
+        };
+        let gemma = matches!(self.body, Body::Gemma2 | Body::Gemma3);
+        ModelConfig {
+            architecture: s.architecture,
+            family: self,
+            n_layers: s.n_layers,
+            d_model: s.d_model,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            d_head: s.d_head,
+            d_mlp: s.d_mlp,
+            vocab_size: s.vocab_size,
+            context_length: s.context_length,
+            norm: if learned.is_some() {
+                NormKind::LayerNorm
+            } else {
+                NormKind::RmsNorm
+            },
+            norm_eps: s.norm_eps,
+            activation: s.activation,
+            gated_mlp: learned.is_none(),
+            positions: learned.map_or(PositionEncoding::Rotary, |offset| PositionEncoding::Learned { offset }),
+            attn_scale: s.attn_scale,
+            embed_scale: if gemma { (s.d_model as f32).sqrt() } else { 1.0 },
+            qk_norm: self.qk_norm,
+            norms: self.norms,
+            attn_logit_softcap: s.attn_logit_softcap,
+            final_logit_softcap: s.final_logit_softcap,
+            tied_embeddings: s.tied_embeddings,
+            moe: s.moe,
+            attn_sinks: self.attn_sinks,
+            rotary_dim: if learned.is_some() { 0 } else { s.rotary_dim },
+            long_rope: s.long_rope,
+            layers: s.layers,
+        }
+        .validate()
+    }
+}
 
 /// More layers than any model headhunt could hold in memory: refused before per-layer tables are
 /// allocated from a header's word.
@@ -327,12 +385,12 @@ mod tests {
     /// The lists the error message and the docs print are the families the readers match.
     #[test]
     fn the_listed_families_are_the_ones_read() {
-        for &t in HF_MODEL_TYPES {
+        for t in Family::hf_model_types() {
             let json = serde_json::json!({"model_type": t, "text_config": {}});
             assert!(!unsupported(ModelConfig::from_hf_json(&json)), "{t} is listed but not read");
         }
         assert!(unsupported(ModelConfig::from_hf_json(&serde_json::json!({"model_type": "mamba"}))));
-        for arch in GGUF_ARCHITECTURES.iter().copied().chain(["mamba"]) {
+        for arch in Family::gguf_architectures().into_iter().chain(["mamba"]) {
             let bytes = GgufWriter::new()
                 .meta("general.architecture", Value::String(arch.into()))
                 .meta(&format!("{arch}.block_count"), Value::U32(1))

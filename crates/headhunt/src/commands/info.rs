@@ -27,6 +27,9 @@ pub fn card(model: &Model) -> Vec<(String, String)> {
         row("hub", hub);
     }
     row("architecture", c.architecture.clone());
+    if c.family.name != c.architecture {
+        row("family", c.family.name.into());
+    }
     row("parameters", format!("{:.1} M", c.approx_parameters() as f64 / 1e6));
     row("layers", c.n_layers.to_string());
     row("d_model", c.d_model.to_string());
