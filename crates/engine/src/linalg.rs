@@ -182,11 +182,15 @@ pub fn activate(x: f32, act: Activation) -> f32 {
         Activation::Relu => x.max(0.0),
         // The gate's half of gpt-oss's unit (the up projection's clamp and + 1 are applied
         // where the two meet, in `mlp_activation`).
-        Activation::SwigluOai { alpha, limit } => {
-            let g = x.min(limit);
-            g / (1.0 + fast_exp(-alpha * g))
-        }
+        Activation::SwigluOai { alpha, limit } => swiglu_oai_gate(x, alpha, limit),
     }
+}
+
+/// gpt-oss's gate: `g * sigmoid(alpha * g)` of the gate clamped above at `limit`.
+#[inline(always)]
+fn swiglu_oai_gate(x: f32, alpha: f32, limit: f32) -> f32 {
+    let g = x.min(limit);
+    g / (1.0 + fast_exp(-alpha * g))
 }
 
 /// `e^x` to within 2 ulp, in straight-line arithmetic the compiler vectorises (Cody-Waite range
@@ -231,9 +235,14 @@ pub fn mlp_activation(h: Vec<f32>, rows: usize, d_mlp: usize, gated: bool, act: 
         Activation::GeluTanh => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::GeluTanh), up),
         Activation::Gelu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Gelu), up),
         Activation::Relu => activate_rows(h, rows, d_mlp, gated, |x| activate(x, Activation::Relu), up),
-        Activation::SwigluOai { limit, .. } => {
-            activate_rows(h, rows, d_mlp, gated, |x| activate(x, act), |u: f32| u.clamp(-limit, limit) + 1.0)
-        }
+        Activation::SwigluOai { alpha, limit } => activate_rows(
+            h,
+            rows,
+            d_mlp,
+            gated,
+            |x| swiglu_oai_gate(x, alpha, limit),
+            |u: f32| u.clamp(-limit, limit) + 1.0,
+        ),
     }
 }
 

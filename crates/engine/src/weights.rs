@@ -131,9 +131,6 @@ pub struct Weights {
     /// Divisors of the RoPE inverse frequencies, one per rotary pair (`rope_freqs.weight`:
     /// llama.cpp's form of Llama 3.x's scaling).
     pub rope_freq_factors: Option<Vec<f32>>,
-    /// LongRoPE's short and long divisors: config.json's, or the GGUF's
-    /// `rope_factors_{short,long}.weight`.
-    pub long_rope: Option<LongRopeFactors>,
 }
 
 impl Weights {
@@ -1011,7 +1008,9 @@ impl Loader<'_> {
             .collect()
     }
 
-    fn load(&self) -> Result<Weights> {
+    /// The weights, and LongRoPE's factors where the file holds them as tensors (GGUF's
+    /// `rope_factors_{short,long}.weight`; config.json's are in the config already).
+    fn load(&self) -> Result<(Weights, Option<LongRopeFactors>)> {
         let c = self.config;
         let embed = self.matrix(&self.naming.embed, ".weight", c.vocab_size, c.d_model, false)?;
         let pos_embed = match c.positions {
@@ -1039,19 +1038,17 @@ impl Loader<'_> {
             .layers
             .iter()
             .any(|l| matches!(l.rope_scaling, Some(RopeScaling::LongRope { .. })));
-        let long_rope = match &c.long_rope {
-            Some(factors) => Some(factors.clone()),
-            None if long_rope_used => {
-                let set = |which: &str| self.tensor(&[format!("rope_factors_{which}")], ".weight", &[c.rotary_dim / 2]);
-                Some(LongRopeFactors {
-                    short: set("short")?,
-                    long: set("long")?,
-                })
-            }
-            None => None,
+        let long_rope = if long_rope_used && c.long_rope.is_none() {
+            let set = |which: &str| self.tensor(&[format!("rope_factors_{which}")], ".weight", &[c.rotary_dim / 2]);
+            Some(LongRopeFactors {
+                short: set("short")?,
+                long: set("long")?,
+            })
+        } else {
+            None
         };
         self.refuse_unread()?;
-        Ok(Weights {
+        let weights = Weights {
             embed,
             pos_embed,
             blocks,
@@ -1059,8 +1056,8 @@ impl Loader<'_> {
             unembed,
             unembed_bias,
             rope_freq_factors,
-            long_rope,
-        })
+        };
+        Ok((weights, long_rope))
     }
 
     /// Every tensor of the checkpoint was read, or is one that cannot change the numbers.
@@ -1111,15 +1108,21 @@ fn unpermute_rope_rows(lin: &mut Linear, n_heads: usize, d_head: usize) {
 }
 
 /// Load all weights of a GGUF model.
-pub(crate) fn load_gguf(file: &GgufFile, config: &ModelConfig, isa: Isa) -> Result<Weights> {
-    Loader {
+/// Load all weights of a GGUF model, completing `config` with what the file states as tensors
+/// (LongRoPE's factors).
+pub(crate) fn load_gguf(file: &GgufFile, config: &mut ModelConfig, isa: Isa) -> Result<Weights> {
+    let (weights, long_rope) = Loader {
         src: file,
         naming: Naming::gguf(config.family),
         config,
         isa,
         used: RefCell::default(),
     }
-    .load()
+    .load()?;
+    if long_rope.is_some() {
+        config.long_rope = long_rope;
+    }
+    Ok(weights)
 }
 
 /// Load all weights of a Hugging Face directory.
@@ -1132,6 +1135,7 @@ pub(crate) fn load_safetensors(dir: &SafetensorsDir, config: &ModelConfig, isa: 
         used: RefCell::default(),
     }
     .load()
+    .map(|(weights, _)| weights)
 }
 
 #[cfg(test)]

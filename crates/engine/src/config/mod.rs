@@ -93,8 +93,8 @@ pub enum RopeScaling {
     /// LongRoPE (Phi-3, Phi-4): each inverse frequency divided by its factor, the short set
     /// while a forward call's positions stay within `original_context` and the long set past
     /// it (transformers' rule, per call); cosines and sines times `attention_factor`. The
-    /// factors are in [`ModelConfig::long_rope`] (config.json) or the file's
-    /// `rope_factors_{short,long}.weight` tensors (GGUF).
+    /// factors are in [`ModelConfig::long_rope`] (from config.json, or from a GGUF's
+    /// `rope_factors_{short,long}.weight` tensors).
     LongRope { original_context: f32, attention_factor: f32 },
 }
 
@@ -204,7 +204,8 @@ pub struct ModelConfig {
     /// The leading dimensions of each head that RoPE rotates (rotate-half within them; the
     /// rest pass through): `d_head` unless the checkpoint rotates part of each head.
     pub rotary_dim: usize,
-    /// LongRoPE's factors when config.json holds them (GGUF files hold them as tensors).
+    /// LongRoPE's factors: config.json's, or (filled in by the loader) a GGUF's
+    /// `rope_factors_{short,long}.weight` tensors.
     pub long_rope: Option<LongRopeFactors>,
     pub layers: Vec<LayerSpec>,
 }

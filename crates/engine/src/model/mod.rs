@@ -96,9 +96,9 @@ impl Model {
 
     fn from_gguf(path: &Path, isa: Isa) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file.header)?;
+        let mut config = ModelConfig::from_gguf(&file.header)?;
         let tokenizer = Tokenizer::from_gguf(&file.header)?;
-        let weights = weights::load_gguf(&file, &config, isa)?;
+        let weights = weights::load_gguf(&file, &mut config, isa)?;
         let mut tensor_types = BTreeMap::new();
         for t in file.header.tensors.values() {
             *tensor_types.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
@@ -164,7 +164,7 @@ impl Model {
                                     .with_freq_factors(factors.expect("the loader requires rope_freqs.weight"))
                             }
                             Some(scaling @ RopeScaling::LongRope { .. }) => {
-                                let factors = weights.long_rope.as_ref().expect("the loader requires LongRoPE's factors");
+                                let factors = config.long_rope.as_ref().expect("the loader requires LongRoPE's factors");
                                 RopeTable::long_rope(config.rotary_dim, spec.rope_base, scaling, factors)
                             }
                             scaling => RopeTable::new(config.rotary_dim, spec.rope_base, scaling),

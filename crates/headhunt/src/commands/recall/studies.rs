@@ -53,7 +53,9 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
             let ps = sample(prompts(&task, tok, &facts, &facts, shots)?, args.sample);
             for (label, heads) in &conditions {
                 let masks = args.mask.how.get().interventions(&model, heads, &ps[0].ids)?;
-                let (p, acc) = evaluate(&model, &ps, |_| masks.clone())?;
+                let bar = crate::runner::progress::bar(ps.len() as u64, label);
+                let (p, acc) = evaluate(&model, &ps, |_| masks.clone(), Some(&bar))?;
+                bar.finish_and_clear();
                 println!(
                     "{label:<20} {:<10} {shots:>5} {:>8} {:>9.2}% {:>8.1}%",
                     task.name,

@@ -38,11 +38,12 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync
 }
 
 /// Mean probability of the answer's first token and top-1 accuracy, under interventions
-/// (given per prompt).
+/// (given per prompt); `progress` advances as each prompt's run finishes.
 pub fn evaluate(
     model: &Model,
     prompts: &[RecallPrompt],
     interventions: impl Fn(&RecallPrompt) -> Vec<Intervention> + Sync + Send,
+    progress: Option<&indicatif::ProgressBar>,
 ) -> Result<(f64, f64)> {
     let scored = par_map(prompts, |q| {
         let hooks = Hooks {
@@ -50,6 +51,9 @@ pub fn evaluate(
             ..Default::default()
         };
         let logits = model.run(hooks, RunOptions::default())?.prefill(&q.ids)?;
+        if let Some(bar) = progress {
+            bar.inc(1);
+        }
         Ok((
             probability(&logits, q.answer_token),
             headhunt_engine::argmax(&logits) == q.answer_token,

@@ -94,7 +94,7 @@ pub fn final_layer_study(model: &Model, task: &Task, shots: usize) -> Result<Fin
     ];
     let mut conditions = Vec::new();
     for (label, points) in &skipped {
-        let (p, acc) = evaluate(model, &ps, |q| points.iter().map(|&pt| zero_last(pt, q, c.d_model)).collect())?;
+        let (p, acc) = evaluate(model, &ps, |q| points.iter().map(|&pt| zero_last(pt, q, c.d_model)).collect(), None)?;
         conditions.push(ConditionResult {
             condition: (*label).into(),
             p_correct: p,
@@ -166,10 +166,7 @@ pub fn mitigation(model: &Model, task: &Task, shots: usize) -> Result<Vec<Mitiga
     let mut rows = Vec::new();
     let bar = crate::runner::progress::bar((conditions.len() * eval_prompts.len()) as u64, "evaluating");
     for (label, interventions) in &conditions {
-        let (p, acc) = evaluate(model, &eval_prompts, |_| {
-            bar.inc(1);
-            interventions.clone()
-        })?;
+        let (p, acc) = evaluate(model, &eval_prompts, |_| interventions.clone(), Some(&bar))?;
         rows.push(MitigationRow {
             task: task.name.clone(),
             shots,
