@@ -982,23 +982,38 @@ def moe_internals(model, ids) -> dict:
     """A Mixture-of-Experts model's router logits and each expert's weight in the output, per
     layer [layer, position, expert], as transformers computes them: the logits its forward
     returns with `output_router_logits`, the weights from what the router hands the experts
-    (the chosen experts' indices and weights; the others weigh 0). Empty for dense models."""
+    (the chosen experts' indices and weights; the others weigh 0). And each chosen expert's
+    output before its weight, [layer, position, expert, d_model] (0 for the others): the
+    experts module called again on the same input with one chosen expert per token at weight 1.
+    Empty for dense models."""
     n_experts = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", None)
     if not n_experts:
         return {}
-    weights, handles = [], []
+    weights, outputs, handles = [], [], []
     for layer in model.model.layers:
         def record(module, args):
-            _, index, weight = args
+            hidden, index, weight = args
             dense = torch.zeros(index.shape[0], n_experts).scatter(1, index, weight.float())
             weights.append(dense.numpy())
+            each = torch.zeros(index.shape[0], n_experts, hidden.shape[-1])
+            ones = torch.ones(index.shape[0], 1, dtype=weight.dtype)
+            with torch.no_grad():
+                for k in range(index.shape[1]):
+                    chosen = index[:, k : k + 1]
+                    y = module.__class__.forward(module, hidden, chosen, ones).float()
+                    each[torch.arange(index.shape[0]), chosen[:, 0]] = y
+            outputs.append(each.numpy())
         handles.append(layer.mlp.experts.register_forward_pre_hook(record))
     try:
         out = model(ids, output_router_logits=True)
     finally:
         for h in handles:
             h.remove()
-    return {"router_logits": np.stack([r.float().numpy() for r in out.router_logits]), "expert_weights": np.stack(weights)}
+    return {
+        "router_logits": np.stack([r.float().numpy() for r in out.router_logits]),
+        "expert_weights": np.stack(weights),
+        "expert_out": np.stack(outputs),
+    }
 
 
 @torch.no_grad()

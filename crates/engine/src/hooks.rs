@@ -60,6 +60,10 @@ pub enum HookPoint {
     /// `blocks.{l}.mlp.hook_expert_weights`: each expert's weight in a Mixture-of-Experts MLP's
     /// output (0 for experts not chosen), `[pos, expert]`.
     ExpertWeights(usize),
+    /// `blocks.{l}.mlp.hook_expert_out`: each expert's output before its weight, `[pos, expert,
+    /// d_model]` (0 for experts not chosen; the MLP's output is these weighted by
+    /// `hook_expert_weights`, so patching one changes it).
+    ExpertOut(usize),
     /// `blocks.{l}.mlp.hook_pre`: the MLP's pre-activation (a gated MLP's gate projection),
     /// `[pos, d_mlp]`.
     MlpPre(usize),
@@ -115,7 +119,7 @@ impl HookKind {
             HookPoint::PosEmbed => c.positions != crate::config::PositionEncoding::Rotary,
             // A Mixture-of-Experts MLP has no single hidden activation, a dense one no router.
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => c.moe.is_none(),
-            HookPoint::Router(_) | HookPoint::ExpertWeights(_) => c.moe.is_some(),
+            HookPoint::Router(_) | HookPoint::ExpertWeights(_) | HookPoint::ExpertOut(_) => c.moe.is_some(),
             // Only where the family normalises a sub-layer's input (not OLMo 2).
             HookPoint::Ln1Scale(_) | HookPoint::Ln2Scale(_) => c.norms.has_pre(),
             _ => true,
@@ -263,6 +267,14 @@ pub const HOOK_KINDS: &[HookKind] = &[
         doc: "each expert's weight in a Mixture-of-Experts MLP's output: its router probability where chosen (renormalised over the chosen where the family does), else 0",
     },
     HookKind {
+        name: "blocks.{l}.mlp.hook_expert_out",
+        dims: "[expert, d_model]",
+        point: HookPoint::ExpertOut,
+        shape: |c| vec![c.moe.map_or(0, |m| m.experts), c.d_model],
+        writable: true,
+        doc: "each chosen expert's output before its weight (0 for the others); the MLP's output is their sum weighted by hook_expert_weights (patching an expert's row here changes it)",
+    },
+    HookKind {
         name: "blocks.{l}.mlp.hook_pre",
         dims: "[d_mlp]",
         point: HookPoint::MlpPre,
@@ -334,7 +346,7 @@ impl HookPoint {
         use HookPoint::*;
         match *self {
             ResidPre(l) | Ln1Scale(l) | Q(l) | K(l) | V(l) | Z(l) | Result(l) | AttnScores(l) | Pattern(l) | AttnOut(l) | ResidMid(l)
-            | Ln2Scale(l) | Router(l) | ExpertWeights(l) | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            | Ln2Scale(l) | Router(l) | ExpertWeights(l) | ExpertOut(l) | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
             Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
@@ -374,7 +386,7 @@ impl HookPoint {
             let why = match self {
                 HookPoint::PosEmbed => "this model has rotary positions, no position table",
                 HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => "a Mixture-of-Experts MLP has no single hidden activation",
-                HookPoint::Router(_) | HookPoint::ExpertWeights(_) => "a dense MLP has no router",
+                HookPoint::Router(_) | HookPoint::ExpertWeights(_) | HookPoint::ExpertOut(_) => "a dense MLP has no experts",
                 _ => "this model's blocks have no such norm",
             };
             return Err(Error::Hook(format!("{self}: {why}")));

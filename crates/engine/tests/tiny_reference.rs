@@ -67,6 +67,7 @@ fn check_chunks(name: &str, file: &str, chunks: &[usize]) {
             ("ln2_scale", HookPoint::Ln2Scale),
             ("router_logits", HookPoint::Router),
             ("expert_weights", HookPoint::ExpertWeights),
+            ("expert_out", HookPoint::ExpertOut),
         ] {
             let exists = point(0).kind().exists_in(c);
             let Some(want) = exp.get(key) else {
@@ -259,7 +260,7 @@ fn gpt2_stored_as_f16() {
 
 /// The hook points inside attention and the MLP that the reference records per layer, and the
 /// final norm's scale.
-fn internals(l: usize) -> [HookPoint; 9] {
+fn internals(l: usize) -> [HookPoint; 10] {
     use HookPoint::*;
     [
         Q(l),
@@ -271,6 +272,7 @@ fn internals(l: usize) -> [HookPoint; 9] {
         FinalScale,
         Router(l),
         ExpertWeights(l),
+        ExpertOut(l),
     ]
 }
 
@@ -413,6 +415,47 @@ fn disabled_experts_are_never_chosen() {
             phase: Phase::Both,
         });
         assert!(model.run(hooks, RunOptions::default()).is_err());
+    }
+}
+
+/// `hook_expert_out` holds what the MLP sums: tripling one chosen expert's output at one
+/// position moves the MLP's output there by twice its weighted output, and nowhere else.
+#[test]
+fn patched_expert_outputs_are_what_the_mlp_sums() {
+    use headhunt_engine::Intervention;
+    let exp = expected("tiny/mixtral-moe/expected.npz");
+    let ids: Vec<u32> = exp["input_ids"].as_i64().iter().map(|&x| x as u32).collect();
+    let model = Model::load(&reference_dir().join("tiny/mixtral-moe")).unwrap();
+    let (experts, d) = (model.config.moe.unwrap().experts, model.config.d_model);
+    let points = [HookPoint::ExpertOut(1), HookPoint::ExpertWeights(1), HookPoint::MlpOut(1)];
+    let run = |hooks: Hooks| {
+        let hooks = points.iter().fold(hooks, |h, &p| h.capture(Capture::new(p, Positions::All)));
+        let mut run = model.run(hooks, RunOptions::default()).unwrap();
+        run.prefill(&ids).unwrap();
+        let rec = std::mem::take(&mut run.recording);
+        points.map(|p| rec.get(p).unwrap().data.clone())
+    };
+    let [outs, weights, mlp] = run(Hooks::default());
+    let p = 5;
+    let e = (0..experts).find(|&e| weights[p * experts + e] > 0.0).expect("a chosen expert");
+    let w = weights[p * experts + e];
+    let y = &outs[(p * experts + e) * d..(p * experts + e + 1) * d];
+    let mut row = outs[p * experts * d..(p + 1) * experts * d].to_vec();
+    row[e * d..(e + 1) * d].iter_mut().for_each(|x| *x *= 3.0);
+    let set = Intervention::Set {
+        point: HookPoint::ExpertOut(1),
+        head: None,
+        rows: [(p, row)].into_iter().collect(),
+    };
+    let [_, _, patched] = run(Hooks::default().intervene(set));
+    for q in 0..ids.len() {
+        let (got, before) = (&patched[q * d..(q + 1) * d], &mlp[q * d..(q + 1) * d]);
+        if q == p {
+            let want: Vec<f32> = before.iter().zip(y).map(|(&b, &v)| b + 2.0 * w * v).collect();
+            assert!(max_abs_diff(got, &want) < 1e-5, "position {p}: {}", max_abs_diff(got, &want));
+        } else {
+            assert_eq!(got, before, "position {q} moved");
+        }
     }
 }
 

@@ -277,8 +277,13 @@ impl Model {
             }
             pass.hook(HookPoint::ExpertWeights(l), &mut dense, moe.experts);
         }
+        // Each expert's outputs, weighted into `out` as they come, or, where hooked, gathered
+        // `[pos, expert, d_model]` first and weighted after the hook (in the same order).
+        let hooked = pass.plan.touches(HookPoint::ExpertOut(l));
+        let mut gathered = if hooked { vec![0.0f32; n * moe.experts * d] } else { Vec::new() };
         let mut out = vec![0.0f32; n * d];
-        for (expert, (rows, weights)) in experts.iter().zip(&routed) {
+        let add = |out: &mut [f32], r: usize, w: f32, y: &[f32]| out[r * d..(r + 1) * d].iter_mut().zip(y).for_each(|(o, &v)| *o += w * v);
+        for (e, (expert, (rows, weights))) in experts.iter().zip(&routed).enumerate() {
             if rows.is_empty() {
                 continue;
             }
@@ -288,7 +293,19 @@ impl Model {
             let act = mlp_activation(h, m, c.d_mlp, c.gated_mlp, c.activation);
             let y = expert.down.forward(&act, m);
             for ((&r, &w), yr) in rows.iter().zip(weights).zip(y.chunks_exact(d)) {
-                out[r * d..(r + 1) * d].iter_mut().zip(yr).for_each(|(o, &v)| *o += w * v);
+                if hooked {
+                    gathered[(r * moe.experts + e) * d..(r * moe.experts + e + 1) * d].copy_from_slice(yr);
+                } else {
+                    add(&mut out, r, w, yr);
+                }
+            }
+        }
+        if hooked {
+            pass.hook(HookPoint::ExpertOut(l), &mut gathered, moe.experts * d);
+            for (e, (rows, weights)) in routed.iter().enumerate() {
+                for (&r, &w) in rows.iter().zip(weights) {
+                    add(&mut out, r, w, &gathered[(r * moe.experts + e) * d..(r * moe.experts + e + 1) * d]);
+                }
             }
         }
         out
