@@ -107,3 +107,47 @@ fn smollm2_continues_from_a_kept_prefix() {
 fn gemma_continues_from_a_kept_prefix() {
     check("gemma3-270m");
 }
+
+/// A Mixture-of-Experts model's trial records, per decoding step and layer, the experts chosen
+/// for the token read at that step: those a single forward over the prompt and the answer
+/// weighs at the same position (tiny random Mixtral GGUF made by `reference/make_reference.py`).
+#[test]
+fn trials_record_the_experts_each_step_chose() {
+    use headhunt::experiments::retrieval::niah::trial::{answer, Condition};
+    use headhunt_engine::HookPoint;
+    let dir = match std::env::var_os("HEADHUNT_REFERENCE") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/reference"),
+    };
+    let model = Model::load(&dir.join("tiny/mixtral-moe/model.gguf")).unwrap();
+    let (layers, moe) = (model.config.n_layers, model.config.moe.unwrap());
+    let prompt: Vec<u32> = (0..10).map(|i| 3 + 17 * i % 200).collect();
+    let out = answer(&model, &prompt, &Condition::default(), true).unwrap();
+    assert!(!out.generated.is_empty());
+    assert_eq!(out.experts.len(), out.generated.len());
+    // Step t read the token at position prompt.len() - 1 + t.
+    let mut whole = prompt.clone();
+    whole.extend(&out.generated[..out.generated.len() - 1]);
+    let mut hooks = Hooks::default();
+    for l in 0..layers {
+        hooks = hooks.capture(Capture::new(HookPoint::ExpertWeights(l), Positions::All));
+    }
+    let mut run = model.run(hooks, RunOptions::default()).unwrap();
+    run.prefill(&whole).unwrap();
+    for (t, step) in out.experts.iter().enumerate() {
+        assert_eq!(step.len(), layers);
+        for (l, chosen) in step.iter().enumerate() {
+            let w = run
+                .recording
+                .get(HookPoint::ExpertWeights(l))
+                .unwrap()
+                .at(prompt.len() - 1 + t)
+                .unwrap()
+                .to_vec();
+            assert_eq!(chosen.len(), moe.per_token, "step {t} layer {l}");
+            let mut want: Vec<u16> = (0..w.len() as u16).filter(|&e| w[e as usize] > 0.0).collect();
+            want.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+            assert_eq!(chosen, &want, "step {t} layer {l}");
+        }
+    }
+}

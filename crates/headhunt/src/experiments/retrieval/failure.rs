@@ -144,6 +144,7 @@ mod tests {
             // Two steps, three heads: head 0 on the needle twice, head 2 on the sink then
             // elsewhere; head 1 is not asked about.
             argmax: vec![vec![55, 0, 1], vec![50, 70, 80]],
+            experts: Vec::new(),
             seconds: 0.0,
             kv_bytes: 0,
         };

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use headhunt_engine::{greedy_from, Capture, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
+use headhunt_engine::{greedy_from, Capture, HookPoint, Hooks, Intervention, KvPolicy, Model, Positions, Run, RunOptions, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use super::haystack::Haystack;
@@ -80,6 +80,10 @@ pub struct TrialRecord {
     pub scores_per_step: Vec<f64>,
     /// Per decoding step, every query head's attention argmax (key position).
     pub argmax: Vec<Vec<u32>>,
+    /// Mixture-of-Experts models: per decoding step, per layer, the experts the router chose for
+    /// the token being read, by weight (absent for dense models).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<Vec<Vec<u16>>>,
     pub seconds: f64,
     /// KV cache bytes allocated at the end of the trial.
     pub kv_bytes: usize,
@@ -264,6 +268,7 @@ impl<'m> TrialRunner<'m> {
             scores,
             scores_per_step,
             argmax: out.argmax,
+            experts: out.experts,
             seconds,
             kv_bytes: out.kv_bytes,
         }
@@ -278,6 +283,9 @@ pub struct Answer {
     /// Per decoding step, every query head's attention argmax (`layer * n_heads + head`);
     /// empty unless asked for.
     pub argmax: Vec<Vec<u32>>,
+    /// Per decoding step, per layer, the chosen experts by weight (Mixture-of-Experts models,
+    /// when the argmax is asked for).
+    pub experts: Vec<Vec<Vec<u16>>>,
     pub kv_bytes: usize,
 }
 
@@ -332,8 +340,8 @@ fn start_run<'m>(model: &'m Model, condition: &Condition, capture_argmax: bool, 
     Ok(model.run(hooks, options)?)
 }
 
-/// A condition's interventions, and every head's argmax captured at the last position of each
-/// step if asked.
+/// A condition's interventions, and every head's argmax (and a Mixture-of-Experts model's
+/// routing) captured at the last position of each step if asked.
 fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Hooks {
     let mut hooks = Hooks {
         interventions: condition.interventions.clone(),
@@ -342,9 +350,36 @@ fn trial_hooks(model: &Model, condition: &Condition, capture_argmax: bool) -> Ho
     if capture_argmax {
         for l in 0..model.config.n_layers {
             hooks = hooks.capture(Capture::pattern_argmax(l, Positions::Last));
+            if model.config.moe.is_some() {
+                hooks = hooks.capture(Capture::new(HookPoint::ExpertWeights(l), Positions::Last));
+            }
         }
     }
     hooks
+}
+
+/// Per decoding step (step t read at query position `first + t`), per layer, the experts with
+/// a weight, heaviest first, from the captured `hook_expert_weights`.
+fn chosen_experts(run: &Run<'_>, first: usize, steps: usize) -> Vec<Vec<Vec<u16>>> {
+    let c = &run.model().config;
+    if c.moe.is_none() || steps == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![vec![Vec::new(); c.n_layers]; steps];
+    for l in 0..c.n_layers {
+        let Some(rows) = run.recording.get(HookPoint::ExpertWeights(l)) else {
+            return Vec::new();
+        };
+        for (i, &pos) in rows.positions.iter().enumerate() {
+            if let Some(step) = pos.checked_sub(first).filter(|&s| s < steps) {
+                let w = rows.row(i);
+                let mut chosen: Vec<u16> = (0..w.len()).filter(|&e| w[e] > 0.0).map(|e| e as u16).collect();
+                chosen.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+                out[step][l] = chosen;
+            }
+        }
+    }
+    out
 }
 
 /// The answer from the logits at `prompt`'s last position, which `run` has just fed: greedy, or
@@ -393,6 +428,11 @@ fn decode_answer(
             }
         }
     }
+    let experts = if capture_argmax {
+        chosen_experts(run, first, generated.len())
+    } else {
+        Vec::new()
+    };
     let kv_bytes = if shared {
         run.kv_bytes_alone(prompt.len(), prompt.len() + rule.max_new_tokens, generated.len().saturating_sub(1))
     } else {
@@ -402,6 +442,7 @@ fn decode_answer(
         generated,
         answer,
         argmax,
+        experts,
         kv_bytes,
     })
 }
