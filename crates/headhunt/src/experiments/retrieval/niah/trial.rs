@@ -365,11 +365,12 @@ fn chosen_experts(run: &Run<'_>, first: usize, steps: usize) -> Vec<Vec<Vec<u16>
     if c.moe.is_none() || steps == 0 {
         return Vec::new();
     }
+    let captured: Option<Vec<_>> = (0..c.n_layers).map(|l| run.recording.get(HookPoint::ExpertWeights(l))).collect();
+    let Some(captured) = captured else {
+        return Vec::new();
+    };
     let mut out = vec![vec![Vec::new(); c.n_layers]; steps];
-    for l in 0..c.n_layers {
-        let Some(rows) = run.recording.get(HookPoint::ExpertWeights(l)) else {
-            return Vec::new();
-        };
+    for (l, rows) in captured.into_iter().enumerate() {
         for (i, &pos) in rows.positions.iter().enumerate() {
             if let Some(step) = pos.checked_sub(first).filter(|&s| s < steps) {
                 let w = rows.row(i);
