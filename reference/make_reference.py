@@ -33,6 +33,7 @@ $XDG_CACHE_HOME/headhunt, else ~/.cache/headhunt); `headhunt fetch <id>` puts th
 """
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -551,6 +552,17 @@ STORED = {"llama-bf16": ("llama-gqa", torch.bfloat16), "gpt2-f16": ("gpt2", torc
 # embeddings, nor the router, which llama.cpp's quantiser keeps in F32) in Q8_0 and Q4_0.
 QUANTISED = {"gptoss-mxfp4": ("gptoss-gguf", "MXFP4"), "llama-q8_0": ("llama-gqa", "Q8_0"),
              "mixtral-q4_0": ("mixtral-moe", "Q4_0")}
+# Models quantised by llama.cpp's own quantiser (llama-cpp-python's `llama_model_quantize`, its
+# file type), from the float32 GGUF of the base: the checkpoint beside the file holds what
+# transformers' GGUF reader dequantises from it, and the expected values are transformers' run on
+# those weights.
+# Rows of 256 and 512 values, so that llama.cpp's K-quants (super-blocks of 256) take every matrix.
+LLAMA_CPP_QUANTISED = {
+    "llama-q4_k_m": (lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=500.0,
+                                 tie_word_embeddings=False)), "Q4_K_M"),
+}
 
 
 def quantise(t: np.ndarray, qtype: str) -> np.ndarray:
@@ -1077,6 +1089,47 @@ def internals(model, ids) -> dict:
     return out
 
 
+def llama_cpp_quantised(out_dir: Path, name: str):
+    """`name` of LLAMA_CPP_QUANTISED: the model written as float32 GGUF, quantised by llama.cpp,
+    read back by transformers; the file, that checkpoint and its reference values. Skipped,
+    saying so, where llama-cpp-python is not installed (it builds from source for ~10 minutes,
+    so the test command does not install it; the Rust test says it was skipped)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print(f"tiny/{name}: llama-cpp-python is not installed; llama.cpp's quantiser cannot write it", file=sys.stderr)
+        return
+    make, ftype = LLAMA_CPP_QUANTISED[name]
+    torch.manual_seed(0)
+    model = make()
+    perturb(model, 0.1)
+    d = out_dir / "tiny" / name
+    model.save_pretrained(d)
+    f32 = d / "model-f32.gguf"
+    write_llama_gguf(model, f32)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(d / "model.gguf").encode(), ctypes.byref(params))
+    assert rc == 0, f"llama_model_quantize returned {rc}"
+    f32.unlink()
+    import gguf
+    types = {gguf.GGMLQuantizationType(t.tensor_type).name for t in gguf.GGUFReader(d / "model.gguf").tensors}
+    assert {"Q4_K", "Q6_K"} <= types, types
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(d), gguf_file="model.gguf", config=model.config,
+                                                             dtype=torch.float32, attn_implementation="eager")
+    # (A model read from GGUF cannot be saved: its dequantised weights go into the original.)
+    model.load_state_dict(back.state_dict())
+    model.config._attn_implementation = "eager"
+    model.eval()
+    model.save_pretrained(d)
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(7))
+    out, scores = forward_with_scores(model, ids)
+    assert float((back(ids).logits - out.logits).abs().max()) == 0.0
+    np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(),
+             attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids))
+    print(f"tiny/{name}: llama.cpp's {ftype} ({', '.join(sorted(types))})", file=sys.stderr)
+
+
 def tiny_models(out_dir: Path):
     for name in [*TINY, *STORED, *QUANTISED]:
         base, dtype = STORED.get(name, (QUANTISED.get(name, (name,))[0], None))
@@ -1119,6 +1172,8 @@ def tiny_models(out_dir: Path):
         np.savez(d / "expected.npz", input_ids=ids[0].numpy().astype(np.int64), logits=out.logits[0].float().numpy(), **short,
                  attn=np.stack([a[0].float().numpy() for a in out.attentions]), attn_scores=scores, **internals(model, ids), **moe)
         print(f"tiny/{name}: {sum(p.numel() for p in model.parameters())} parameters", file=sys.stderr)
+    for name in LLAMA_CPP_QUANTISED:
+        llama_cpp_quantised(out_dir, name)
 
 
 def main():
