@@ -510,7 +510,7 @@ fn fifth_bits(qh: &[u8], q: &mut [i8; 256]) {
 
 /// E2M1 (sign, 2-bit exponent, 1-bit mantissa) values doubled, so that they are integers: 0,
 /// 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives, times 2.
-const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+pub(crate) const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// An E8M0 scale (a bare exponent, bias 127) halved, for the doubled E2M1 values: `2^(e - 128)`,
 /// built from its bits (subnormal for e < 2).

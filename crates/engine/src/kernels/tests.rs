@@ -124,6 +124,38 @@ fn mxfp4_blocks_hold_the_ocp_values() {
     }
 }
 
+/// MXFP4 rows at every level: the SIMD unpacking (a byte shuffle of the E2M1 codes, the E8M0
+/// scale) gives the values of the OCP spec (checked above on the portable kernel) and their dot
+/// product with a vector, as the other types are checked against candle.
+#[test]
+fn mxfp4_rows_at_every_level_match_the_spec_values() {
+    let (rows, cols) = (5, 256);
+    let data = random_rows(GgmlType::Mxfp4, rows, cols, 41);
+    let row_bytes = data.len() / rows;
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+    let portable = row_kernels(GgmlType::Mxfp4, Isa::Portable).unwrap();
+    for r in 0..rows {
+        let row = &data[r * row_bytes..(r + 1) * row_bytes];
+        let mut want = vec![0.0f32; cols];
+        (portable.dequantize)(row, &mut want);
+        let exact: f64 = want.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
+        let scale: f64 = want
+            .iter()
+            .zip(&x)
+            .map(|(&w, &x)| (w as f64 * x as f64).abs())
+            .sum::<f64>()
+            .max(1e-6);
+        for &isa in &Isa::available() {
+            let k = row_kernels(GgmlType::Mxfp4, isa).unwrap();
+            let mut got = vec![0.0f32; cols];
+            (k.dequantize)(row, &mut got);
+            assert_eq!(got, want, "row {r} ({isa})");
+            let dot = (k.dot)(row, &Vector::new(&x)) as f64;
+            assert!(((dot - exact) / scale).abs() < 1e-5, "row {r} ({isa}): dot {dot} vs {exact}");
+        }
+    }
+}
+
 #[test]
 fn unsupported_types_have_no_kernels() {
     for dtype in [GgmlType::Q8_1, GgmlType::Q8K] {

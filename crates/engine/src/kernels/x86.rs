@@ -58,9 +58,7 @@ pub(super) fn kernels(dtype: GgmlType, wide: bool) -> RowKernels {
         GgmlType::Q4K => of::<super::Q4K>(wide),
         GgmlType::Q5K => of::<super::Q5K>(wide),
         GgmlType::Q6K => of::<super::Q6K>(wide),
-        // No SIMD unpacking of its own: the portable row kernels (its prompts' int8 tiles are
-        // the shared ones).
-        GgmlType::Mxfp4 => super::portable(dtype),
+        GgmlType::Mxfp4 => of::<super::Mxfp4>(wide),
         other => unreachable!("{other:?} is not in SUPPORTED"),
     }
 }
@@ -83,7 +81,8 @@ trait Unpack {
     /// Values per block, bytes per block.
     const BLOCK: usize;
     const BYTES: usize;
-    /// Small blocks start with their f16 scale; some have an f16 offset at this byte.
+    /// Small blocks start with their scale (an f16, or MXFP4's E8M0 byte: `scale8`/`scale16`);
+    /// some have an f16 offset at this byte.
     const MIN_AT: Option<usize> = None;
     /// Whether the unpacked integers can be negative (those of the types without offsets).
     const SIGNED: bool = false;
@@ -94,6 +93,22 @@ trait Unpack {
     #[inline(always)]
     unsafe fn unpack32(_b: *const u8) -> [__m128i; 2] {
         unreachable!("not a small-block type")
+    }
+    /// A small block's scale in every lane of 8 (the f16 it starts with).
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `b` points at `BYTES` readable bytes.
+    #[inline(always)]
+    unsafe fn scale8(b: *const u8) -> __m256 {
+        splat8(b)
+    }
+    /// The same in every lane of 16.
+    ///
+    /// # Safety
+    /// AVX-512 F and the above.
+    #[inline(always)]
+    unsafe fn scale16(b: *const u8) -> __m512 {
+        splat16(b)
     }
     /// Whether a super-block has offsets (`min`); those without skip them.
     const HAS_MIN: bool = true;
@@ -253,6 +268,29 @@ impl Unpack for super::Q4_0 {
         let [lo, hi] = nibbles16(b.add(2));
         let eight = _mm_set1_epi8(8);
         [_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight)]
+    }
+}
+
+/// MXFP4: 32 E2M1 values (low nibbles first) doubled to integers by a byte shuffle, under an
+/// E8M0 scale halved to match.
+impl Unpack for super::Mxfp4 {
+    const KIND: Kind = Kind::Small;
+    const SIGNED: bool = true;
+    const BLOCK: usize = 32;
+    const BYTES: usize = 17;
+    const MIN_AT: Option<usize> = None;
+    #[inline(always)]
+    unsafe fn unpack32(b: *const u8) -> [__m128i; 2] {
+        let table = _mm_loadu_si128(super::E2M1_DOUBLED.as_ptr().cast());
+        nibbles16(b.add(1)).map(|n| _mm_shuffle_epi8(table, n))
+    }
+    #[inline(always)]
+    unsafe fn scale8(b: *const u8) -> __m256 {
+        _mm256_set1_ps(super::e8m0_half(*b))
+    }
+    #[inline(always)]
+    unsafe fn scale16(b: *const u8) -> __m512 {
+        _mm512_set1_ps(super::e8m0_half(*b))
     }
 }
 
@@ -497,7 +535,7 @@ unsafe fn splat16(b: *const u8) -> __m512 {
 #[inline(always)]
 unsafe fn small8<U: Unpack>(b: *const u8) -> [__m256; 4] {
     let [lo, hi] = U::unpack32(b);
-    let d = splat8(b);
+    let d = U::scale8(b);
     let m = U::MIN_AT.map_or(_mm256_setzero_ps(), |at| splat8(b.add(at)));
     [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|q| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d, m))
 }
@@ -505,7 +543,7 @@ unsafe fn small8<U: Unpack>(b: *const u8) -> [__m256; 4] {
 /// The small block at `b`'s 32 weights as two vectors of 16.
 #[inline(always)]
 unsafe fn small16<U: Unpack>(b: *const u8) -> [__m512; 2] {
-    let d = splat16(b);
+    let d = U::scale16(b);
     let m = U::MIN_AT.map_or(_mm512_setzero_ps(), |at| splat16(b.add(at)));
     U::unpack32(b).map(|q| _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d, m))
 }
@@ -934,7 +972,7 @@ unsafe fn int8_dot<U: Unpack, M: Madd>(row: &[u8], x: &QVector) -> f32 {
                 let blk = r.add(b * U::BYTES);
                 let [lo, hi] = U::unpack32(blk);
                 let t = int_sums::<U, M>(_mm256_set_m128i(hi, lo), _mm256_loadu_si256(xq.add(32 * b).cast()));
-                let scale = _mm256_mul_ps(splat8(blk), _mm256_broadcast_ss(&*xd.add(b)));
+                let scale = _mm256_mul_ps(U::scale8(blk), _mm256_broadcast_ss(&*xd.add(b)));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, *acc);
                 if let Some(at) = U::MIN_AT {
                     let m = _mm_cvtph_ps(_mm_cvtsi32_si128(blk.add(at).cast::<u16>().read_unaligned() as i32));
