@@ -490,9 +490,10 @@ TINY = {
                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)),
     # Mixture-of-Experts MLPs: Mixtral (top-2 of 4, renormalised), OLMoE (not renormalised, whole
     # Q/K norms), Qwen3-MoE (renormalised, per-head Q/K norms, narrower experts).
+    # A context of 1,024: room for a NIAH trial of its byte-level needle (the end-to-end MoE test).
     "mixtral-moe": lambda: transformers.MixtralForCausalLM(
         transformers.MixtralConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=256, num_local_experts=4, num_experts_per_tok=2,
+                                   num_key_value_heads=2, max_position_embeddings=1024, num_local_experts=4, num_experts_per_tok=2,
                                    sliding_window=None, rope_theta=10000.0, tie_word_embeddings=False)),
     "olmoe-moe": lambda: transformers.OlmoeForCausalLM(
         transformers.OlmoeConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
