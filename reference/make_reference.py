@@ -558,12 +558,14 @@ QUANTISED = {"gptoss-mxfp4": ("gptoss-gguf", "MXFP4"), "llama-q8_0": ("llama-gqa
 # transformers' GGUF reader dequantises from it, and the expected values are transformers' run on
 # those weights.
 # Rows of 256 and 512 values, so that llama.cpp's K-quants (super-blocks of 256) take every matrix.
-LLAMA_CPP_QUANTISED = {
-    "llama-q4_k_m": (lambda: transformers.LlamaForCausalLM(
+def _wide_llama():
+    return transformers.LlamaForCausalLM(
         transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=500.0,
-                                 tie_word_embeddings=False)), "Q4_K_M"),
-}
+                                 tie_word_embeddings=False))
+
+
+LLAMA_CPP_QUANTISED = {"llama-q4_k_m": (_wide_llama, "Q4_K_M"), "llama-q8_0-llama-cpp": (_wide_llama, "Q8_0")}
 
 
 def quantise(t: np.ndarray, qtype: str) -> np.ndarray:
@@ -1115,7 +1117,7 @@ def llama_cpp_quantised(out_dir: Path, name: str):
     f32.unlink()
     import gguf
     types = {gguf.GGMLQuantizationType(t.tensor_type).name for t in gguf.GGUFReader(d / "model.gguf").tensors}
-    assert {"Q4_K", "Q6_K"} <= types, types
+    assert {"Q4_K", "Q6_K"} <= types if ftype == "Q4_K_M" else ftype in types, types
     back = transformers.AutoModelForCausalLM.from_pretrained(str(d), gguf_file="model.gguf", config=model.config,
                                                              dtype=torch.float32, attn_implementation="eager")
     # (A model read from GGUF cannot be saved: its dequantised weights go into the original.)

@@ -589,31 +589,41 @@ fn whole_files_in_q8_0_and_q4_0() {
     }
 }
 
-/// A file written by llama.cpp's own quantiser (`llama_model_quantize`, Q4_K_M: Q4_K blocks,
-/// Q6_K for the value and down projections it favours and the unembedding), against
+/// Files written by llama.cpp's own quantiser (`llama_model_quantize`): Q4_K_M (Q4_K blocks,
+/// Q6_K for the value and down projections it favours and the unembedding) and Q8_0, each against
 /// transformers on the weights its GGUF reader dequantises from the same file, whole and in
 /// chunks: the K-quant super-blocks, their scales and llama.cpp's Q/K row order read right.
-/// The reference script writes it only where llama-cpp-python is installed (the test command
+/// The reference script writes them only where llama-cpp-python is installed (the test command
 /// does not build it): elsewhere this test says it was skipped, unless
 /// HEADHUNT_REQUIRE_LLAMA_CPP is set.
 #[test]
-fn a_llama_quantised_by_llama_cpp_to_q4_k_m() {
+fn llamas_quantised_by_llama_cpp() {
     use headhunt_engine::gguf::GgmlType;
-    if !reference_dir().join("tiny/llama-q4_k_m/model.gguf").exists() {
-        assert!(
-            std::env::var_os("HEADHUNT_REQUIRE_LLAMA_CPP").is_none(),
-            "HEADHUNT_REQUIRE_LLAMA_CPP is set, but the reference has no tiny/llama-q4_k_m (is llama-cpp-python installed?)"
-        );
-        eprintln!("SKIPPED a_llama_quantised_by_llama_cpp_to_q4_k_m: no tiny/llama-q4_k_m (llama-cpp-python not installed when the reference was made)");
-        return;
+    for (name, types) in [
+        ("llama-q4_k_m", &[GgmlType::Q4K, GgmlType::Q6K][..]),
+        ("llama-q8_0-llama-cpp", &[GgmlType::Q8_0][..]),
+    ] {
+        let path = reference_dir().join("tiny").join(name).join("model.gguf");
+        if !path.exists() {
+            assert!(
+                std::env::var_os("HEADHUNT_REQUIRE_LLAMA_CPP").is_none(),
+                "HEADHUNT_REQUIRE_LLAMA_CPP is set, but the reference has no tiny/{name} (is llama-cpp-python installed?)"
+            );
+            eprintln!("SKIPPED llamas_quantised_by_llama_cpp ({name}): llama-cpp-python was not installed when the reference was made");
+            continue;
+        }
+        let model = Model::load(&path).unwrap();
+        let dtypes: Vec<GgmlType> = model
+            .weights
+            .blocks
+            .iter()
+            .flat_map(|b| match &b.mlp {
+                headhunt_engine::weights::Mlp::Dense(e) => [e.up.w.dtypes(), e.down.w.dtypes()].concat(),
+                headhunt_engine::weights::Mlp::Experts { .. } => unreachable!("a dense Llama"),
+            })
+            .collect();
+        assert!(types.iter().all(|t| dtypes.contains(t)), "{name}: {dtypes:?}");
+        check(name);
+        check_file(name, "model.gguf");
     }
-    let model = Model::load(&reference_dir().join("tiny/llama-q4_k_m/model.gguf")).unwrap();
-    let dtypes = |l: usize| match &model.weights.blocks[l].mlp {
-        headhunt_engine::weights::Mlp::Dense(e) => (e.up.w.dtypes(), e.down.w.dtypes()),
-        headhunt_engine::weights::Mlp::Experts { .. } => unreachable!("a dense Llama"),
-    };
-    let all: Vec<GgmlType> = (0..2).flat_map(|l| [dtypes(l).0, dtypes(l).1].concat()).collect();
-    assert!(all.contains(&GgmlType::Q4K) && all.contains(&GgmlType::Q6K), "{all:?}");
-    check("llama-q4_k_m");
-    check_file("llama-q4_k_m", "model.gguf");
 }
