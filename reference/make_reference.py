@@ -522,10 +522,11 @@ TINY = {
                                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
                                                    "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),
     # The same as a GGUF can state it: llama.cpp's graph fixes the clamp at 7 (no metadata key);
-    # experts 64 wide, so that their rows are whole MXFP4 blocks (below).
+    # experts 64 wide, so that their rows are whole MXFP4 blocks (below); a context of 1,024 for a
+    # NIAH trial of its byte-level needle (the end-to-end test; the YaRN factor is stated).
     "gptoss-gguf": lambda: transformers.GptOssForCausalLM(
         transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=64, num_local_experts=4,
+                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, num_local_experts=4,
                                   num_experts_per_tok=2, sliding_window=7, swiglu_limit=7.0, tie_word_embeddings=False,
                                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
                                                    "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16})),

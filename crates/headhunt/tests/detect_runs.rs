@@ -349,56 +349,62 @@ fn the_prefix_cache_changes_nothing_but_time() {
     }
 }
 
-/// The experiments run on a Mixture-of-Experts model as on a dense one: detection (whose trials
+/// The experiments run on Mixture-of-Experts models as on a dense one: detection (whose trials
 /// record, per decoding step and layer, the experts chosen), the masking sweep and KV compression,
-/// on the tiny random Mixtral GGUF of `reference/make_reference.py` (random weights: this checks
-/// that every stage runs and records, not what the model answers).
+/// on the tiny random Mixtral and gpt-oss GGUFs of `reference/make_reference.py` (gpt-oss: sinks,
+/// windowed layers alternating with full ones, YaRN). Random weights: this checks that every stage
+/// runs and records, not what the models answer.
 #[test]
-fn detection_masking_and_kv_compression_run_on_a_mixture_of_experts_model() {
+fn detection_masking_and_kv_compression_run_on_mixture_of_experts_models() {
     let reference = match std::env::var_os("HEADHUNT_REFERENCE") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/reference"),
     };
-    let model = reference.join("tiny/mixtral-moe/model.gguf");
-    let m = model.to_str().unwrap();
-    let out = scratch("moe");
-    let dir = |name: &str| out.join(name).to_str().unwrap().to_owned();
-    let grid = ["--lengths", "300", "--no-chat"];
-    run_ok(&[&["detect", "--model", m, "--depths", "0,100", "-o", &dir("detect")][..], &grid].concat());
-    let text = std::fs::read_to_string(out.join("detect/trials.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 2);
-    for r in &records {
-        let (steps, experts) = (r["generated"].as_array().unwrap().len(), r["experts"].as_array().unwrap());
-        assert!(
-            steps > 0 && experts.len() == steps,
-            "{steps} steps, {} routing records",
-            experts.len()
-        );
-        for step in experts {
-            let layers = step.as_array().unwrap();
-            assert_eq!(layers.len(), 2);
-            assert!(layers.iter().all(|chosen| chosen.as_array().unwrap().len() == 2), "{step}");
+    for name in ["mixtral-moe", "gptoss-gguf"] {
+        let model = reference.join("tiny").join(name).join("model.gguf");
+        let m = model.to_str().unwrap();
+        let out = scratch(name);
+        let dir = |sub: &str| out.join(sub).to_str().unwrap().to_owned();
+        let grid = ["--lengths", "300", "--no-chat"];
+        run_ok(&[&["detect", "--model", m, "--depths", "0,100", "-o", &dir("detect")][..], &grid].concat());
+        let text = std::fs::read_to_string(out.join("detect/trials.jsonl")).unwrap();
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(records.len(), 2, "{name}");
+        for r in &records {
+            let (steps, experts) = (r["generated"].as_array().unwrap().len(), r["experts"].as_array().unwrap());
+            assert!(
+                steps > 0 && experts.len() == steps,
+                "{name}: {steps} steps, {} routing records",
+                experts.len()
+            );
+            for step in experts {
+                let layers = step.as_array().unwrap();
+                assert_eq!(layers.len(), 2, "{name}");
+                assert!(layers.iter().all(|chosen| chosen.as_array().unwrap().len() == 2), "{name}: {step}");
+            }
         }
+        let scores = dir("detect");
+        let ablate = [
+            "ablate", "--model", m, "--scores", &scores, "--ks", "0,2", "--seeds", "1", "--depths", "50",
+        ];
+        run_ok(&[&ablate[..], &grid, &["-o", &dir("ablate")]].concat());
+        let kv = [
+            "kv",
+            "--model",
+            m,
+            "--scores",
+            &scores,
+            "--budgets",
+            "0,0.5",
+            "--no-bench",
+            "--depths",
+            "50",
+        ];
+        run_ok(&[&kv[..], &grid, &["-o", &dir("kv")]].concat());
+        assert!(
+            out.join("ablate/report.html").exists() && out.join("kv/report.html").exists(),
+            "{name}"
+        );
+        let _ = std::fs::remove_dir_all(&out);
     }
-    let scores = dir("detect");
-    let ablate = [
-        "ablate", "--model", m, "--scores", &scores, "--ks", "0,2", "--seeds", "1", "--depths", "50",
-    ];
-    run_ok(&[&ablate[..], &grid, &["-o", &dir("ablate")]].concat());
-    let kv = [
-        "kv",
-        "--model",
-        m,
-        "--scores",
-        &scores,
-        "--budgets",
-        "0,0.5",
-        "--no-bench",
-        "--depths",
-        "50",
-    ];
-    run_ok(&[&kv[..], &grid, &["-o", &dir("kv")]].concat());
-    assert!(out.join("ablate/report.html").exists() && out.join("kv/report.html").exists());
-    let _ = std::fs::remove_dir_all(&out);
 }
