@@ -203,6 +203,7 @@ fn guided_with_one_candidate_and_contrast_without_weight_are_greedy() {
     let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("hallucination.json")).unwrap()).unwrap();
     assert_eq!(h["guided"][0]["difference"], 0.0);
     assert_eq!(h["contrastive"][1]["difference"], 0.0);
+    assert_eq!(h["contrastive"][1]["hallucinated"]["difference"], 0.0);
     assert!(out.join("roc.png").exists());
     std::fs::remove_dir_all(dir).ok();
 }

@@ -323,6 +323,8 @@ pub static FAMILIES: &[Family] = &[
         name: "gpt2",
         hf: &["gpt2"],
         gguf: None,
+        // No GGUF reader and no rotary positions: the GGUF rows and RoPE layout do not apply.
+        gguf_interleaved_rope: false,
         body: Body::Gpt2,
         hf_names: HfNames::Gpt2,
         ..LLAMA
@@ -331,6 +333,7 @@ pub static FAMILIES: &[Family] = &[
         name: "opt",
         hf: &["opt"],
         gguf: None,
+        gguf_interleaved_rope: false,
         body: Body::Opt,
         hf_names: HfNames::Opt,
         ..LLAMA

@@ -180,30 +180,125 @@ pub fn compare_decoding(
 ) -> serde_json::Value {
     let row = |task: &str, metric: &str, rs: &[AnswerRecord]| {
         let pairs: Vec<(f64, f64)> = rs.iter().filter_map(|r| Some((r.score, other(r)?.0))).collect();
-        let n = pairs.len().max(1) as f64;
-        let diffs: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
-        let (lo, hi) = bootstrap_mean(&diffs, 0.95, 2000, 11);
+        let (greedy_mean, other_mean, difference, lo, hi) = paired(&pairs);
+        // The same items labelled by the same rule, each decoding's answer in turn: the share
+        // hallucinated (0-100) under greedy decoding and under the other.
+        let hallucinated = |expected: &[String], answer: &str| {
+            if outcome(expected, answer) == AnswerClass::Hallucination {
+                100.0
+            } else {
+                0.0
+            }
+        };
+        let labels: Vec<(f64, f64)> = rs
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    hallucinated(&r.expected, &r.greedy.answer),
+                    hallucinated(&r.expected, &other(r)?.1.answer),
+                ))
+            })
+            .collect();
+        let (rate_greedy, rate_other, rate_difference, rate_lo, rate_hi) = paired(&labels);
         let seconds = |d: &str| rs.iter().filter_map(|r| r.decode_seconds.get(d)).sum::<f64>();
         let row = json!({
             "task": task,
             "metric": metric,
             "items": pairs.len(),
-            "greedy": pairs.iter().map(|p| p.0).sum::<f64>() / n,
-            name: pairs.iter().map(|p| p.1).sum::<f64>() / n,
-            "difference": diffs.iter().sum::<f64>() / n,
+            "greedy": greedy_mean,
+            name: other_mean,
+            "difference": difference,
             "ci95": [lo, hi],
+            "hallucinated": {"greedy": rate_greedy, name: rate_other, "difference": rate_difference, "ci95": [rate_lo, rate_hi]},
             "changed": rs.iter().filter(|r| other(r).is_some_and(|(_, d)| d.answer != r.greedy.answer)).count(),
             "seconds_over_greedy": if seconds("greedy") > 0.0 { Some(seconds(name) / seconds("greedy")) } else { None },
         });
         println!(
-            "{name} against greedy, {task}: {metric} {:.1} -> {:.1} ({:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; {} of {} answers changed)",
-            row["greedy"].as_f64().unwrap_or(0.0),
-            row[name].as_f64().unwrap_or(0.0),
-            row["difference"].as_f64().unwrap_or(0.0),
+            "{name} against greedy, {task}: {metric} {greedy_mean:.1} -> {other_mean:.1} ({difference:+.1}, 95% interval [{lo:+.1}, {hi:+.1}]; \
+             {} of {} answers changed); hallucinated {rate_greedy:.1}% -> {rate_other:.1}% ({rate_difference:+.1}, [{rate_lo:+.1}, {rate_hi:+.1}])",
             row["changed"],
             pairs.len()
         );
         row
     };
     json!([row("niah", "ROUGE-1 recall", niah), row("qa", "token F1", qa)])
+}
+
+/// Means of paired values (a, b), their mean difference b - a, and its 95% bootstrap interval.
+fn paired(pairs: &[(f64, f64)]) -> (f64, f64, f64, f64, f64) {
+    let n = pairs.len().max(1) as f64;
+    let diffs: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
+    let (lo, hi) = bootstrap_mean(&diffs, 0.95, 2000, 11);
+    let mean = |f: fn(&(f64, f64)) -> f64| pairs.iter().map(f).sum::<f64>() / n;
+    (mean(|p| p.0), mean(|p| p.1), diffs.iter().sum::<f64>() / n, lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::grounding::Signal;
+
+    fn decoded(answer: &str) -> Decoded {
+        Decoded {
+            answer: answer.into(),
+            tokens: Vec::new(),
+            signal: Signal {
+                support: 0.0,
+                lookback: 0.0,
+                confidence: 0.0,
+            },
+            lookback: Vec::new(),
+        }
+    }
+
+    fn record(greedy: &str, score: f64, other: &str, other_score: f64) -> AnswerRecord {
+        let expected = vec!["The spare key is under the blue anchor.".to_string()];
+        AnswerRecord {
+            key: greedy.into(),
+            question: "Where is the spare key?".into(),
+            outcome: outcome(&expected, greedy),
+            expected,
+            prompt_tokens: 10,
+            greedy: decoded(greedy),
+            score,
+            guided: None,
+            guided_score: None,
+            contrastive: Some(decoded(other)),
+            contrastive_score: Some(other_score),
+            decode_seconds: BTreeMap::from([("greedy".into(), 1.0), ("contrastive".into(), 2.5)]),
+            seconds: 3.5,
+        }
+    }
+
+    #[test]
+    fn decodings_are_compared_by_score_and_by_hallucination_rate() {
+        // Four items: one hallucinated answer fixed, one made, one correct and one partial kept.
+        let niah = vec![
+            record("It is in a drawer.", 0.0, "The spare key is under the blue anchor.", 100.0),
+            record("The spare key is under the blue anchor.", 100.0, "Nobody knows.", 0.0),
+            record(
+                "The spare key is under the blue anchor.",
+                100.0,
+                "The spare key is under the blue anchor.",
+                100.0,
+            ),
+            record("The key is blue.", 50.0, "The key is blue.", 50.0),
+        ];
+        let rows = compare_decoding(&niah, &[], "contrastive", |r| Some((r.contrastive_score?, r.contrastive.as_ref()?)));
+        let r = &rows[0];
+        assert_eq!(r["items"], 4);
+        assert_eq!(r["greedy"], 62.5);
+        assert_eq!(r["contrastive"], 62.5);
+        assert_eq!(r["changed"], 2);
+        // Hallucinated: items 1 (greedy) and 2 (contrastive), 25% each; the changes +100/-100.
+        let h = &r["hallucinated"];
+        assert_eq!(h["greedy"], 25.0);
+        assert_eq!(h["contrastive"], 25.0);
+        assert_eq!(h["difference"], 0.0);
+        let (lo, hi) = (h["ci95"][0].as_f64().unwrap(), h["ci95"][1].as_f64().unwrap());
+        assert!(lo < 0.0 && hi > 0.0 && lo >= -100.0 && hi <= 100.0, "{lo} {hi}");
+        assert_eq!(r["seconds_over_greedy"], 2.5);
+        // No QA items: an empty row, not a failure.
+        assert_eq!(rows[1]["items"], 0);
+    }
 }

@@ -233,6 +233,21 @@ pub(super) fn claims_section(d: &Path, here: &str, sections: &mut BTreeMap<&str,
     );
 }
 
+/// A decoding's share of hallucinated answers against greedy decoding's, with the interval of
+/// the change ("-" for runs written before the rates were recorded).
+fn hallucination_rates(h: &serde_json::Value, name: &str) -> String {
+    if h.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{:.1}% to {:.1}% [{:+.1}, {:+.1}]",
+        f(&h["greedy"]),
+        f(&h[name]),
+        f(&h["ci95"][0]),
+        f(&h["ci95"][1])
+    )
+}
+
 /// `headhunt hallucination`: the detectors' AUROCs, their ROC curves, guided and contrastive
 /// decoding, and
 /// answers with each token shaded by how far the retrieval heads support it.
@@ -258,6 +273,7 @@ pub(super) fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMa
                 format!("{:.1}", f(&r["greedy"])),
                 format!("{:.1}", f(&r[name])),
                 format!("{:+.1} [{:+.1}, {:+.1}]", f(&r["difference"]), f(&r["ci95"][0]), f(&r["ci95"][1])),
+                hallucination_rates(&r["hallucinated"], name),
                 r["seconds_over_greedy"].as_f64().map_or("-".into(), |x| format!("{x:.1}x")),
             ]
         });
@@ -274,6 +290,7 @@ pub(super) fn hallucination_section(d: &Path, here: &str, sections: &mut BTreeMa
                     "greedy",
                     name,
                     "difference [95% CI]",
+                    "hallucinated, greedy to this [95% CI of the change]",
                     "time against greedy"
                 ],
                 &rows
