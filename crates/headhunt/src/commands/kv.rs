@@ -179,6 +179,8 @@ pub fn run(args: Args) -> Result<()> {
                     "--json",
                     "--model",
                     &args.model.model,
+                    "--precision",
+                    args.model.precision.name(),
                     "--lengths",
                     &longest.to_string(),
                     "--decode-context",
