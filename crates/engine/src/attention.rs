@@ -19,9 +19,10 @@ use crate::linalg::{fast_exp, matmul_nn, matmul_t};
 const KEY_TILE: usize = 128;
 /// Query rows (heads x positions) a task holds at most: keeps its tiles in L2.
 const TASK_ROWS: usize = 192;
-/// Below this many rows, scores and weighted values are computed key by key (each key and value
-/// row read once for all rows) instead of by matrix multiply.
-const SMALL_ROWS: usize = 4;
+/// Up to this many rows (a decoding step's query heads of one group), scores are computed key by
+/// key (`scores_small`: each key read once for all rows) instead of by matrix multiply, which
+/// repacks the keys for every tile.
+const SMALL_ROWS: usize = 8;
 
 pub(crate) struct AttentionLayer<'a> {
     /// Roped queries `[n, n_heads * d_head]`.
@@ -332,6 +333,8 @@ impl AttentionLayer<'_> {
             before: if track_mass { vec![0.0; rows] } else { Vec::new() },
         };
         let mut s = vec![0.0f32; rows * KEY_TILE];
+        // A tile's keys and values in f32 when the cache stores them otherwise.
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         for tile in t.tiles {
             let seg = segments[tile.seg];
             let bk = tile.t1 - tile.t0;
@@ -342,7 +345,7 @@ impl AttentionLayer<'_> {
                     KvPolicy::SinkWindow { sink, window } => tile.kmax < sink || qmax - tile.kmin < window,
                 };
             let s = &mut s[..rows * bk];
-            scores(s, &qb, &seg.k[tile.t0 * dh..tile.t1 * dh], rows, bk, dh);
+            scores(s, &qb, seg.k.f32s(tile.t0 * dh, tile.t1 * dh, &mut kbuf), rows, bk, dh);
             if let Some(cap) = self.softcap {
                 s.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
             }
@@ -389,7 +392,7 @@ impl AttentionLayer<'_> {
                     part.acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= alpha);
                 }
             }
-            weighted_values(&mut part.acc, s, &seg.v[tile.t0 * dh..tile.t1 * dh], rows, bk, dh);
+            weighted_values(&mut part.acc, s, seg.v.f32s(tile.t0 * dh, tile.t1 * dh, &mut vbuf), rows, bk, dh);
         }
         part
     }
@@ -399,12 +402,13 @@ impl AttentionLayer<'_> {
     fn for_each_score(&self, q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, mut f: impl FnMut(usize, f32)) {
         let dh = self.d_head;
         let keys = self.hooks(h).and_then(|hh| hh.keys.as_ref());
+        let mut buf = Vec::new();
         for (j, &kp) in seg.pos.iter().enumerate() {
             let kp = kp as usize;
             if !policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
                 continue;
             }
-            let mut s = dot(q, &seg.k[j * dh..(j + 1) * dh]);
+            let mut s = dot(q, seg.k.f32s(j * dh, (j + 1) * dh, &mut buf));
             if let Some(cap) = self.softcap {
                 s = cap * (s / cap).tanh();
             }
@@ -450,31 +454,85 @@ fn key_allowed(keys: &KeySet, query: usize, key: usize) -> bool {
 /// `s[rows, bk] = q[rows, dh] · k[bk, dh]^T`
 fn scores(s: &mut [f32], q: &[f32], k: &[f32], rows: usize, bk: usize, dh: usize) {
     if rows <= SMALL_ROWS {
-        for j in 0..bk {
-            let kj = &k[j * dh..(j + 1) * dh];
-            for i in 0..rows {
-                s[i * bk + j] = dot(&q[i * dh..(i + 1) * dh], kj);
-            }
-        }
+        scores_small(s, q, k, rows, bk, dh);
     } else {
         matmul_t(s, q, k, rows, dh, bk, false, false);
     }
 }
 
+/// [`scores`] for a few rows (decoding): every row's dot product with every key, with FMA on
+/// x86-64 (eight independent sums in flight: two rows by four keys), else in plain lanes.
+fn scores_small(s: &mut [f32], q: &[f32], k: &[f32], rows: usize, bk: usize, dh: usize) {
+    assert!(s.len() >= rows * bk && q.len() >= rows * dh && k.len() >= bk * dh);
+    #[cfg(target_arch = "x86_64")]
+    if dh.is_multiple_of(8) && crate::cpu::Isa::from_env() >= crate::cpu::Isa::Avx2 {
+        // SAFETY: the CPU runs AVX2 and FMA; the lengths are asserted above.
+        return unsafe { x86::scores_small(s, q, k, rows, bk, dh) };
+    }
+    for j in 0..bk {
+        let kj = &k[j * dh..(j + 1) * dh];
+        for i in 0..rows {
+            s[i * bk + j] = dot(&q[i * dh..(i + 1) * dh], kj);
+        }
+    }
+}
+
 /// `acc[rows, dh] += p[rows, bk] · v[bk, dh]`
 fn weighted_values(acc: &mut [f32], p: &[f32], v: &[f32], rows: usize, bk: usize, dh: usize) {
-    if rows <= SMALL_ROWS {
-        for j in 0..bk {
-            let vj = &v[j * dh..(j + 1) * dh];
-            for i in 0..rows {
-                let w = p[i * bk + j];
-                if w != 0.0 {
-                    acc[i * dh..(i + 1) * dh].iter_mut().zip(vj).for_each(|(a, &v)| *a += w * v);
+    matmul_nn(acc, p, v, rows, bk, dh, true);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `s[i * bk + j] = q_i · k_j`. The caller asserts the lengths; `dh` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_small(s: &mut [f32], q: &[f32], k: &[f32], rows: usize, bk: usize, dh: usize) {
+        let (sp, qp, kp) = (s.as_mut_ptr(), q.as_ptr(), k.as_ptr());
+        let keys4 = bk - bk % 4;
+        let mut i = 0;
+        while i < rows {
+            let pair = i + 1 < rows;
+            let (q0, q1) = (qp.add(i * dh), qp.add((i + pair as usize) * dh));
+            for j in (0..keys4).step_by(4) {
+                let kj = kp.add(j * dh);
+                let (mut a, mut b) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+                for c in (0..dh).step_by(8) {
+                    let (x0, x1) = (_mm256_loadu_ps(q0.add(c)), _mm256_loadu_ps(q1.add(c)));
+                    for u in 0..4 {
+                        let y = _mm256_loadu_ps(kj.add(u * dh + c));
+                        a[u] = _mm256_fmadd_ps(x0, y, a[u]);
+                        b[u] = _mm256_fmadd_ps(x1, y, b[u]);
+                    }
+                }
+                _mm_storeu_ps(sp.add(i * bk + j), sum4(a));
+                if pair {
+                    _mm_storeu_ps(sp.add((i + 1) * bk + j), sum4(b));
                 }
             }
+            for j in keys4..bk {
+                let kj = kp.add(j * dh);
+                let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for c in (0..dh).step_by(8) {
+                    let y = _mm256_loadu_ps(kj.add(c));
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(q0.add(c)), y, a);
+                    b = _mm256_fmadd_ps(_mm256_loadu_ps(q1.add(c)), y, b);
+                }
+                *sp.add(i * bk + j) = _mm_cvtss_f32(sum4([a, a, a, a]));
+                if pair {
+                    *sp.add((i + 1) * bk + j) = _mm_cvtss_f32(sum4([b, b, b, b]));
+                }
+            }
+            i += 2;
         }
-    } else {
-        matmul_nn(acc, p, v, rows, bk, dh, true);
+    }
+
+    /// The lane sums of four vectors, in order.
+    #[inline(always)]
+    unsafe fn sum4(v: [__m256; 4]) -> __m128 {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
     }
 }
 
@@ -539,6 +597,27 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_row_scores_are_the_dot_products() {
+        let value = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
+        for (rows, bk, dh) in [(1, 5, 64), (3, 128, 128), (6, 130, 128), (8, 7, 256), (2, 3, 40)] {
+            let q: Vec<f32> = (0..rows * dh).map(value).collect();
+            let k: Vec<f32> = (0..bk * dh).map(|i| value(i + 17)).collect();
+            let mut s = vec![f32::NAN; rows * bk];
+            scores(&mut s, &q, &k, rows, bk, dh);
+            for i in 0..rows {
+                for j in 0..bk {
+                    let want: f64 = (0..dh).map(|d| q[i * dh + d] as f64 * k[j * dh + d] as f64).sum();
+                    let got = s[i * bk + j] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "rows {rows} keys {bk} dh {dh}: s[{i}, {j}] {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_is_within_two_ulp() {

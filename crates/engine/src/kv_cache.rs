@@ -6,8 +6,22 @@
 //! are `SinkWindow { sink: 0, window: 512 }` heads; compressed caches (retrieval-aware or
 //! StreamingLLM style) are the same mechanism with other sizes. The ring is allocated once at its
 //! final size, so a windowed head really holds `sink + window - 1 + chunk` rows, never more.
+//!
+//! Keys and values are stored in f32 ([`KvStore::F32`], the reference implementation's numbers)
+//! or in f16 ([`KvStore::F16`], as llama.cpp stores them by default): half the bytes to hold and,
+//! in decoding, to read, converted back to f32 a tile at a time where attention reads them.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
+
+/// How a cache stores its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvStore {
+    #[default]
+    F32,
+    F16,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvPolicy {
@@ -32,53 +46,165 @@ impl KvPolicy {
 #[derive(Clone, Copy)]
 pub(crate) struct Segment<'a> {
     pub pos: &'a [u32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: Rows<'a>,
+    pub v: Rows<'a>,
+}
+
+/// Stored keys or values, `d` per row, in the cache's [`KvStore`].
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Rows<'a> {
+    /// Values `from..to` in f32: the stored ones, or converted into `buf`.
+    pub fn f32s<'b>(self, from: usize, to: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Rows::F32(v) => &v[from..to],
+            Rows::F16(v) => {
+                buf.resize(to - from, 0.0);
+                v[from..to].convert_to_f32_slice(buf);
+                buf
+            }
+        }
+    }
+
+    /// The value at `i`.
+    #[cfg(test)]
+    pub fn at(self, i: usize) -> f32 {
+        match self {
+            Rows::F32(v) => v[i],
+            Rows::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+/// A head's keys or values, in its store.
+#[derive(Debug)]
+enum Values {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Values {
+    fn with_capacity(store: KvStore, n: usize) -> Self {
+        match store {
+            KvStore::F32 => Values::F32(Vec::with_capacity(n)),
+            KvStore::F16 => Values::F16(Vec::with_capacity(n)),
+        }
+    }
+
+    /// A copy with the same room (a plain `Vec` clone keeps only the values).
+    fn copy(&self) -> Self {
+        fn copy<T: Copy>(v: &[T], capacity: usize) -> Vec<T> {
+            let mut c = Vec::with_capacity(capacity);
+            c.extend_from_slice(v);
+            c
+        }
+        match self {
+            Values::F32(v) => Values::F32(copy(v, v.capacity())),
+            Values::F16(v) => Values::F16(copy(v, v.capacity())),
+        }
+    }
+
+    fn extend(&mut self, x: &[f32]) {
+        match self {
+            Values::F32(v) => v.extend_from_slice(x),
+            Values::F16(v) => {
+                let at = v.len();
+                v.resize(at + x.len(), f16::ZERO);
+                v[at..].convert_from_f32_slice(x);
+            }
+        }
+    }
+
+    /// Append stored values as they are (a row moved within a head keeps its bits).
+    fn extend_rows(&mut self, rows: Rows<'_>, from: usize, to: usize) {
+        match (self, rows) {
+            (Values::F32(v), Rows::F32(r)) => v.extend_from_slice(&r[from..to]),
+            (Values::F16(v), Rows::F16(r)) => v.extend_from_slice(&r[from..to]),
+            (values, rows) => values.extend(rows.f32s(from, to, &mut Vec::new())),
+        }
+    }
+
+    fn overwrite(&mut self, at: usize, x: &[f32]) {
+        match self {
+            Values::F32(v) => v[at..at + x.len()].copy_from_slice(x),
+            Values::F16(v) => v[at..at + x.len()].convert_from_f32_slice(x),
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Values::F32(v) => v.truncate(n),
+            Values::F16(v) => v.truncate(n),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Values::F32(v) => 4 * v.capacity(),
+            Values::F16(v) => 2 * v.capacity(),
+        }
+    }
+
+    fn rows(&self, from: usize, to: usize) -> Rows<'_> {
+        match self {
+            Values::F32(v) => Rows::F32(&v[from..to]),
+            Values::F16(v) => Rows::F16(&v[from..to]),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct HeadRows {
     pos: Vec<u32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Values,
+    v: Values,
 }
 
-/// A copy with the same room as the original (a plain `Vec` clone keeps only the rows): a forked
-/// run allocates what the run it came from did, and grows as it would have.
+/// A copy with the same room as the original: a forked run allocates what the run it came from
+/// did, and grows as it would have.
 impl Clone for HeadRows {
     fn clone(&self) -> Self {
-        let copy = |v: &Vec<f32>| {
-            let mut c = Vec::with_capacity(v.capacity());
-            c.extend_from_slice(v);
-            c
-        };
         let mut pos = Vec::with_capacity(self.pos.capacity());
         pos.extend_from_slice(&self.pos);
         HeadRows {
             pos,
-            k: copy(&self.k),
-            v: copy(&self.v),
+            k: self.k.copy(),
+            v: self.v.copy(),
         }
     }
 }
 
 impl HeadRows {
-    fn with_capacity(rows: usize, d: usize) -> Self {
+    fn with_capacity(rows: usize, d: usize, store: KvStore) -> Self {
         HeadRows {
             pos: Vec::with_capacity(rows),
-            k: Vec::with_capacity(rows * d),
-            v: Vec::with_capacity(rows * d),
+            k: Values::with_capacity(store, rows * d),
+            v: Values::with_capacity(store, rows * d),
         }
     }
 
     fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) {
         self.pos.push(pos as u32);
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
+        self.k.extend(k);
+        self.v.extend(v);
+    }
+
+    /// Append row `i` of `seg` as stored.
+    fn push_row(&mut self, seg: &Segment<'_>, i: usize, d: usize) {
+        self.pos.push(seg.pos[i]);
+        self.k.extend_rows(seg.k, i * d, (i + 1) * d);
+        self.v.extend_rows(seg.v, i * d, (i + 1) * d);
     }
 
     fn bytes(&self) -> usize {
-        4 * (self.pos.capacity() + self.k.capacity() + self.v.capacity())
+        4 * self.pos.capacity() + self.k.bytes() + self.v.bytes()
     }
 
     fn truncate(&mut self, rows: usize, d: usize) {
@@ -90,8 +216,8 @@ impl HeadRows {
     fn segment(&self, d: usize, from: usize, to: usize) -> Segment<'_> {
         Segment {
             pos: &self.pos[from..to],
-            k: &self.k[from * d..to * d],
-            v: &self.v[from * d..to * d],
+            k: self.k.rows(from * d, to * d),
+            v: self.v.rows(from * d, to * d),
         }
     }
 }
@@ -101,6 +227,7 @@ impl HeadRows {
 pub(crate) struct HeadCache {
     pub policy: KvPolicy,
     d: usize,
+    store: KvStore,
     sink: HeadRows,
     /// Full: every row in order. SinkWindow: a ring of `ring_cap` rows starting at `start`.
     main: HeadRows,
@@ -110,13 +237,14 @@ pub(crate) struct HeadCache {
 
 impl HeadCache {
     /// `capacity`: rows a full head should reserve; `max_chunk`: the most rows appended at once.
-    pub fn new(policy: KvPolicy, d: usize, capacity: usize, max_chunk: usize) -> Self {
+    pub fn new(policy: KvPolicy, d: usize, capacity: usize, max_chunk: usize, store: KvStore) -> Self {
         match policy {
             KvPolicy::Full => HeadCache {
                 policy,
                 d,
-                sink: HeadRows::with_capacity(0, d),
-                main: HeadRows::with_capacity(capacity, d),
+                store,
+                sink: HeadRows::with_capacity(0, d, store),
+                main: HeadRows::with_capacity(capacity, d, store),
                 ring_cap: usize::MAX,
                 start: 0,
             },
@@ -128,8 +256,9 @@ impl HeadCache {
                 HeadCache {
                     policy,
                     d,
-                    sink: HeadRows::with_capacity(reserve(sink), d),
-                    main: HeadRows::with_capacity(reserve(ring_cap), d),
+                    store,
+                    sink: HeadRows::with_capacity(reserve(sink), d, store),
+                    main: HeadRows::with_capacity(reserve(ring_cap), d, store),
                     ring_cap,
                     start: 0,
                 }
@@ -139,12 +268,13 @@ impl HeadCache {
 
     /// A head that holds every position whatever its policy (a windowed one's attention still
     /// sees only its window): it can be truncated anywhere.
-    pub fn keeping_all(policy: KvPolicy, d: usize, capacity: usize) -> Self {
+    pub fn keeping_all(policy: KvPolicy, d: usize, capacity: usize, store: KvStore) -> Self {
         HeadCache {
             policy,
             d,
-            sink: HeadRows::with_capacity(0, d),
-            main: HeadRows::with_capacity(capacity, d),
+            store,
+            sink: HeadRows::with_capacity(0, d, store),
+            main: HeadRows::with_capacity(capacity, d, store),
             ring_cap: usize::MAX,
             start: 0,
         }
@@ -161,8 +291,8 @@ impl HeadCache {
                 } else {
                     let (i, d) = (self.start, self.d);
                     self.main.pos[i] = pos as u32;
-                    self.main.k[i * d..(i + 1) * d].copy_from_slice(k);
-                    self.main.v[i * d..(i + 1) * d].copy_from_slice(v);
+                    self.main.k.overwrite(i * d, k);
+                    self.main.v.overwrite(i * d, v);
                     self.start = (self.start + 1) % self.ring_cap;
                 }
             }
@@ -227,11 +357,11 @@ impl HeadCache {
         let d = self.d;
         if let (KvPolicy::SinkWindow { .. }, false) = (self.policy, self.ring_cap == usize::MAX) {
             // The ring's rows below `len`, oldest first, become an unwrapped ring.
-            let mut main = HeadRows::with_capacity(self.ring_cap.min(self.main.pos.len()), d);
+            let mut main = HeadRows::with_capacity(self.ring_cap.min(self.main.pos.len()), d, self.store);
             for s in self.segments().into_iter().skip(usize::from(!self.sink.pos.is_empty())) {
                 for i in 0..s.pos.len() {
                     if (s.pos[i] as usize) < len {
-                        main.push(s.pos[i] as usize, &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d]);
+                        main.push_row(&s, i, d);
                     }
                 }
             }
@@ -257,18 +387,19 @@ impl HeadCache {
             .iter()
             .map(|s| s.pos.iter().filter(|p| keep.binary_search(p).is_ok()).count())
             .sum();
-        let mut main = HeadRows::with_capacity(kept + extra, d);
+        let mut main = HeadRows::with_capacity(kept + extra, d, self.store);
         for s in self.segments() {
-            for (i, &p) in s.pos.iter().enumerate() {
-                if keep.binary_search(&p).is_ok() {
-                    main.push(p as usize, &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d]);
+            for (i, p) in s.pos.iter().enumerate() {
+                if keep.binary_search(p).is_ok() {
+                    main.push_row(&s, i, d);
                 }
             }
         }
         HeadCache {
             policy: self.policy,
             d,
-            sink: HeadRows::with_capacity(0, d),
+            store: self.store,
+            sink: HeadRows::with_capacity(0, d, self.store),
             main,
             ring_cap: usize::MAX,
             start: 0,
@@ -294,16 +425,16 @@ impl HeadCache {
         }
         // Keep the newest rows, in position order, within the new size.
         let d = self.d;
-        let rows: Vec<(u32, &[f32], &[f32])> = self
+        let rows: Vec<(Segment<'_>, usize)> = self
             .segments()
             .into_iter()
             .skip(usize::from(!self.sink.pos.is_empty()))
-            .flat_map(|s| (0..s.pos.len()).map(move |i| (s.pos[i], &s.k[i * d..(i + 1) * d], &s.v[i * d..(i + 1) * d])))
+            .flat_map(|s| (0..s.pos.len()).map(move |i| (s, i)))
             .collect();
         let keep = &rows[rows.len().saturating_sub(want)..];
-        let mut main = HeadRows::with_capacity(want, d);
-        for &(p, k, v) in keep {
-            main.push(p as usize, k, v);
+        let mut main = HeadRows::with_capacity(want, d, self.store);
+        for (s, i) in keep {
+            main.push_row(s, *i, d);
         }
         self.main = main;
         self.ring_cap = want;
@@ -318,23 +449,33 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize, max_chunk: usize) -> Self {
+    pub(crate) fn new(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize, max_chunk: usize, store: KvStore) -> Self {
         KvCache {
             layers: policies
                 .iter()
-                .map(|heads| heads.iter().map(|&p| HeadCache::new(p, d_head, capacity, max_chunk)).collect())
+                .map(|heads| {
+                    heads
+                        .iter()
+                        .map(|&p| HeadCache::new(p, d_head, capacity, max_chunk, store))
+                        .collect()
+                })
                 .collect(),
         }
     }
 
     /// A cache whose heads hold every position (see [`HeadCache::keeping_all`]).
-    pub(crate) fn keeping_windows(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize) -> Self {
+    pub(crate) fn keeping_windows(policies: &[Vec<KvPolicy>], d_head: usize, capacity: usize, store: KvStore) -> Self {
         KvCache {
             layers: policies
                 .iter()
-                .map(|heads| heads.iter().map(|&p| HeadCache::keeping_all(p, d_head, capacity)).collect())
+                .map(|heads| heads.iter().map(|&p| HeadCache::keeping_all(p, d_head, capacity, store)).collect())
                 .collect(),
         }
+    }
+
+    /// How the keys and values are stored.
+    pub fn store(&self) -> KvStore {
+        self.layers.iter().flatten().next().map_or(KvStore::F32, |h| h.store)
     }
 
     /// Size every windowed ring for `n` rows appended at once (see [`HeadCache::fit_ring`]).
@@ -398,7 +539,7 @@ mod tests {
     fn ring_keeps_sink_and_recent_window() {
         let (sink, window, chunk) = (2, 4, 3);
         // A capacity hint smaller than the sequence must not shrink the window.
-        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 5, chunk);
+        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 5, chunk, KvStore::F32);
         for p in 0..20 {
             h.push(p, &[p as f32], &[-(p as f32)]);
         }
@@ -407,12 +548,12 @@ mod tests {
         assert_eq!(kept, vec![0, 1, 14, 15, 16, 17, 18, 19]);
         for s in h.segments() {
             for (i, &p) in s.pos.iter().enumerate() {
-                assert_eq!(s.k[i], p as f32);
-                assert_eq!(s.v[i], -(p as f32));
+                assert_eq!(s.k.at(i), p as f32);
+                assert_eq!(s.v.at(i), -(p as f32));
             }
         }
         assert_eq!(h.len(), 8);
-        let fresh = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk);
+        let fresh = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk, KvStore::F32);
         assert_eq!(fresh.bytes(), 4 * 3 * 8, "sink + ring reserved exactly");
         // Decoding one row at a time needs only the window: the ring shrinks and keeps the
         // newest rows.
@@ -433,7 +574,7 @@ mod tests {
         for policy in policies {
             // Fed 0..10 in chunks of 3, then truncated to 8: what feeding 0..8 leaves (a ring
             // may hold more old rows than that, never fewer of the ones position 8 sees).
-            let mut a = HeadCache::new(policy, 1, 16, chunk);
+            let mut a = HeadCache::new(policy, 1, 16, chunk, KvStore::F32);
             let mut b = a.clone();
             for p in 0..10 {
                 a.push(p, &[p as f32], &[-(p as f32)]);
@@ -449,7 +590,7 @@ mod tests {
             assert_eq!(visible(&ka), visible(&kb), "{policy:?}");
             for s in a.segments() {
                 for (i, &p) in s.pos.iter().enumerate() {
-                    assert_eq!((s.k[i], s.v[i]), (p as f32, -(p as f32)));
+                    assert_eq!((s.k.at(i), s.v.at(i)), (p as f32, -(p as f32)));
                 }
             }
             // Appending after the cut continues in order.
@@ -457,14 +598,20 @@ mod tests {
             assert_eq!(kept(&a).last(), Some(&8));
         }
         // A ring that has moved on cannot go back past its window.
-        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk);
+        let mut h = HeadCache::new(KvPolicy::SinkWindow { sink, window }, 1, 0, chunk, KvStore::F32);
         for p in 0..20 {
             h.push(p, &[p as f32], &[-(p as f32)]);
         }
         // Holds 0, 1 and 14..20: going back to 16 needs 13 (16 + 1 - 4), which is gone.
         assert!(!h.can_truncate(16));
         assert!(h.can_truncate(18) && h.can_truncate(2));
-        let mut full = KvCache::new(&[vec![KvPolicy::Full, KvPolicy::SinkWindow { sink, window }]], 1, 0, chunk);
+        let mut full = KvCache::new(
+            &[vec![KvPolicy::Full, KvPolicy::SinkWindow { sink, window }]],
+            1,
+            0,
+            chunk,
+            KvStore::F32,
+        );
         for l in full.layers.iter_mut() {
             for h in l.iter_mut() {
                 for p in 0..20 {
@@ -482,7 +629,7 @@ mod tests {
     fn retained_rows_keep_their_positions_and_bytes() {
         let d = 2;
         for policy in [KvPolicy::Full, KvPolicy::SinkWindow { sink: 2, window: 6 }] {
-            let mut h = HeadCache::new(policy, d, 0, 4);
+            let mut h = HeadCache::new(policy, d, 0, 4, KvStore::F32);
             for p in 0..20 {
                 h.push(p, &[p as f32, 1.0], &[-(p as f32), 2.0]);
             }
@@ -493,7 +640,7 @@ mod tests {
             assert_eq!(h.positions(), want, "{policy:?}");
             for s in h.segments() {
                 for (i, &p) in s.pos.iter().enumerate() {
-                    assert_eq!((s.k[i * d], s.v[i * d]), (p as f32, -(p as f32)));
+                    assert_eq!((s.k.at(i * d), s.v.at(i * d)), (p as f32, -(p as f32)));
                 }
             }
             // Exactly the kept rows and the room asked for: keys, values and positions.
@@ -504,6 +651,55 @@ mod tests {
             h.push(21, &[21.0, 1.0], &[-21.0, 2.0]);
             assert_eq!(h.bytes(), bytes, "{policy:?}: appending within the room allocates nothing");
             assert_eq!(h.positions().last(), Some(&21));
+        }
+    }
+
+    #[test]
+    fn f16_store_holds_half_the_bytes_and_moves_rows_as_stored() {
+        let (d, window, chunk) = (4, 6, 3);
+        let row = |p: usize, sign: f32| -> Vec<f32> { (0..d).map(|j| sign * (p as f32 + 0.1 * j as f32 + 1e-4)).collect() };
+        for policy in [KvPolicy::Full, KvPolicy::SinkWindow { sink: 2, window }] {
+            let (mut wide, mut half) = (
+                HeadCache::new(policy, d, 32, chunk, KvStore::F32),
+                HeadCache::new(policy, d, 32, chunk, KvStore::F16),
+            );
+            for p in 0..20 {
+                wide.push(p, &row(p, 1.0), &row(p, -1.0));
+                half.push(p, &row(p, 1.0), &row(p, -1.0));
+            }
+            // Positions take 4 bytes either way; keys and values 4 against 2.
+            let rows = half.len();
+            assert_eq!(wide.len(), rows);
+            assert_eq!(
+                wide.bytes() - half.bytes(),
+                2 * 2 * d * (wide.bytes() / (4 * (2 * d + 1))),
+                "{policy:?}"
+            );
+            let rounded = |x: f32| f16::from_f32(x).to_f32();
+            let check = |h: &HeadCache| {
+                for s in h.segments() {
+                    for (i, &p) in s.pos.iter().enumerate() {
+                        for j in 0..d {
+                            assert_eq!(s.k.at(i * d + j), rounded(row(p as usize, 1.0)[j]), "{policy:?}");
+                            assert_eq!(s.v.at(i * d + j), rounded(row(p as usize, -1.0)[j]), "{policy:?}");
+                        }
+                    }
+                }
+            };
+            check(&half);
+            // Truncating, fitting the ring and retaining move rows without changing their bits.
+            half.truncate(18);
+            half.fit_ring(1);
+            check(&half);
+            let kept = half.retained(&[0, 1, 15, 16, 17], 1);
+            assert_eq!(kept.positions(), vec![0, 1, 15, 16, 17]);
+            check(&kept);
+            let mut buf = Vec::new();
+            let s = kept.segments()[0];
+            assert_eq!(
+                s.k.f32s(0, d, &mut buf),
+                &row(0, 1.0).iter().map(|&x| rounded(x)).collect::<Vec<_>>()[..]
+            );
         }
     }
 

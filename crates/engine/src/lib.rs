@@ -34,7 +34,7 @@ pub use cpu::Isa;
 pub use error::{Error, Result};
 pub use hooks::{Capture, HookPoint, Hooks, Intervention, KeyRow, KeySet, MaskMode, Phase, Positions, Recording, Reduce};
 pub use kernels::Precision;
-pub use kv_cache::{KvCache, KvPolicy};
+pub use kv_cache::{KvCache, KvPolicy, KvStore};
 pub use matrix::Matrix;
 pub use model::{argmax, generate_from, greedy, greedy_from, Model, Run, RunOptions};
 pub use tokenizer::{ChatMessage, Tokenizer};

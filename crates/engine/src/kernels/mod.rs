@@ -70,7 +70,8 @@ pub enum Precision {
     /// blocks of 32 with an f32 scale each ([`QVector`]), multiplied with the stored blocks' small
     /// integers in int32 and scaled in f32 per 16 or 32 weights. Decoding reads the blocks
     /// directly; prompts repack rows into int8 tiles (`tiles`). Dense (F32/F16/BF16) weights stay
-    /// exact, and so do prompts on a CPU without the tiles' instructions.
+    /// exact, and so do prompts on a CPU without the tiles' instructions. A model with fast
+    /// products also keeps its runs' keys and values in f16 ([`crate::KvStore`]).
     Fast,
 }
 

@@ -15,7 +15,7 @@ use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Precision;
-use crate::kv_cache::KvPolicy;
+use crate::kv_cache::{KvPolicy, KvStore};
 use crate::linalg::rms_scale;
 use crate::rope::RopeTable;
 use crate::tokenizer::Tokenizer;
@@ -218,6 +218,15 @@ impl Model {
             Precision::Fast
         } else {
             Precision::Exact
+        }
+    }
+
+    /// How a run's cache stores keys and values: in f16 at [`Precision::Fast`] (as llama.cpp
+    /// does), else in f32.
+    pub fn kv_store(&self) -> KvStore {
+        match self.precision() {
+            Precision::Fast => KvStore::F16,
+            Precision::Exact => KvStore::F32,
         }
     }
 

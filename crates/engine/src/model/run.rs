@@ -12,13 +12,14 @@ impl Model {
         let plan = CompiledHooks::new(hooks, &self.config)?;
         let policies = self.kv_policies(options.kv_policy.as_deref())?;
         let chunk = options.prefill_chunk.max(1);
+        let store = self.kv_store();
         Ok(Run {
             model: self,
             plan,
             cache: if options.keep_windows {
-                KvCache::keeping_windows(&policies, self.config.d_head, options.capacity)
+                KvCache::keeping_windows(&policies, self.config.d_head, options.capacity, store)
             } else {
-                KvCache::new(&policies, self.config.d_head, options.capacity, chunk)
+                KvCache::new(&policies, self.config.d_head, options.capacity, chunk, store)
             },
             recording: Recording::default(),
             tokens: Vec::new(),
@@ -155,7 +156,13 @@ impl<'m> Run<'m> {
     /// tokens fed back: what a run continued from a shared prefix reports for its sequence alone.
     pub fn kv_bytes_alone(&self, prompt: usize, capacity: usize, decoded: usize) -> usize {
         // Untouched reservations cost address space only.
-        let mut cache = KvCache::new(&self.cache.policies(), self.model.config.d_head, capacity, self.chunk);
+        let mut cache = KvCache::new(
+            &self.cache.policies(),
+            self.model.config.d_head,
+            capacity,
+            self.chunk,
+            self.cache.store(),
+        );
         cache.fit_rings((prompt.max(1) - 1) % self.chunk + 1);
         if decoded > 0 {
             cache.fit_rings(1);

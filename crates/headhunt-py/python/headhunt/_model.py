@@ -111,7 +111,7 @@ class HookedModel:
         ``"bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"``), downloaded into the Hub's cache (the
         one transformers uses; ``HF_HUB_OFFLINE=1`` reads it without the network). ``precision``:
         ``"exact"`` (f32 products, the reference's numbers) or ``"fast"`` (int8 products with
-        quantised weights, as llama.cpp). Raises ``ModelLoadError``."""
+        quantised weights and an f16 KV cache, as llama.cpp). Raises ``ModelLoadError``."""
         return cls(_headhunt.Engine.load(str(name_or_path), precision), str(name_or_path))
 
     def __repr__(self) -> str:

@@ -49,9 +49,10 @@ pub struct ModelArg {
     /// How products with the weights are computed. `exact`: in f32 on the stored weights, the
     /// reference implementation's numbers. `fast`: products with quantised weights in int8
     /// (activations quantised in blocks of 32, integer dot products with the stored quant
-    /// blocks, as llama.cpp does), in decoding and in prompts: up to ~2x faster on quantised
-    /// GGUFs at a small cost to agreement with the reference (docs/performance.md, "Precision"). F16/BF16/F32
-    /// weights stay exact.
+    /// blocks, as llama.cpp does), in decoding and in prompts, and the KV cache held in f16
+    /// (llama.cpp's default): up to ~2x faster on quantised GGUFs, half the cache's memory, at a
+    /// small cost to agreement with the reference (docs/performance.md, "Precision").
+    /// F16/BF16/F32 weights stay exact.
     #[arg(long, default_value = "exact", value_parser = clap::builder::PossibleValuesParser::new(["exact", "fast"]).map(|s| s.parse::<Precision>().expect("listed values parse")))]
     pub precision: Precision,
 }
