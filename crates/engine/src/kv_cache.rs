@@ -83,6 +83,29 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// A copy of `v` with the same room: a forked run allocates what the run it came from did, and
+/// grows as it would have (a plain `Vec` clone keeps only the values).
+fn copy_with_room<T: Copy>(v: &Vec<T>) -> Vec<T> {
+    let mut c = Vec::with_capacity(v.capacity());
+    c.extend_from_slice(v);
+    c
+}
+
+/// Store `x` in f16, saying once if a value left f16's range (magnitude above 65,504) and became
+/// infinite: the cache at `fast` cannot hold it, as llama.cpp's default f16 cache cannot.
+fn to_f16(to: &mut [f16], x: &[f32]) {
+    to.convert_from_f32_slice(x);
+    if to.iter().any(|h| h.is_infinite()) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            eprintln!(
+                "warning: precision fast: a cached key or value exceeds f16's range (65,504) and is stored \
+                 as infinite, so attention to it is wrong; run this model exact"
+            )
+        });
+    }
+}
+
 /// A head's keys or values, in its store.
 #[derive(Debug)]
 enum Values {
@@ -98,16 +121,17 @@ impl Values {
         }
     }
 
-    /// A copy with the same room (a plain `Vec` clone keeps only the values).
-    fn copy(&self) -> Self {
-        fn copy<T: Copy>(v: &[T], capacity: usize) -> Vec<T> {
-            let mut c = Vec::with_capacity(capacity);
-            c.extend_from_slice(v);
-            c
-        }
+    fn store(&self) -> KvStore {
         match self {
-            Values::F32(v) => Values::F32(copy(v, v.capacity())),
-            Values::F16(v) => Values::F16(copy(v, v.capacity())),
+            Values::F32(_) => KvStore::F32,
+            Values::F16(_) => KvStore::F16,
+        }
+    }
+
+    fn copy(&self) -> Self {
+        match self {
+            Values::F32(v) => Values::F32(copy_with_room(v)),
+            Values::F16(v) => Values::F16(copy_with_room(v)),
         }
     }
 
@@ -117,7 +141,7 @@ impl Values {
             Values::F16(v) => {
                 let at = v.len();
                 v.resize(at + x.len(), f16::ZERO);
-                v[at..].convert_from_f32_slice(x);
+                to_f16(&mut v[at..], x);
             }
         }
     }
@@ -127,14 +151,14 @@ impl Values {
         match (self, rows) {
             (Values::F32(v), Rows::F32(r)) => v.extend_from_slice(&r[from..to]),
             (Values::F16(v), Rows::F16(r)) => v.extend_from_slice(&r[from..to]),
-            (values, rows) => values.extend(rows.f32s(from, to, &mut Vec::new())),
+            _ => unreachable!("rows move only within a head, whose rows share one store"),
         }
     }
 
     fn overwrite(&mut self, at: usize, x: &[f32]) {
         match self {
             Values::F32(v) => v[at..at + x.len()].copy_from_slice(x),
-            Values::F16(v) => v[at..at + x.len()].convert_from_f32_slice(x),
+            Values::F16(v) => to_f16(&mut v[at..at + x.len()], x),
         }
     }
 
@@ -167,14 +191,11 @@ struct HeadRows {
     v: Values,
 }
 
-/// A copy with the same room as the original: a forked run allocates what the run it came from
-/// did, and grows as it would have.
+/// A copy with the same room as the original (see [`copy_with_room`]).
 impl Clone for HeadRows {
     fn clone(&self) -> Self {
-        let mut pos = Vec::with_capacity(self.pos.capacity());
-        pos.extend_from_slice(&self.pos);
         HeadRows {
-            pos,
+            pos: copy_with_room(&self.pos),
             k: self.k.copy(),
             v: self.v.copy(),
         }
@@ -227,7 +248,6 @@ impl HeadRows {
 pub(crate) struct HeadCache {
     pub policy: KvPolicy,
     d: usize,
-    store: KvStore,
     sink: HeadRows,
     /// Full: every row in order. SinkWindow: a ring of `ring_cap` rows starting at `start`.
     main: HeadRows,
@@ -242,7 +262,6 @@ impl HeadCache {
             KvPolicy::Full => HeadCache {
                 policy,
                 d,
-                store,
                 sink: HeadRows::with_capacity(0, d, store),
                 main: HeadRows::with_capacity(capacity, d, store),
                 ring_cap: usize::MAX,
@@ -256,7 +275,6 @@ impl HeadCache {
                 HeadCache {
                     policy,
                     d,
-                    store,
                     sink: HeadRows::with_capacity(reserve(sink), d, store),
                     main: HeadRows::with_capacity(reserve(ring_cap), d, store),
                     ring_cap,
@@ -272,7 +290,6 @@ impl HeadCache {
         HeadCache {
             policy,
             d,
-            store,
             sink: HeadRows::with_capacity(0, d, store),
             main: HeadRows::with_capacity(capacity, d, store),
             ring_cap: usize::MAX,
@@ -322,6 +339,11 @@ impl HeadCache {
         self.sink.bytes() + self.main.bytes()
     }
 
+    /// How this head stores its keys and values.
+    pub fn store(&self) -> KvStore {
+        self.main.k.store()
+    }
+
     pub fn len(&self) -> usize {
         self.sink.pos.len() + self.main.pos.len()
     }
@@ -357,7 +379,7 @@ impl HeadCache {
         let d = self.d;
         if let (KvPolicy::SinkWindow { .. }, false) = (self.policy, self.ring_cap == usize::MAX) {
             // The ring's rows below `len`, oldest first, become an unwrapped ring.
-            let mut main = HeadRows::with_capacity(self.ring_cap.min(self.main.pos.len()), d, self.store);
+            let mut main = HeadRows::with_capacity(self.ring_cap.min(self.main.pos.len()), d, self.store());
             for s in self.segments().into_iter().skip(usize::from(!self.sink.pos.is_empty())) {
                 for i in 0..s.pos.len() {
                     if (s.pos[i] as usize) < len {
@@ -387,7 +409,7 @@ impl HeadCache {
             .iter()
             .map(|s| s.pos.iter().filter(|p| keep.binary_search(p).is_ok()).count())
             .sum();
-        let mut main = HeadRows::with_capacity(kept + extra, d, self.store);
+        let mut main = HeadRows::with_capacity(kept + extra, d, self.store());
         for s in self.segments() {
             for (i, p) in s.pos.iter().enumerate() {
                 if keep.binary_search(p).is_ok() {
@@ -398,8 +420,7 @@ impl HeadCache {
         HeadCache {
             policy: self.policy,
             d,
-            store: self.store,
-            sink: HeadRows::with_capacity(0, d, self.store),
+            sink: HeadRows::with_capacity(0, d, self.store()),
             main,
             ring_cap: usize::MAX,
             start: 0,
@@ -432,7 +453,7 @@ impl HeadCache {
             .flat_map(|s| (0..s.pos.len()).map(move |i| (s, i)))
             .collect();
         let keep = &rows[rows.len().saturating_sub(want)..];
-        let mut main = HeadRows::with_capacity(want, d, self.store);
+        let mut main = HeadRows::with_capacity(want, d, self.store());
         for (s, i) in keep {
             main.push_row(s, *i, d);
         }
@@ -475,7 +496,7 @@ impl KvCache {
 
     /// How the keys and values are stored.
     pub fn store(&self) -> KvStore {
-        self.layers.iter().flatten().next().map_or(KvStore::F32, |h| h.store)
+        self.layers.iter().flatten().next().map_or(KvStore::F32, HeadCache::store)
     }
 
     /// Size every windowed ring for `n` rows appended at once (see [`HeadCache::fit_ring`]).
