@@ -16,7 +16,10 @@ pub struct Args {
     /// Prompt lengths to prefill, in tokens.
     #[arg(long, value_delimiter = ',', default_value = "512,2048,4096,8192")]
     pub lengths: Vec<usize>,
-    /// Context length before the decode measurement (0 skips it).
+    /// Context length before the decode measurement (0 skips it). When the last of --lengths is
+    /// this long, decoding goes on from that prefill (whose cache then has room for the decoded
+    /// tokens) rather than prefilling the same prompt again: `--lengths 32768 --decode-context
+    /// 32768` measures both for one long prefill.
     #[arg(long, default_value_t = 2048)]
     pub decode_context: usize,
     /// Tokens generated in the decode measurement.
@@ -113,21 +116,30 @@ pub fn run(args: Args) -> Result<()> {
         }
         rows.push(row);
     };
-    for &n in &args.lengths {
-        if n > ctx {
-            eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
-            continue;
-        }
-        let tokens = bench_tokens(&model, n);
-        let mut run = model.run(
+    let decode_at =
+        (args.decode_context > 0 && args.decode_tokens > 0).then(|| args.decode_context.min(ctx.saturating_sub(args.decode_tokens)));
+    let start_run = |capacity: usize| {
+        model.run(
             Hooks::default(),
             RunOptions {
-                capacity: n,
+                capacity,
                 kv_policy: kv_policy.clone(),
                 prefill_chunk: chunk,
                 ..Default::default()
             },
-        )?;
+        )
+    };
+    // When the last prefill is as long as the decode measurement's context, the decoding goes on
+    // from it (with room for its tokens) instead of prefilling the same tokens again.
+    let mut prefilled = None;
+    for (i, &n) in args.lengths.iter().enumerate() {
+        if n > ctx {
+            eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
+            continue;
+        }
+        let goes_on = i + 1 == args.lengths.len() && decode_at == Some(n);
+        let tokens = bench_tokens(&model, n);
+        let mut run = start_run(if goes_on { n + args.decode_tokens } else { n })?;
         profile::reset();
         let start = Instant::now();
         run.prefill(&tokens).with_context(|| format!("prefill of {n} tokens"))?;
@@ -138,21 +150,20 @@ pub fn run(args: Args) -> Result<()> {
             format!("prefill {n:>6} tokens                {secs:>8.2} s  {rate:>8.1} tok/s"),
             secs,
         );
+        if goes_on {
+            prefilled = Some(run);
+        }
     }
-    if args.decode_context > 0 && args.decode_tokens > 0 {
-        let n = args.decode_context.min(ctx - args.decode_tokens);
+    if let Some(n) = decode_at {
         let tokens = bench_tokens(&model, n + args.decode_tokens);
-        let capacity = n + args.decode_tokens;
-        let mut run = model.run(
-            Hooks::default(),
-            RunOptions {
-                capacity,
-                kv_policy: kv_policy.clone(),
-                prefill_chunk: chunk,
-                ..Default::default()
-            },
-        )?;
-        run.prefill(&tokens[..n])?;
+        let mut run = match prefilled {
+            Some(run) => run,
+            None => {
+                let mut run = start_run(n + args.decode_tokens)?;
+                run.prefill(&tokens[..n])?;
+                run
+            }
+        };
         profile::reset();
         let start = Instant::now();
         for &t in &tokens[n..] {
