@@ -16,10 +16,10 @@ pub struct Args {
     /// Prompt lengths to prefill, in tokens.
     #[arg(long, value_delimiter = ',', default_value = "512,2048,4096,8192")]
     pub lengths: Vec<usize>,
-    /// Context length before the decode measurement (0 skips it). When the last of --lengths is
-    /// this long, decoding goes on from that prefill (whose cache then has room for the decoded
-    /// tokens) rather than prefilling the same prompt again: `--lengths 32768 --decode-context
-    /// 32768` measures both for one long prefill.
+    /// Context length before the decode measurement (0 skips it; at most the model's context less
+    /// --decode-tokens). When the last of --lengths is this long, decoding goes on from that
+    /// prefill (whose cache then has room for the decoded tokens) rather than prefilling the same
+    /// prompt again: `--lengths 32768 --decode-context 32768` measures both with one prefill.
     #[arg(long, default_value_t = 2048)]
     pub decode_context: usize,
     /// Tokens generated in the decode measurement.
@@ -129,17 +129,21 @@ pub fn run(args: Args) -> Result<()> {
             },
         )
     };
-    // When the last prefill is as long as the decode measurement's context, the decoding goes on
-    // from it (with room for its tokens) instead of prefilling the same tokens again.
+    // When the last prefill is as long as the decode measurement's context (or up to its
+    // tokens longer: the context was clamped to the model's), the decoding goes on from it, taken
+    // back to that context, instead of prefilling the same tokens again.
     let mut prefilled = None;
     for (i, &n) in args.lengths.iter().enumerate() {
         if n > ctx {
             eprintln!("skipping prefill of {n} tokens: the model's context is {ctx}");
             continue;
         }
-        let goes_on = i + 1 == args.lengths.len() && decode_at == Some(n);
+        let goes_on = i + 1 == args.lengths.len() && decode_at.is_some_and(|d| d <= n && n <= d + args.decode_tokens);
         let tokens = bench_tokens(&model, n);
-        let mut run = start_run(if goes_on { n + args.decode_tokens } else { n })?;
+        let mut run = start_run(match decode_at {
+            Some(d) if goes_on => d + args.decode_tokens,
+            _ => n,
+        })?;
         profile::reset();
         let start = Instant::now();
         run.prefill(&tokens).with_context(|| format!("prefill of {n} tokens"))?;
@@ -156,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(n) = decode_at {
         let tokens = bench_tokens(&model, n + args.decode_tokens);
-        let mut run = match prefilled {
+        let mut run = match prefilled.and_then(|mut run| run.truncate(n).ok().map(|()| run)) {
             Some(run) => run,
             None => {
                 let mut run = start_run(n + args.decode_tokens)?;
