@@ -23,6 +23,16 @@ pub enum KvStore {
     F16,
 }
 
+impl KvStore {
+    /// Bytes of one stored key or value element.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            KvStore::F32 => 4,
+            KvStore::F16 => 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvPolicy {
     Full,
@@ -170,10 +180,11 @@ impl Values {
     }
 
     fn bytes(&self) -> usize {
-        match self {
-            Values::F32(v) => 4 * v.capacity(),
-            Values::F16(v) => 2 * v.capacity(),
-        }
+        let capacity = match self {
+            Values::F32(v) => v.capacity(),
+            Values::F16(v) => v.capacity(),
+        };
+        self.store().element_bytes() * capacity
     }
 
     fn rows(&self, from: usize, to: usize) -> Rows<'_> {

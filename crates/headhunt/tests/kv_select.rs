@@ -1,7 +1,7 @@
 //! KV compression by token selection (`headhunt kv-select`) on the real models: the positions
 //! kept equal a plain recomputation from the captured attention pattern; budgets add up; the
-//! bytes reported are the bytes the kept rows and their room need; a budget that keeps the whole
-//! context answers as the full cache does.
+//! bytes reported are the bytes the kept rows and their room need, in f32 or (at `--precision
+//! fast`) in f16; a budget that keeps the whole context answers as the full cache does.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -177,8 +177,12 @@ fn trials(dir: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn budgets_bytes_and_the_whole_budget() {
-    // (model, layers x KV heads, d_head, context length)
-    for (id, heads, d_head, length) in [("smollm2-135m-instruct", 30 * 3, 64, "500"), ("gemma3-270m", 18, 256, "700")] {
+    // (model, layers x KV heads, d_head, context length, precision, bytes of a cached element):
+    // budgets are shares of the cache's bytes, in f32 or, at fast, in f16.
+    for (id, heads, d_head, length, precision, element) in [
+        ("smollm2-135m-instruct", 30 * 3, 64, "500", "exact", 4),
+        ("gemma3-270m", 18, 256, "700", "fast", 2),
+    ] {
         let scores = scratch(&format!("detect-{id}"));
         run_ok(
             headhunt()
@@ -200,13 +204,15 @@ fn budgets_bytes_and_the_whole_budget() {
                     "0.3,2",
                     "--seeds",
                     "2",
+                    "--precision",
+                    precision,
                 ])
                 .arg("--scores")
                 .arg(&scores)
                 .arg("--out")
                 .arg(&out),
         );
-        let row_bytes = (2 * d_head + 1) * 4;
+        let row_bytes = 2 * d_head * element + 4;
         for t in trials(&out) {
             let n = t["prompt_tokens"].as_u64().unwrap() as usize;
             let full = &t["full"];

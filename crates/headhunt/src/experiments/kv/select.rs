@@ -88,9 +88,10 @@ pub fn kv_prior(c: &ModelConfig, means: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// Bytes one cached position takes in one key/value head: its key, its value, its position.
-pub fn row_bytes(c: &ModelConfig) -> usize {
-    (2 * c.d_head + 1) * 4
+/// Bytes one cached position takes in one key/value head of `model`'s cache: its key and value
+/// (f32, or f16 at `--precision fast`), its position (u32).
+pub fn row_bytes(model: &Model) -> usize {
+    2 * model.config.d_head * model.kv_store().element_bytes() + 4
 }
 
 /// Hooks that record every layer's pattern rows at `positions`.
@@ -125,7 +126,7 @@ pub fn compressed_answer(
     let caps: Vec<usize> = held.iter().flatten().map(Vec::len).collect();
     let heads = caps.len();
     // The full cache's rows as it would allocate them alone, decoding.
-    let full_rows = run.kv_bytes_alone(n, n + MAX_NEW_TOKENS, 1) / row_bytes(c);
+    let full_rows = run.kv_bytes_alone(n, n + MAX_NEW_TOKENS, 1) / row_bytes(model);
     let total = ((budget * full_rows as f64) as usize).saturating_sub(heads * MAX_NEW_TOKENS);
     let (rows, choice) = policy_rows(policy, seed, total, snap, &caps, prior);
     let rows: Vec<Vec<usize>> = rows.chunks(c.n_kv_heads).map(<[usize]>::to_vec).collect();

@@ -125,7 +125,7 @@ pub fn trial(runner: &TrialRunner<'_>, model: &Model, spec: &TrialSpec, study: &
     // Budgets are shares of the full cache's bytes (every head's rows, as allocated: a full
     // head's prompt and room for the answer, a sliding-window head's window), in rows.
     let heads = c.n_layers * c.n_kv_heads;
-    let full_rows = full.kv_bytes / row_bytes(c);
+    let full_rows = full.kv_bytes / row_bytes(model);
     let mut compressed = Vec::new();
     for &mode in &study.modes {
         let (base, len, obs, recordings) = match mode {
