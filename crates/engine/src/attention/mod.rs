@@ -9,11 +9,16 @@
 //! too few query blocks to occupy every thread (decoding one token), the key tiles are split
 //! across tasks and the partial softmaxes merged.
 //!
+//! At `--precision fast` a prompt's rows multiply the f16 cache's tiles in bf16 where the CPU
+//! has AVX512_BF16 (`bf16`); everything else is f32.
+//!
 //! The kernel also serves the hooks: a head's query can be zeroed (uniform attention), its keys
 //! restricted, and chosen query rows recorded whole (`hook_pattern`) or as an argmax.
 
+mod bf16;
+
 use crate::hooks::{HeadHooks, KeyRow, KeySet};
-use crate::kv_cache::{HeadCache, KvPolicy, Segment};
+use crate::kv_cache::{HeadCache, KvPolicy, KvStore, Rows, Segment};
 use crate::linalg::{fast_exp, matmul_nn, matmul_t};
 
 const KEY_TILE: usize = 128;
@@ -241,7 +246,7 @@ impl AttentionLayer<'_> {
                     let q = self.query(h, r);
                     let out = &mut values[h * (p + 1)..(h + 1) * (p + 1)];
                     for seg in cache.segments() {
-                        self.for_each_score(&q, seg, p, cache.policy, h, |kp, s| out[kp] = (s - m).exp() / l);
+                        self.for_each_score(&q, cache, seg, p, h, |kp, s| out[kp] = (s - m).exp() / l);
                     }
                 }
             }
@@ -263,7 +268,7 @@ impl AttentionLayer<'_> {
                 let q = self.query(h, r);
                 let out = &mut values[h * (p + 1)..(h + 1) * (p + 1)];
                 for seg in cache.segments() {
-                    self.for_each_score(&q, seg, p, cache.policy, h, |kp, s| out[kp] = s);
+                    self.for_each_score(&q, cache, seg, p, h, |kp, s| out[kp] = s);
                 }
             }
         }
@@ -281,6 +286,13 @@ impl AttentionLayer<'_> {
             Some(sinks) if l > 0.0 => l + (sinks[h] - m).exp(),
             _ => l,
         }
+    }
+
+    /// Whether this step's products with `cache` run in bf16: a prompt's rows (more than one
+    /// query position; decoding stays f32) against the f16 cache of `fast`, where the CPU has
+    /// AVX512_BF16. A row's numbers then depend on neither its block nor what is recorded.
+    fn in_bf16(&self, cache: &HeadCache) -> bool {
+        self.n > 1 && cache.store() == KvStore::F16 && bf16::available(self.d_head)
     }
 
     fn hooks(&self, h: usize) -> Option<&HeadHooks> {
@@ -335,6 +347,7 @@ impl AttentionLayer<'_> {
         let mut s = vec![0.0f32; rows * KEY_TILE];
         // A tile's keys and values in f32 when the cache stores them otherwise.
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut bf16 = self.in_bf16(cache).then(|| bf16::Bf16Products::new(&qb, rows, dh));
         for tile in t.tiles {
             let seg = segments[tile.seg];
             let bk = tile.t1 - tile.t0;
@@ -345,7 +358,10 @@ impl AttentionLayer<'_> {
                     KvPolicy::SinkWindow { sink, window } => tile.kmax < sink || qmax - tile.kmin < window,
                 };
             let s = &mut s[..rows * bk];
-            scores(s, &qb, seg.k.f32s(tile.t0 * dh, tile.t1 * dh, &mut kbuf), rows, bk, dh);
+            match (&mut bf16, seg.k) {
+                (Some(b), Rows::F16(k)) => b.scores(s, &k[tile.t0 * dh..tile.t1 * dh], bk, dh),
+                _ => scores(s, &qb, seg.k.f32s(tile.t0 * dh, tile.t1 * dh, &mut kbuf), rows, bk, dh),
+            }
             if let Some(cap) = self.softcap {
                 s.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
             }
@@ -392,23 +408,37 @@ impl AttentionLayer<'_> {
                     part.acc[i * dh..(i + 1) * dh].iter_mut().for_each(|a| *a *= alpha);
                 }
             }
-            weighted_values(&mut part.acc, s, seg.v.f32s(tile.t0 * dh, tile.t1 * dh, &mut vbuf), rows, bk, dh);
+            match (&mut bf16, seg.v) {
+                (Some(b), Rows::F16(v)) => b.weighted_values(&mut part.acc, s, &v[tile.t0 * dh..tile.t1 * dh], bk, dh),
+                _ => weighted_values(&mut part.acc, s, seg.v.f32s(tile.t0 * dh, tile.t1 * dh, &mut vbuf), rows, bk, dh),
+            }
         }
         part
     }
 
-    /// Calls `f(key position, score)` for each key of `seg` that head `h`'s query at `qp` sees,
-    /// its score soft-capped where the family caps.
-    fn for_each_score(&self, q: &[f32], seg: Segment<'_>, qp: usize, policy: KvPolicy, h: usize, mut f: impl FnMut(usize, f32)) {
+    /// Calls `f(key position, score)` for each key of `cache`'s segment `seg` that head `h`'s
+    /// query at `qp` sees, its score soft-capped where the family caps; from the numbers rounded
+    /// to bf16 where the step's products are (so that a recorded row agrees with its softmax).
+    fn for_each_score(&self, q: &[f32], cache: &HeadCache, seg: Segment<'_>, qp: usize, h: usize, mut f: impl FnMut(usize, f32)) {
         let dh = self.d_head;
         let keys = self.hooks(h).and_then(|hh| hh.keys.as_ref());
-        let mut buf = Vec::new();
+        let rounded = self.in_bf16(cache);
+        let round = |x: &mut [f32]| {
+            if rounded {
+                x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+            }
+        };
+        let mut q = q.to_vec();
+        round(&mut q);
+        let (mut buf, mut k) = (Vec::new(), vec![0.0f32; dh]);
         for (j, &kp) in seg.pos.iter().enumerate() {
             let kp = kp as usize;
-            if !policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
+            if !cache.policy.visible(qp, kp) || keys.is_some_and(|ks| !key_allowed(ks, qp, kp)) {
                 continue;
             }
-            let mut s = dot(q, seg.k.f32s(j * dh, (j + 1) * dh, &mut buf));
+            k.copy_from_slice(seg.k.f32s(j * dh, (j + 1) * dh, &mut buf));
+            round(&mut k);
+            let mut s = dot(&q, &k);
             if let Some(cap) = self.softcap {
                 s = cap * (s / cap).tanh();
             }
