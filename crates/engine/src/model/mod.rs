@@ -340,17 +340,19 @@ impl Model {
 /// Keep large freed buffers in the heap for the next allocation, process-wide, once. A prompt's
 /// forward pass allocates and frees hundreds of MB per layer (a 1.5B model's MLP activations of
 /// 1,024 tokens alone are 73 MB); glibc maps blocks above its threshold (at most 32 MiB) afresh
-/// and unmaps them on free, so every layer faulted its buffers in again: 1.96 M page faults and
-/// 3.5 s of system time in a 2,048-token prefill at `fast` that takes 16 s (bench/RESULTS.md).
-/// From the heap they are reused; the heap's top is still trimmed as before (keeping it too
-/// raised the peak by 67 MiB and saved nothing more).
+/// and unmaps them on free, and trims the heap's top, so every layer faulted its buffers in
+/// again: 1.96 M page faults and 3.5 s of system time in a 2,048-token prefill at `fast` that
+/// takes 16 s, 10.5 M and 20 s in six detection trials of 600 and 3,300 tokens (bench/RESULTS.md).
+/// Both limits at 1 GiB keep them: the peak grows by what the heap's top holds free (32-67 MiB
+/// measured on that model).
 fn reuse_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only changes which blocks glibc maps on their own.
+        // SAFETY: mallopt only changes when glibc maps blocks and trims the heap.
         ONCE.call_once(|| unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         });
     }
 }
