@@ -342,9 +342,9 @@ impl Model {
 /// 1,024 tokens alone are 73 MB); glibc maps blocks above its threshold (at most 32 MiB) afresh
 /// and unmaps them on free, and trims the heap's top, so every layer faulted its buffers in
 /// again: 1.96 M page faults and 3.5 s of system time in a 2,048-token prefill at `fast` that
-/// takes 16 s, 10.5 M and 20 s in six detection trials of 600 and 3,300 tokens (bench/RESULTS.md).
-/// Both limits at 1 GiB keep them: the peak grows by what the heap's top holds free (32-67 MiB
-/// measured on that model).
+/// takes 16 s. With the map threshold raised alone, the trimming still cost six detection trials
+/// of 600 and 3,300 tokens 10.5 M faults and 20 s (bench/RESULTS.md). Both limits at 1 GiB keep
+/// the buffers: the peak grows by what the heap's top holds free (32-67 MiB on that model).
 fn reuse_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
